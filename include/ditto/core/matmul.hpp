@@ -1,0 +1,94 @@
+// Matrix products, the one place ditto's layers call into Eigen for GEMM.
+//
+//   gemm: C (M,N) = alpha * op(A) (M,K) @ op(B) (K,N) + beta * C, row-major with leading dims.
+//   batched_gemm: the same over a batch of matrices laid out with fixed strides.
+//   matmul(a, b): torch.matmul for tensors (..., M, K) @ (..., K, N).
+//
+// Eigen parallelizes one large product with OpenMP itself; a batch of many small products is
+// split over threads instead (Eigen runs serially inside a parallel region).
+#pragma once
+
+#include <cstdint>
+
+#include <Eigen/Core>
+
+#include "tensor.hpp"
+#include "threading.hpp"
+
+namespace ditto {
+
+template <class T>
+inline void gemm(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K, T alpha, const T* A,
+                 std::int64_t lda, const T* B, std::int64_t ldb, T beta, T* C, std::int64_t ldc) {
+  using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using CMap = Eigen::Map<const Mat, 0, Eigen::OuterStride<>>;
+  using OMap = Eigen::Map<Mat, 0, Eigen::OuterStride<>>;
+  if (M == 0 || N == 0) return;
+  OMap c(C, M, N, Eigen::OuterStride<>(ldc));
+  if (K == 0) {
+    if (beta == T(0)) c.setZero();
+    else c *= beta;
+    return;
+  }
+  // A stored as (M,K) or, transposed, as (K,M); likewise B.
+  CMap a(A, trans_a ? K : M, trans_a ? M : K, Eigen::OuterStride<>(lda));
+  CMap b(B, trans_b ? N : K, trans_b ? K : N, Eigen::OuterStride<>(ldb));
+  if (beta == T(0)) c.setZero();
+  else if (beta != T(1)) c *= beta;
+  if (!trans_a && !trans_b) c.noalias() += alpha * a * b;
+  else if (trans_a && !trans_b) c.noalias() += alpha * a.transpose() * b;
+  else if (!trans_a && trans_b) c.noalias() += alpha * a * b.transpose();
+  else c.noalias() += alpha * a.transpose() * b.transpose();
+}
+
+template <class T>
+inline void batched_gemm(std::int64_t batch, bool trans_a, bool trans_b, std::int64_t M, std::int64_t N,
+                         std::int64_t K, T alpha, const T* A, std::int64_t lda, std::int64_t stride_a, const T* B,
+                         std::int64_t ldb, std::int64_t stride_b, T beta, T* C, std::int64_t ldc,
+                         std::int64_t stride_c) {
+  if (batch == 1) {
+    gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  // Many products: one thread per group of products. A single product of this size would
+  // already be parallel inside Eigen when the batch is small.
+  const std::int64_t flops = M * N * K;
+  if (batch < get_num_threads()) {
+    for (std::int64_t i = 0; i < batch; ++i)
+      gemm(trans_a, trans_b, M, N, K, alpha, A + i * stride_a, lda, B + i * stride_b, ldb, beta, C + i * stride_c,
+           ldc);
+    return;
+  }
+  parallel_for(batch, batch * flops, [&](std::int64_t lo, std::int64_t hi) {
+    for (std::int64_t i = lo; i < hi; ++i)
+      gemm(trans_a, trans_b, M, N, K, alpha, A + i * stride_a, lda, B + i * stride_b, ldb, beta, C + i * stride_c,
+           ldc);
+  });
+}
+
+// torch.matmul for rank >= 2 operands whose batch axes are equal, or where one side has no
+// batch axes (rank 2) and is shared by every batch entry: (..., M, K) @ (..., K, N) -> (..., M, N).
+template <class T>
+inline Tensor<T> matmul(const Tensor<T>& a, const Tensor<T>& b) {
+  if (a.dim() < 2 || b.dim() < 2)
+    throw ShapeError(detail::cat("matmul: expected operands of rank >= 2, got shapes ", shape_str(a.shape()), " and ",
+                                 shape_str(b.shape())));
+  const std::int64_t M = a.size(-2), K = a.size(-1), K2 = b.size(-2), N = b.size(-1);
+  if (K != K2)
+    throw ShapeError(detail::cat("matmul: inner lengths differ: ", shape_str(a.shape()), " @ ", shape_str(b.shape()),
+                                 " (", K, " vs ", K2, ")"));
+  Shape batch_a(a.shape().begin(), a.shape().end() - 2), batch_b(b.shape().begin(), b.shape().end() - 2);
+  if (!batch_a.empty() && !batch_b.empty() && batch_a != batch_b)
+    throw ShapeError(detail::cat("matmul: batch axes differ: ", shape_str(a.shape()), " @ ", shape_str(b.shape())));
+  Shape out_shape = batch_a.empty() ? batch_b : batch_a;
+  std::int64_t batch = 1;
+  for (auto d : out_shape) batch *= d;
+  out_shape.push_back(M);
+  out_shape.push_back(N);
+  Tensor<T> c = Tensor<T>::empty(out_shape);
+  batched_gemm<T>(batch, false, false, M, N, K, T(1), a.data(), K, batch_a.empty() ? 0 : M * K, b.data(), N,
+                  batch_b.empty() ? 0 : K * N, T(0), c.data(), N, M * N);
+  return c;
+}
+
+}  // namespace ditto

@@ -1,0 +1,12 @@
+// ditto: the building blocks of Sora-style video diffusion, header-only C++20.
+// Including this header brings in everything; each concept also has its own header.
+#pragma once
+
+#include "core/error.hpp"
+#include "core/matmul.hpp"
+#include "core/rng.hpp"
+#include "core/tensor.hpp"
+#include "core/threading.hpp"
+#include "core/version.hpp"
+#include "einops.hpp"
+#include "io/image.hpp"

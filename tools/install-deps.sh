@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs every dependency of ditto from Debian 12's own packages (apt-get only).
+# Idempotent: packages already present are left alone. Run as root, or with sudo available.
+#   tools/install-deps.sh          library, tests, examples, benches, interpreter test
+#   tools/install-deps.sh --dev    also what the fixture generators and the PyTorch side of bench/ need
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build pkg-config git
+  libeigen3-dev libxtensor-dev libxsimd-dev nlohmann-json3-dev libstb-dev
+  catch2 libbenchmark-dev
+  clang-19 clang-tools-19 libomp-19-dev libclang-rt-19-dev
+  python3
+)
+if [[ "${1:-}" == "--dev" ]]; then
+  # Fixture generators (tools/*.py) and the PyTorch column of bench/ tables. With
+  # libopenblas0-pthread torch uses OpenBLAS instead of the reference BLAS (about 40x faster).
+  packages+=(python3-numpy python3-torch libopenblas0-pthread)
+fi
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [[ ${#missing[@]} -eq 0 ]]; then
+  echo "install-deps: all ${#packages[@]} packages already installed"
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
