@@ -22,21 +22,17 @@ namespace ditto {
 
 namespace einops::detail {
 
+// Runs a cooked recipe: writes the result into `out` (already of the output shape).
 template <class T>
-inline Tensor<T> apply(const Tensor<T>& x, std::string_view pattern, Op op, Reduction red,
-                       const AxisLengths& lengths) {
-  const auto recipe = cached_recipe(pattern, op, red, lengths, static_cast<int>(x.dim()), x.shape());
-  const Cooked c = cook(*recipe, x.shape(), lengths, red);
-  if (c.is_view) return x.reshape(c.out_shape);
-  Tensor<T> out = Tensor<T>::empty(c.out_shape);
+inline void run(const Tensor<T>& x, Tensor<T>& out, const Cooked& c, std::string_view pattern, Op op, Reduction red,
+                const AxisLengths& lengths) {
   const StridedPlan plan = make_plan(c.out_len, c.out_stride, c.red_len, c.red_stride);
-  if (out.numel() == 0) return out;
+  if (out.numel() == 0) return;
   if (op == Op::reduce) {
     std::int64_t reduced = 1;
     for (auto l : c.red_len) reduced *= l;
     if (reduced == 0 && (red == Reduction::max || red == Reduction::min))
-      throw EinopsError(where(op, red, pattern, lengths, &x.shape()) +
-                        "cannot take max or min over an empty axis");
+      throw EinopsError(where(op, red, pattern, lengths, &x.shape()) + "cannot take max or min over an empty axis");
     if constexpr (!std::is_floating_point_v<T>) {
       if (red == Reduction::mean)
         throw EinopsError(where(op, red, pattern, lengths, &x.shape()) +
@@ -48,7 +44,35 @@ inline Tensor<T> apply(const Tensor<T>& x, std::string_view pattern, Op op, Redu
   } else {
     strided_copy(x.data(), out.data(), plan);
   }
+}
+
+template <class T>
+inline Tensor<T> apply(const Tensor<T>& x, std::string_view pattern, Op op, Reduction red,
+                       const AxisLengths& lengths) {
+  const auto recipe = cached_recipe(pattern, op, red, lengths, static_cast<int>(x.dim()), x.shape());
+  const Cooked c = cook(*recipe, x.shape(), lengths, red);
+  if (c.is_view) return x.reshape(c.out_shape);
+  Tensor<T> out = Tensor<T>::empty(c.out_shape);
+  run(x, out, c, pattern, op, red, lengths);
   return out;
+}
+
+// The same, into a caller's tensor: for loops that must not allocate.
+template <class T>
+inline void apply_into(Tensor<T>& out, const Tensor<T>& x, std::string_view pattern, Op op, Reduction red,
+                       const AxisLengths& lengths) {
+  const auto recipe = cached_recipe(pattern, op, red, lengths, static_cast<int>(x.dim()), x.shape());
+  const Cooked c = cook(*recipe, x.shape(), lengths, red);
+  if (out.shape() != c.out_shape)
+    throw ShapeError(where(op, red, pattern, lengths, &x.shape()) + ditto::detail::cat("the output tensor has shape ",
+                     shape_str(out.shape()), " but the result has shape ", shape_str(c.out_shape)));
+  if (out.numel() > 0 && x.numel() > 0 && out.data() < x.data() + x.numel() && x.data() < out.data() + out.numel())
+    throw ShapeError(where(op, red, pattern, lengths, &x.shape()) + "the output tensor overlaps the input");
+  if (c.is_view) {
+    if (x.numel()) std::copy(x.data(), x.data() + x.numel(), out.data());
+    return;
+  }
+  run(x, out, c, pattern, op, red, lengths);
 }
 
 // Stacks equally shaped tensors on a new first axis (einops accepts a list of tensors).
@@ -101,6 +125,25 @@ inline Tensor<T> reduce(const std::vector<Tensor<T>>& xs, std::string_view patte
 template <class T>
 inline Tensor<T> repeat(const Tensor<T>& x, std::string_view pattern, const AxisLengths& lengths = {}) {
   return einops::detail::apply(x, pattern, einops::Op::repeat, einops::Reduction::none, lengths);
+}
+
+// The same three, writing into `out` (which must already have the result's shape and must not
+// overlap x) instead of allocating: for hot loops that reuse their buffers. Always a copy.
+template <class T>
+inline void rearrange_into(Tensor<T>& out, const Tensor<T>& x, std::string_view pattern,
+                           const AxisLengths& lengths = {}) {
+  einops::detail::apply_into(out, x, pattern, einops::Op::rearrange, einops::Reduction::none, lengths);
+}
+template <class T>
+inline void reduce_into(Tensor<T>& out, const Tensor<T>& x, std::string_view pattern, std::string_view reduction,
+                        const AxisLengths& lengths = {}) {
+  einops::detail::apply_into(out, x, pattern, einops::Op::reduce, einops::parse_reduction(reduction, pattern),
+                             lengths);
+}
+template <class T>
+inline void repeat_into(Tensor<T>& out, const Tensor<T>& x, std::string_view pattern,
+                        const AxisLengths& lengths = {}) {
+  einops::detail::apply_into(out, x, pattern, einops::Op::repeat, einops::Reduction::none, lengths);
 }
 
 // The lengths of a tensor's axes by name: parse_shape(x, "b _ h w") -> {b: 2, h: 5, w: 7}.

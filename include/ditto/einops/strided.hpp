@@ -12,6 +12,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 #include "../core/error.hpp"
 #include "../core/threading.hpp"
 
@@ -56,60 +60,177 @@ inline StridedPlan make_plan(const std::vector<std::int64_t>& len, const std::ve
   return p;
 }
 
-// out[i] = in[offset(i)] for every output element, output in row-major order.
-// The last two axes form the inner tile (a small 2-D loop the compiler vectorizes when the
-// innermost input stride is 1 or 0); the axes before it are walked with an odometer, split over
-// threads.
-template <class T>
-inline void strided_copy(const T* in, T* out, const StridedPlan& p) {
-  if (p.rank == 0) {
-    out[0] = in[0];
-    return;
-  }
-  const int r = p.rank;
-  const std::int64_t n1 = p.len[r - 1], s1 = p.stride[r - 1];
-  const std::int64_t n0 = r >= 2 ? p.len[r - 2] : 1, s0 = r >= 2 ? p.stride[r - 2] : 0;
-  const int outer_rank = std::max(r - 2, 0);
-  std::int64_t outer = 1;
-  for (int d = 0; d < outer_rank; ++d) outer *= p.len[d];
-  const std::int64_t tile = n0 * n1;
-  parallel_for(outer, outer * tile, [&](std::int64_t lo, std::int64_t hi) {
-    std::int64_t idx[StridedPlan::kMax];
-    std::int64_t off = 0, rem = lo;
-    for (int d = outer_rank - 1; d >= 0; --d) {
-      idx[d] = rem % p.len[d];
-      rem /= p.len[d];
-      off += idx[d] * p.stride[d];
+// Non-temporal stores of whole 64-byte lines (SSE2 is part of x86-64; elsewhere plain stores).
+inline void stream_lines(float* dst, const float* src, std::int64_t count) {
+#if defined(__SSE2__)
+  for (std::int64_t k = 0; k < count; k += 4) _mm_stream_ps(dst + k, _mm_load_ps(src + k));
+#else
+  std::memcpy(dst, src, static_cast<std::size_t>(count) * sizeof(float));
+#endif
+}
+inline void store_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+inline std::int64_t p_total(const StridedPlan& p) {
+  std::int64_t n = 1;
+  for (int d = 0; d < p.rank; ++d) n *= p.len[d];
+  return n;
+}
+
+// One loop of a copy: its length and how far one step moves in the input and in the output.
+struct Loop {
+  std::int64_t len, in_stride, out_stride;
+};
+
+// Runs body(in_offset, out_offset, index) over every point of `loops` (the last loop fastest),
+// split over threads. `work` is the element count each point stands for (for the threshold).
+template <class Body>
+inline void for_each_point(const Loop* loops, int n, std::int64_t work, Body&& body) {
+  std::int64_t total = 1;
+  for (int d = 0; d < n; ++d) total *= loops[d].len;
+  parallel_for(total, total * work, [&](std::int64_t lo, std::int64_t hi) {
+    std::int64_t idx[StridedPlan::kMax + 2] = {};
+    std::int64_t ioff = 0, ooff = 0, rem = lo;
+    for (int d = n - 1; d >= 0; --d) {
+      idx[d] = rem % loops[d].len;
+      rem /= loops[d].len;
+      ioff += idx[d] * loops[d].in_stride;
+      ooff += idx[d] * loops[d].out_stride;
     }
-    T* o = out + lo * tile;
     for (std::int64_t it = lo; it < hi; ++it) {
-      const T* src = in + off;
-      if (s1 == 1) {
-        for (std::int64_t a = 0; a < n0; ++a, o += n1) std::memcpy(o, src + a * s0, static_cast<std::size_t>(n1) * sizeof(T));
-      } else if (s1 == 0) {
-        for (std::int64_t a = 0; a < n0; ++a, o += n1) std::fill(o, o + n1, src[a * s0]);
-      } else if (s0 == 1 && n0 >= 8 && n1 >= 8) {
-        // a transpose tile: read columns of length n0 contiguously, 8 rows of output at a time
-        for (std::int64_t b0 = 0; b0 < n1; b0 += 8) {
-          const std::int64_t bn = std::min<std::int64_t>(8, n1 - b0);
-          for (std::int64_t a = 0; a < n0; ++a)
-            for (std::int64_t b = 0; b < bn; ++b) o[a * n1 + b0 + b] = src[a + (b0 + b) * s1];
-        }
-        o += tile;
-      } else {
-        for (std::int64_t a = 0; a < n0; ++a, o += n1) {
-          const T* row = src + a * s0;
-          for (std::int64_t b = 0; b < n1; ++b) o[b] = row[b * s1];
-        }
-      }
-      for (int d = outer_rank - 1; d >= 0; --d) {
-        off += p.stride[d];
-        if (++idx[d] < p.len[d]) break;
-        off -= p.stride[d] * p.len[d];
+      body(ioff, ooff, idx);
+      for (int d = n - 1; d >= 0; --d) {
+        ioff += loops[d].in_stride;
+        ooff += loops[d].out_stride;
+        if (++idx[d] < loops[d].len) break;
+        ioff -= loops[d].in_stride * loops[d].len;
+        ooff -= loops[d].out_stride * loops[d].len;
         idx[d] = 0;
       }
     }
   });
+}
+
+// out[i] = in[offset(i)] for every output element (output contiguous, row-major). Three
+// strategies, chosen from the strides:
+//  - rows: the innermost output axis is long and contiguous (or broadcast) in the input:
+//    memcpy / fill each row ("b t c h w -> b c t h w" copies rows of h*w).
+//  - tiles: the innermost output axis is long but strided, and another long axis is contiguous
+//    in the input: a blocked 2-D transpose of 64x64 tiles that stay in L1 ("a b -> b a").
+//  - micro-blocks: the innermost output axes are short (patchify's (p1 p2 c)): they form a
+//    block of at most 64 elements with precomputed input offsets, and the loop around it runs
+//    along the axis whose input stride is smallest, so reads stream through memory.
+template <class T>
+inline void strided_copy(const T* in, T* out, const StridedPlan& p) {
+  const int r = p.rank;
+  if (r == 0) {
+    out[0] = in[0];
+    return;
+  }
+  std::int64_t out_stride[StridedPlan::kMax];
+  out_stride[r - 1] = 1;
+  for (int d = r - 2; d >= 0; --d) out_stride[d] = out_stride[d + 1] * p.len[d + 1];
+  Loop loops[StridedPlan::kMax + 2];
+  int n = 0;
+  const std::int64_t n1 = p.len[r - 1], s1 = p.stride[r - 1];
+
+  if (n1 >= 16 && (s1 == 1 || s1 == 0)) {  // rows
+    for (int d = 0; d < r - 1; ++d) loops[n++] = {p.len[d], p.stride[d], out_stride[d]};
+    for_each_point(loops, n, n1, [&](std::int64_t io, std::int64_t oo, const std::int64_t*) {
+      if (s1 == 1) std::memcpy(out + oo, in + io, static_cast<std::size_t>(n1) * sizeof(T));
+      else std::fill(out + oo, out + oo + n1, in[io]);
+    });
+    return;
+  }
+  int j = -1;  // the long axis that is contiguous in the input
+  for (int d = 0; d < r - 1; ++d)
+    if (p.stride[d] == 1 && p.len[d] >= 16) j = d;
+  if (n1 >= 16 && j >= 0) {  // tiles
+    constexpr std::int64_t TB = 64;
+    const std::int64_t nj = p.len[j], oj = out_stride[j];
+    for (int d = 0; d < r - 1; ++d)
+      if (d != j) loops[n++] = {p.len[d], p.stride[d], out_stride[d]};
+    const int tj = n, t1 = n + 1;
+    loops[n++] = {(nj + TB - 1) / TB, TB, TB * oj};
+    loops[n++] = {(n1 + TB - 1) / TB, TB * s1, TB};
+    for_each_point(loops, n, TB * TB, [&](std::int64_t io, std::int64_t oo, const std::int64_t* idx) {
+      const std::int64_t a_end = std::min(TB, nj - idx[tj] * TB), b_end = std::min(TB, n1 - idx[t1] * TB);
+      const T* src = in + io;
+      T* dst = out + oo;
+      for (std::int64_t a = 0; a < a_end; ++a)  // output rows: contiguous writes along b (measured
+                                                 // faster than contiguous reads, and 64 > 32 > 16)
+        for (std::int64_t b = 0; b < b_end; ++b) dst[a * oj + b] = src[b * s1 + a];
+    });
+    return;
+  }
+  // micro-blocks: trailing output axes with at most 64 elements in all
+  int m_axes = 0;
+  std::int64_t m = 1;
+  while (m_axes < r && m * p.len[r - 1 - m_axes] <= 64) m *= p.len[r - 1 - m_axes++];
+  if (m_axes == 0) {  // one long strided axis and nothing contiguous: gather rows
+    for (int d = 0; d < r - 1; ++d) loops[n++] = {p.len[d], p.stride[d], out_stride[d]};
+    for_each_point(loops, n, n1, [&](std::int64_t io, std::int64_t oo, const std::int64_t*) {
+      for (std::int64_t b = 0; b < n1; ++b) out[oo + b] = in[io + b * s1];
+    });
+    return;
+  }
+  std::int64_t in_off[64];
+  for (std::int64_t k = 0; k < m; ++k) {  // input offset of each element of the block
+    std::int64_t rem = k, off = 0;
+    for (int d = r - 1; d >= r - m_axes; --d) {
+      off += (rem % p.len[d]) * p.stride[d];
+      rem /= p.len[d];
+    }
+    in_off[k] = off;
+  }
+  // The loop around the block runs along the outer axis with the smallest input stride (ties:
+  // the longest), so reads stream through memory.
+  int along = -1;
+  for (int d = 0; d < r - m_axes; ++d)
+    if (along < 0 || p.stride[d] < p.stride[along] || (p.stride[d] == p.stride[along] && p.len[d] > p.len[along]))
+      along = d;
+  for (int d = 0; d < r - m_axes; ++d)
+    if (d != along) loops[n++] = {p.len[d], p.stride[d], out_stride[d]};
+  const std::int64_t n_along = along >= 0 ? p.len[along] : 1;
+  // Streaming stores pay off when the output is far larger than the caches.
+  const bool stream = p_total(p) * static_cast<std::int64_t>(sizeof(T)) >= (std::int64_t{32} << 20);
+  const std::int64_t is_along = along >= 0 ? p.stride[along] : 0, os_along = along >= 0 ? out_stride[along] : 0;
+  // The block size as a constant lets the compiler unroll the gather; other sizes loop.
+  auto run = [&](auto block) {
+    constexpr std::int64_t M = decltype(block)::value;
+    const std::int64_t mm = M > 0 ? M : m;
+    for_each_point(loops, n, n_along * mm, [&](std::int64_t io, std::int64_t oo, const std::int64_t*) {
+      const T* src = in + io;
+      T* dst = out + oo;
+      if constexpr (M > 0 && std::is_same_v<T, float> && (M * sizeof(T)) % 64 == 0) {
+        // Whole cache lines: gather a line, then write it with streaming stores (no read for
+        // ownership of an output line that is about to be overwritten), as memcpy does.
+        if (stream && (reinterpret_cast<std::uintptr_t>(dst) % 64) == 0 && os_along % 16 == 0) {
+          alignas(64) T line[M];
+          for (std::int64_t i = 0; i < n_along; ++i, src += is_along, dst += os_along) {
+            for (std::int64_t k = 0; k < M; ++k) line[k] = src[in_off[k]];
+            stream_lines(dst, line, M);
+          }
+          return;
+        }
+      }
+      for (std::int64_t i = 0; i < n_along; ++i, src += is_along, dst += os_along)
+        for (std::int64_t k = 0; k < mm; ++k) dst[k] = src[in_off[k]];
+    });
+    if (stream) store_fence();
+  };
+  switch (m) {
+    case 2: run(std::integral_constant<std::int64_t, 2>{}); break;
+    case 4: run(std::integral_constant<std::int64_t, 4>{}); break;
+    case 8: run(std::integral_constant<std::int64_t, 8>{}); break;
+    case 12: run(std::integral_constant<std::int64_t, 12>{}); break;
+    case 16: run(std::integral_constant<std::int64_t, 16>{}); break;
+    case 32: run(std::integral_constant<std::int64_t, 32>{}); break;
+    case 48: run(std::integral_constant<std::int64_t, 48>{}); break;
+    default: run(std::integral_constant<std::int64_t, 0>{});
+  }
 }
 
 // Accumulator type: double for floating point (so a sum over a million floats stays accurate),
