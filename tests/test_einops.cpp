@@ -236,3 +236,48 @@ TEST_CASE("einsum handles repeated and summed and batch axes beyond the fixtures
   CHECK_THROWS_WITH(einsum(sq, "i j -> i i"), Catch::Contains("appears twice"));
   CHECK_THROWS_WITH(einsum(sq, sq, "i j -> i j"), Catch::Contains("1 operands but 2 tensors"));
 }
+
+TEST_CASE("the _into variants write into a given tensor and check it", "[einops]") {
+  auto x = Generator(12).normal<float>({2, 3, 4, 6});
+  Tensor<float> out({2, 4, 18});
+  rearrange_into(out, x, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", {{"p1", 2}, {"p2", 3}});
+  require_equal(out, rearrange(x, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", {{"p1", 2}, {"p2", 3}}));
+  Tensor<float> pooled({2, 3});
+  reduce_into(pooled, x, "b c h w -> b c", "max");
+  require_equal(pooled, reduce(x, "b c h w -> b c", "max"));
+  Tensor<float> rep({2, 3, 4, 6, 2});
+  repeat_into(rep, x, "b c h w -> b c h w r", {{"r", 2}});
+  require_equal(rep, repeat(x, "b c h w -> b c h w r", {{"r", 2}}));
+  // A pure reshape still copies into the given tensor.
+  Tensor<float> flat({2, 72});
+  rearrange_into(flat, x, "b c h w -> b (c h w)");
+  CHECK_FALSE(flat.shares_storage_with(x));
+  CHECK(flat[71] == x[71]);
+  CHECK_THROWS_WITH(rearrange_into(flat, x, "b c h w -> b h w c"),
+                    Catch::Contains("the output tensor has shape [2,72] but the result has shape [2,4,6,3]"));
+  auto same = x.reshape({2, 3, 24});
+  CHECK_THROWS_WITH(rearrange_into(same, x, "b c h w -> b c (h w)"), Catch::Contains("overlaps the input"));
+}
+
+// Outputs of 32 MB and more take the streaming-store path of the micro-block kernel.
+TEST_CASE("large patchify through the streaming path equals a plain loop", "[einops]") {
+  const std::int64_t B = 8, C = 4, H = 512, W = 512, P = 2;  // 8M floats = 32 MB
+  auto x = Tensor<float>::empty({B, C, H, W});
+  for (std::int64_t i = 0; i < x.numel(); ++i) x[i] = static_cast<float>(i % 1000003);
+  const int before = get_num_threads();
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    auto y = rearrange(x, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", {{"p1", P}, {"p2", P}});
+    bool ok = true;
+    const std::int64_t h2 = H / P, w2 = W / P;
+    for (std::int64_t b = 0; b < B && ok; ++b)
+      for (std::int64_t h = 0; h < h2; ++h)
+        for (std::int64_t w = 0; w < w2; ++w)
+          for (std::int64_t p1 = 0; p1 < P; ++p1)
+            for (std::int64_t p2 = 0; p2 < P; ++p2)
+              for (std::int64_t c = 0; c < C; ++c)
+                ok &= y(b, h * w2 + w, (p1 * P + p2) * C + c) == x(b, c, h * P + p1, w * P + p2);
+    CHECK(ok);
+  }
+  set_num_threads(before);
+}
