@@ -2,6 +2,9 @@
 // made by tools/gen_einops_fixtures.py), plus what einops has no fixture for: views, the
 // recipe cache, compile-time patterns, thread independence, and the fast paths of the kernels
 // against a plain loop.
+#include <atomic>
+#include <thread>
+
 #include <ditto/core/rng.hpp>
 #include <ditto/einops.hpp>
 
@@ -280,4 +283,28 @@ TEST_CASE("large patchify through the streaming path equals a plain loop", "[ein
     CHECK(ok);
   }
   set_num_threads(before);
+}
+
+// Calls from several threads at once share the recipe cache; results must not depend on it.
+TEST_CASE("einops may be called from several threads at once", "[einops][threads]") {
+  auto x = Generator(13).normal<float>({4, 6, 8});
+  const std::vector<std::string> patterns = {"a b c -> c b a", "a (b k) c -> k a b c", "a b c -> (c a) b",
+                                             "a b (c k) -> b k a c"};
+  std::vector<Tensor<float>> expected;
+  for (const auto& p : patterns) expected.push_back(rearrange(x, p, p.find('k') != std::string::npos
+                                                                          ? AxisLengths{{"k", 2}} : AxisLengths{}));
+  std::atomic<int> mismatches{0};
+  std::vector<std::thread> pool;
+  for (int t = 0; t < 4; ++t)
+    pool.emplace_back([&, t] {
+      for (int i = 0; i < 200; ++i) {
+        const std::size_t k = static_cast<std::size_t>(t + i) % patterns.size();
+        // a fresh pattern string each time, so lookups really go through the cache
+        const std::string p = patterns[k] + std::string(static_cast<std::size_t>(i % 3), ' ');
+        auto y = rearrange(x, p, p.find('k') != std::string::npos ? AxisLengths{{"k", 2}} : AxisLengths{});
+        if (!std::equal(y.begin(), y.end(), expected[k].begin())) ++mismatches;
+      }
+    });
+  for (auto& th : pool) th.join();
+  CHECK(mismatches == 0);
 }
