@@ -213,13 +213,13 @@ inline void strided_copy(const T* in, T* out, const StridedPlan& p) {
             for (std::int64_t k = 0; k < M; ++k) line[k] = src[in_off[k]];
             stream_lines(dst, line, M);
           }
+          store_fence();  // on the thread that issued the stores, before the region's barrier
           return;
         }
       }
       for (std::int64_t i = 0; i < n_along; ++i, src += is_along, dst += os_along)
         for (std::int64_t k = 0; k < mm; ++k) dst[k] = src[in_off[k]];
     });
-    if (stream) store_fence();
   };
   switch (m) {
     case 2: run(std::integral_constant<std::int64_t, 2>{}); break;
