@@ -10,3 +10,4 @@
 #include "core/version.hpp"
 #include "einops.hpp"
 #include "io/image.hpp"
+#include "io/safetensors.hpp"

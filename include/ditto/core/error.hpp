@@ -35,6 +35,12 @@ class ArgumentError : public Error {
   using Error::Error;
 };
 
+// A file is missing, unreadable, truncated or malformed.
+class IoError : public Error {
+ public:
+  using Error::Error;
+};
+
 // "[2,3,4]": how every message prints a shape (PyTorch's order, no spaces so it greps well).
 template <class Container>
 inline std::string shape_str(const Container& shape) {

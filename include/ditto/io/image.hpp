@@ -35,11 +35,6 @@
 
 namespace ditto {
 
-class IoError : public Error {
- public:
-  using Error::Error;
-};
-
 // Reads a PNG, JPEG, BMP, ... file into a (C, H, W) tensor in [-1, 1]; C = 3 (RGB) unless
 // `channels` asks for 1 (gray) or 4 (RGBA).
 inline Tensor<float> read_image(const std::string& path, int channels = 3) {
