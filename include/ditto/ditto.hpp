@@ -11,3 +11,4 @@
 #include "einops.hpp"
 #include "io/image.hpp"
 #include "io/safetensors.hpp"
+#include "nn.hpp"

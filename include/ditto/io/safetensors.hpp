@@ -153,6 +153,7 @@ class SafetensorsFile {
     return f;
   }
 
+  const std::string& path() const { return path_; }
   const std::map<std::string, TensorInfo>& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   bool contains(const std::string& name) const { return tensors_.count(name) > 0; }

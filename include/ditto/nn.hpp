@@ -1,0 +1,10 @@
+// All of ditto's neural-network blocks (namespace ditto::nn).
+#pragma once
+
+#include "nn/activation.hpp"
+#include "nn/attention.hpp"
+#include "nn/embedding.hpp"
+#include "nn/linear.hpp"
+#include "nn/mlp.hpp"
+#include "nn/module.hpp"
+#include "nn/norm.hpp"

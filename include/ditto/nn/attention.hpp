@@ -1,0 +1,292 @@
+// Attention. One kernel serves every form: a list of problems, each a query block attending to
+// a key/value block, read through row strides.
+//
+//   softmax(q k^T * scale [masked]) v   computed flash-attention style: queries in blocks of 64,
+//   keys in blocks of 64, a running max and sum per query row (online softmax, Milakov &
+//   Gimelshein 2018), so memory is O(N) and 16k tokens never build an N x N matrix.
+//
+// The same kernel runs (B, H, N, D) tensors, timm's fused qkv layout (B, N, 3, H, D) without
+// rearranging, and packed batches: sequences of different lengths in one buffer, each attending
+// only to itself (block-diagonal attention, no padding compute) — what spacetime-patch models
+// with videos of different sizes need.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "../core/error.hpp"
+#include "../core/matmul.hpp"
+#include "../core/tensor.hpp"
+#include "../core/threading.hpp"
+#include "linear.hpp"
+#include "norm.hpp"
+
+namespace ditto::nn {
+
+// One query block's problem: nq query rows attending to nk key rows.
+template <class T>
+struct AttentionProblem {
+  const T* q;
+  const T* k;
+  const T* v;
+  T* o;
+  std::int64_t nq, nk;
+  const std::uint8_t* mask = nullptr;  // (nq, nk) rows of mask_stride; nonzero = may attend
+};
+
+struct AttentionLayout {
+  std::int64_t d, dv;          // head dims of q/k and of v
+  std::int64_t sq, sk, sv, so;  // row strides of q, k, v, o
+  std::int64_t mask_stride = 0;
+};
+
+namespace detail {
+inline constexpr std::int64_t kAttnBlockQ = 64, kAttnBlockK = 64;
+}
+
+// Runs every problem; work is split over threads by (problem, query block).
+template <class T>
+inline void attention_kernel(const std::vector<AttentionProblem<T>>& problems, const AttentionLayout& L, T scale) {
+  using detail::kAttnBlockK;
+  using detail::kAttnBlockQ;
+  struct Item {
+    std::size_t p;
+    std::int64_t q0;
+  };
+  std::vector<Item> items;
+  std::int64_t flops = 0;
+  for (std::size_t p = 0; p < problems.size(); ++p) {
+    for (std::int64_t q0 = 0; q0 < problems[p].nq; q0 += kAttnBlockQ) items.push_back({p, q0});
+    flops += problems[p].nq * problems[p].nk * (L.d + L.dv);
+  }
+  const std::int64_t n_items = static_cast<std::int64_t>(items.size());
+  parallel_for(n_items, flops, [&](std::int64_t lo, std::int64_t hi) {
+    // per-thread workspace, allocated once per chunk
+    std::vector<T> s(static_cast<std::size_t>(kAttnBlockQ * kAttnBlockK)), acc(static_cast<std::size_t>(kAttnBlockQ * L.dv));
+    std::vector<T> m(kAttnBlockQ), l(kAttnBlockQ);
+    for (std::int64_t it = lo; it < hi; ++it) {
+      const auto& P = problems[items[static_cast<std::size_t>(it)].p];
+      const std::int64_t q0 = items[static_cast<std::size_t>(it)].q0, bq = std::min(kAttnBlockQ, P.nq - q0);
+      std::fill(acc.begin(), acc.end(), T(0));
+      std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
+      std::fill(l.begin(), l.end(), T(0));
+      const T* q = P.q + q0 * L.sq;
+      for (std::int64_t k0 = 0; k0 < P.nk; k0 += kAttnBlockK) {
+        const std::int64_t bk = std::min(kAttnBlockK, P.nk - k0);
+        // s = scale * q_blk k_blk^T   (bq x bk)
+        gemm<T>(false, true, bq, bk, L.d, scale, q, L.sq, P.k + k0 * L.sk, L.sk, T(0), s.data(), bk);
+        for (std::int64_t i = 0; i < bq; ++i) {
+          T* si = s.data() + i * bk;
+          if (P.mask) {
+            const std::uint8_t* mi = P.mask + (q0 + i) * L.mask_stride + k0;
+            for (std::int64_t j = 0; j < bk; ++j)
+              if (!mi[j]) si[j] = -std::numeric_limits<T>::infinity();
+          }
+          T mx = m[i];
+          for (std::int64_t j = 0; j < bk; ++j) mx = std::max(mx, si[j]);
+          if (mx == -std::numeric_limits<T>::infinity()) {  // nothing visible yet in this row
+            std::fill(si, si + bk, T(0));
+            continue;
+          }
+          // rescale what was accumulated under the old max, then add this block's weights
+          const T alpha = std::exp(m[i] - mx);
+          T sum = 0;
+          for (std::int64_t j = 0; j < bk; ++j) sum += (si[j] = std::exp(si[j] - mx));
+          l[i] = l[i] * alpha + sum;
+          m[i] = mx;
+          T* ai = acc.data() + i * L.dv;
+          for (std::int64_t c = 0; c < L.dv; ++c) ai[c] *= alpha;
+        }
+        // acc += p v_blk   (bq x dv)
+        gemm<T>(false, false, bq, L.dv, bk, T(1), s.data(), bk, P.v + k0 * L.sv, L.sv, T(1), acc.data(), L.dv);
+      }
+      for (std::int64_t i = 0; i < bq; ++i) {
+        // a row that may attend to nothing gets NaN, as PyTorch's softmax of all -inf does
+        const T inv = l[i] > 0 ? T(1) / l[i] : std::numeric_limits<T>::quiet_NaN();
+        T* oi = P.o + (q0 + i) * L.so;
+        for (std::int64_t c = 0; c < L.dv; ++c) oi[c] = acc[static_cast<std::size_t>(i * L.dv + c)] * inv;
+      }
+    }
+  });
+}
+
+// q: (B, H, N, D), k: (B, H, M, D), v: (B, H, M, Dv) -> (B, H, N, Dv), like
+// torch.nn.functional.scaled_dot_product_attention. mask: (B or 1, H or 1, N, M), nonzero =
+// attend. scale < 0 means 1 / sqrt(D).
+template <class T>
+inline Tensor<T> scaled_dot_product_attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v,
+                                              const Tensor<std::uint8_t>* mask = nullptr, double scale = -1) {
+  using ditto::detail::cat;
+  if (q.dim() != 4 || k.dim() != 4 || v.dim() != 4 || k.size(0) != q.size(0) || v.size(0) != q.size(0) ||
+      k.size(1) != q.size(1) || v.size(1) != q.size(1) || k.size(3) != q.size(3) || v.size(2) != k.size(2))
+    throw ShapeError(cat("scaled_dot_product_attention: expected q (B,H,N,D), k (B,H,M,D), v (B,H,M,Dv), got ",
+                         shape_str(q.shape()), ", ", shape_str(k.shape()), ", ", shape_str(v.shape())));
+  const std::int64_t B = q.size(0), H = q.size(1), N = q.size(2), D = q.size(3), M = k.size(2), Dv = v.size(3);
+  if (mask && (mask->dim() != 4 || (mask->size(0) != 1 && mask->size(0) != B) ||
+               (mask->size(1) != 1 && mask->size(1) != H) || mask->size(2) != N || mask->size(3) != M))
+    throw ShapeError(cat("scaled_dot_product_attention: mask must be (B or 1, H or 1, ", N, ", ", M, "), got ",
+                         shape_str(mask->shape())));
+  Tensor<T> o = Tensor<T>::empty({B, H, N, Dv});
+  std::vector<AttentionProblem<T>> problems;
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t h = 0; h < H; ++h) {
+      const std::int64_t bh = b * H + h;
+      const std::uint8_t* mk = nullptr;
+      if (mask) mk = mask->data() + ((mask->size(0) == 1 ? 0 : b) * mask->size(1) + (mask->size(1) == 1 ? 0 : h)) * N * M;
+      problems.push_back({q.data() + bh * N * D, k.data() + bh * M * D, v.data() + bh * M * Dv, o.data() + bh * N * Dv, N, M, mk});
+    }
+  attention_kernel(problems, AttentionLayout{D, Dv, D, D, Dv, Dv, M},
+                   static_cast<T>(scale < 0 ? 1.0 / std::sqrt(static_cast<double>(D)) : scale));
+  return o;
+}
+
+// Packed sequences: q (Tq, H, D), k (Tk, H, D), v (Tk, H, Dv), where sequence s owns query rows
+// [cu_q[s], cu_q[s+1]) and key rows [cu_k[s], cu_k[s+1]) (flash-attn's cu_seqlens). Each sequence
+// attends only to itself. Returns (Tq, H, Dv).
+template <class T>
+inline Tensor<T> packed_attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v,
+                                  const std::vector<std::int64_t>& cu_q, const std::vector<std::int64_t>& cu_k,
+                                  double scale = -1) {
+  using ditto::detail::cat;
+  if (q.dim() != 3 || k.dim() != 3 || v.dim() != 3 || k.size(1) != q.size(1) || v.size(1) != q.size(1) ||
+      k.size(2) != q.size(2) || v.size(0) != k.size(0))
+    throw ShapeError(cat("packed_attention: expected q (Tq,H,D), k (Tk,H,D), v (Tk,H,Dv), got ", shape_str(q.shape()),
+                         ", ", shape_str(k.shape()), ", ", shape_str(v.shape())));
+  auto check = [](const std::vector<std::int64_t>& cu, std::int64_t total, const char* which) {
+    bool ok = cu.size() >= 2 && cu.front() == 0 && cu.back() == total;
+    for (std::size_t i = 1; ok && i < cu.size(); ++i) ok = cu[i] >= cu[i - 1];
+    if (!ok)
+      throw ShapeError(cat("packed_attention: ", which, " must rise from 0 to ", total, " (the packed length), got ",
+                           shape_str(cu)));
+  };
+  check(cu_q, q.size(0), "cu_seqlens_q");
+  check(cu_k, k.size(0), "cu_seqlens_k");
+  if (cu_q.size() != cu_k.size())
+    throw ShapeError(cat("packed_attention: ", cu_q.size() - 1, " query sequences but ", cu_k.size() - 1, " key sequences"));
+  const std::int64_t H = q.size(1), D = q.size(2), Dv = v.size(2);
+  Tensor<T> o = Tensor<T>::empty({q.size(0), H, Dv});
+  std::vector<AttentionProblem<T>> problems;
+  for (std::size_t s = 0; s + 1 < cu_q.size(); ++s)
+    for (std::int64_t h = 0; h < H; ++h)
+      problems.push_back({q.data() + (cu_q[s] * H + h) * D, k.data() + (cu_k[s] * H + h) * D,
+                          v.data() + (cu_k[s] * H + h) * Dv, o.data() + (cu_q[s] * H + h) * Dv, cu_q[s + 1] - cu_q[s],
+                          cu_k[s + 1] - cu_k[s], nullptr});
+  attention_kernel(problems, AttentionLayout{D, Dv, H * D, H * D, H * Dv, H * Dv, 0},
+                   static_cast<T>(scale < 0 ? 1.0 / std::sqrt(static_cast<double>(D)) : scale));
+  return o;
+}
+
+// Multi-head self-attention as timm's Attention: qkv = Linear(dim, 3 dim), optional LayerNorm of
+// q and k over the head dim (qk_norm), attention, proj = Linear(dim, dim).
+// x: (B, N, dim) -> (B, N, dim); forward_packed: x (T, dim) with cu_seqlens -> (T, dim).
+template <class T = float>
+struct Attention {
+  std::int64_t dim = 0, num_heads = 1;
+  bool qk_norm = false;
+  double scale = 0;
+  Linear<T> qkv, proj;
+  LayerNorm<T> q_norm, k_norm;
+
+  Attention() = default;
+  Attention(std::int64_t dim_, std::int64_t heads, bool qkv_bias = true, bool qk_norm_ = false, double norm_eps = 1e-6)
+      : dim(dim_), num_heads(heads), qk_norm(qk_norm_), qkv(dim_, 3 * dim_, qkv_bias), proj(dim_, dim_) {
+    if (heads <= 0 || dim_ % heads != 0)
+      throw ArgumentError(ditto::detail::cat("Attention(dim=", dim_, ", num_heads=", heads,
+                                             "): dim must be divisible by num_heads"));
+    scale = 1.0 / std::sqrt(static_cast<double>(dim_ / heads));
+    if (qk_norm) q_norm = k_norm = LayerNorm<T>(dim_ / heads, norm_eps);
+  }
+
+  template <class V>
+  void visit(V& v) {
+    v("qkv", qkv);
+    if (qk_norm) {
+      v("q_norm", q_norm);
+      v("k_norm", k_norm);
+    }
+    v("proj", proj);
+  }
+
+  Tensor<T> forward(const Tensor<T>& x) const {
+    if (x.dim() != 3 || x.size(2) != dim)
+      throw ShapeError(ditto::detail::cat("Attention(dim=", dim, "): expected x (B, N, ", dim, "), got shape ",
+                                          shape_str(x.shape())));
+    const std::int64_t B = x.size(0), N = x.size(1);
+    std::vector<std::int64_t> cu;
+    for (std::int64_t b = 0; b <= B; ++b) cu.push_back(b * N);
+    return forward_packed(x.reshape({B * N, dim}), cu).reshape({B, N, dim});
+  }
+
+  // x: (T, dim) holding sequences [cu[s], cu[s+1]); each attends only to itself.
+  Tensor<T> forward_packed(const Tensor<T>& x, const std::vector<std::int64_t>& cu) const {
+    const std::int64_t Tn = x.size(0), H = num_heads, D = dim / num_heads, C = dim;
+    Tensor<T> qkv_out = qkv.forward(x);  // (T, 3, H, D): q, k, v of a token side by side
+    if (qk_norm)
+      parallel_for(Tn, Tn * C * 8, [&](std::int64_t lo, std::int64_t hi) {
+        for (auto t = lo; t < hi; ++t) {
+          T* row = qkv_out.data() + t * 3 * C;
+          q_norm.forward_into(row, row, H);  // in place: H rows of D
+          k_norm.forward_into(row + C, row + C, H);
+        }
+      });
+    Tensor<T> o = Tensor<T>::empty({Tn, C});  // (T, H, D): heads side by side, as proj expects
+    std::vector<AttentionProblem<T>> problems;
+    for (std::size_t s = 0; s + 1 < cu.size(); ++s)
+      for (std::int64_t h = 0; h < H; ++h) {
+        const T* base = qkv_out.data() + cu[s] * 3 * C + h * D;
+        problems.push_back({base, base + C, base + 2 * C, o.data() + cu[s] * C + h * D, cu[s + 1] - cu[s],
+                            cu[s + 1] - cu[s], nullptr});
+      }
+    attention_kernel(problems, AttentionLayout{D, D, 3 * C, 3 * C, 3 * C, C, 0}, static_cast<T>(scale));
+    return proj.forward(o);
+  }
+};
+
+// Cross-attention: queries from x (B, N, dim), keys and values from a context (B, M, context_dim):
+// q = Linear(dim, dim), kv = Linear(context_dim, 2 dim) (k and v side by side), proj.
+template <class T = float>
+struct CrossAttention {
+  std::int64_t dim = 0, context_dim = 0, num_heads = 1;
+  Linear<T> q, kv, proj;
+
+  CrossAttention() = default;
+  CrossAttention(std::int64_t dim_, std::int64_t context_dim_, std::int64_t heads, bool bias = true)
+      : dim(dim_), context_dim(context_dim_), num_heads(heads), q(dim_, dim_, bias), kv(context_dim_, 2 * dim_, bias),
+        proj(dim_, dim_) {
+    if (heads <= 0 || dim_ % heads != 0)
+      throw ArgumentError(ditto::detail::cat("CrossAttention(dim=", dim_, ", num_heads=", heads,
+                                             "): dim must be divisible by num_heads"));
+  }
+
+  template <class V>
+  void visit(V& v) {
+    v("q", q);
+    v("kv", kv);
+    v("proj", proj);
+  }
+
+  Tensor<T> forward(const Tensor<T>& x, const Tensor<T>& context) const {
+    if (x.dim() != 3 || x.size(2) != dim || context.dim() != 3 || context.size(0) != x.size(0) ||
+        context.size(2) != context_dim)
+      throw ShapeError(ditto::detail::cat("CrossAttention(dim=", dim, ", context_dim=", context_dim,
+                                          "): expected x (B, N, ", dim, ") and context (B, M, ", context_dim, "), got ",
+                                          shape_str(x.shape()), " and ", shape_str(context.shape())));
+    const std::int64_t B = x.size(0), N = x.size(1), M = context.size(1), H = num_heads, D = dim / num_heads, C = dim;
+    Tensor<T> qo = q.forward(x), kvo = kv.forward(context);
+    Tensor<T> o = Tensor<T>::empty({B, N, C});
+    std::vector<AttentionProblem<T>> problems;
+    for (std::int64_t b = 0; b < B; ++b)
+      for (std::int64_t h = 0; h < H; ++h) {
+        const T* kb = kvo.data() + b * M * 2 * C + h * D;
+        problems.push_back({qo.data() + b * N * C + h * D, kb, kb + C, o.data() + b * N * C + h * D, N, M, nullptr});
+      }
+    attention_kernel(problems, AttentionLayout{D, D, C, 2 * C, 2 * C, C, 0},
+                     static_cast<T>(1.0 / std::sqrt(static_cast<double>(D))));
+    return proj.forward(o);
+  }
+};
+
+}  // namespace ditto::nn

@@ -1,0 +1,89 @@
+// Linear and Embedding, as torch.nn.Linear / torch.nn.Embedding (same parameter names and layout).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "../core/error.hpp"
+#include "../core/matmul.hpp"
+#include "../core/tensor.hpp"
+#include "../core/threading.hpp"
+
+namespace ditto::nn {
+
+// y = x W^T + b.  x: (..., in_features), weight: (out_features, in_features), bias: (out_features).
+template <class T = float>
+struct Linear {
+  std::int64_t in_features = 0, out_features = 0;
+  bool has_bias = true;
+  Tensor<T> weight, bias;
+
+  Linear() = default;
+  Linear(std::int64_t in, std::int64_t out, bool bias_ = true)
+      : in_features(in), out_features(out), has_bias(bias_), weight({out, in}), bias(Shape{bias_ ? out : 0}) {}
+
+  template <class V>
+  void visit(V& v) {
+    v("weight", weight);
+    if (has_bias) v("bias", bias);
+  }
+
+  Tensor<T> forward(const Tensor<T>& x) const {
+    if (x.dim() < 1 || x.size(-1) != in_features)
+      throw ShapeError(ditto::detail::cat("Linear(", in_features, ", ", out_features, "): expected input (..., ",
+                                          in_features, "), got shape ", shape_str(x.shape())));
+    Shape shape = x.shape();
+    shape.back() = out_features;
+    Tensor<T> y = Tensor<T>::empty(shape);
+    forward_into(x.data(), y.data(), x.numel() / in_features);
+    return y;
+  }
+
+  // rows x in_features -> rows x out_features, into caller memory (no allocation).
+  void forward_into(const T* x, T* y, std::int64_t rows) const {
+    if (rows == 0) return;
+    gemm<T>(false, true, rows, out_features, in_features, T(1), x, in_features, weight.data(), in_features, T(0), y,
+            out_features);
+    if (!has_bias) return;
+    const T* b = bias.data();
+    const std::int64_t n = out_features;
+    parallel_for(rows, rows * n, [&](std::int64_t lo, std::int64_t hi) {
+      for (auto r = lo; r < hi; ++r)
+        for (std::int64_t j = 0; j < n; ++j) y[r * n + j] += b[j];
+    });
+  }
+};
+
+// A lookup table: idx (any shape, integer) -> (idx.shape..., embedding_dim).
+template <class T = float>
+struct Embedding {
+  std::int64_t num_embeddings = 0, embedding_dim = 0;
+  Tensor<T> weight;
+
+  Embedding() = default;
+  Embedding(std::int64_t num, std::int64_t dim) : num_embeddings(num), embedding_dim(dim), weight({num, dim}) {}
+
+  template <class V>
+  void visit(V& v) {
+    v("weight", weight);
+  }
+
+  template <class I>
+  Tensor<T> forward(const Tensor<I>& idx) const {
+    static_assert(std::is_integral_v<I>, "Embedding: indices must be integers");
+    Shape shape = idx.shape();
+    shape.push_back(embedding_dim);
+    Tensor<T> y = Tensor<T>::empty(shape);
+    for (std::int64_t i = 0; i < idx.numel(); ++i) {
+      const auto k = static_cast<std::int64_t>(idx[i]);
+      if (k < 0 || k >= num_embeddings)
+        throw ShapeError(ditto::detail::cat("Embedding(", num_embeddings, ", ", embedding_dim, "): index ", k,
+                                            " is out of range [0, ", num_embeddings, ")"));
+      std::copy(weight.data() + k * embedding_dim, weight.data() + (k + 1) * embedding_dim,
+                y.data() + i * embedding_dim);
+    }
+    return y;
+  }
+};
+
+}  // namespace ditto::nn

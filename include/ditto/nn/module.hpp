@@ -1,0 +1,144 @@
+// How blocks own and list their parameters, and how weights load and save.
+//
+// A block is a plain struct whose members are tensors and other blocks, named as in the
+// upstream PyTorch module. It lists them in one function:
+//
+//   template <class V> void visit(V& v) { v("fc1", fc1); v("fc2", fc2); }
+//
+// and everything else is built on that: named_parameters(block) yields ("fc1.weight", tensor),
+// ..., exactly PyTorch's state_dict() keys; load() and save() read and write .safetensors under
+// those names; counting and (later) optimizers walk the same list. No string lookups at run time.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <set>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "../core/error.hpp"
+#include "../core/tensor.hpp"
+#include "../io/safetensors.hpp"
+
+namespace ditto::nn {
+
+namespace detail {
+template <class B, class V>
+concept Visitable = requires(B& b, V& v) { b.visit(v); };
+
+// Walks a block tree, calling f(full_name, tensor) for every tensor.
+template <class T, class F>
+struct Walker {
+  F& f;
+  std::string prefix;
+  void operator()(const std::string& name, Tensor<T>& t) { f(prefix + name, t); }
+  template <class B>
+  void operator()(const std::string& name, B& block) {
+    Walker sub{f, prefix + name + "."};
+    block.visit(sub);
+  }
+  // A torch.nn.ModuleList: "blocks.0.", "blocks.1.", ...
+  template <class B>
+  void operator()(const std::string& name, std::vector<B>& blocks) {
+    for (std::size_t i = 0; i < blocks.size(); ++i) (*this)(name + "." + std::to_string(i), blocks[i]);
+  }
+};
+}  // namespace detail
+
+// Every parameter and buffer of a block, under its state-dict name, in declaration order.
+template <class T, class Block>
+inline std::vector<std::pair<std::string, Tensor<T>*>> named_parameters(Block& block) {
+  std::vector<std::pair<std::string, Tensor<T>*>> out;
+  auto collect = [&](const std::string& name, Tensor<T>& t) { out.emplace_back(name, &t); };
+  detail::Walker<T, decltype(collect)> w{collect, ""};
+  block.visit(w);
+  return out;
+}
+
+// The number of scalars in a block (what `sum(p.numel() for p in m.state_dict().values())` says).
+template <class T, class Block>
+inline std::int64_t count_parameters(Block& block) {
+  std::int64_t n = 0;
+  for (auto& [name, t] : named_parameters<T>(block)) n += t->numel();
+  return n;
+}
+
+// What load() found: like PyTorch's _IncompatibleKeys.
+struct LoadReport {
+  std::vector<std::string> missing, unexpected;
+  bool ok() const { return missing.empty() && unexpected.empty(); }
+};
+
+// Loads a block's tensors from a safetensors file by name, converting dtypes. A wrongly shaped
+// tensor is always an error; with strict (the default, as load_state_dict) so is any missing or
+// unexpected name. All problems are reported together in one IoError.
+// `rename` maps a file's name to the block's name ("" drops it): one conversion table per
+// foreign layout of the same weights (e.g. diffusers' names), applied here, at load time.
+template <class T, class Block>
+inline LoadReport load(Block& block, const SafetensorsFile& file, bool strict = true,
+                       const std::function<std::string(const std::string&)>& rename = {}) {
+  auto params = named_parameters<T>(block);
+  std::map<std::string, std::string> file_names;  // block name -> file name
+  LoadReport report;
+  for (const auto& name : file.names()) {
+    const std::string mine = rename ? rename(name) : name;
+    if (mine.empty()) continue;
+    file_names[mine] = name;
+  }
+  std::vector<std::string> wrong;
+  std::set<std::string> used;
+  for (auto& [name, t] : params) {
+    auto it = file_names.find(name);
+    if (it == file_names.end()) {
+      report.missing.push_back(name);
+      continue;
+    }
+    used.insert(name);
+    const auto& info = file.info(it->second);
+    if (info.shape != t->shape()) {
+      wrong.push_back(ditto::detail::cat(name, ": file ", shape_str(info.shape), ", model ", shape_str(t->shape())));
+      continue;
+    }
+    *t = file.get<T>(it->second);
+  }
+  for (const auto& [mine, theirs] : file_names)
+    if (!used.count(mine)) report.unexpected.push_back(theirs);
+  auto list = [](const std::vector<std::string>& v) {
+    std::string s;
+    for (std::size_t i = 0; i < v.size() && i < 10; ++i) s += (i ? ", " : "") + v[i];
+    if (v.size() > 10) s += ditto::detail::cat(", ... (", v.size() - 10, " more)");
+    return s;
+  };
+  if (!wrong.empty() || (strict && !report.ok())) {
+    std::string msg = "load(\"" + file.path() + "\"): ";
+    bool first = true;
+    auto part = [&](const std::vector<std::string>& v, const char* what) {
+      if (v.empty()) return;
+      msg += ditto::detail::cat(first ? "" : ", ", v.size(), " ", what, " (", list(v), ")");
+      first = false;
+    };
+    part(report.missing, "missing");
+    if (strict) part(report.unexpected, "unexpected");
+    part(wrong, "wrong shape");
+    throw IoError(msg);
+  }
+  return report;
+}
+template <class T, class Block>
+inline LoadReport load(Block& block, const std::string& path, bool strict = true,
+                       const std::function<std::string(const std::string&)>& rename = {}) {
+  return load<T>(block, SafetensorsFile(path), strict, rename);
+}
+
+// Saves every tensor of a block under its state-dict name.
+template <class T, class Block>
+inline void save(Block& block, const std::string& path, const std::map<std::string, std::string>& metadata = {}) {
+  std::vector<std::pair<std::string, Tensor<T>>> tensors;
+  for (auto& [name, t] : named_parameters<T>(block)) tensors.emplace_back(name, *t);
+  save_safetensors<T>(path, tensors, metadata);
+}
+
+}  // namespace ditto::nn

@@ -1,0 +1,157 @@
+// Normalizations, as torch.nn.LayerNorm / GroupNorm and the RMSNorm of LLaMA-style blocks.
+// Statistics accumulate in double (at least float32 for any input, as upstream's GroupNorm32
+// does for half inputs), so long rows stay accurate.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "../core/error.hpp"
+#include "../core/tensor.hpp"
+#include "../core/threading.hpp"
+
+namespace ditto::nn {
+
+// x: (..., normalized_shape). y = (x - mean) / sqrt(var + eps) * weight + bias, over the last axis
+// (biased variance, as PyTorch). elementwise_affine = false: no weight or bias.
+template <class T = float>
+struct LayerNorm {
+  std::int64_t normalized_shape = 0;
+  double eps = 1e-5;
+  bool elementwise_affine = true;
+  Tensor<T> weight, bias;
+
+  LayerNorm() = default;
+  explicit LayerNorm(std::int64_t dim, double eps_ = 1e-5, bool affine = true)
+      : normalized_shape(dim), eps(eps_), elementwise_affine(affine),
+        weight(Tensor<T>::ones({affine ? dim : 0})), bias(Shape{affine ? dim : 0}) {}
+
+  template <class V>
+  void visit(V& v) {
+    if (elementwise_affine) {
+      v("weight", weight);
+      v("bias", bias);
+    }
+  }
+
+  Tensor<T> forward(const Tensor<T>& x) const {
+    if (x.dim() < 1 || x.size(-1) != normalized_shape)
+      throw ShapeError(ditto::detail::cat("LayerNorm(", normalized_shape, "): expected input (..., ", normalized_shape,
+                                          "), got shape ", shape_str(x.shape())));
+    Tensor<T> y = Tensor<T>::empty(x.shape());
+    forward_into(x.data(), y.data(), x.numel() / normalized_shape);
+    return y;
+  }
+
+  void forward_into(const T* x, T* y, std::int64_t rows) const {
+    const std::int64_t n = normalized_shape;
+    const T* w = elementwise_affine ? weight.data() : nullptr;
+    const T* b = elementwise_affine ? bias.data() : nullptr;
+    parallel_for(rows, rows * n * 4, [&](std::int64_t lo, std::int64_t hi) {
+      for (auto r = lo; r < hi; ++r) {
+        const T* xr = x + r * n;
+        T* yr = y + r * n;
+        double mean = 0, var = 0;
+        for (std::int64_t i = 0; i < n; ++i) mean += xr[i];
+        mean /= static_cast<double>(n);
+        for (std::int64_t i = 0; i < n; ++i) var += (xr[i] - mean) * (xr[i] - mean);
+        const T rstd = static_cast<T>(1.0 / std::sqrt(var / static_cast<double>(n) + eps));
+        const T m = static_cast<T>(mean);
+        if (w) for (std::int64_t i = 0; i < n; ++i) yr[i] = (xr[i] - m) * rstd * w[i] + b[i];
+        else for (std::int64_t i = 0; i < n; ++i) yr[i] = (xr[i] - m) * rstd;
+      }
+    });
+  }
+};
+
+// x: (..., dim). y = x / sqrt(mean(x^2) + eps) * weight.
+template <class T = float>
+struct RMSNorm {
+  std::int64_t dim = 0;
+  double eps = 1e-6;
+  Tensor<T> weight;
+
+  RMSNorm() = default;
+  explicit RMSNorm(std::int64_t dim_, double eps_ = 1e-6) : dim(dim_), eps(eps_), weight(Tensor<T>::ones({dim_})) {}
+
+  template <class V>
+  void visit(V& v) {
+    v("weight", weight);
+  }
+
+  Tensor<T> forward(const Tensor<T>& x) const {
+    if (x.dim() < 1 || x.size(-1) != dim)
+      throw ShapeError(ditto::detail::cat("RMSNorm(", dim, "): expected input (..., ", dim, "), got shape ",
+                                          shape_str(x.shape())));
+    Tensor<T> y = Tensor<T>::empty(x.shape());
+    const std::int64_t rows = x.numel() / dim;
+    parallel_for(rows, rows * dim * 3, [&](std::int64_t lo, std::int64_t hi) {
+      for (auto r = lo; r < hi; ++r) {
+        const T* xr = x.data() + r * dim;
+        double ss = 0;
+        for (std::int64_t i = 0; i < dim; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+        const T rs = static_cast<T>(1.0 / std::sqrt(ss / static_cast<double>(dim) + eps));
+        for (std::int64_t i = 0; i < dim; ++i) y[r * dim + i] = xr[i] * rs * weight[i];
+      }
+    });
+    return y;
+  }
+};
+
+// x: (N, C, *spatial). Statistics over each group of C / num_groups channels and all positions;
+// then a per-channel affine. num_groups = 32 is the U-Net / VAE default (normalization(ch)).
+template <class T = float>
+struct GroupNorm {
+  std::int64_t num_groups = 32, num_channels = 0;
+  double eps = 1e-5;
+  bool affine = true;
+  Tensor<T> weight, bias;
+
+  GroupNorm() = default;
+  GroupNorm(std::int64_t groups, std::int64_t channels, double eps_ = 1e-5, bool affine_ = true)
+      : num_groups(groups), num_channels(channels), eps(eps_), affine(affine_),
+        weight(Tensor<T>::ones({affine_ ? channels : 0})), bias(Shape{affine_ ? channels : 0}) {
+    if (groups <= 0 || channels % groups != 0)
+      throw ArgumentError(ditto::detail::cat("GroupNorm(", groups, ", ", channels,
+                                             "): num_channels must be divisible by num_groups"));
+  }
+
+  template <class V>
+  void visit(V& v) {
+    if (affine) {
+      v("weight", weight);
+      v("bias", bias);
+    }
+  }
+
+  Tensor<T> forward(const Tensor<T>& x) const {
+    if (x.dim() < 2 || x.size(1) != num_channels)
+      throw ShapeError(ditto::detail::cat("GroupNorm(", num_groups, ", ", num_channels, "): expected input (N, ",
+                                          num_channels, ", ...), got shape ", shape_str(x.shape())));
+    Tensor<T> y = Tensor<T>::empty(x.shape());
+    const std::int64_t N = x.size(0), C = num_channels, G = num_groups, cg = C / G;
+    const std::int64_t spatial = x.numel() / std::max<std::int64_t>(N * C, 1), group = cg * spatial;
+    parallel_for(N * G, N * C * spatial * 4, [&](std::int64_t lo, std::int64_t hi) {
+      for (auto ng = lo; ng < hi; ++ng) {
+        const T* xg = x.data() + ng * group;
+        T* yg = y.data() + ng * group;
+        double mean = 0, var = 0;
+        for (std::int64_t i = 0; i < group; ++i) mean += xg[i];
+        mean /= static_cast<double>(group);
+        for (std::int64_t i = 0; i < group; ++i) var += (xg[i] - mean) * (xg[i] - mean);
+        const double rstd = 1.0 / std::sqrt(var / static_cast<double>(group) + eps);
+        const std::int64_t g = ng % G;
+        for (std::int64_t c = 0; c < cg; ++c) {
+          const std::int64_t ch = g * cg + c;
+          const T scale = static_cast<T>(rstd * (affine ? static_cast<double>(weight[ch]) : 1.0));
+          const T shift = static_cast<T>((affine ? static_cast<double>(bias[ch]) : 0.0) - mean * rstd *
+                                                   (affine ? static_cast<double>(weight[ch]) : 1.0));
+          for (std::int64_t s = 0; s < spatial; ++s) yg[c * spatial + s] = xg[c * spatial + s] * scale + shift;
+        }
+      }
+    });
+    return y;
+  }
+};
+
+}  // namespace ditto::nn

@@ -1,0 +1,215 @@
+// nn/: every block against torch.nn / torch.nn.functional on the same weights and inputs
+// (tests/fixtures/nn_f32.safetensors and nn_f64.safetensors, made by tools/gen_nn_fixtures.py):
+// relative error <= 1e-5 in float32 and <= 1e-10 in double. Then what has no torch fixture:
+// packed attention, long sequences, loading and saving.
+#include <ditto/core/rng.hpp>
+#include <ditto/einops.hpp>
+#include <ditto/nn.hpp>
+
+#include "helpers.hpp"
+
+using namespace ditto;
+using namespace ditto::nn;
+using ditto_test::require_equal;
+
+namespace {
+template <class T>
+struct Fixture {
+  SafetensorsFile file;
+  double tol;
+  Fixture() : file(std::string(DITTO_FIXTURES) + (std::is_same_v<T, float> ? "/nn_f32.safetensors" : "/nn_f64.safetensors")),
+              tol(std::is_same_v<T, float> ? 1e-5 : 1e-10) {}
+  Tensor<T> get(const std::string& name) const { return file.get<T>(name); }
+  // Loads `block` from the tensors "case.w.*", strictly: every parameter present, none extra.
+  template <class Block>
+  void load_case(Block& block, const std::string& c) const {
+    const std::string prefix = c + ".w.";
+    load<T>(block, file, /*strict=*/true, [&](const std::string& n) {
+      return n.rfind(prefix, 0) == 0 ? n.substr(prefix.size()) : std::string();
+    });
+  }
+};
+}  // namespace
+
+TEMPLATE_TEST_CASE("nn blocks match torch", "[nn]", float, double) {
+  using T = TestType;
+  const Fixture<T> fx;
+  const double tol = fx.tol;
+  for (bool bias : {true, false}) {
+    const std::string c = bias ? "linear_bias1" : "linear_bias0";
+    INFO(c);
+    Linear<T> m(12, 7, bias);
+    fx.load_case(m, c);
+    CHECK_CLOSE(m.forward(fx.get(c + ".in.x")), fx.get(c + ".out"), tol);
+  }
+  for (bool affine : {true, false}) {
+    const std::string c = affine ? "layernorm_affine1" : "layernorm_affine0";
+    INFO(c);
+    LayerNorm<T> m(12, 1e-6, affine);
+    fx.load_case(m, c);
+    CHECK_CLOSE(m.forward(fx.get(c + ".in.x")), fx.get(c + ".out"), tol);
+  }
+  for (auto [g, affine] : {std::pair{4, true}, std::pair{2, false}, std::pair{8, true}}) {
+    const std::string c = "groupnorm_g" + std::to_string(g) + "_affine" + std::to_string(int(affine));
+    INFO(c);
+    GroupNorm<T> m(g, 8, 1e-5, affine);
+    fx.load_case(m, c);
+    CHECK_CLOSE(m.forward(fx.get(c + ".in.x")), fx.get(c + ".out"), tol);
+  }
+  {
+    RMSNorm<T> m(12, 1e-6);
+    fx.load_case(m, "rmsnorm");
+    CHECK_CLOSE(m.forward(fx.get("rmsnorm.in.x")), fx.get("rmsnorm.out"), tol);
+  }
+  const auto a = fx.get("act.in.x");
+  CHECK_CLOSE(gelu(a), fx.get("act.gelu"), tol);
+  CHECK_CLOSE(gelu_tanh(a), fx.get("act.gelu_tanh"), tol);
+  CHECK_CLOSE(silu(a), fx.get("act.silu"), tol);
+  CHECK_CLOSE(softmax(a), fx.get("act.softmax"), tol);
+  {
+    Mlp<T> m(12, 20, 12, Activation::gelu_tanh);
+    fx.load_case(m, "mlp");
+    CHECK_CLOSE(m.forward(fx.get("mlp.in.x")), fx.get("mlp.out"), tol);
+  }
+  {
+    Embedding<T> m(11, 6);
+    fx.load_case(m, "embedding");
+    CHECK_CLOSE(m.forward(fx.file.template get<std::int64_t>("embedding.in.idx")), fx.get("embedding.out"), tol);
+    CHECK_THROWS_WITH(m.forward(Tensor<std::int64_t>({1}, {11})), Catch::Contains("index 11 is out of range [0, 11)"));
+  }
+  for (bool qk : {false, true}) {
+    const std::string c = qk ? "attention_qknorm1" : "attention_qknorm0";
+    INFO(c);
+    Attention<T> m(16, 4, true, qk);
+    fx.load_case(m, c);
+    CHECK_CLOSE(m.forward(fx.get(c + ".in.x")), fx.get(c + ".out"), tol);
+  }
+  {
+    const auto q = fx.get("sdpa.in.q"), k = fx.get("sdpa.in.k"), v = fx.get("sdpa.in.v");
+    const auto mask = fx.file.template get<std::uint8_t>("sdpa.in.mask");
+    CHECK_CLOSE(scaled_dot_product_attention(q, k, v), fx.get("sdpa.out"), tol);
+    CHECK_CLOSE(scaled_dot_product_attention(q, k, v, &mask), fx.get("sdpa.out_masked"), tol);
+  }
+  {
+    CrossAttention<T> m(16, 10, 4);
+    fx.load_case(m, "cross_attention");
+    CHECK_CLOSE(m.forward(fx.get("cross_attention.in.x"), fx.get("cross_attention.in.context")),
+                fx.get("cross_attention.out"), tol);
+  }
+  for (int dim : {8, 9}) {
+    const std::string c = "timestep_dim" + std::to_string(dim);
+    INFO(c);
+    CHECK_CLOSE(timestep_embedding(fx.get(c + ".in.t"), dim), fx.get(c + ".cos_first"), tol);
+    CHECK_CLOSE(timestep_embedding(fx.get(c + ".in.t"), dim, 10000.0, false), fx.get(c + ".sin_first"), tol);
+  }
+  CHECK_CLOSE(sincos_pos_embed_2d<T>(16, 4, 4), fx.get("pos2d_4x4_d16"), tol);
+  CHECK_CLOSE(sincos_pos_embed_2d<T>(8, 3, 5), fx.get("pos2d_3x5_d8"), tol);
+  CHECK_CLOSE(sincos_pos_embed_1d<T>(16, 4), fx.get("pos1d_4_d16"), tol);
+}
+
+namespace {
+struct Stack {  // a torch.nn.ModuleList of blocks
+  std::vector<Linear<float>> blocks{Linear<float>(2, 3), Linear<float>(3, 4, false)};
+  template <class V>
+  void visit(V& v) {
+    v("blocks", blocks);
+  }
+};
+}  // namespace
+
+TEST_CASE("parameter names are PyTorch's state_dict keys", "[nn]") {
+  Attention<float> att(16, 4, true, true);
+  std::vector<std::string> names;
+  for (auto& [n, t] : named_parameters<float>(att)) names.push_back(n);
+  CHECK(names == std::vector<std::string>{"qkv.weight", "qkv.bias", "q_norm.weight", "q_norm.bias", "k_norm.weight",
+                                          "k_norm.bias", "proj.weight", "proj.bias"});
+  CHECK(count_parameters<float>(att) == 16 * 48 + 48 + 4 * 4 + 16 * 16 + 16);
+  Stack stack;
+  names.clear();
+  for (auto& [n, t] : named_parameters<float>(stack)) names.push_back(n);
+  CHECK(names == std::vector<std::string>{"blocks.0.weight", "blocks.0.bias", "blocks.1.weight"});
+}
+
+TEST_CASE("load and save: strict reports every problem at once" , "[nn][io]") {
+  Generator g(3);
+  Mlp<float> m(4, 8);
+  for (auto& [n, t] : named_parameters<float>(m)) *t = g.normal<float>(t->shape());
+  save<float>(m, "ditto_test_mlp.safetensors");
+  Mlp<float> back(4, 8);
+  CHECK(load<float>(back, "ditto_test_mlp.safetensors").ok());
+  auto x = g.normal<float>({3, 4});
+  require_equal(back.forward(x), m.forward(x));
+
+  save_safetensors<float>("ditto_test_bad.safetensors",
+                          {{"fc1.weight", Tensor<float>({8, 5})}, {"fc1.bias", Tensor<float>({8})},
+                           {"fc2.weight", Tensor<float>({4, 8})}, {"extra", Tensor<float>({1})}});
+  Mlp<float> target(4, 8);
+  CHECK_THROWS_WITH(load<float>(target, "ditto_test_bad.safetensors"),
+                    Catch::Contains("1 missing (fc2.bias), 1 unexpected (extra), 1 wrong shape (fc1.weight: file [8,5], model [8,4])"));
+  // Not strict: missing and unexpected are reported, a wrong shape is still an error.
+  save_safetensors<float>("ditto_test_bad.safetensors", {{"fc1.bias", Tensor<float>::ones({8})}, {"extra", Tensor<float>({1})}});
+  auto report = load<float>(target, "ditto_test_bad.safetensors", /*strict=*/false);
+  CHECK(report.missing == std::vector<std::string>{"fc1.weight", "fc2.weight", "fc2.bias"});
+  CHECK(report.unexpected == std::vector<std::string>{"extra"});
+  CHECK(target.fc1.bias[0] == 1.0f);
+  std::remove("ditto_test_mlp.safetensors");
+  std::remove("ditto_test_bad.safetensors");
+}
+
+// Attention over a batch of the same sequences one by one (checked against torch above).
+TEST_CASE("packed attention equals attention on each sequence alone", "[nn][attention]") {
+  Generator g(5);
+  const std::vector<std::int64_t> lens{5, 70, 131};
+  const std::int64_t H = 2, D = 8, total = 206;
+  auto q = g.normal<double>({total, H, D}), k = g.normal<double>({total, H, D}), v = g.normal<double>({total, H, D});
+  std::vector<std::int64_t> cu{0, 5, 75, 206};
+  auto packed = packed_attention(q, k, v, cu, cu);
+  for (std::size_t s = 0; s < lens.size(); ++s) {
+    const std::int64_t n = lens[s];
+    auto slice = [&](const Tensor<double>& t) {  // (n, H, D) -> (1, H, n, D)
+      Tensor<double> part({n, H, D}, std::vector<double>(t.data() + cu[s] * H * D, t.data() + cu[s + 1] * H * D));
+      return rearrange(part, "n h d -> 1 h n d");
+    };
+    auto alone = rearrange(scaled_dot_product_attention(slice(q), slice(k), slice(v)), "1 h n d -> n h d");
+    Tensor<double> got({n, H, D}, std::vector<double>(packed.data() + cu[s] * H * D, packed.data() + cu[s + 1] * H * D));
+    CHECK_CLOSE(got, alone, 1e-12);
+  }
+  // The module: forward_packed over a packed batch equals forward on each sequence.
+  Attention<double> att(16, 4);
+  for (auto& [n, t] : named_parameters<double>(att)) *t = g.normal<double>(t->shape(), 0.0, 0.3);
+  auto x = g.normal<double>({total, 16});
+  auto y = att.forward_packed(x, cu);
+  for (std::size_t s = 0; s < lens.size(); ++s) {
+    Tensor<double> xs({1, lens[s], 16}, std::vector<double>(x.data() + cu[s] * 16, x.data() + cu[s + 1] * 16));
+    Tensor<double> ys({1, lens[s], 16}, std::vector<double>(y.data() + cu[s] * 16, y.data() + cu[s + 1] * 16));
+    CHECK_CLOSE(ys, att.forward(xs), 1e-12);
+  }
+  CHECK_THROWS_WITH(packed_attention(q, k, v, {0, 5, 200}, {0, 5, 200}), Catch::Contains("must rise from 0 to 206"));
+}
+
+// 4096 tokens: many key blocks, no N x N matrix; sampled rows against a direct computation.
+TEST_CASE("long-sequence attention equals the direct softmax on sampled rows", "[nn][attention]") {
+  Generator g(6);
+  const std::int64_t N = 4096, D = 16;
+  auto q = g.normal<float>({1, 1, N, D}), k = g.normal<float>({1, 1, N, D}), v = g.normal<float>({1, 1, N, D});
+  auto o = scaled_dot_product_attention(q, k, v);
+  for (std::int64_t i : {0L, 63L, 64L, 2049L, 4095L}) {
+    std::vector<double> s(N);
+    double mx = -1e300, sum = 0;
+    for (std::int64_t j = 0; j < N; ++j) {
+      double d = 0;
+      for (std::int64_t c = 0; c < D; ++c) d += double(q[i * D + c]) * k[j * D + c];
+      s[j] = d / 4.0;
+      mx = std::max(mx, s[j]);
+    }
+    for (auto& x : s) sum += (x = std::exp(x - mx));
+    Tensor<float> ref({D}), got({D}, std::vector<float>(o.data() + i * D, o.data() + (i + 1) * D));
+    for (std::int64_t c = 0; c < D; ++c) {
+      double acc = 0;
+      for (std::int64_t j = 0; j < N; ++j) acc += s[j] * v[j * D + c];
+      ref[c] = static_cast<float>(acc / sum);
+    }
+    INFO("row " << i);
+    CHECK_CLOSE(got, ref, 1e-5);
+  }
+}
