@@ -149,12 +149,72 @@ def cases(dtype):
         return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
     for gh, gw, dim in ((4, 4, 16), (3, 5, 8)):
-        gy, gx = np.meshgrid(np.arange(gh, dtype=np.float64), np.arange(gw, dtype=np.float64), indexing="ij")
         # DiT: grid = meshgrid(grid_w, grid_h) so grid[0] runs along w; emb = concat(h-part from grid[0], w-part from grid[1])
         grid = np.stack(np.meshgrid(np.arange(gw, dtype=np.float64), np.arange(gh, dtype=np.float64)), axis=0)
         emb = np.concatenate([sincos_1d(dim // 2, grid[0]), sincos_1d(dim // 2, grid[1])], axis=1)
         t[f"pos2d_{gh}x{gw}_d{dim}"] = torch.from_numpy(emb).to(dtype)
         t[f"pos1d_{gh}_d{dim}"] = torch.from_numpy(sincos_1d(dim, np.arange(gh, dtype=np.float64))).to(dtype)
+    # convolutions: stride, asymmetric padding (F.pad then conv), groups; Conv1d k=1; Conv3d
+    for name, (cin, cout, k, stride, pad, groups, hw) in {
+        "conv2d_3x3": (4, 6, 3, 1, (1, 1, 1, 1), 1, (7, 5)),
+        "conv2d_s2_asym": (4, 6, 3, 2, (0, 1, 0, 1), 1, (8, 9)),  # (left, right, top, bottom)
+        "conv2d_groups": (4, 6, 3, 1, (1, 1, 1, 1), 2, (5, 6)),
+        "conv2d_1x1": (8, 5, 1, 1, (0, 0, 0, 0), 1, (4, 3)),
+        "conv2d_k4_s4": (3, 8, 4, 4, (0, 0, 0, 0), 1, (8, 12)),
+    }.items():
+        conv = randomize(torch.nn.Conv2d(cin, cout, k, stride=stride, groups=groups).to(dtype))
+        xc = rnd(2, cin, *hw)
+        module(name, conv, {"x": xc}, conv(F.pad(xc, pad)))
+    c1 = randomize(torch.nn.Conv1d(6, 9, 1).to(dtype))
+    x1 = rnd(2, 6, 7)
+    module("conv1d_k1", c1, {"x": x1}, c1(x1))
+    c3 = randomize(torch.nn.Conv3d(3, 5, (2, 3, 3), stride=(1, 2, 1), padding=(1, 1, 0)).to(dtype))
+    x3 = rnd(2, 3, 4, 6, 5)
+    module("conv3d", c3, {"x": x3}, c3(x3))
+    xi = rnd(2, 3, 5, 7)
+    t["upsample.in.x"], t["upsample.out"] = xi, F.interpolate(xi, scale_factor=2, mode="nearest")
+    t["avgpool.in.x"], t["avgpool.out"] = xi, F.avg_pool2d(xi, kernel_size=2, stride=2)
+    # patch embedding (DiT x_embedder / timm PatchEmbed: Conv2d kernel = stride = patch, then flatten)
+    pe = randomize(torch.nn.Conv2d(4, 12, 2, stride=2).to(dtype))
+    xp = rnd(2, 4, 8, 6)
+    tok = pe(xp).flatten(2).transpose(1, 2)
+    t["patch_embed.in.x"] = xp
+    t["patch_embed.w.proj.weight"], t["patch_embed.w.proj.bias"] = pe.weight, pe.bias
+    t["patch_embed.out"] = tok
+    tb = randomize(torch.nn.Conv3d(3, 10, (2, 2, 2), stride=(2, 2, 2)).to(dtype))
+    xv = rnd(2, 3, 4, 6, 4)
+    t["tubelet_embed.in.x"] = xv
+    t["tubelet_embed.w.proj.weight"], t["tubelet_embed.w.proj.bias"] = tb.weight, tb.bias
+    t["tubelet_embed.out"] = tb(xv).flatten(2).transpose(1, 2)
+    # DiT unpatchify: (N, T, p*p*C) -> (N, C, H, W) with h = w = sqrt(T)
+    xu = rnd(2, 9, 2 * 2 * 3)
+    n, p, c, h = 2, 2, 3, 3
+    xr = xu.reshape(n, h, h, p, p, c)
+    t["unpatchify.in.x"] = xu
+    t["unpatchify.out"] = torch.einsum("nhwpqc->nchpwq", xr).reshape(n, c, h * p, h * p)
+    # rotary embeddings: interleaved pairs (RoFormer / rotary-embedding-torch) and half split (GPT-NeoX)
+    xr1 = rnd(2, 3, 7, 8)  # (B, H, N, D)
+    pos = torch.arange(7, dtype=torch.float64)
+    inv = 1.0 / (10000 ** (torch.arange(0, 8, 2, dtype=torch.float64) / 8))
+    ang = pos[:, None] * inv[None]  # (N, D/2)
+    cos, sin = ang.cos().to(dtype), ang.sin().to(dtype)
+    x_even, x_odd = xr1[..., 0::2], xr1[..., 1::2]
+    inter = torch.stack([x_even * cos - x_odd * sin, x_even * sin + x_odd * cos], -1).flatten(-2)
+    x1h, x2h = xr1[..., :4], xr1[..., 4:]
+    half = torch.cat([x1h * cos - x2h * sin, x2h * cos + x1h * sin], -1)
+    t["rope.in.x"], t["rope.interleaved"], t["rope.half"] = xr1, inter, half
+    # 3-D rope over a (t, h, w) grid of 2 x 3 x 2 tokens, head dim 12 split 4 / 4 / 4 (interleaved)
+    xg = rnd(1, 2, 12, 12)
+    grid = torch.stack(torch.meshgrid(torch.arange(2.), torch.arange(3.), torch.arange(2.), indexing="ij"), -1).reshape(-1, 3).to(torch.float64)
+    parts = []
+    for axis in range(3):
+        xs = xg[..., axis * 4:(axis + 1) * 4]
+        inv = 1.0 / (10000 ** (torch.arange(0, 4, 2, dtype=torch.float64) / 4))
+        ang = grid[:, axis:axis + 1] * inv[None]
+        cos, sin = ang.cos().to(dtype), ang.sin().to(dtype)
+        e, o = xs[..., 0::2], xs[..., 1::2]
+        parts.append(torch.stack([e * cos - o * sin, e * sin + o * cos], -1).flatten(-2))
+    t["rope3d.in.x"], t["rope3d.out"] = xg, torch.cat(parts, -1)
     return t
 
 

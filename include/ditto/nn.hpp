@@ -3,8 +3,11 @@
 
 #include "nn/activation.hpp"
 #include "nn/attention.hpp"
+#include "nn/conv.hpp"
 #include "nn/embedding.hpp"
 #include "nn/linear.hpp"
 #include "nn/mlp.hpp"
 #include "nn/module.hpp"
 #include "nn/norm.hpp"
+#include "nn/patch.hpp"
+#include "nn/rope.hpp"

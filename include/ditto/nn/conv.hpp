@@ -1,0 +1,254 @@
+// Convolutions, as torch.nn.Conv1d / Conv2d / Conv3d (same parameter names and layouts), plus
+// nearest upsampling and average pooling.
+//
+// One core serves all three: for each image and group, a block of output rows is unfolded into
+// columns (im2col) and multiplied by the weights (a GEMM through Eigen). The column buffer is
+// capped at about 4 MB, so a large image never materializes its full im2col. A 1x1 convolution
+// with stride 1 skips unfolding: it is a matrix product on the input as it lies.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#include "../core/error.hpp"
+#include "../core/matmul.hpp"
+#include "../core/tensor.hpp"
+#include "../core/threading.hpp"
+#include "../einops/rearrange.hpp"
+
+namespace ditto::nn {
+
+namespace detail {
+struct ConvGeometry {
+  std::int64_t N, C, D, H, W;          // input
+  std::int64_t O, groups;              // output channels
+  std::array<std::int64_t, 3> k, s;    // kernel and stride over (d, h, w)
+  std::array<std::int64_t, 6> pad;     // (d_front, d_back, top, bottom, left, right)
+  std::int64_t Do, Ho, Wo;             // output
+};
+
+inline ConvGeometry conv_geometry(const char* what, const Shape& x, std::int64_t in_channels, std::int64_t O,
+                                  std::int64_t groups, std::array<std::int64_t, 3> k, std::array<std::int64_t, 3> s,
+                                  std::array<std::int64_t, 6> pad, int spatial_dims) {
+  using ditto::detail::cat;
+  if (static_cast<int>(x.size()) != 2 + spatial_dims || x[1] != in_channels)
+    throw ShapeError(cat(what, ": expected input (N, ", in_channels, ", ", spatial_dims == 1 ? "L" : spatial_dims == 2 ? "H, W" : "D, H, W",
+                         "), got shape ", shape_str(x)));
+  ConvGeometry g{};
+  g.N = x[0];
+  g.C = x[1];
+  g.D = spatial_dims == 3 ? x[2] : 1;
+  g.H = spatial_dims >= 2 ? x[x.size() - 2] : 1;
+  g.W = x.back();
+  g.O = O;
+  g.groups = groups;
+  g.k = k;
+  g.s = s;
+  g.pad = pad;
+  auto out = [&](std::int64_t n, std::int64_t kk, std::int64_t ss, std::int64_t p0, std::int64_t p1) {
+    const std::int64_t span = n + p0 + p1 - kk;
+    if (span < 0) throw ShapeError(cat(what, ": input of shape ", shape_str(x), " is smaller than the kernel"));
+    return span / ss + 1;
+  };
+  g.Do = out(g.D, k[0], s[0], pad[0], pad[1]);
+  g.Ho = out(g.H, k[1], s[1], pad[2], pad[3]);
+  g.Wo = out(g.W, k[2], s[2], pad[4], pad[5]);
+  return g;
+}
+
+// y (N, O, Do, Ho, Wo) = conv(x (N, C, D, H, W), w (O, C/groups, kd, kh, kw)) + bias.
+template <class T>
+inline void conv_forward(const T* x, const T* w, const T* bias, T* y, const ConvGeometry& g) {
+  const std::int64_t Cg = g.C / g.groups, Og = g.O / g.groups;
+  const std::int64_t K = Cg * g.k[0] * g.k[1] * g.k[2], P = g.Do * g.Ho * g.Wo, S = g.D * g.H * g.W;
+  const bool pointwise = K == Cg && g.s == std::array<std::int64_t, 3>{1, 1, 1} &&
+                         g.pad == std::array<std::int64_t, 6>{0, 0, 0, 0, 0, 0};
+  // Output "rows" are (do, ho) pairs of Wo positions; a block of rows bounds the columns.
+  const std::int64_t rows = g.Do * g.Ho, row_len = g.Wo;
+  const std::int64_t block = std::clamp<std::int64_t>((std::int64_t{1} << 20) / std::max<std::int64_t>(K * row_len, 1), 1, rows);
+  std::vector<T> col(pointwise ? 0 : static_cast<std::size_t>(K * block * row_len));
+  for (std::int64_t n = 0; n < g.N; ++n)
+    for (std::int64_t gr = 0; gr < g.groups; ++gr) {
+      const T* xg = x + (n * g.C + gr * Cg) * S;
+      const T* wg = w + gr * Og * K;
+      T* yg = y + (n * g.O + gr * Og) * P;
+      if (pointwise) {
+        gemm<T>(false, false, Og, P, K, T(1), wg, K, xg, S, T(0), yg, P);
+        continue;
+      }
+      for (std::int64_t r0 = 0; r0 < rows; r0 += block) {
+        const std::int64_t nr = std::min(block, rows - r0), cols = nr * row_len;
+        // col[kk][r * Wo + ow] = x[c][do*sd - pd + i][ho*sh - ph + j][ow*sw - pw + l], or 0 outside
+        parallel_for(K, K * cols, [&](std::int64_t lo, std::int64_t hi) {
+          for (std::int64_t kk = lo; kk < hi; ++kk) {
+            const std::int64_t l = kk % g.k[2], j = (kk / g.k[2]) % g.k[1], i = (kk / (g.k[2] * g.k[1])) % g.k[0];
+            const std::int64_t c = kk / (g.k[0] * g.k[1] * g.k[2]);
+            T* dst = col.data() + kk * cols;
+            for (std::int64_t r = 0; r < nr; ++r) {
+              const std::int64_t od = (r0 + r) / g.Ho, oh = (r0 + r) % g.Ho;
+              const std::int64_t id = od * g.s[0] - g.pad[0] + i, ih = oh * g.s[1] - g.pad[2] + j;
+              T* d = dst + r * row_len;
+              if (id < 0 || id >= g.D || ih < 0 || ih >= g.H) {
+                std::fill(d, d + row_len, T(0));
+                continue;
+              }
+              const T* src = xg + (c * g.D + id) * g.H * g.W + ih * g.W;
+              for (std::int64_t ow = 0; ow < row_len; ++ow) {
+                const std::int64_t iw = ow * g.s[2] - g.pad[4] + l;
+                d[ow] = (iw >= 0 && iw < g.W) ? src[iw] : T(0);
+              }
+            }
+          }
+        });
+        gemm<T>(false, false, Og, cols, K, T(1), wg, K, col.data(), cols, T(0), yg + r0 * row_len, P);
+      }
+    }
+  if (bias) {
+    parallel_for(g.N * g.O, g.N * g.O * P, [&](std::int64_t lo, std::int64_t hi) {
+      for (auto no = lo; no < hi; ++no) {
+        const T b = bias[no % g.O];
+        for (std::int64_t p = 0; p < P; ++p) y[no * P + p] += b;
+      }
+    });
+  }
+}
+}  // namespace detail
+
+// x: (N, C, H, W) -> (N, out_channels, Ho, Wo). padding = {top, bottom, left, right} (may be
+// asymmetric, as F.pad then conv); weight (out, in / groups, kh, kw).
+template <class T = float>
+struct Conv2d {
+  std::int64_t in_channels = 0, out_channels = 0, groups = 1;
+  std::array<std::int64_t, 2> kernel_size{1, 1}, stride{1, 1};
+  std::array<std::int64_t, 4> padding{0, 0, 0, 0};
+  bool has_bias = true;
+  Tensor<T> weight, bias;
+
+  Conv2d() = default;
+  Conv2d(std::int64_t in, std::int64_t out, std::int64_t kernel, std::int64_t stride_ = 1, std::int64_t pad = 0,
+         std::int64_t groups_ = 1, bool bias_ = true)
+      : Conv2d(in, out, {kernel, kernel}, {stride_, stride_}, {pad, pad, pad, pad}, groups_, bias_) {}
+  Conv2d(std::int64_t in, std::int64_t out, std::array<std::int64_t, 2> kernel, std::array<std::int64_t, 2> stride_,
+         std::array<std::int64_t, 4> pad, std::int64_t groups_ = 1, bool bias_ = true)
+      : in_channels(in), out_channels(out), groups(groups_), kernel_size(kernel), stride(stride_), padding(pad),
+        has_bias(bias_) {
+    if (groups_ <= 0 || in % groups_ || out % groups_)
+      throw ArgumentError(ditto::detail::cat("Conv2d(", in, ", ", out, ", groups=", groups_,
+                                             "): channels must be divisible by groups"));
+    weight = Tensor<T>({out, in / groups_, kernel[0], kernel[1]});
+    bias = Tensor<T>(Shape{bias_ ? out : 0});
+  }
+
+  template <class V>
+  void visit(V& v) {
+    v("weight", weight);
+    if (has_bias) v("bias", bias);
+  }
+
+  Tensor<T> forward(const Tensor<T>& x) const {
+    const auto g = detail::conv_geometry("Conv2d", x.shape(), in_channels, out_channels, groups,
+                                         {1, kernel_size[0], kernel_size[1]}, {1, stride[0], stride[1]},
+                                         {0, 0, padding[0], padding[1], padding[2], padding[3]}, 2);
+    Tensor<T> y = Tensor<T>::empty({g.N, out_channels, g.Ho, g.Wo});
+    detail::conv_forward(x.data(), weight.data(), has_bias ? bias.data() : nullptr, y.data(), g);
+    return y;
+  }
+};
+
+// x: (N, C, L) -> (N, out_channels, Lo); padding on both ends.
+template <class T = float>
+struct Conv1d {
+  std::int64_t in_channels = 0, out_channels = 0, kernel_size = 1, stride = 1, padding = 0, groups = 1;
+  bool has_bias = true;
+  Tensor<T> weight, bias;
+
+  Conv1d() = default;
+  Conv1d(std::int64_t in, std::int64_t out, std::int64_t kernel = 1, std::int64_t stride_ = 1, std::int64_t pad = 0,
+         std::int64_t groups_ = 1, bool bias_ = true)
+      : in_channels(in), out_channels(out), kernel_size(kernel), stride(stride_), padding(pad), groups(groups_),
+        has_bias(bias_), weight({out, in / std::max<std::int64_t>(groups_, 1), kernel}), bias(Shape{bias_ ? out : 0}) {
+    if (groups_ <= 0 || in % groups_ || out % groups_)
+      throw ArgumentError(ditto::detail::cat("Conv1d(", in, ", ", out, ", groups=", groups_,
+                                             "): channels must be divisible by groups"));
+  }
+
+  template <class V>
+  void visit(V& v) {
+    v("weight", weight);
+    if (has_bias) v("bias", bias);
+  }
+
+  Tensor<T> forward(const Tensor<T>& x) const {
+    const auto g = detail::conv_geometry("Conv1d", x.shape(), in_channels, out_channels, groups, {1, 1, kernel_size},
+                                         {1, 1, stride}, {0, 0, 0, 0, padding, padding}, 1);
+    Tensor<T> y = Tensor<T>::empty({g.N, out_channels, g.Wo});
+    detail::conv_forward(x.data(), weight.data(), has_bias ? bias.data() : nullptr, y.data(), g);
+    return y;
+  }
+};
+
+// x: (N, C, D, H, W) -> (N, out_channels, Do, Ho, Wo); symmetric padding per axis. With
+// kernel = stride this is ViViT's tubelet embedding.
+template <class T = float>
+struct Conv3d {
+  std::int64_t in_channels = 0, out_channels = 0;
+  std::array<std::int64_t, 3> kernel_size{1, 1, 1}, stride{1, 1, 1}, padding{0, 0, 0};
+  bool has_bias = true;
+  Tensor<T> weight, bias;
+
+  Conv3d() = default;
+  Conv3d(std::int64_t in, std::int64_t out, std::array<std::int64_t, 3> kernel, std::array<std::int64_t, 3> stride_ = {1, 1, 1},
+         std::array<std::int64_t, 3> pad = {0, 0, 0}, bool bias_ = true)
+      : in_channels(in), out_channels(out), kernel_size(kernel), stride(stride_), padding(pad), has_bias(bias_),
+        weight({out, in, kernel[0], kernel[1], kernel[2]}), bias(Shape{bias_ ? out : 0}) {}
+
+  template <class V>
+  void visit(V& v) {
+    v("weight", weight);
+    if (has_bias) v("bias", bias);
+  }
+
+  Tensor<T> forward(const Tensor<T>& x) const {
+    const auto g = detail::conv_geometry("Conv3d", x.shape(), in_channels, out_channels, 1, kernel_size, stride,
+                                         {padding[0], padding[0], padding[1], padding[1], padding[2], padding[2]}, 3);
+    Tensor<T> y = Tensor<T>::empty({g.N, out_channels, g.Do, g.Ho, g.Wo});
+    detail::conv_forward(x.data(), weight.data(), has_bias ? bias.data() : nullptr, y.data(), g);
+    return y;
+  }
+};
+
+// Nearest-neighbour upsampling of (N, C, H, W) by an integer factor (F.interpolate(mode="nearest")).
+template <class T>
+inline Tensor<T> upsample_nearest(const Tensor<T>& x, std::int64_t factor = 2) {
+  if (x.dim() != 4) throw ShapeError(ditto::detail::cat("upsample_nearest: expected (N, C, H, W), got ", shape_str(x.shape())));
+  return repeat(x, "n c h w -> n c (h a) (w b)", {{"a", factor}, {"b", factor}});
+}
+
+// Average pooling of (N, C, H, W) without padding (F.avg_pool2d): a trailing row or column that
+// does not fill a window is dropped, as PyTorch does.
+template <class T>
+inline Tensor<T> avg_pool2d(const Tensor<T>& x, std::int64_t kernel = 2, std::int64_t stride = -1) {
+  if (stride < 0) stride = kernel;
+  if (x.dim() != 4 || x.size(2) < kernel || x.size(3) < kernel)
+    throw ShapeError(ditto::detail::cat("avg_pool2d(kernel=", kernel, "): expected (N, C, H, W) with H, W >= ", kernel,
+                                        ", got ", shape_str(x.shape())));
+  const std::int64_t NC = x.size(0) * x.size(1), H = x.size(2), W = x.size(3);
+  const std::int64_t Ho = (H - kernel) / stride + 1, Wo = (W - kernel) / stride + 1;
+  Tensor<T> y = Tensor<T>::empty({x.size(0), x.size(1), Ho, Wo});
+  const T inv = T(1) / static_cast<T>(kernel * kernel);
+  parallel_for(NC, NC * Ho * Wo * kernel * kernel, [&](std::int64_t lo, std::int64_t hi) {
+    for (auto nc = lo; nc < hi; ++nc)
+      for (std::int64_t oh = 0; oh < Ho; ++oh)
+        for (std::int64_t ow = 0; ow < Wo; ++ow) {
+          T s = 0;
+          for (std::int64_t i = 0; i < kernel; ++i)
+            for (std::int64_t j = 0; j < kernel; ++j) s += x[(nc * H + oh * stride + i) * W + ow * stride + j];
+          y[(nc * Ho + oh) * Wo + ow] = s * inv;
+        }
+  });
+  return y;
+}
+
+}  // namespace ditto::nn

@@ -1,0 +1,110 @@
+// Patch embeddings: images and videos to tokens, and back.
+//
+// PatchEmbed is timm's / DiT's x_embedder: a Conv2d with kernel = stride = patch, flattened to
+// tokens. Because the windows do not overlap, the convolution is exactly
+//   rearrange("b c (h p1) (w p2) -> b (h w) (c p1 p2)") then a matrix product with the weight
+// seen as (D, C * p * p) — one copy and one GEMM, no im2col. TubeletEmbed is the same in 3-D
+// (ViViT's tubelets, a Conv3d with kernel = stride). unpatchify is DiT's inverse.
+#pragma once
+
+#include <array>
+#include <cmath>
+#include <cstdint>
+
+#include "../core/error.hpp"
+#include "../core/tensor.hpp"
+#include "../einops/rearrange.hpp"
+#include "conv.hpp"
+#include "linear.hpp"
+
+namespace ditto::nn {
+
+namespace detail {
+// tokens (rows, K) @ weight (D, K)^T + bias -> (rows, D)
+template <class T>
+inline void project(const T* tokens, std::int64_t rows, std::int64_t K, const Tensor<T>& weight, const Tensor<T>* bias,
+                    T* out) {
+  const std::int64_t D = weight.size(0);
+  gemm<T>(false, true, rows, D, K, T(1), tokens, K, weight.data(), K, T(0), out, D);
+  if (bias)
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t d = 0; d < D; ++d) out[r * D + d] += (*bias)[d];
+}
+}  // namespace detail
+
+// x: (B, C, H, W) -> (B, (H/p)(W/p), embed_dim). State names: proj.weight, proj.bias.
+template <class T = float>
+struct PatchEmbed {
+  std::int64_t patch_size = 2, in_chans = 3, embed_dim = 0;
+  Conv2d<T> proj;
+
+  PatchEmbed() = default;
+  PatchEmbed(std::int64_t patch, std::int64_t in_chans_, std::int64_t embed_dim_, bool bias = true)
+      : patch_size(patch), in_chans(in_chans_), embed_dim(embed_dim_), proj(in_chans_, embed_dim_, patch, patch, 0, 1, bias) {}
+
+  template <class V>
+  void visit(V& v) {
+    v("proj", proj);
+  }
+
+  Tensor<T> forward(const Tensor<T>& x) const {
+    const std::int64_t p = patch_size;
+    if (x.dim() != 4 || x.size(1) != in_chans || x.size(2) % p || x.size(3) % p)
+      throw ShapeError(ditto::detail::cat("PatchEmbed(patch=", p, ", in_chans=", in_chans, "): expected (B, ", in_chans,
+                                          ", H, W) with H and W divisible by ", p, ", got ", shape_str(x.shape())));
+    auto tokens = rearrange(x, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", {{"p1", p}, {"p2", p}});
+    Tensor<T> out = Tensor<T>::empty({x.size(0), tokens.size(1), embed_dim});
+    detail::project(tokens.data(), tokens.size(0) * tokens.size(1), tokens.size(2), proj.weight,
+                    proj.has_bias ? &proj.bias : nullptr, out.data());
+    return out;
+  }
+};
+
+// x: (B, C, T, H, W) -> (B, (T/pt)(H/ph)(W/pw), embed_dim). State names: proj.weight, proj.bias.
+template <class T = float>
+struct TubeletEmbed {
+  std::array<std::int64_t, 3> tubelet{2, 2, 2};
+  std::int64_t in_chans = 3, embed_dim = 0;
+  Conv3d<T> proj;
+
+  TubeletEmbed() = default;
+  TubeletEmbed(std::array<std::int64_t, 3> size, std::int64_t in_chans_, std::int64_t embed_dim_, bool bias = true)
+      : tubelet(size), in_chans(in_chans_), embed_dim(embed_dim_), proj(in_chans_, embed_dim_, size, size, {0, 0, 0}, bias) {}
+
+  template <class V>
+  void visit(V& v) {
+    v("proj", proj);
+  }
+
+  Tensor<T> forward(const Tensor<T>& x) const {
+    const auto [pt, ph, pw] = tubelet;
+    if (x.dim() != 5 || x.size(1) != in_chans || x.size(2) % pt || x.size(3) % ph || x.size(4) % pw)
+      throw ShapeError(ditto::detail::cat("TubeletEmbed(", pt, "x", ph, "x", pw, "): expected (B, ", in_chans,
+                                          ", T, H, W) divisible by the tubelet, got ", shape_str(x.shape())));
+    auto tokens = rearrange(x, "b c (t pt) (h ph) (w pw) -> b (t h w) (c pt ph pw)", {{"pt", pt}, {"ph", ph}, {"pw", pw}});
+    Tensor<T> out = Tensor<T>::empty({x.size(0), tokens.size(1), embed_dim});
+    detail::project(tokens.data(), tokens.size(0) * tokens.size(1), tokens.size(2), proj.weight,
+                    proj.has_bias ? &proj.bias : nullptr, out.data());
+    return out;
+  }
+};
+
+// DiT's unpatchify: x (N, h*w, p*p*C) -> (N, C, h*p, w*p). h = w = sqrt(tokens) unless given.
+template <class T>
+inline Tensor<T> unpatchify(const Tensor<T>& x, std::int64_t channels, std::int64_t patch, std::int64_t h = -1,
+                            std::int64_t w = -1) {
+  if (x.dim() != 3 || x.size(2) != patch * patch * channels)
+    throw ShapeError(ditto::detail::cat("unpatchify(C=", channels, ", p=", patch, "): expected (N, T, ", patch * patch * channels,
+                                        "), got ", shape_str(x.shape())));
+  if (h < 0) {
+    h = static_cast<std::int64_t>(std::llround(std::sqrt(static_cast<double>(x.size(1)))));
+    w = h;
+  } else if (w < 0) {
+    w = x.size(1) / h;
+  }
+  if (h * w != x.size(1))
+    throw ShapeError(ditto::detail::cat("unpatchify: ", x.size(1), " tokens do not form a ", h, " x ", w, " grid"));
+  return rearrange(x, "n (h w) (p q c) -> n c (h p) (w q)", {{"h", h}, {"p", patch}, {"q", patch}});
+}
+
+}  // namespace ditto::nn
