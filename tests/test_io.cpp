@@ -1,6 +1,7 @@
 // io/: safetensors reading, writing and rejecting hostile files; PNG round trips.
 #include <cstdio>
 #include <fstream>
+#include <iterator>
 
 #include <ditto/core/rng.hpp>
 #include <ditto/io/image.hpp>
@@ -130,4 +131,57 @@ TEST_CASE("PNG write and read round-trip through stb", "[io][image]") {
   CHECK_CLOSE(back, img, 1.0 / 255.0 + 1e-6);  // rounding to 8 bits: at most half a step of 2/255
   CHECK_THROWS_AS(write_png("x.png", Tensor<float>({2, 4, 4})), ShapeError);
   CHECK_THROWS_WITH(read_image("no/such.png"), Catch::Contains("read_image(\"no/such.png\")"));
+}
+
+TEST_CASE("make_grid lays images out as torchvision does", "[io][image]") {
+  // 5 one-channel 2x3 images, 3 per row, padding 1: a (3, 2*3+1, 3*4+1) grid, gray -> RGB.
+  Tensor<float> imgs({5, 1, 2, 3});
+  for (std::int64_t k = 0; k < 5; ++k)
+    for (std::int64_t i = 0; i < 6; ++i) imgs[k * 6 + i] = static_cast<float>(k) + 0.1f * static_cast<float>(i);
+  auto grid = make_grid(imgs, 3, 1, -1.0f);
+  REQUIRE(grid.shape() == Shape{3, 7, 13});
+  CHECK(grid(0, 0, 0) == -1.0f);                          // padding
+  CHECK(grid(2, 1, 1) == imgs(0, 0, 0, 0));               // image 0 at (1, 1), every channel
+  CHECK(grid(0, 2, 7) == imgs(1, 0, 1, 2));               // image 1 starts at column 1 + 4
+  CHECK(grid(1, 4, 1) == imgs(3, 0, 0, 0));               // image 3: second row, first column
+  CHECK(grid(0, 4, 9) == -1.0f);                          // no image 5: padding
+  CHECK_THROWS_AS(make_grid(Tensor<float>({2, 3}), 2), ShapeError);
+}
+
+TEST_CASE("write_gif: an independent decoder (stb_image) reads every frame back", "[io][image]") {
+  Generator g(4);
+  const std::int64_t T = 3, H = 80, W = 100;  // 8000 random pixels a frame: the LZW table fills and resets
+  auto video = g.uniform<float>({T, 3, H, W}, -1.0, 1.0);
+  for (std::int64_t i = 0; i < H * W; ++i) {  // frame 2: a smooth gradient (long LZW runs)
+    video[2 * 3 * H * W + i] = static_cast<float>(i % W) / W * 2 - 1;
+    video[2 * 3 * H * W + H * W + i] = static_cast<float>(i / W) / H * 2 - 1;
+    video[2 * 3 * H * W + 2 * H * W + i] = 0.0f;
+  }
+  write_gif("ditto_test.gif", video, 10.0);
+  std::ifstream f("ditto_test.gif", std::ios::binary);
+  std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::remove("ditto_test.gif");
+  int* delays = nullptr;
+  int w = 0, h = 0, frames = 0, comp = 0;
+  unsigned char* px = stbi_load_gif_from_memory(bytes.data(), static_cast<int>(bytes.size()), &delays, &w, &h, &frames, &comp, 4);
+  REQUIRE(px != nullptr);
+  CHECK(w == W);
+  CHECK(h == H);
+  REQUIRE(frames == T);
+  CHECK(delays[0] == 100);  // ms
+  std::int64_t wrong = 0;
+  auto byte = [](float v) { return static_cast<int>(std::lround(std::clamp((v + 1.0f) * 127.5f, 0.0f, 255.0f))); };
+  for (std::int64_t t = 0; t < T; ++t)
+    for (std::int64_t i = 0; i < H * W; ++i) {
+      const float* v = video.data() + t * 3 * H * W + i;
+      const auto want = detail::gif_palette_color(detail::gif_palette_index(byte(v[0]), byte(v[H * W]), byte(v[2 * H * W])));
+      const unsigned char* got = px + (t * H * W + i) * 4;
+      wrong += got[0] != want[0] || got[1] != want[1] || got[2] != want[2];
+    }
+  CHECK(wrong == 0);
+  // the palette is close: every channel within half a step of the 6-level cube
+  CHECK(std::abs(detail::gif_palette_color(detail::gif_palette_index(200, 30, 90))[0] - 200) <= 26);
+  stbi_image_free(px);
+  stbi_image_free(delays);
+  CHECK_THROWS_AS(write_gif("x.gif", Tensor<float>({2, 2, 4, 4})), ShapeError);
 }

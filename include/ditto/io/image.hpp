@@ -5,6 +5,8 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
+#include <fstream>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -66,6 +68,160 @@ inline void write_png(const std::string& path, const Tensor<float>& image) {
   if (!stbi_write_png(path.c_str(), static_cast<int>(w), static_cast<int>(h), static_cast<int>(c), pixels.data(),
                       static_cast<int>(w * c)))
     throw IoError(detail::cat("write_png(\"", path, "\"): could not write the file"));
+}
+
+// torchvision.utils.make_grid: images (B, C, H, W) laid out nrow per row, `padding` pixels of
+// pad_value around and between them. One-channel images become three channels, as torchvision
+// does. Values are not rescaled (ditto images are already in [-1, 1]).
+inline Tensor<float> make_grid(const Tensor<float>& images, std::int64_t nrow = 8, std::int64_t padding = 2,
+                               float pad_value = 0.0f) {
+  if (images.dim() != 4 || images.size(0) == 0 || nrow < 1 || padding < 0)
+    throw ShapeError(detail::cat("make_grid: expected (B, C, H, W) with B >= 1, nrow >= 1, padding >= 0; got shape ",
+                                 shape_str(images.shape()), ", nrow ", nrow, ", padding ", padding));
+  const std::int64_t B = images.size(0), C0 = images.size(1), H = images.size(2), W = images.size(3);
+  const std::int64_t C = C0 == 1 ? 3 : C0;
+  const std::int64_t xmaps = std::min(nrow, B), ymaps = (B + xmaps - 1) / xmaps;
+  const std::int64_t height = H + padding, width = W + padding;
+  Tensor<float> grid = Tensor<float>::full({C, height * ymaps + padding, width * xmaps + padding}, pad_value);
+  for (std::int64_t k = 0; k < B; ++k) {
+    const std::int64_t y = k / xmaps, x = k % xmaps;
+    for (std::int64_t c = 0; c < C; ++c)
+      for (std::int64_t i = 0; i < H; ++i)
+        for (std::int64_t j = 0; j < W; ++j)
+          grid(c, y * height + padding + i, x * width + padding + j) = images(k, C0 == 1 ? 0 : c, i, j);
+  }
+  return grid;
+}
+
+namespace detail {
+// The GIF palette: a 6x6x6 color cube (216 colors) and 40 grays, shared by every frame.
+inline std::uint8_t gif_palette_index(int r, int g, int b) {
+  auto level = [](int v) { return (v * 5 + 127) / 255; };  // 0..5
+  const int cr = level(r), cg = level(g), cb = level(b);
+  const int cube = 36 * cr + 6 * cg + cb;
+  // a near-gray pixel is better served by the finer gray ramp
+  const int mx = std::max({r, g, b}), mn = std::min({r, g, b});
+  if (mx - mn < 12) {
+    const int gray = (r + g + b) / 3, gi = std::clamp((gray * 39 + 127) / 255, 0, 39);
+    const int gv = gi * 255 / 39, cv = cr * 51;
+    if (std::abs(gv - gray) < std::abs(cv - gray) || cr != cg || cg != cb) return static_cast<std::uint8_t>(216 + gi);
+  }
+  return static_cast<std::uint8_t>(cube);
+}
+inline std::array<std::uint8_t, 3> gif_palette_color(int i) {
+  if (i < 216) return {static_cast<std::uint8_t>(i / 36 * 51), static_cast<std::uint8_t>(i / 6 % 6 * 51),
+                       static_cast<std::uint8_t>(i % 6 * 51)};
+  const auto v = static_cast<std::uint8_t>((i - 216) * 255 / 39);
+  return {v, v, v};
+}
+
+// GIF's LZW: variable-width codes (9..12 bits for 8-bit pixels), packed LSB first into
+// sub-blocks of at most 255 bytes. The dictionary is a trie keyed by (prefix code, byte).
+inline void gif_lzw(const std::vector<std::uint8_t>& pixels, std::vector<std::uint8_t>& out) {
+  constexpr int kMinCode = 8, kClear = 256, kEnd = 257;
+  std::vector<std::uint8_t> bytes;
+  std::uint32_t acc = 0;
+  int nbits = 0, width = kMinCode + 1, next = kEnd + 1;
+  auto emit = [&](int code) {
+    acc |= static_cast<std::uint32_t>(code) << nbits;
+    nbits += width;
+    while (nbits >= 8) {
+      bytes.push_back(static_cast<std::uint8_t>(acc & 0xff));
+      acc >>= 8;
+      nbits -= 8;
+    }
+  };
+  std::vector<std::int16_t> child(4096 * 256, -1);  // child[prefix * 256 + byte] = code
+  emit(kClear);
+  int prefix = -1;
+  for (std::uint8_t p : pixels) {
+    if (prefix < 0) {
+      prefix = p;
+      continue;
+    }
+    const int c = child[static_cast<std::size_t>(prefix) * 256 + p];
+    if (c >= 0) {
+      prefix = c;
+      continue;
+    }
+    emit(prefix);
+    if (next < 4096) {
+      child[static_cast<std::size_t>(prefix) * 256 + p] = static_cast<std::int16_t>(next);
+      if (next == (1 << width) && width < 12) ++width;
+      ++next;
+    } else {  // dictionary full: start over
+      emit(kClear);
+      std::fill(child.begin(), child.end(), -1);
+      width = kMinCode + 1;
+      next = kEnd + 1;
+    }
+    prefix = p;
+  }
+  if (prefix >= 0) emit(prefix);
+  emit(kEnd);
+  if (nbits > 0) bytes.push_back(static_cast<std::uint8_t>(acc & 0xff));
+  out.push_back(kMinCode);
+  for (std::size_t i = 0; i < bytes.size(); i += 255) {
+    const std::size_t n = std::min<std::size_t>(255, bytes.size() - i);
+    out.push_back(static_cast<std::uint8_t>(n));
+    out.insert(out.end(), bytes.begin() + static_cast<std::ptrdiff_t>(i), bytes.begin() + static_cast<std::ptrdiff_t>(i + n));
+  }
+  out.push_back(0);
+}
+}  // namespace detail
+
+// Writes a video (T, C, H, W) in [-1, 1] (C = 1 or 3) as an animated GIF that loops forever,
+// `fps` frames per second (GIF stores delays in 1/100 s). Colors are mapped to a fixed
+// 256-color palette (a 6x6x6 cube and 40 grays).
+inline void write_gif(const std::string& path, const Tensor<float>& video, double fps = 8.0) {
+  if (video.dim() != 4 || (video.size(1) != 1 && video.size(1) != 3) || video.size(0) < 1)
+    throw ShapeError(detail::cat("write_gif(\"", path, "\"): expected a (T, C, H, W) video with C = 1 or 3, got shape ",
+                                 shape_str(video.shape())));
+  if (!(fps > 0)) throw ArgumentError(detail::cat("write_gif(\"", path, "\"): fps must be positive, got ", fps));
+  const std::int64_t T = video.size(0), C = video.size(1), H = video.size(2), W = video.size(3);
+  if (H > 65535 || W > 65535) throw ShapeError(detail::cat("write_gif: frames of ", W, "x", H, " exceed GIF's 65535"));
+  std::vector<std::uint8_t> out = {'G', 'I', 'F', '8', '9', 'a'};
+  auto u16 = [&](std::int64_t v) {
+    out.push_back(static_cast<std::uint8_t>(v & 0xff));
+    out.push_back(static_cast<std::uint8_t>((v >> 8) & 0xff));
+  };
+  u16(W);
+  u16(H);
+  out.insert(out.end(), {0xF7, 0, 0});  // global color table of 256 entries
+  for (int i = 0; i < 256; ++i) {
+    const auto c = detail::gif_palette_color(i);
+    out.insert(out.end(), c.begin(), c.end());
+  }
+  out.insert(out.end(), {0x21, 0xFF, 0x0B, 'N', 'E', 'T', 'S', 'C', 'A', 'P', 'E', '2', '.', '0', 0x03, 0x01, 0, 0, 0});
+  const auto delay = static_cast<std::int64_t>(std::lround(100.0 / fps));
+  auto byte = [](float v) { return static_cast<int>(std::lround(std::clamp((v + 1.0f) * 127.5f, 0.0f, 255.0f))); };
+  std::vector<std::uint8_t> pixels(static_cast<std::size_t>(H * W));
+  for (std::int64_t t = 0; t < T; ++t) {
+    out.insert(out.end(), {0x21, 0xF9, 0x04, 0x00});  // graphic control: delay, no transparency
+    u16(std::max<std::int64_t>(delay, 1));
+    out.insert(out.end(), {0, 0, 0x2C});
+    u16(0);
+    u16(0);
+    u16(W);
+    u16(H);
+    out.push_back(0);
+    for (std::int64_t i = 0; i < H * W; ++i) {
+      const float* f = video.data() + t * C * H * W + i;
+      const int r = byte(f[0]), g = byte(f[C == 3 ? H * W : 0]), b = byte(f[C == 3 ? 2 * H * W : 0]);
+      pixels[static_cast<std::size_t>(i)] = detail::gif_palette_index(r, g, b);
+    }
+    detail::gif_lzw(pixels, out);
+  }
+  out.push_back(0x3B);
+  std::ofstream f(path, std::ios::binary);
+  if (!f || !f.write(reinterpret_cast<const char*>(out.data()), static_cast<std::streamsize>(out.size())))
+    throw IoError(detail::cat("write_gif(\"", path, "\"): could not write the file"));
+}
+
+// A video (T, C, H, W) as one PNG: its frames in a grid of nrow per row (make_grid).
+inline void write_video_grid(const std::string& path, const Tensor<float>& video, std::int64_t nrow = 8,
+                             std::int64_t padding = 2) {
+  write_png(path, make_grid(video, nrow, padding, 1.0f));
 }
 
 }  // namespace ditto
