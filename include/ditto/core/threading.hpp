@@ -13,12 +13,27 @@
 #include <omp.h>
 #endif
 
+#if defined(DITTO_USE_CBLAS)
+extern "C" void openblas_set_num_threads(int);
+#endif
+
 namespace ditto {
 
 namespace detail {
 // 0 = not set by the user: use what OpenMP would use (OMP_NUM_THREADS or the core count).
 // An inline variable has one instance per program, also when headers are included twice.
 inline std::atomic<int> g_num_threads{0};
+}  // namespace detail
+
+namespace detail {
+// True inside an OpenMP parallel region with more than one thread.
+inline bool in_parallel_region() {
+#if defined(_OPENMP)
+  return omp_in_parallel() != 0;
+#else
+  return false;
+#endif
+}
 }  // namespace detail
 
 // True when this translation unit was compiled with OpenMP.
@@ -36,6 +51,9 @@ inline void set_num_threads(int n) {
   detail::g_num_threads = n;
 #if defined(_OPENMP)
   omp_set_num_threads(n);
+#endif
+#if defined(DITTO_USE_CBLAS)
+  openblas_set_num_threads(n);
 #endif
 }
 

@@ -11,6 +11,9 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
+
+#include <xsimd/xsimd.hpp>
 
 #include "../core/tensor.hpp"
 #include "../core/threading.hpp"
@@ -33,16 +36,52 @@ inline T silu(T x) {
   return x / (T(1) + std::exp(-x));
 }
 
+namespace detail {
+// SIMD versions (xsimd picks the widest instruction set the compiler targets: SSE2 without
+// -march flags, AVX2 or AVX-512 with them); the scalar functions above finish the tail.
+template <class B>
+inline B gelu_simd(B x) {
+  return B(0.5) * x * (B(1) + xsimd::erf(x * B(0.70710678118654752440)));
+}
+template <class B>
+inline B gelu_tanh_simd(B x) {
+  return B(0.5) * x * (B(1) + xsimd::tanh(B(0.79788456080286535588) * (x + B(0.044715) * x * x * x)));
+}
+template <class B>
+inline B silu_simd(B x) {
+  return x / (B(1) + xsimd::exp(-x));
+}
+template <class T, class F, class S>
+inline void map_inplace(T* x, std::int64_t lo, std::int64_t hi, F&& simd, S&& scalar) {
+  using B = xsimd::batch<T>;
+  constexpr std::int64_t W = static_cast<std::int64_t>(B::size);
+  std::int64_t i = lo;
+  for (; i + W <= hi; i += W) simd(B::load_unaligned(x + i)).store_unaligned(x + i);
+  for (; i < hi; ++i) x[i] = scalar(x[i]);
+}
+}  // namespace detail
+
 // In place over n contiguous values, split over threads.
 template <class T>
 inline void activate(T* x, std::int64_t n, Activation a) {
   if (a == Activation::identity) return;
   parallel_for(n, n * 20, [&](std::int64_t lo, std::int64_t hi) {
-    switch (a) {
-      case Activation::gelu: for (auto i = lo; i < hi; ++i) x[i] = gelu(x[i]); break;
-      case Activation::gelu_tanh: for (auto i = lo; i < hi; ++i) x[i] = gelu_tanh(x[i]); break;
-      case Activation::silu: for (auto i = lo; i < hi; ++i) x[i] = silu(x[i]); break;
-      default: break;
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+      switch (a) {
+        case Activation::gelu:
+          detail::map_inplace(x, lo, hi, [](auto b) { return detail::gelu_simd(b); }, [](T v) { return gelu(v); });
+          break;
+        case Activation::gelu_tanh:
+          detail::map_inplace(x, lo, hi, [](auto b) { return detail::gelu_tanh_simd(b); }, [](T v) { return gelu_tanh(v); });
+          break;
+        case Activation::silu:
+          detail::map_inplace(x, lo, hi, [](auto b) { return detail::silu_simd(b); }, [](T v) { return silu(v); });
+          break;
+        default: break;
+      }
+    } else {
+      for (auto i = lo; i < hi; ++i)
+        x[i] = a == Activation::gelu ? gelu(x[i]) : a == Activation::gelu_tanh ? gelu_tanh(x[i]) : silu(x[i]);
     }
   });
 }
@@ -63,9 +102,21 @@ inline void softmax_row(T* x, std::int64_t n) {
   T m = -std::numeric_limits<T>::infinity();
   for (std::int64_t i = 0; i < n; ++i) m = std::max(m, x[i]);
   T s = 0;
-  for (std::int64_t i = 0; i < n; ++i) s += (x[i] = std::exp(x[i] - m));
+  std::int64_t i = 0;
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+    using B = xsimd::batch<T>;
+    constexpr std::int64_t W = static_cast<std::int64_t>(B::size);
+    B acc(T(0)), mb(m);
+    for (; i + W <= n; i += W) {
+      const B e = xsimd::exp(B::load_unaligned(x + i) - mb);
+      e.store_unaligned(x + i);
+      acc += e;
+    }
+    s = xsimd::hadd(acc);
+  }
+  for (; i < n; ++i) s += (x[i] = std::exp(x[i] - m));
   const T inv = T(1) / s;
-  for (std::int64_t i = 0; i < n; ++i) x[i] *= inv;
+  for (std::int64_t k = 0; k < n; ++k) x[k] *= inv;
 }
 
 // Softmax over the last axis.
