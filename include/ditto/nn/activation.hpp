@@ -43,64 +43,91 @@ template <class B>
 inline B gelu_simd(B x) {
   return B(0.5) * x * (B(1) + xsimd::erf(x * B(0.70710678118654752440)));
 }
+// 0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u)) exactly: one exp instead of a tanh (measured 2x faster).
 template <class B>
 inline B gelu_tanh_simd(B x) {
-  return B(0.5) * x * (B(1) + xsimd::tanh(B(0.79788456080286535588) * (x + B(0.044715) * x * x * x)));
+  const B u2 = B(2 * 0.79788456080286535588) * (x + B(0.044715) * x * x * x);
+  return x / (B(1) + xsimd::exp(-u2));
 }
 template <class B>
 inline B silu_simd(B x) {
   return x / (B(1) + xsimd::exp(-x));
 }
 template <class T, class F, class S>
-inline void map_inplace(T* x, std::int64_t lo, std::int64_t hi, F&& simd, S&& scalar) {
+inline void map(const T* x, T* y, std::int64_t lo, std::int64_t hi, F&& simd, S&& scalar) {
   using B = xsimd::batch<T>;
   constexpr std::int64_t W = static_cast<std::int64_t>(B::size);
   std::int64_t i = lo;
-  for (; i + W <= hi; i += W) simd(B::load_unaligned(x + i)).store_unaligned(x + i);
-  for (; i < hi; ++i) x[i] = scalar(x[i]);
+  for (; i + W <= hi; i += W) simd(B::load_unaligned(x + i)).store_unaligned(y + i);
+  for (; i < hi; ++i) y[i] = scalar(x[i]);
 }
 }  // namespace detail
 
-// In place over n contiguous values, split over threads.
+// y = act(x) over n contiguous values (y may be x), one pass, split over threads.
 template <class T>
-inline void activate(T* x, std::int64_t n, Activation a) {
-  if (a == Activation::identity) return;
+inline void activate(const T* x, T* y, std::int64_t n, Activation a) {
+  if (a == Activation::identity) {
+    if (x != y) std::copy(x, x + n, y);
+    return;
+  }
   parallel_for(n, n * 20, [&](std::int64_t lo, std::int64_t hi) {
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
       switch (a) {
         case Activation::gelu:
-          detail::map_inplace(x, lo, hi, [](auto b) { return detail::gelu_simd(b); }, [](T v) { return gelu(v); });
+          detail::map(x, y, lo, hi, [](auto b) { return detail::gelu_simd(b); }, [](T v) { return gelu(v); });
           break;
         case Activation::gelu_tanh:
-          detail::map_inplace(x, lo, hi, [](auto b) { return detail::gelu_tanh_simd(b); }, [](T v) { return gelu_tanh(v); });
+          detail::map(x, y, lo, hi, [](auto b) { return detail::gelu_tanh_simd(b); }, [](T v) { return gelu_tanh(v); });
           break;
         case Activation::silu:
-          detail::map_inplace(x, lo, hi, [](auto b) { return detail::silu_simd(b); }, [](T v) { return silu(v); });
+          detail::map(x, y, lo, hi, [](auto b) { return detail::silu_simd(b); }, [](T v) { return silu(v); });
           break;
         default: break;
       }
     } else {
       for (auto i = lo; i < hi; ++i)
-        x[i] = a == Activation::gelu ? gelu(x[i]) : a == Activation::gelu_tanh ? gelu_tanh(x[i]) : silu(x[i]);
+        y[i] = a == Activation::gelu ? gelu(x[i]) : a == Activation::gelu_tanh ? gelu_tanh(x[i]) : silu(x[i]);
     }
   });
+}
+template <class T>
+inline void activate(T* x, std::int64_t n, Activation a) {
+  activate(static_cast<const T*>(x), x, n, a);
 }
 
 template <class T>
 inline Tensor<T> activate(const Tensor<T>& x, Activation a) {
-  Tensor<T> y = x.clone();
-  activate(y.data(), y.numel(), a);
+  Tensor<T> y = Tensor<T>::empty(x.shape());
+  activate(x.data(), y.data(), x.numel(), a);
   return y;
 }
 template <class T> inline Tensor<T> gelu(const Tensor<T>& x) { return activate(x, Activation::gelu); }
 template <class T> inline Tensor<T> gelu_tanh(const Tensor<T>& x) { return activate(x, Activation::gelu_tanh); }
 template <class T> inline Tensor<T> silu(const Tensor<T>& x) { return activate(x, Activation::silu); }
 
-// Softmax of one row of n values, in place.
+namespace detail {
+// max of a row, in SIMD lanes.
 template <class T>
-inline void softmax_row(T* x, std::int64_t n) {
+inline T row_max(const T* x, std::int64_t n) {
   T m = -std::numeric_limits<T>::infinity();
-  for (std::int64_t i = 0; i < n; ++i) m = std::max(m, x[i]);
+  std::int64_t j = 0;
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+    using B = xsimd::batch<T>;
+    constexpr std::int64_t W = static_cast<std::int64_t>(B::size);
+    if (n >= W) {
+      B mb = B::load_unaligned(x);
+      for (j = W; j + W <= n; j += W) mb = xsimd::max(mb, B::load_unaligned(x + j));
+      alignas(64) T lanes[W];
+      mb.store_aligned(lanes);
+      for (std::int64_t k = 0; k < W; ++k) m = std::max(m, lanes[k]);
+    }
+  }
+  for (; j < n; ++j) m = std::max(m, x[j]);
+  return m;
+}
+// y = exp(x - m) (y may be x); returns the sum of y. In SIMD lanes.
+template <class T>
+inline T exp_shift_sum(const T* x, T* y, std::int64_t n, T m) {
   T s = 0;
   std::int64_t i = 0;
   if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
@@ -109,24 +136,37 @@ inline void softmax_row(T* x, std::int64_t n) {
     B acc(T(0)), mb(m);
     for (; i + W <= n; i += W) {
       const B e = xsimd::exp(B::load_unaligned(x + i) - mb);
-      e.store_unaligned(x + i);
+      e.store_unaligned(y + i);
       acc += e;
     }
     s = xsimd::hadd(acc);
   }
-  for (; i < n; ++i) s += (x[i] = std::exp(x[i] - m));
-  const T inv = T(1) / s;
-  for (std::int64_t k = 0; k < n; ++k) x[k] *= inv;
+  for (; i < n; ++i) s += (y[i] = std::exp(x[i] - m));
+  return s;
+}
+}  // namespace detail
+
+// Softmax of one row of n values: y = exp(x - max x) / sum (y may be x). Three passes over the
+// row (max; exp and sum; scale), the first two in SIMD lanes.
+template <class T>
+inline void softmax_row(const T* x, T* y, std::int64_t n) {
+  const T m = detail::row_max(x, n);
+  const T inv = T(1) / detail::exp_shift_sum(x, y, n, m);
+  for (std::int64_t k = 0; k < n; ++k) y[k] *= inv;  // vectorized by the compiler (no reduction)
+}
+template <class T>
+inline void softmax_row(T* x, std::int64_t n) {
+  softmax_row(static_cast<const T*>(x), x, n);
 }
 
 // Softmax over the last axis.
 template <class T>
 inline Tensor<T> softmax(const Tensor<T>& x) {
-  Tensor<T> y = x.clone();
+  Tensor<T> y = Tensor<T>::empty(x.shape());
   if (y.numel() == 0) return y;
   const std::int64_t n = y.size(-1), rows = y.numel() / n;
   parallel_for(rows, rows * n * 10, [&](std::int64_t lo, std::int64_t hi) {
-    for (auto r = lo; r < hi; ++r) softmax_row(y.data() + r * n, n);
+    for (auto r = lo; r < hi; ++r) softmax_row(x.data() + r * n, y.data() + r * n, n);
   });
   return y;
 }

@@ -21,6 +21,7 @@
 #include "../core/matmul.hpp"
 #include "../core/tensor.hpp"
 #include "../core/threading.hpp"
+#include "activation.hpp"
 #include "linear.hpp"
 #include "norm.hpp"
 
@@ -85,17 +86,14 @@ inline void attention_kernel(const std::vector<AttentionProblem<T>>& problems, c
             for (std::int64_t j = 0; j < bk; ++j)
               if (!mi[j]) si[j] = -std::numeric_limits<T>::infinity();
           }
-          T mx = m[i];
-          for (std::int64_t j = 0; j < bk; ++j) mx = std::max(mx, si[j]);
+          const T mx = std::max(m[i], detail::row_max(si, bk));
           if (mx == -std::numeric_limits<T>::infinity()) {  // nothing visible yet in this row
             std::fill(si, si + bk, T(0));
             continue;
           }
           // rescale what was accumulated under the old max, then add this block's weights
           const T alpha = std::exp(m[i] - mx);
-          T sum = 0;
-          for (std::int64_t j = 0; j < bk; ++j) sum += (si[j] = std::exp(si[j] - mx));
-          l[i] = l[i] * alpha + sum;
+          l[i] = l[i] * alpha + detail::exp_shift_sum(si, si, bk, mx);
           m[i] = mx;
           T* ai = acc.data() + i * L.dv;
           for (std::int64_t c = 0; c < L.dv; ++c) ai[c] *= alpha;
