@@ -105,6 +105,13 @@ TEMPLATE_TEST_CASE("nn blocks match torch", "[nn]", float, double) {
   CHECK_CLOSE(sincos_pos_embed_2d<T>(16, 4, 4), fx.get("pos2d_4x4_d16"), tol);
   CHECK_CLOSE(sincos_pos_embed_2d<T>(8, 3, 5), fx.get("pos2d_3x5_d8"), tol);
   CHECK_CLOSE(sincos_pos_embed_1d<T>(16, 4), fx.get("pos1d_4_d16"), tol);
+  CHECK_CLOSE(sincos_pos_embed_3d<T>(32, 3, 2, 4), fx.get("pos3d_3x2x4_d32"), tol);
+  {
+    Attention<T> m(16, 4);
+    fx.load_case(m, "attention_masked");
+    const auto mask = fx.file.template get<std::uint8_t>("attention_masked.in.mask");
+    CHECK_CLOSE(m.forward(fx.get("attention_masked.in.x"), &mask), fx.get("attention_masked.out"), tol);
+  }
 }
 
 namespace {
@@ -284,4 +291,50 @@ TEST_CASE("Conv2d on a large image uses bounded column blocks and stays exact", 
     err = std::max(err, std::abs(s - y(0, o, oh, ow)));
   }
   CHECK(err < 1e-12);
+}
+
+// diffusers-style separate q, k, v (and to_out.0) fused into timm's qkv through a table.
+TEST_CASE("conversion tables rename and fuse tensors at load time", "[nn][io]") {
+  Generator g(9);
+  Attention<double> ref(8, 2);
+  for (auto& [n, t] : named_parameters<double>(ref)) *t = g.normal<double>(t->shape());
+  auto part = [&](const Tensor<double>& t, std::int64_t k) {  // rows [8k, 8k + 8) of qkv
+    const std::int64_t cols = t.dim() == 2 ? 8 : 1;
+    Shape shape = t.shape();
+    shape[0] = 8;
+    return Tensor<double>(shape, std::vector<double>(t.data() + k * 8 * cols, t.data() + (k + 1) * 8 * cols));
+  };
+  save_safetensors<double>("ditto_test_diffusers.safetensors",
+                           {{"attn.to_q.weight", part(ref.qkv.weight, 0)}, {"attn.to_k.weight", part(ref.qkv.weight, 1)},
+                            {"attn.to_v.weight", part(ref.qkv.weight, 2)}, {"attn.to_q.bias", part(ref.qkv.bias, 0)},
+                            {"attn.to_k.bias", part(ref.qkv.bias, 1)}, {"attn.to_v.bias", part(ref.qkv.bias, 2)},
+                            {"attn.to_out.0.weight", ref.proj.weight}, {"attn.to_out.0.bias", ref.proj.bias}});
+  const ConversionTable diffusers = {
+      {"qkv.weight", {"attn.to_q.weight", "attn.to_k.weight", "attn.to_v.weight"}},
+      {"qkv.bias", {"attn.to_q.bias", "attn.to_k.bias", "attn.to_v.bias"}},
+      {"proj.weight", {"attn.to_out.0.weight"}},
+      {"proj.bias", {"attn.to_out.0.bias"}},
+  };
+  Attention<double> loaded(8, 2);
+  const SafetensorsFile file("ditto_test_diffusers.safetensors");
+  CHECK(load<double>(loaded, file, diffusers).ok());
+  auto x = g.normal<double>({2, 5, 8});
+  require_equal(loaded.forward(x), ref.forward(x));
+  // a table that names a tensor the file lacks reports it under the file's name
+  ConversionTable broken = diffusers;
+  broken[0].sources[2] = "attn.to_value.weight";
+  Attention<double> other(8, 2);
+  CHECK_THROWS_WITH(load<double>(other, file, broken),
+                    Catch::Contains("1 missing (attn.to_value.weight), 1 unexpected (attn.to_v.weight)"));
+  std::remove("ditto_test_diffusers.safetensors");
+  // "{i}" carries a layer index from the block's name to the file's
+  Stack stack;
+  save_safetensors<float>("ditto_test_layers.safetensors",
+                          {{"layers.0.w", Tensor<float>::ones({3, 2})}, {"layers.0.b", Tensor<float>({3})},
+                           {"layers.1.w", Tensor<float>::full({4, 3}, 2.0f)}});
+  CHECK(load<float>(stack, SafetensorsFile("ditto_test_layers.safetensors"),
+                    ConversionTable{{"blocks.{i}.weight", {"layers.{i}.w"}}, {"blocks.{i}.bias", {"layers.{i}.b"}}})
+            .ok());
+  CHECK(stack.blocks[1].weight[0] == 2.0f);
+  std::remove("ditto_test_layers.safetensors");
 }

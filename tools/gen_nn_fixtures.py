@@ -215,6 +215,26 @@ def cases(dtype):
         e, o = xs[..., 0::2], xs[..., 1::2]
         parts.append(torch.stack([e * cos - o * sin, e * sin + o * cos], -1).flatten(-2))
     t["rope3d.in.x"], t["rope3d.out"] = xg, torch.cat(parts, -1)
+    # MAE-ST / VideoMAE 3-D table: [temporal (D/4) | spatial (3D/4)] for tokens in (t, h, w) order
+    for (tt, gh, gw, dim) in ((3, 2, 4, 32),):
+        gridw = np.stack(np.meshgrid(np.arange(gw, dtype=np.float64), np.arange(gh, dtype=np.float64)), axis=0)
+        ds, dt = dim // 4 * 3, dim // 4
+        spatial = np.concatenate([sincos_1d(ds // 2, gridw[0]), sincos_1d(ds // 2, gridw[1])], axis=1)
+        temporal = sincos_1d(dt, np.arange(tt, dtype=np.float64))
+        emb = np.concatenate([np.repeat(temporal[:, None, :], gh * gw, axis=1),
+                              np.repeat(spatial[None, :, :], tt, axis=0)], axis=-1).reshape(-1, dim)
+        t[f"pos3d_{tt}x{gh}x{gw}_d{dim}"] = torch.from_numpy(emb).to(dtype)
+    # the attention module with a mask (same weights as attention_qknorm0)
+    att = torch.nn.Module()
+    att.qkv, att.proj = torch.nn.Linear(16, 48), torch.nn.Linear(16, 16)
+    randomize(att)
+    xa = rnd(2, 9, 16)
+    am = torch.rand(2, 1, 9, 9, generator=g) > 0.4
+    am[..., 0] = True
+    qkv = att.qkv(xa).reshape(2, 9, 3, 4, 4).permute(2, 0, 3, 1, 4)
+    s_ = (qkv[0] @ qkv[1].transpose(-2, -1)) * 0.5
+    o = (s_.masked_fill(~am, float("-inf")).softmax(-1) @ qkv[2]).transpose(1, 2).reshape(2, 9, 16)
+    module("attention_masked", att, {"x": xa, "mask": am.to(torch.int64)}, att.proj(o))
     return t
 
 

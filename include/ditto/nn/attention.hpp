@@ -208,18 +208,25 @@ struct Attention {
     v("proj", proj);
   }
 
-  Tensor<T> forward(const Tensor<T>& x) const {
+  // mask (optional): (B or 1, H or 1, N, N), nonzero where query n may attend to key m.
+  Tensor<T> forward(const Tensor<T>& x, const Tensor<std::uint8_t>* mask = nullptr) const {
     if (x.dim() != 3 || x.size(2) != dim)
       throw ShapeError(ditto::detail::cat("Attention(dim=", dim, "): expected x (B, N, ", dim, "), got shape ",
                                           shape_str(x.shape())));
     const std::int64_t B = x.size(0), N = x.size(1);
+    if (mask && (mask->dim() != 4 || (mask->size(0) != 1 && mask->size(0) != B) ||
+                 (mask->size(1) != 1 && mask->size(1) != num_heads) || mask->size(2) != N || mask->size(3) != N))
+      throw ShapeError(ditto::detail::cat("Attention: mask must be (B or 1, H or 1, ", N, ", ", N, "), got ",
+                                          shape_str(mask->shape())));
     std::vector<std::int64_t> cu;
     for (std::int64_t b = 0; b <= B; ++b) cu.push_back(b * N);
-    return forward_packed(x.reshape({B * N, dim}), cu).reshape({B, N, dim});
+    return forward_packed(x.reshape({B * N, dim}), cu, mask).reshape({B, N, dim});
   }
 
-  // x: (T, dim) holding sequences [cu[s], cu[s+1]); each attends only to itself.
-  Tensor<T> forward_packed(const Tensor<T>& x, const std::vector<std::int64_t>& cu) const {
+  // x: (T, dim) holding sequences [cu[s], cu[s+1]); each attends only to itself. A mask, if
+  // given, is (S or 1, H or 1, n, n) for sequences that all have length n (forward's case).
+  Tensor<T> forward_packed(const Tensor<T>& x, const std::vector<std::int64_t>& cu,
+                           const Tensor<std::uint8_t>* mask = nullptr) const {
     const std::int64_t Tn = x.size(0), H = num_heads, D = dim / num_heads, C = dim;
     Tensor<T> qkv_out = qkv.forward(x);  // (T, 3, H, D): q, k, v of a token side by side
     if (qk_norm)
@@ -235,10 +242,15 @@ struct Attention {
     for (std::size_t s = 0; s + 1 < cu.size(); ++s)
       for (std::int64_t h = 0; h < H; ++h) {
         const T* base = qkv_out.data() + cu[s] * 3 * C + h * D;
-        problems.push_back({base, base + C, base + 2 * C, o.data() + cu[s] * C + h * D, cu[s + 1] - cu[s],
-                            cu[s + 1] - cu[s], nullptr});
+        const std::int64_t n = cu[s + 1] - cu[s];
+        const std::uint8_t* mk = nullptr;
+        if (mask)
+          mk = mask->data() + ((mask->size(0) == 1 ? 0 : static_cast<std::int64_t>(s)) * mask->size(1) +
+                               (mask->size(1) == 1 ? 0 : h)) * n * n;
+        problems.push_back({base, base + C, base + 2 * C, o.data() + cu[s] * C + h * D, n, n, mk});
       }
-    attention_kernel(problems, AttentionLayout{D, D, 3 * C, 3 * C, 3 * C, C, 0}, static_cast<T>(scale));
+    const std::int64_t mask_stride = mask ? cu[1] - cu[0] : 0;
+    attention_kernel(problems, AttentionLayout{D, D, 3 * C, 3 * C, 3 * C, C, mask_stride}, static_cast<T>(scale));
     return proj.forward(o);
   }
 };

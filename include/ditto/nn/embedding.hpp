@@ -2,6 +2,7 @@
 // Computed in double, then rounded once to T.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -59,6 +60,25 @@ inline Tensor<T> sincos_pos_embed_2d(std::int64_t embed_dim, std::int64_t grid_h
         out(y * grid_w + x, i) = col(x, i);
         out(y * grid_w + x, q + i) = row(y, i);
       }
+  return out;
+}
+
+// The 3-D table of video MAEs (MAE-ST, VideoMAE / MVD): a quarter of the features encode time
+// (the 1-D table over t), three quarters encode space (the 2-D table over h, w); concatenated
+// [temporal, spatial] for tokens in (t, h, w) row-major order: (t * h * w, embed_dim).
+template <class T = float>
+inline Tensor<T> sincos_pos_embed_3d(std::int64_t embed_dim, std::int64_t t, std::int64_t grid_h, std::int64_t grid_w) {
+  if (embed_dim % 16 != 0)
+    throw ArgumentError(ditto::detail::cat("sincos_pos_embed_3d: embed_dim must be divisible by 16, got ", embed_dim));
+  const std::int64_t dt = embed_dim / 4, ds = embed_dim / 4 * 3;
+  const Tensor<T> temporal = sincos_pos_embed_1d<T>(dt, t), spatial = sincos_pos_embed_2d<T>(ds, grid_h, grid_w);
+  Tensor<T> out = Tensor<T>::empty({t * grid_h * grid_w, embed_dim});
+  for (std::int64_t i = 0; i < t; ++i)
+    for (std::int64_t p = 0; p < grid_h * grid_w; ++p) {
+      T* row = out.data() + (i * grid_h * grid_w + p) * embed_dim;
+      std::copy(temporal.data() + i * dt, temporal.data() + (i + 1) * dt, row);
+      std::copy(spatial.data() + p * ds, spatial.data() + (p + 1) * ds, row + dt);
+    }
   return out;
 }
 
