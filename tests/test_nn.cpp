@@ -338,3 +338,34 @@ TEST_CASE("conversion tables rename and fuse tensors at load time", "[nn][io]") 
   CHECK(stack.blocks[1].weight[0] == 2.0f);
   std::remove("ditto_test_layers.safetensors");
 }
+
+// Masked scores are -inf: the SIMD exp must give exactly 0 for them (and UBSan watches that no
+// infinity reaches an integer conversion); a row with nothing visible is NaN, as in PyTorch.
+TEMPLATE_TEST_CASE("softmax and silu with infinities", "[nn]", float, double) {
+  using T = TestType;
+  const T inf = std::numeric_limits<T>::infinity();
+  Tensor<T> x({2, 40});
+  for (int j = 0; j < 40; ++j) {
+    x(0, j) = j % 3 == 0 ? -inf : static_cast<T>(j) / 10;
+    x(1, j) = -inf;
+  }
+  auto y = softmax(x);
+  double sum = 0, ref_sum = 0;
+  for (int j = 0; j < 40; ++j)
+    if (j % 3) ref_sum += std::exp(j / 10.0 - 3.9);
+  for (int j = 0; j < 40; ++j) {
+    if (j % 3 == 0) CHECK(y(0, j) == T(0));
+    else CHECK(std::abs(y(0, j) - std::exp(j / 10.0 - 3.9) / ref_sum) < 1e-6);
+    sum += y(0, j);
+    CHECK(std::isnan(y(1, j)));
+  }
+  CHECK(std::abs(sum - 1.0) < 1e-6);
+  Tensor<T> z({32});
+  for (int j = 0; j < 32; ++j) z[j] = j % 2 ? inf : -inf;
+  auto s = silu(z);
+  CHECK(std::isinf(s[1]));
+  CHECK(std::isnan(s[0]));  // as torch: F.silu(-inf) = nan
+  auto gt = gelu_tanh(z);
+  CHECK(std::isinf(gt[1]));
+  CHECK(std::isnan(gt[0]));  // as torch: F.gelu(-inf, approximate="tanh") = nan
+}

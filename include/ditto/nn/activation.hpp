@@ -37,6 +37,20 @@ inline T silu(T x) {
 }
 
 namespace detail {
+// exp with its argument clamped to where exp is already 0 or infinite (below -104 / above 89 for
+// float, -746 / 710 for double), and NaN routed around: xsimd's range reduction converts the
+// argument to an integer, which is undefined for infinities and NaN (UBSan flags it for double).
+// The result is exactly exp's: 0, inf, or NaN for NaN.
+template <class B>
+inline B exp_clamped(B a) {
+  using T = typename B::value_type;
+  const B low(std::is_same_v<T, float> ? T(-104) : T(-746)), high(std::is_same_v<T, float> ? T(89) : T(710));
+  const auto nan = xsimd::isnan(a);  // (a != a is an ordered compare on some targets: false for NaN)
+  B c = xsimd::select(nan, B(T(0)), a);
+  c = xsimd::select(c < low, low, c);
+  c = xsimd::select(c > high, high, c);
+  return xsimd::select(nan, a, xsimd::exp(c));
+}
 // SIMD versions (xsimd picks the widest instruction set the compiler targets: SSE2 without
 // -march flags, AVX2 or AVX-512 with them); the scalar functions above finish the tail.
 template <class B>
@@ -47,11 +61,11 @@ inline B gelu_simd(B x) {
 template <class B>
 inline B gelu_tanh_simd(B x) {
   const B u2 = B(2 * 0.79788456080286535588) * (x + B(0.044715) * x * x * x);
-  return x / (B(1) + xsimd::exp(-u2));
+  return x / (B(1) + exp_clamped(-u2));
 }
 template <class B>
 inline B silu_simd(B x) {
-  return x / (B(1) + xsimd::exp(-x));
+  return x / (B(1) + exp_clamped(-x));
 }
 template <class T, class F, class S>
 inline void map(const T* x, T* y, std::int64_t lo, std::int64_t hi, F&& simd, S&& scalar) {
@@ -135,7 +149,7 @@ inline T exp_shift_sum(const T* x, T* y, std::int64_t n, T m) {
     constexpr std::int64_t W = static_cast<std::int64_t>(B::size);
     B acc(T(0)), mb(m);
     for (; i + W <= n; i += W) {
-      const B e = xsimd::exp(B::load_unaligned(x + i) - mb);
+      const B e = exp_clamped(B::load_unaligned(x + i) - mb);  // masked -inf scores give 0
       e.store_unaligned(y + i);
       acc += e;
     }
