@@ -10,7 +10,8 @@
 // With DITTO_USE_CBLAS (set by CMake when OpenBLAS is found, option DITTO_USE_OPENBLAS), float
 // and double products go to cblas_?gemm: OpenBLAS measures 1.05-1.35x Eigen 3.4 at DiT's shapes
 // (docs/performance.md). Inside a parallel region they stay on Eigen, which then runs serially,
-// so OpenBLAS's own threads never oversubscribe the cores.
+// so OpenBLAS's own threads never oversubscribe the cores — unless OpenBLAS is Debian's OpenMP
+// build (DITTO_CBLAS_OPENMP), which itself runs serially there.
 #pragma once
 
 #include <cstdint>
@@ -45,7 +46,12 @@ inline void gemm(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std
   if (M == 0 || N == 0) return;
 #if defined(DITTO_USE_CBLAS)
   if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
-    if (K > 0 && !detail::in_parallel_region()) {
+#if defined(DITTO_CBLAS_OPENMP)
+    constexpr bool anywhere = true;  // OpenBLAS's OpenMP build runs serially inside a region
+#else
+    constexpr bool anywhere = false;
+#endif
+    if (K > 0 && (anywhere || !detail::in_parallel_region())) {
       const auto ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
       if constexpr (std::is_same_v<T, float>)
         cblas_sgemm(CblasRowMajor, ta, tb, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), alpha, A,

@@ -65,12 +65,20 @@ inline void conv_forward(const T* x, const T* w, const T* bias, T* y, const Conv
   const std::int64_t K = Cg * g.k[0] * g.k[1] * g.k[2], P = g.Do * g.Ho * g.Wo, S = g.D * g.H * g.W;
   const bool pointwise = K == Cg && g.s == std::array<std::int64_t, 3>{1, 1, 1} &&
                          g.pad == std::array<std::int64_t, 6>{0, 0, 0, 0, 0, 0};
-  // Output "rows" are (do, ho) pairs of Wo positions; a block of rows bounds the columns.
+  // Output "rows" are (do, ho) pairs of Wo positions; a block of rows bounds the columns. Work
+  // items are (image, group, row block); each thread unfolds its block into its own buffer and
+  // multiplies it, so unfolding overlaps with the other threads' products. Blocks are small
+  // enough that every thread gets work, and at most ~4 MB of columns.
   const std::int64_t rows = g.Do * g.Ho, row_len = g.Wo;
-  const std::int64_t block = std::clamp<std::int64_t>((std::int64_t{1} << 20) / std::max<std::int64_t>(K * row_len, 1), 1, rows);
-  std::vector<T> col(pointwise ? 0 : static_cast<std::size_t>(K * block * row_len));
-  for (std::int64_t n = 0; n < g.N; ++n)
-    for (std::int64_t gr = 0; gr < g.groups; ++gr) {
+  const std::int64_t threads = get_num_threads();
+  std::int64_t block = std::clamp<std::int64_t>((std::int64_t{1} << 20) / std::max<std::int64_t>(K * row_len, 1), 1, rows);
+  if (g.N * g.groups * ((rows + block - 1) / block) < 2 * threads)
+    block = std::max<std::int64_t>(1, (rows + 2 * threads - 1) / (2 * threads));
+  const std::int64_t n_blocks = (rows + block - 1) / block, items = pointwise ? g.N * g.groups : g.N * g.groups * n_blocks;
+  parallel_for(items, items * Og * K * (pointwise ? P : block * row_len), [&](std::int64_t lo, std::int64_t hi) {
+    std::vector<T> col(pointwise ? 0 : static_cast<std::size_t>(K * block * row_len));
+    for (std::int64_t it = lo; it < hi; ++it) {
+      const std::int64_t ng = pointwise ? it : it / n_blocks, n = ng / g.groups, gr = ng % g.groups;
       const T* xg = x + (n * g.C + gr * Cg) * S;
       const T* wg = w + gr * Og * K;
       T* yg = y + (n * g.O + gr * Og) * P;
@@ -78,33 +86,30 @@ inline void conv_forward(const T* x, const T* w, const T* bias, T* y, const Conv
         gemm<T>(false, false, Og, P, K, T(1), wg, K, xg, S, T(0), yg, P);
         continue;
       }
-      for (std::int64_t r0 = 0; r0 < rows; r0 += block) {
-        const std::int64_t nr = std::min(block, rows - r0), cols = nr * row_len;
-        // col[kk][r * Wo + ow] = x[c][do*sd - pd + i][ho*sh - ph + j][ow*sw - pw + l], or 0 outside
-        parallel_for(K, K * cols, [&](std::int64_t lo, std::int64_t hi) {
-          for (std::int64_t kk = lo; kk < hi; ++kk) {
-            const std::int64_t l = kk % g.k[2], j = (kk / g.k[2]) % g.k[1], i = (kk / (g.k[2] * g.k[1])) % g.k[0];
-            const std::int64_t c = kk / (g.k[0] * g.k[1] * g.k[2]);
-            T* dst = col.data() + kk * cols;
-            for (std::int64_t r = 0; r < nr; ++r) {
-              const std::int64_t od = (r0 + r) / g.Ho, oh = (r0 + r) % g.Ho;
-              const std::int64_t id = od * g.s[0] - g.pad[0] + i, ih = oh * g.s[1] - g.pad[2] + j;
-              T* d = dst + r * row_len;
-              if (id < 0 || id >= g.D || ih < 0 || ih >= g.H) {
-                std::fill(d, d + row_len, T(0));
-                continue;
-              }
-              const T* src = xg + (c * g.D + id) * g.H * g.W + ih * g.W;
-              for (std::int64_t ow = 0; ow < row_len; ++ow) {
-                const std::int64_t iw = ow * g.s[2] - g.pad[4] + l;
-                d[ow] = (iw >= 0 && iw < g.W) ? src[iw] : T(0);
-              }
-            }
+      const std::int64_t r0 = (it % n_blocks) * block, nr = std::min(block, rows - r0), cols = nr * row_len;
+      // col[kk][r * Wo + ow] = x[c][do*sd - pd + i][ho*sh - ph + j][ow*sw - pw + l], or 0 outside
+      for (std::int64_t kk = 0; kk < K; ++kk) {
+        const std::int64_t l = kk % g.k[2], j = (kk / g.k[2]) % g.k[1], i = (kk / (g.k[2] * g.k[1])) % g.k[0];
+        const std::int64_t c = kk / (g.k[0] * g.k[1] * g.k[2]);
+        T* dst = col.data() + kk * cols;
+        for (std::int64_t r = 0; r < nr; ++r) {
+          const std::int64_t od = (r0 + r) / g.Ho, oh = (r0 + r) % g.Ho;
+          const std::int64_t id = od * g.s[0] - g.pad[0] + i, ih = oh * g.s[1] - g.pad[2] + j;
+          T* d = dst + r * row_len;
+          if (id < 0 || id >= g.D || ih < 0 || ih >= g.H) {
+            std::fill(d, d + row_len, T(0));
+            continue;
           }
-        });
-        gemm<T>(false, false, Og, cols, K, T(1), wg, K, col.data(), cols, T(0), yg + r0 * row_len, P);
+          const T* src = xg + (c * g.D + id) * g.H * g.W + ih * g.W;
+          for (std::int64_t ow = 0; ow < row_len; ++ow) {
+            const std::int64_t iw = ow * g.s[2] - g.pad[4] + l;
+            d[ow] = (iw >= 0 && iw < g.W) ? src[iw] : T(0);
+          }
+        }
       }
+      gemm<T>(false, false, Og, cols, K, T(1), wg, K, col.data(), cols, T(0), yg + r0 * row_len, P);
     }
+  });
   if (bias) {
     parallel_for(g.N * g.O, g.N * g.O * P, [&](std::int64_t lo, std::int64_t hi) {
       for (auto no = lo; no < hi; ++no) {
