@@ -151,7 +151,6 @@ class Tensor {
     for (auto d : shape_) n *= d;
     return n;
   }
-  bool empty_storage() const noexcept { return numel() == 0; }
 
   // --- data ----------------------------------------------------------------------------------
   T* data() noexcept { return data_; }

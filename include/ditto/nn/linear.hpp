@@ -11,6 +11,18 @@
 
 namespace ditto::nn {
 
+// y (rows, out) = x (rows, in) W^T + b, W stored (out, in); b may be null. The bias goes in
+// through the product (y = b, then y += x W^T): no separate threaded pass, whose waking threads
+// measurably slowed OpenBLAS at 2 threads. Shared by Linear and the patch embeddings.
+template <class T>
+inline void linear_rows(const T* x, std::int64_t rows, std::int64_t in, std::int64_t out, const T* weight,
+                        const T* bias, T* y) {
+  if (rows == 0) return;
+  if (bias)
+    for (std::int64_t r = 0; r < rows; ++r) std::copy(bias, bias + out, y + r * out);
+  gemm<T>(false, true, rows, out, in, T(1), x, in, weight, in, bias ? T(1) : T(0), y, out);
+}
+
 // y = x W^T + b.  x: (..., in_features), weight: (out_features, in_features), bias: (out_features).
 template <class T = float>
 struct Linear {
@@ -41,13 +53,7 @@ struct Linear {
 
   // rows x in_features -> rows x out_features, into caller memory (no allocation).
   void forward_into(const T* x, T* y, std::int64_t rows) const {
-    if (rows == 0) return;
-    // The bias goes in through the product (y = b, then y += x W^T): no separate threaded pass,
-    // whose waking threads measurably slow OpenBLAS's own thread pool at 2 threads.
-    if (has_bias)
-      for (std::int64_t r = 0; r < rows; ++r) std::copy(bias.data(), bias.data() + out_features, y + r * out_features);
-    gemm<T>(false, true, rows, out_features, in_features, T(1), x, in_features, weight.data(), in_features,
-            has_bias ? T(1) : T(0), y, out_features);
+    linear_rows(x, rows, in_features, out_features, weight.data(), has_bias ? bias.data() : nullptr, y);
   }
 };
 

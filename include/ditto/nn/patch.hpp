@@ -19,18 +19,6 @@
 
 namespace ditto::nn {
 
-namespace detail {
-// tokens (rows, K) @ weight (D, K)^T + bias -> (rows, D)
-template <class T>
-inline void project(const T* tokens, std::int64_t rows, std::int64_t K, const Tensor<T>& weight, const Tensor<T>* bias,
-                    T* out) {
-  const std::int64_t D = weight.size(0);
-  gemm<T>(false, true, rows, D, K, T(1), tokens, K, weight.data(), K, T(0), out, D);
-  if (bias)
-    for (std::int64_t r = 0; r < rows; ++r)
-      for (std::int64_t d = 0; d < D; ++d) out[r * D + d] += (*bias)[d];
-}
-}  // namespace detail
 
 // x: (B, C, H, W) -> (B, (H/p)(W/p), embed_dim). State names: proj.weight, proj.bias.
 template <class T = float>
@@ -54,8 +42,8 @@ struct PatchEmbed {
                                           ", H, W) with H and W divisible by ", p, ", got ", shape_str(x.shape())));
     auto tokens = rearrange(x, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", {{"p1", p}, {"p2", p}});
     Tensor<T> out = Tensor<T>::empty({x.size(0), tokens.size(1), embed_dim});
-    detail::project(tokens.data(), tokens.size(0) * tokens.size(1), tokens.size(2), proj.weight,
-                    proj.has_bias ? &proj.bias : nullptr, out.data());
+    linear_rows(tokens.data(), tokens.size(0) * tokens.size(1), tokens.size(2), embed_dim, proj.weight.data(),
+                proj.has_bias ? proj.bias.data() : nullptr, out.data());
     return out;
   }
 };
@@ -83,8 +71,8 @@ struct TubeletEmbed {
                                           ", T, H, W) divisible by the tubelet, got ", shape_str(x.shape())));
     auto tokens = rearrange(x, "b c (t pt) (h ph) (w pw) -> b (t h w) (c pt ph pw)", {{"pt", pt}, {"ph", ph}, {"pw", pw}});
     Tensor<T> out = Tensor<T>::empty({x.size(0), tokens.size(1), embed_dim});
-    detail::project(tokens.data(), tokens.size(0) * tokens.size(1), tokens.size(2), proj.weight,
-                    proj.has_bias ? &proj.bias : nullptr, out.data());
+    linear_rows(tokens.data(), tokens.size(0) * tokens.size(1), tokens.size(2), embed_dim, proj.weight.data(),
+                proj.has_bias ? proj.bias.data() : nullptr, out.data());
     return out;
   }
 };
