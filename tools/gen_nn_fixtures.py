@@ -6,34 +6,19 @@ state-dict names) and `name.out`. Run with Debian's torch:
 
     /usr/bin/python3 tools/gen_nn_fixtures.py
 """
-import json
 import math
 import os
-import struct
+import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from safetensors_writer import save  # noqa: E402
+
 torch.manual_seed(0)
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
-
-
-def save(path, tensors):
-    """A minimal safetensors writer (the format: u64 header length, JSON header, raw data)."""
-    names = sorted(tensors)
-    header, offset, blobs = {}, 0, []
-    for n in names:
-        a = tensors[n].detach().contiguous().numpy()
-        dtype = {np.float32: "F32", np.float64: "F64", np.int64: "I64"}[a.dtype.type]
-        b = a.tobytes()
-        header[n] = {"dtype": dtype, "shape": list(a.shape), "data_offsets": [offset, offset + len(b)]}
-        offset += len(b)
-        blobs.append(b)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
 def cases(dtype):

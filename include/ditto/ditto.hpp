@@ -12,3 +12,4 @@
 #include "io/image.hpp"
 #include "io/safetensors.hpp"
 #include "nn.hpp"
+#include "diffusion/schedule.hpp"
