@@ -13,3 +13,4 @@
 #include "io/safetensors.hpp"
 #include "nn.hpp"
 #include "diffusion/schedule.hpp"
+#include "diffusion/gaussian.hpp"
