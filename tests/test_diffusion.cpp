@@ -2,6 +2,7 @@
 // (tests/fixtures/diffusion_schedules.safetensors, made by tools/gen_diffusion_fixtures.py from
 // the upstream code), to 1e-12 relative.
 #include <ditto/diffusion/gaussian.hpp>
+#include <ditto/diffusion/sampler.hpp>
 #include <ditto/diffusion/schedule.hpp>
 #include <algorithm>
 
@@ -137,4 +138,109 @@ TEST_CASE("eps + x0 + v conversions invert each other", "[diffusion]") {
   CHECK_THROWS_WITH(q_sample(s, x0, {1, 1000}, eps), Catch::Contains("timestep 1000 is outside [0, 1000)"));
   CHECK_THROWS_WITH(p_mean_variance(s, x0, x0, t, ModelMeanType::epsilon, ModelVarType::learned_range),
                     Catch::Contains("must have 6 channels (mean and variance)"));
+}
+
+namespace {
+// The exact epsilon-predictor for data drawn from a 1-D Gaussian mixture: at noise level
+// alpha_bar, x_t ~ sum_k w_k N(sqrt(ab) mu_k, ab sigma_k^2 + 1 - ab), and
+// eps*(x_t) = -sqrt(1 - ab) * d/dx log p_t(x_t).
+struct Mixture {
+  std::vector<double> w, mu, sigma;
+  const Schedule* base;
+  Tensor<double> operator()(const Tensor<double>& x, const std::vector<std::int64_t>& t) const {
+    Tensor<double> eps(x.shape());
+    for (std::int64_t i = 0; i < x.numel(); ++i) {
+      const double ab = base->alphas_cumprod[static_cast<std::size_t>(t[static_cast<std::size_t>(i)])];
+      double norm = 0, score = 0, lmax = -1e300;
+      double logr[8];  // at most 8 components
+      for (std::size_t k = 0; k < w.size(); ++k) {
+        const double m = std::sqrt(ab) * mu[k], v = ab * sigma[k] * sigma[k] + 1 - ab;
+        logr[k] = std::log(w[k]) - 0.5 * std::log(v) - (x[i] - m) * (x[i] - m) / (2 * v);
+        lmax = std::max(lmax, logr[k]);
+      }
+      for (std::size_t k = 0; k < w.size(); ++k) {
+        const double r = std::exp(logr[k] - lmax), m = std::sqrt(ab) * mu[k], v = ab * sigma[k] * sigma[k] + 1 - ab;
+        norm += r;
+        score += r * (-(x[i] - m) / v);
+      }
+      eps[i] = -std::sqrt(1 - ab) * score / norm;
+    }
+    return eps;
+  }
+};
+
+// Weights, means and standard deviations of the two modes, split at -0.5 (the modes below are
+// 3 and 6 standard deviations away from it).
+void check_mixture(const Tensor<double>& x) {
+  const double n = static_cast<double>(x.numel());
+  double s[2] = {0, 0}, ss[2] = {0, 0}, c[2] = {0, 0};
+  for (double v : x) {
+    const int k = v < -0.5 ? 0 : 1;
+    c[k] += 1;
+    s[k] += v;
+    ss[k] += v * v;
+  }
+  const double w0 = c[0] / n;
+  const double m0 = s[0] / c[0], m1 = s[1] / c[1];
+  const double sd0 = std::sqrt(ss[0] / c[0] - m0 * m0), sd1 = std::sqrt(ss[1] / c[1] - m1 * m1);
+  INFO("weight " << w0 << ", modes " << m0 << " +- " << sd0 << " and " << m1 << " +- " << sd1);
+  // 5 standard errors for 10k samples (weight 0.0046, means 0.0091 / 0.0036, sds 0.0065 / 0.0025)
+  CHECK(std::abs(w0 - 0.2996) < 0.023);
+  CHECK(std::abs(m0 + 2.0) < 0.046);
+  CHECK(std::abs(m1 - 1.5) < 0.018);
+  CHECK(std::abs(sd0 - 0.5) < 0.033);
+  CHECK(std::abs(sd1 - 0.3) < 0.013);
+}
+}  // namespace
+
+TEST_CASE("DDPM and DDIM with the exact predictor reproduce a Gaussian mixture", "[diffusion][sampling]") {
+  const auto betas = named_beta_schedule("linear", 1000);
+  const Schedule base(betas);
+  const Mixture model{{0.3, 0.7}, {-2.0, 1.5}, {0.5, 0.3}, &base};
+  SampleOptions o;
+  o.mean_type = ModelMeanType::epsilon;
+  o.var_type = ModelVarType::fixed_small;
+  o.progress = {};
+  {
+    INFO("DDPM, 1000 steps");
+    Generator gen(1);
+    check_mixture(ddpm_sample_loop<double>(base, model, {10000, 1}, gen, o));
+  }
+  {
+    INFO("DDIM eta 0, 50 steps");
+    const Schedule ddim50 = Schedule::spaced(betas, space_timesteps(1000, "ddim50"));
+    Generator gen(2);
+    check_mixture(ddim_sample_loop<double>(ddim50, model, {10000, 1}, gen, o));
+  }
+}
+
+TEST_CASE("DDIM with the exact predictor of one point returns that point + seeds reproduce", "[diffusion][sampling]") {
+  const auto betas = named_beta_schedule("squaredcos_cap_v2", 1000);
+  const Schedule s = Schedule::spaced(betas, space_timesteps(1000, "ddim25"));
+  const Schedule base(betas);
+  const double point = 0.7;
+  auto model = [&](const Tensor<double>& x, const std::vector<std::int64_t>& t) {
+    Tensor<double> eps(x.shape());
+    for (std::int64_t i = 0; i < x.numel(); ++i) {
+      const double ab = base.alphas_cumprod[static_cast<std::size_t>(t[static_cast<std::size_t>(i)])];
+      eps[i] = (x[i] - std::sqrt(ab) * point) / std::sqrt(1 - ab);
+    }
+    return eps;
+  };
+  SampleOptions o;
+  o.var_type = ModelVarType::fixed_small;
+  o.progress = {};
+  int calls = 0;
+  o.progress = [&](int done, int total) { calls += (done <= total); };
+  Generator gen(3);
+  auto x = ddim_sample_loop<double>(s, model, {64, 1}, gen, o);
+  double err = 0;
+  for (double v : x) err = std::max(err, std::abs(v - point));
+  CHECK(err < 1e-9);
+  CHECK(calls == 25);
+  // same seed, same samples
+  Generator g1(9), g2(9);
+  o.progress = {};
+  auto a = ddpm_sample_loop<double>(s, model, {8, 1}, g1, o), b = ddpm_sample_loop<double>(s, model, {8, 1}, g2, o);
+  ditto_test::require_equal(a, b);
 }

@@ -14,3 +14,4 @@
 #include "nn.hpp"
 #include "diffusion/schedule.hpp"
 #include "diffusion/gaussian.hpp"
+#include "diffusion/sampler.hpp"
