@@ -369,3 +369,26 @@ TEMPLATE_TEST_CASE("softmax and silu with infinities", "[nn]", float, double) {
   CHECK(std::isinf(gt[1]));
   CHECK(std::isnan(gt[0]));  // as torch: F.gelu(-inf, approximate="tanh") = nan
 }
+
+// Sizes that would divide by zero, or a mask that does not fit, are refused up front.
+TEST_CASE("bad block arguments give a clear error", "[nn][errors]") {
+  CHECK_THROWS_WITH(Conv2d<float>(4, 4, 3, 0), Catch::Contains("Conv2d: stride must be >= 1, got 0"));
+  CHECK_THROWS_WITH(Conv2d<float>(4, 4, 0), Catch::Contains("Conv2d: kernel_size must be >= 1, got 0"));
+  CHECK_THROWS_WITH(Conv2d<float>(4, 4, 3, 1, -1), Catch::Contains("Conv2d: padding must be >= 0, got -1"));
+  CHECK_THROWS_WITH(Conv1d<float>(4, 4, 1, 0), Catch::Contains("Conv1d: stride must be >= 1"));
+  CHECK_THROWS_WITH(Conv3d<float>(3, 4, {2, 0, 2}), Catch::Contains("Conv3d: kernel_size must be >= 1"));
+  CHECK_THROWS_WITH(PatchEmbed<float>(0, 4, 8), Catch::Contains("kernel_size must be >= 1, got 0"));
+  CHECK_THROWS_WITH(avg_pool2d(Tensor<float>({1, 1, 4, 4}), 2, 0), Catch::Contains("avg_pool2d: stride must be >= 1"));
+  CHECK_THROWS_WITH(upsample_nearest(Tensor<float>({1, 1, 2, 2}), 0), Catch::Contains("factor must be >= 1"));
+  CHECK_THROWS_WITH(LayerNorm<float>(0), Catch::Contains("LayerNorm: normalized_shape must be >= 1"));
+  CHECK_THROWS_WITH(RMSNorm<float>(0), Catch::Contains("RMSNorm: dim must be >= 1"));
+  CHECK_THROWS_WITH(Linear<float>(0, 3), Catch::Contains("Linear: in_features must be >= 1"));
+  CHECK_THROWS_WITH(Embedding<float>(5, 0), Catch::Contains("Embedding: embedding_dim must be >= 1"));
+  CHECK_THROWS_WITH(GroupNorm<float>(2, 0), Catch::Contains("divisible by num_groups"));
+  Attention<float> att(8, 2);
+  const Tensor<std::uint8_t> mask = Tensor<std::uint8_t>::ones({1, 1, 3, 3});
+  CHECK_THROWS_WITH(att.forward_packed(Tensor<float>({7, 8}), {0, 3, 7}, &mask),
+                    Catch::Contains("a mask needs sequences of one length"));
+  CHECK_THROWS_WITH(att.forward(Tensor<float>({2, 4, 8}), &mask), Catch::Contains("mask must be (2 or 1, 2 or 1, 4, 4)"));
+  CHECK_THROWS_WITH(att.forward_packed(Tensor<float>({7, 8}), {0, 3, 6}), Catch::Contains("must rise from 0 to 7"));
+}

@@ -28,15 +28,6 @@
 
 namespace ditto {
 
-// The name of the backend products go through, for benchmark tables and bug reports.
-inline const char* gemm_backend() {
-#if defined(DITTO_USE_CBLAS)
-  return "OpenBLAS (cblas) outside parallel regions, Eigen inside";
-#else
-  return "Eigen";
-#endif
-}
-
 template <class T>
 inline void gemm(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K, T alpha, const T* A,
                  std::int64_t lda, const T* B, std::int64_t ldb, T beta, T* C, std::int64_t ldc) {

@@ -168,10 +168,6 @@ inline void softmax_row(const T* x, T* y, std::int64_t n) {
   const T inv = T(1) / detail::exp_shift_sum(x, y, n, m);
   for (std::int64_t k = 0; k < n; ++k) y[k] *= inv;  // vectorized by the compiler (no reduction)
 }
-template <class T>
-inline void softmax_row(T* x, std::int64_t n) {
-  softmax_row(static_cast<const T*>(x), x, n);
-}
 
 // Softmax over the last axis.
 template <class T>

@@ -214,10 +214,6 @@ struct Attention {
       throw ShapeError(ditto::detail::cat("Attention(dim=", dim, "): expected x (B, N, ", dim, "), got shape ",
                                           shape_str(x.shape())));
     const std::int64_t B = x.size(0), N = x.size(1);
-    if (mask && (mask->dim() != 4 || (mask->size(0) != 1 && mask->size(0) != B) ||
-                 (mask->size(1) != 1 && mask->size(1) != num_heads) || mask->size(2) != N || mask->size(3) != N))
-      throw ShapeError(ditto::detail::cat("Attention: mask must be (B or 1, H or 1, ", N, ", ", N, "), got ",
-                                          shape_str(mask->shape())));
     std::vector<std::int64_t> cu;
     for (std::int64_t b = 0; b <= B; ++b) cu.push_back(b * N);
     return forward_packed(x.reshape({B * N, dim}), cu, mask).reshape({B, N, dim});
@@ -227,6 +223,24 @@ struct Attention {
   // given, is (S or 1, H or 1, n, n) for sequences that all have length n (forward's case).
   Tensor<T> forward_packed(const Tensor<T>& x, const std::vector<std::int64_t>& cu,
                            const Tensor<std::uint8_t>* mask = nullptr) const {
+    if (x.dim() != 2 || x.size(1) != dim)
+      throw ShapeError(ditto::detail::cat("Attention(dim=", dim, ").forward_packed: expected x (T, ", dim, "), got shape ",
+                                          shape_str(x.shape())));
+    bool cu_ok = cu.size() >= 2 && cu.front() == 0 && cu.back() == x.size(0);
+    for (std::size_t s = 1; cu_ok && s < cu.size(); ++s) cu_ok = cu[s] >= cu[s - 1];
+    if (!cu_ok)
+      throw ShapeError(ditto::detail::cat("Attention.forward_packed: cu_seqlens must rise from 0 to ", x.size(0),
+                                          " (the packed length), got ", shape_str(cu)));
+    if (mask) {  // one (n, n) mask per sequence (or one for all): every sequence must have length n
+      const std::int64_t n = cu[1] - cu[0], S = static_cast<std::int64_t>(cu.size()) - 1;
+      for (std::size_t s = 1; s + 1 < cu.size(); ++s)
+        if (cu[s + 1] - cu[s] != n)
+          throw ShapeError("Attention.forward_packed: a mask needs sequences of one length, got cu_seqlens " + shape_str(cu));
+      if (mask->dim() != 4 || (mask->size(0) != 1 && mask->size(0) != S) || (mask->size(1) != 1 && mask->size(1) != num_heads) ||
+          mask->size(2) != n || mask->size(3) != n)
+        throw ShapeError(ditto::detail::cat("Attention.forward_packed: mask must be (", S, " or 1, ", num_heads, " or 1, ", n,
+                                            ", ", n, "), got ", shape_str(mask->shape())));
+    }
     const std::int64_t Tn = x.size(0), H = num_heads, D = dim / num_heads, C = dim;
     Tensor<T> qkv_out = qkv.forward(x);  // (T, 3, H, D): q, k, v of a token side by side
     if (qk_norm)

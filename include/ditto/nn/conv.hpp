@@ -17,6 +17,7 @@
 #include "../core/tensor.hpp"
 #include "../core/threading.hpp"
 #include "../einops/rearrange.hpp"
+#include "linear.hpp"  // detail::require_positive
 
 namespace ditto::nn {
 
@@ -139,6 +140,12 @@ struct Conv2d {
          std::array<std::int64_t, 4> pad, std::int64_t groups_ = 1, bool bias_ = true)
       : in_channels(in), out_channels(out), groups(groups_), kernel_size(kernel), stride(stride_), padding(pad),
         has_bias(bias_) {
+    for (auto k : kernel) detail::require_positive("Conv2d", "kernel_size", k);
+    for (auto s : stride_) detail::require_positive("Conv2d", "stride", s);
+    for (auto p : pad)
+      if (p < 0) throw ArgumentError(ditto::detail::cat("Conv2d: padding must be >= 0, got ", p));
+    detail::require_positive("Conv2d", "in_channels", in);
+    detail::require_positive("Conv2d", "out_channels", out);
     if (groups_ <= 0 || in % groups_ || out % groups_)
       throw ArgumentError(ditto::detail::cat("Conv2d(", in, ", ", out, ", groups=", groups_,
                                              "): channels must be divisible by groups"));
@@ -173,10 +180,17 @@ struct Conv1d {
   Conv1d(std::int64_t in, std::int64_t out, std::int64_t kernel = 1, std::int64_t stride_ = 1, std::int64_t pad = 0,
          std::int64_t groups_ = 1, bool bias_ = true)
       : in_channels(in), out_channels(out), kernel_size(kernel), stride(stride_), padding(pad), groups(groups_),
-        has_bias(bias_), weight({out, in / std::max<std::int64_t>(groups_, 1), kernel}), bias(Shape{bias_ ? out : 0}) {
+        has_bias(bias_) {
+    detail::require_positive("Conv1d", "kernel_size", kernel);
+    detail::require_positive("Conv1d", "stride", stride_);
+    detail::require_positive("Conv1d", "in_channels", in);
+    detail::require_positive("Conv1d", "out_channels", out);
+    if (pad < 0) throw ArgumentError(ditto::detail::cat("Conv1d: padding must be >= 0, got ", pad));
     if (groups_ <= 0 || in % groups_ || out % groups_)
       throw ArgumentError(ditto::detail::cat("Conv1d(", in, ", ", out, ", groups=", groups_,
                                              "): channels must be divisible by groups"));
+    weight = Tensor<T>({out, in / groups_, kernel});
+    bias = Tensor<T>(Shape{bias_ ? out : 0});
   }
 
   template <class V>
@@ -206,8 +220,16 @@ struct Conv3d {
   Conv3d() = default;
   Conv3d(std::int64_t in, std::int64_t out, std::array<std::int64_t, 3> kernel, std::array<std::int64_t, 3> stride_ = {1, 1, 1},
          std::array<std::int64_t, 3> pad = {0, 0, 0}, bool bias_ = true)
-      : in_channels(in), out_channels(out), kernel_size(kernel), stride(stride_), padding(pad), has_bias(bias_),
-        weight({out, in, kernel[0], kernel[1], kernel[2]}), bias(Shape{bias_ ? out : 0}) {}
+      : in_channels(in), out_channels(out), kernel_size(kernel), stride(stride_), padding(pad), has_bias(bias_) {
+    for (auto k : kernel) detail::require_positive("Conv3d", "kernel_size", k);
+    for (auto s : stride_) detail::require_positive("Conv3d", "stride", s);
+    for (auto p : pad)
+      if (p < 0) throw ArgumentError(ditto::detail::cat("Conv3d: padding must be >= 0, got ", p));
+    detail::require_positive("Conv3d", "in_channels", in);
+    detail::require_positive("Conv3d", "out_channels", out);
+    weight = Tensor<T>({out, in, kernel[0], kernel[1], kernel[2]});
+    bias = Tensor<T>(Shape{bias_ ? out : 0});
+  }
 
   template <class V>
   void visit(V& v) {
@@ -228,6 +250,7 @@ struct Conv3d {
 template <class T>
 inline Tensor<T> upsample_nearest(const Tensor<T>& x, std::int64_t factor = 2) {
   if (x.dim() != 4) throw ShapeError(ditto::detail::cat("upsample_nearest: expected (N, C, H, W), got ", shape_str(x.shape())));
+  detail::require_positive("upsample_nearest", "factor", factor);
   return repeat(x, "n c h w -> n c (h a) (w b)", {{"a", factor}, {"b", factor}});
 }
 
@@ -236,6 +259,8 @@ inline Tensor<T> upsample_nearest(const Tensor<T>& x, std::int64_t factor = 2) {
 template <class T>
 inline Tensor<T> avg_pool2d(const Tensor<T>& x, std::int64_t kernel = 2, std::int64_t stride = -1) {
   if (stride < 0) stride = kernel;
+  detail::require_positive("avg_pool2d", "kernel", kernel);
+  detail::require_positive("avg_pool2d", "stride", stride);
   if (x.dim() != 4 || x.size(2) < kernel || x.size(3) < kernel)
     throw ShapeError(ditto::detail::cat("avg_pool2d(kernel=", kernel, "): expected (N, C, H, W) with H, W >= ", kernel,
                                         ", got ", shape_str(x.shape())));

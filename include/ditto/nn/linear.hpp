@@ -11,6 +11,14 @@
 
 namespace ditto::nn {
 
+namespace detail {
+// Sizes a block is built with must be positive: a zero length or stride would divide by zero
+// later, in forward.
+inline void require_positive(const char* block, const char* name, std::int64_t value) {
+  if (value < 1) throw ArgumentError(ditto::detail::cat(block, ": ", name, " must be >= 1, got ", value));
+}
+}  // namespace detail
+
 // y (rows, out) = x (rows, in) W^T + b, W stored (out, in); b may be null. The bias goes in
 // through the product (y = b, then y += x W^T): no separate threaded pass, whose waking threads
 // measurably slowed OpenBLAS at 2 threads. Shared by Linear and the patch embeddings.
@@ -32,7 +40,11 @@ struct Linear {
 
   Linear() = default;
   Linear(std::int64_t in, std::int64_t out, bool bias_ = true)
-      : in_features(in), out_features(out), has_bias(bias_), weight({out, in}), bias(Shape{bias_ ? out : 0}) {}
+      : in_features(in), out_features(out), has_bias(bias_), weight({std::max<std::int64_t>(out, 0), std::max<std::int64_t>(in, 0)}),
+        bias(Shape{bias_ ? std::max<std::int64_t>(out, 0) : 0}) {
+    detail::require_positive("Linear", "in_features", in);
+    detail::require_positive("Linear", "out_features", out);
+  }
 
   template <class V>
   void visit(V& v) {
@@ -64,7 +76,11 @@ struct Embedding {
   Tensor<T> weight;
 
   Embedding() = default;
-  Embedding(std::int64_t num, std::int64_t dim) : num_embeddings(num), embedding_dim(dim), weight({num, dim}) {}
+  Embedding(std::int64_t num, std::int64_t dim)
+      : num_embeddings(num), embedding_dim(dim), weight({std::max<std::int64_t>(num, 0), std::max<std::int64_t>(dim, 0)}) {
+    detail::require_positive("Embedding", "num_embeddings", num);
+    detail::require_positive("Embedding", "embedding_dim", dim);
+  }
 
   template <class V>
   void visit(V& v) {

@@ -12,6 +12,7 @@
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
 #include "../core/threading.hpp"
+#include "linear.hpp"  // detail::require_positive
 
 namespace ditto::nn {
 
@@ -51,7 +52,9 @@ struct LayerNorm {
   LayerNorm() = default;
   explicit LayerNorm(std::int64_t dim, double eps_ = 1e-5, bool affine = true)
       : normalized_shape(dim), eps(eps_), elementwise_affine(affine),
-        weight(Tensor<T>::ones({affine ? dim : 0})), bias(Shape{affine ? dim : 0}) {}
+        weight(Tensor<T>::ones({affine ? std::max<std::int64_t>(dim, 0) : 0})), bias(Shape{affine ? std::max<std::int64_t>(dim, 0) : 0}) {
+    detail::require_positive("LayerNorm", "normalized_shape", dim);
+  }
 
   template <class V>
   void visit(V& v) {
@@ -97,7 +100,10 @@ struct RMSNorm {
   Tensor<T> weight;
 
   RMSNorm() = default;
-  explicit RMSNorm(std::int64_t dim_, double eps_ = 1e-6) : dim(dim_), eps(eps_), weight(Tensor<T>::ones({dim_})) {}
+  explicit RMSNorm(std::int64_t dim_, double eps_ = 1e-6)
+      : dim(dim_), eps(eps_), weight(Tensor<T>::ones({std::max<std::int64_t>(dim_, 0)})) {
+    detail::require_positive("RMSNorm", "dim", dim_);
+  }
 
   template <class V>
   void visit(V& v) {
@@ -135,8 +141,9 @@ struct GroupNorm {
   GroupNorm() = default;
   GroupNorm(std::int64_t groups, std::int64_t channels, double eps_ = 1e-5, bool affine_ = true)
       : num_groups(groups), num_channels(channels), eps(eps_), affine(affine_),
-        weight(Tensor<T>::ones({affine_ ? channels : 0})), bias(Shape{affine_ ? channels : 0}) {
-    if (groups <= 0 || channels % groups != 0)
+        weight(Tensor<T>::ones({affine_ ? std::max<std::int64_t>(channels, 0) : 0})),
+        bias(Shape{affine_ ? std::max<std::int64_t>(channels, 0) : 0}) {
+    if (groups <= 0 || channels <= 0 || channels % groups != 0)
       throw ArgumentError(ditto::detail::cat("GroupNorm(", groups, ", ", channels,
                                              "): num_channels must be divisible by num_groups"));
   }
