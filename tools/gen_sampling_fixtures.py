@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes tests/fixtures/diffusion_steps_f32.safetensors and _f64: one step of DiT's diffusion
 code (q_sample, q_posterior_mean_variance, p_mean_variance for every variance type, p_sample and
-ddim_sample with a given noise) on seeded inputs. float32 is upstream as it runs; float64 runs
+ddim_sample with a given noise, and training_losses for each loss type) on seeded inputs. float32 is upstream as it runs; float64 runs
 the same upstream methods with _extract_into_tensor patched to keep float64 (upstream casts every
 schedule coefficient to float32 there). Run with a checkout of facebookresearch/DiT:
 
@@ -73,6 +73,11 @@ for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
                 out[f"{name}.ddim_sample.eta{int(eta)}"] = d.ddim_sample(model, x_t, t, clip_denoised=True, eta=eta)["sample"]
         finally:
             th.randn_like = randn_like
+        for loss_type in (gd.LossType.MSE, gd.LossType.RESCALED_MSE, gd.LossType.KL, gd.LossType.RESCALED_KL):
+            d.loss_type = loss_type
+            terms = d.training_losses(model, x_start, t, noise=noise)
+            for k, v in terms.items():
+                out[f"{name}.losses.{loss_type.name.lower()}.{k}"] = v
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", f"diffusion_steps_{suffix}.safetensors")
     save(path, out)
     print(f"{len(out)} tensors -> tests/fixtures/diffusion_steps_{suffix}.safetensors")

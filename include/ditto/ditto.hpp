@@ -15,3 +15,7 @@
 #include "diffusion/schedule.hpp"
 #include "diffusion/gaussian.hpp"
 #include "diffusion/sampler.hpp"
+#include "diffusion/guidance.hpp"
+#include "diffusion/losses.hpp"
+#include "diffusion/dpm_solver.hpp"
+#include "diffusion/flow.hpp"

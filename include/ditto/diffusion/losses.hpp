@@ -1,0 +1,161 @@
+// Training losses, as DiT's GaussianDiffusion.training_losses computes them: the simple MSE on
+// the model's prediction (epsilon, x_0 or v), plus, for a learned variance, the variational-bound
+// term of improved DDPM (KL between the true and the model's posterior, or the decoder's
+// discretized Gaussian log-likelihood at t = 0), in bits per dimension.
+//
+//   auto t = diffusion::sample_timesteps(gen, B, s.num_timesteps);       // uniform over [0, T)
+//   auto noise = gen.normal<float>(x0.shape());
+//   auto x_t = diffusion::q_sample(s, x0, t, noise);
+//   auto terms = diffusion::training_losses(s, model(x_t, t), x0, x_t, t, noise, options);
+//   terms.loss[b];   // = mse[b] + vb[b] per sample; average over the batch for the objective
+//
+// The vb term sees the mean part of the output as a constant (upstream's detach): when backward
+// passes arrive, its gradient flows into the variance channels only.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "../core/error.hpp"
+#include "../core/rng.hpp"
+#include "../core/tensor.hpp"
+#include "gaussian.hpp"
+#include "schedule.hpp"
+
+namespace ditto::diffusion {
+
+// MSE: the simple loss (+ vb when the variance is learned). rescaled_mse: vb scaled by T / 1000
+// (upstream's rescale_learned_sigmas). kl: the variational bound alone; rescaled_kl: times T.
+enum class LossType { mse, rescaled_mse, kl, rescaled_kl };
+
+struct LossOptions {
+  ModelMeanType mean_type = ModelMeanType::epsilon;
+  ModelVarType var_type = ModelVarType::learned_range;  // DiT with learn_sigma
+  LossType loss_type = LossType::mse;                   // DiT's default (rescale_learned_sigmas=False)
+};
+
+// Per-sample terms, each of length B. mse / vb are empty where the loss type has none.
+template <class T>
+struct LossTerms {
+  std::vector<T> loss, mse, vb;
+};
+
+// Timesteps drawn uniformly from [0, num_timesteps), one per batch entry (upstream's
+// UniformSampler), from the Generator so a seed fixes them.
+inline std::vector<std::int64_t> sample_timesteps(Generator& gen, std::int64_t batch, int num_timesteps) {
+  if (batch < 0 || num_timesteps < 1)
+    throw ArgumentError(ditto::detail::cat("sample_timesteps: expected a batch >= 0 and at least one timestep, got batch ",
+                                           batch, " and ", num_timesteps, " timesteps"));
+  const Tensor<double> u = gen.uniform<double>({batch});
+  std::vector<std::int64_t> t(static_cast<std::size_t>(batch));
+  for (std::int64_t b = 0; b < batch; ++b)
+    t[static_cast<std::size_t>(b)] = std::min<std::int64_t>(static_cast<std::int64_t>(u[b] * num_timesteps), num_timesteps - 1);
+  return t;
+}
+
+// KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), element-wise, in nats.
+template <class T>
+inline T normal_kl(T mean1, T logvar1, T mean2, T logvar2) {
+  const T d = mean1 - mean2;
+  return T(0.5) * (T(-1) + logvar2 - logvar1 + std::exp(logvar1 - logvar2) + d * d * std::exp(-logvar2));
+}
+
+// The tanh approximation of the standard normal CDF that upstream uses (as GELU's).
+template <class T>
+inline T approx_standard_normal_cdf(T x) {
+  return T(0.5) * (T(1) + std::tanh(static_cast<T>(0.7978845608028654) * (x + T(0.044715) * x * x * x)));
+}
+
+// log P(x | N(mean, e^(2 log_scale))) for x an 8-bit image scaled to [-1, 1]: the Gaussian mass of
+// x's bin of width 2/255, the outer bins reaching to -inf / +inf. In nats.
+template <class T>
+inline T discretized_gaussian_log_likelihood(T x, T mean, T log_scale) {
+  const T inv_stdv = std::exp(-log_scale), centered = x - mean;
+  const T cdf_plus = approx_standard_normal_cdf(inv_stdv * (centered + T(1) / T(255)));
+  const T cdf_min = approx_standard_normal_cdf(inv_stdv * (centered - T(1) / T(255)));
+  if (x < T(-0.999)) return std::log(std::max(cdf_plus, T(1e-12)));
+  if (x > T(0.999)) return std::log(std::max(T(1) - cdf_min, T(1e-12)));
+  return std::log(std::max(cdf_plus - cdf_min, T(1e-12)));
+}
+
+namespace detail {
+// Upstream's _vb_terms_bpd with clip_denoised=False, per sample, in bits: the decoder NLL at
+// t = 0, the KL to the true posterior elsewhere.
+template <class T>
+inline std::vector<T> vb_terms_bpd(const Schedule& s, const Tensor<T>& model_output, const Tensor<T>& x_start,
+                                   const Tensor<T>& x_t, const std::vector<std::int64_t>& t, ModelMeanType mean_type,
+                                   ModelVarType var_type) {
+  const auto truth = q_posterior_mean_variance(s, x_start, x_t, t);
+  const auto p = p_mean_variance(s, model_output, x_t, t, mean_type, var_type, /*clip_denoised=*/false);
+  const std::int64_t B = x_t.size(0), per = x_t.numel() / B;
+  std::vector<T> out(static_cast<std::size_t>(B));
+  for (std::int64_t b = 0; b < B; ++b) {
+    T acc = 0;  // mean_flat in T, as upstream sums in its dtype
+    if (t[static_cast<std::size_t>(b)] == 0)
+      for (std::int64_t i = b * per; i < (b + 1) * per; ++i)
+        acc += -discretized_gaussian_log_likelihood(x_start[i], p.mean[i], T(0.5) * p.log_variance[i]);
+    else
+      for (std::int64_t i = b * per; i < (b + 1) * per; ++i)
+        acc += normal_kl(truth.mean[i], truth.log_variance[i], p.mean[i], p.log_variance[i]);
+    out[static_cast<std::size_t>(b)] = acc / static_cast<T>(per) / static_cast<T>(std::log(2.0));
+  }
+  return out;
+}
+}  // namespace detail
+
+// The loss terms for one batch, from the model's output on x_t = q_sample(x_start, t, noise).
+template <class T>
+inline LossTerms<T> training_losses(const Schedule& s, const Tensor<T>& model_output, const Tensor<T>& x_start,
+                                    const Tensor<T>& x_t, const std::vector<std::int64_t>& t, const Tensor<T>& noise,
+                                    const LossOptions& o = {}) {
+  detail::check_step("training_losses", s, x_t, t);
+  detail::check_same("training_losses(x_start, x_t)", x_start, x_t);
+  detail::check_same("training_losses(x_start, noise)", x_start, noise);
+  const bool learned = o.var_type == ModelVarType::learned || o.var_type == ModelVarType::learned_range;
+  if (x_t.dim() < 2 || model_output.dim() != x_t.dim() || model_output.size(0) != x_t.size(0) ||
+      model_output.size(1) != x_t.size(1) * (learned ? 2 : 1))
+    throw ShapeError(ditto::detail::cat("training_losses: x has shape ", shape_str(x_t.shape()), ", so the model output must have ",
+                                        x_t.size(1) * (learned ? 2 : 1), " channels, got shape ", shape_str(model_output.shape())));
+  const std::int64_t B = x_t.size(0), per = x_t.numel() / B;
+  LossTerms<T> r;
+  if (o.loss_type == LossType::kl || o.loss_type == LossType::rescaled_kl) {
+    r.loss = detail::vb_terms_bpd(s, model_output, x_start, x_t, t, o.mean_type, o.var_type);
+    if (o.loss_type == LossType::rescaled_kl)
+      for (auto& v : r.loss) v *= static_cast<T>(s.num_timesteps);
+    return r;
+  }
+  if (learned) {
+    r.vb = detail::vb_terms_bpd(s, model_output, x_start, x_t, t, o.mean_type, o.var_type);
+    if (o.loss_type == LossType::rescaled_mse)
+      for (auto& v : r.vb) v *= static_cast<T>(s.num_timesteps / 1000.0);
+  }
+  // the target of the mean channels
+  Tensor<T> target = o.mean_type == ModelMeanType::epsilon ? noise
+                     : o.mean_type == ModelMeanType::start_x ? x_start
+                                                             : v_from_eps_xstart(s, noise, t, x_start);
+  r.mse.resize(static_cast<std::size_t>(B));
+  r.loss.resize(static_cast<std::size_t>(B));
+  for (std::int64_t b = 0; b < B; ++b) {
+    const T* pred = model_output.data() + b * per * (learned ? 2 : 1);
+    const T* tgt = target.data() + b * per;
+    T acc = 0;
+    for (std::int64_t i = 0; i < per; ++i) acc += (tgt[i] - pred[i]) * (tgt[i] - pred[i]);
+    const auto k = static_cast<std::size_t>(b);
+    r.mse[k] = acc / static_cast<T>(per);
+    r.loss[k] = r.mse[k] + (learned ? r.vb[k] : T(0));
+  }
+  return r;
+}
+
+// As above, calling the model: model(x_t, timestep_map[t]) -> output.
+template <class T, class Model>
+inline LossTerms<T> training_losses(const Schedule& s, Model&& model, const Tensor<T>& x_start,
+                                    const std::vector<std::int64_t>& t, const Tensor<T>& noise, const LossOptions& o = {}) {
+  const Tensor<T> x_t = q_sample(s, x_start, t, noise);
+  std::vector<std::int64_t> t_model(t.size());
+  for (std::size_t i = 0; i < t.size(); ++i) t_model[i] = s.timestep_map[static_cast<std::size_t>(t[i])];
+  return training_losses(s, static_cast<const Tensor<T>&>(model(x_t, t_model)), x_start, x_t, t, noise, o);
+}
+
+}  // namespace ditto::diffusion
