@@ -15,10 +15,11 @@ packages=(
 if [[ "${1:-}" == "--dev" ]]; then
   # Fixture generators (tools/*.py) and the PyTorch column of bench/ tables. With
   # libopenblas0-pthread torch uses OpenBLAS instead of the reference BLAS (about 40x faster).
-  # diffusers' scheduler module (tools/gen_dpmpp_fixtures.py) imports these on load; gnuplot
+  # timm (tools/gen_dit_fixtures.py) imports torchvision, diffusers' scheduler module
+  # (tools/gen_dpmpp_fixtures.py) the small packages after it, on load; gnuplot
   # draws docs/images/ (examples/diffusion_plots).
   packages+=(python3-numpy python3-torch libopenblas0-pthread
-             python3-packaging python3-filelock python3-requests python3-yaml python3-regex python3-tqdm python3-httpx
+             python3-torchvision python3-packaging python3-filelock python3-requests python3-yaml python3-regex python3-tqdm python3-httpx
              gnuplot-nox)
 fi
 

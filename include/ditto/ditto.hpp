@@ -19,3 +19,5 @@
 #include "diffusion/losses.hpp"
 #include "diffusion/dpm_solver.hpp"
 #include "diffusion/flow.hpp"
+#include "models/config.hpp"
+#include "models/dit.hpp"

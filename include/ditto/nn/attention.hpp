@@ -241,31 +241,43 @@ struct Attention {
         throw ShapeError(ditto::detail::cat("Attention.forward_packed: mask must be (", S, " or 1, ", num_heads, " or 1, ", n,
                                             ", ", n, "), got ", shape_str(mask->shape())));
     }
-    const std::int64_t Tn = x.size(0), H = num_heads, D = dim / num_heads, C = dim;
-    Tensor<T> qkv_out = qkv.forward(x);  // (T, 3, H, D): q, k, v of a token side by side
+    Tensor<T> out = Tensor<T>::empty({x.size(0), dim});
+    Tensor<T> qkv_buf = Tensor<T>::empty({x.size(0), 3 * dim}), o_buf = Tensor<T>::empty({x.size(0), dim});
+    forward_packed_into(x.data(), cu, out.data(), qkv_buf.data(), o_buf.data(), mask);
+    return out;
+  }
+
+  // forward_packed into caller memory, for models that keep their buffers across calls: x and
+  // out are (cu.back(), dim) rows (out may alias x), qkv_buf holds cu.back() x 3 dim values,
+  // o_buf cu.back() x dim. cu (and the mask) as forward_packed checks them.
+  void forward_packed_into(const T* x, const std::vector<std::int64_t>& cu, T* out, T* qkv_buf, T* o_buf,
+                           const Tensor<std::uint8_t>* mask = nullptr) const {
+    const std::int64_t Tn = cu.back(), H = num_heads, D = dim / num_heads, C = dim;
+    qkv.forward_into(x, qkv_buf, Tn);  // (T, 3, H, D): q, k, v of a token side by side
     if (qk_norm)
       parallel_for(Tn, Tn * C * 8, [&](std::int64_t lo, std::int64_t hi) {
         for (auto t = lo; t < hi; ++t) {
-          T* row = qkv_out.data() + t * 3 * C;
+          T* row = qkv_buf + t * 3 * C;
           q_norm.forward_into(row, row, H);  // in place: H rows of D
           k_norm.forward_into(row + C, row + C, H);
         }
       });
-    Tensor<T> o = Tensor<T>::empty({Tn, C});  // (T, H, D): heads side by side, as proj expects
+    // o: (T, H, D), heads side by side, as proj expects
     std::vector<AttentionProblem<T>> problems;
+    problems.reserve((cu.size() - 1) * static_cast<std::size_t>(H));
     for (std::size_t s = 0; s + 1 < cu.size(); ++s)
       for (std::int64_t h = 0; h < H; ++h) {
-        const T* base = qkv_out.data() + cu[s] * 3 * C + h * D;
+        const T* base = qkv_buf + cu[s] * 3 * C + h * D;
         const std::int64_t n = cu[s + 1] - cu[s];
         const std::uint8_t* mk = nullptr;
         if (mask)
           mk = mask->data() + ((mask->size(0) == 1 ? 0 : static_cast<std::int64_t>(s)) * mask->size(1) +
                                (mask->size(1) == 1 ? 0 : h)) * n * n;
-        problems.push_back({base, base + C, base + 2 * C, o.data() + cu[s] * C + h * D, n, n, mk});
+        problems.push_back({base, base + C, base + 2 * C, o_buf + cu[s] * C + h * D, n, n, mk});
       }
     const std::int64_t mask_stride = mask ? cu[1] - cu[0] : 0;
     attention_kernel(problems, AttentionLayout{D, D, 3 * C, 3 * C, 3 * C, C, mask_stride}, static_cast<T>(scale));
-    return proj.forward(o);
+    proj.forward_into(o_buf, out, Tn);
   }
 };
 

@@ -1,10 +1,11 @@
 // Fixed embeddings: sinusoidal timestep features and the sin-cos position tables of MAE / DiT.
-// Computed in double, then rounded once to T.
+// Computed in double, then rounded once to T; timestep features in float follow PyTorch's float32 order.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
@@ -23,7 +24,15 @@ inline Tensor<T> timestep_embedding(const Tensor<T>& t, std::int64_t dim, double
   Tensor<T> out({n, dim});  // zeros: the odd column stays 0
   for (std::int64_t r = 0; r < n; ++r)
     for (std::int64_t i = 0; i < half; ++i) {
-      const double arg = static_cast<double>(t[r]) * std::exp(-std::log(max_period) * static_cast<double>(i) / half);
+      double arg;
+      if constexpr (std::is_same_v<T, float>) {
+        // float32 as upstream computes it (freqs, then t * freqs, each rounded to float): at t
+        // near 1000 one rounding of the argument moves cos by ~6e-5, so the order matters
+        const float freq = std::exp(static_cast<float>(-std::log(max_period)) * static_cast<float>(i) / static_cast<float>(half));
+        arg = static_cast<double>(static_cast<float>(t[r]) * freq);
+      } else {
+        arg = static_cast<double>(t[r]) * std::exp(-std::log(max_period) * static_cast<double>(i) / half);
+      }
       out(r, i) = static_cast<T>(cos_first ? std::cos(arg) : std::sin(arg));
       out(r, half + i) = static_cast<T>(cos_first ? std::sin(arg) : std::cos(arg));
     }

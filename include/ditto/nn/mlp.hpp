@@ -31,6 +31,13 @@ struct Mlp {
     activate(h.data(), h.numel(), act);  // in place on the hidden activations
     return fc2.forward(h);
   }
+
+  // rows x in -> rows x out into caller memory; hidden holds rows x hidden_features values.
+  void forward_into(const T* x, T* y, std::int64_t rows, T* hidden) const {
+    fc1.forward_into(x, hidden, rows);
+    activate(hidden, rows * fc1.out_features, act);
+    fc2.forward_into(hidden, y, rows);
+  }
 };
 
 }  // namespace ditto::nn

@@ -1,0 +1,142 @@
+// What ditto-forward does, as a library call: build a model from its upstream constructor's
+// arguments (JSON), load upstream weights by name, read the forward() arguments from a
+// safetensors file, run the forward (or forward_with_cfg), and return the outputs by name:
+// `out`, and with trace, `trace.<module>` for each top-level submodule.
+//
+//   auto outputs = models::run_forward({"dit", config, weights, inputs});
+//   save_safetensors("out.safetensors", outputs);
+//
+// Every problem (unknown model, config key, missing or mis-shaped weight or input, input of
+// the wrong type) is a ditto error naming what was expected and what was found.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "../core/error.hpp"
+#include "../core/tensor.hpp"
+#include "../io/safetensors.hpp"
+#include "../nn/module.hpp"
+#include "dit.hpp"
+
+namespace ditto::models {
+
+struct ForwardRequest {
+  std::string model;               // dit (vit, uvit, unet, latte, vae-encode, vae-decode: later)
+  nlohmann::json config;           // the upstream constructor's keyword arguments
+  const SafetensorsFile* weights = nullptr;
+  const SafetensorsFile* inputs = nullptr;
+  std::optional<double> cfg_scale;  // --cfg-scale; an input tensor `cfg_scale` also selects it
+  bool trace = false;
+};
+
+using NamedTensors = std::vector<std::pair<std::string, Tensor<float>>>;
+
+namespace detail {
+inline bool is_integer(DType d) {
+  return d == DType::I64 || d == DType::I32 || d == DType::I16 || d == DType::I8 || d == DType::U8;
+}
+
+// The forward() arguments in an inputs file: each name must be one the model takes.
+struct Inputs {
+  const SafetensorsFile& file;
+  std::string model;
+  std::set<std::string> accepted;
+
+  bool has(const std::string& name) {
+    accepted.insert(name);
+    return file.contains(name);
+  }
+  void require(const std::string& name) {
+    if (!has(name))
+      throw ArgumentError(ditto::detail::cat(model, ": the inputs have no tensor named \"", name, "\" (", model, "'s forward takes ",
+                                             expected(), ")"));
+  }
+  std::string expected() const {
+    std::string s;
+    for (const auto& n : accepted) s += (s.empty() ? "" : ", ") + n;
+    return s;
+  }
+  // A float tensor of a given rank (any float or integer dtype; integers are exact below 2^24).
+  Tensor<float> floats(const std::string& name, int rank) {
+    require(name);
+    const auto& info = file.info(name);
+    if (static_cast<int>(info.shape.size()) != rank)
+      throw ShapeError(ditto::detail::cat(model, ": input \"", name, "\" must have ", rank, " dimensions, got shape ", shape_str(info.shape)));
+    Tensor<float> t = file.get<float>(name);
+    for (float v : t)
+      if (!std::isfinite(v)) throw ArgumentError(ditto::detail::cat(model, ": input \"", name, "\" holds a non-finite value (", v, ")"));
+    return t;
+  }
+  // Labels: an integer dtype only (a float label would be truncated silently).
+  Tensor<std::int64_t> labels(const std::string& name) {
+    require(name);
+    const auto& info = file.info(name);
+    if (!is_integer(info.dtype))
+      throw ArgumentError(ditto::detail::cat(model, ": input \"", name, "\" holds class labels and must be I64 (an integer type), got ",
+                                             dtype_name(info.dtype)));
+    if (info.shape.size() != 1)
+      throw ShapeError(ditto::detail::cat(model, ": input \"", name, "\" must have shape (B), got ", shape_str(info.shape)));
+    return file.get<std::int64_t>(name);
+  }
+  // After reading: anything else in the file is an error, so a misspelled name is not ignored.
+  void finish() const {
+    for (const auto& n : file.names())
+      if (!accepted.count(n))
+        throw ArgumentError(ditto::detail::cat(model, ": unexpected input \"", n, "\"; ", model, "'s forward takes ", expected()));
+  }
+};
+
+template <class Model>
+inline void load_weights(Model& m, const SafetensorsFile& weights) {
+  nn::load<float>(m, weights, /*strict=*/true);
+}
+
+inline NamedTensors run_dit(const ForwardRequest& r) {
+  DiT<float> dit(DiTConfig::from_json(r.config));
+  load_weights(dit, *r.weights);
+  Inputs in{*r.inputs, "DiT", {}};
+  const Tensor<float> x = in.floats("x", 4), t = in.floats("t", 1);
+  const Tensor<std::int64_t> y = in.labels("y");
+  std::optional<double> scale = r.cfg_scale;
+  if (in.has("cfg_scale")) {
+    const Tensor<float> s = in.floats("cfg_scale", static_cast<int>(r.inputs->info("cfg_scale").shape.size()));
+    if (s.numel() != 1)
+      throw ShapeError(ditto::detail::cat("DiT: input \"cfg_scale\" must hold one value, got shape ", shape_str(s.shape())));
+    if (r.cfg_scale && *r.cfg_scale != s[0])
+      throw ArgumentError(ditto::detail::cat("DiT: --cfg-scale ", *r.cfg_scale, " and the input cfg_scale ", s[0], " disagree"));
+    scale = s[0];
+  }
+  in.finish();
+  NamedTensors outputs;
+  Trace<float> trace;
+  if (r.trace) trace = [&](const std::string& name, const Tensor<float>& v) { outputs.emplace_back("trace." + name, v.clone()); };
+  Tensor<float> out = scale ? dit.forward_with_cfg(x, t, y, *scale, trace) : dit.forward(x, t, y, trace);
+  outputs.emplace_back("out", std::move(out));
+  return outputs;
+}
+}  // namespace detail
+
+inline const std::vector<std::string>& forward_models() {
+  static const std::vector<std::string> names = {"dit"};
+  return names;
+}
+
+inline NamedTensors run_forward(const ForwardRequest& r) {
+  if (!r.weights || !r.inputs) throw ArgumentError("run_forward: weights and inputs are required");
+  if (r.cfg_scale && !std::isfinite(*r.cfg_scale))
+    throw ArgumentError(ditto::detail::cat("run_forward: the guidance scale must be finite, got ", *r.cfg_scale));
+  if (r.model == "dit") return detail::run_dit(r);
+  if (r.model == "vit" || r.model == "uvit" || r.model == "unet")
+    throw ArgumentError(ditto::detail::cat("--model ", r.model, " is not ported yet; this build runs: dit"));
+  throw ArgumentError(ditto::detail::cat("unknown --model \"", r.model, "\"; expected one of vit, dit, uvit, unet"));
+}
+
+}  // namespace ditto::models

@@ -1,0 +1,243 @@
+// models/: each model against its upstream implementation on the same weights and inputs
+// (tests/fixtures/<model>_f32 / _f64.safetensors and <model>_configs.json, made by
+// tools/gen_<model>_fixtures.py from the upstream code): relative error <= 1e-4 for whole models
+// in float32 and <= 1e-10 in double, layer by layer through the traces; then config and input
+// errors.
+#include <ditto/models/dit.hpp>
+#include <ditto/nn/module.hpp>
+
+#include "helpers.hpp"
+
+using namespace ditto;
+using namespace ditto::models;
+
+namespace {
+template <class T>
+struct ModelFixture {
+  SafetensorsFile file;
+  nlohmann::json configs;
+  double tol;
+  ModelFixture(const std::string& model)
+      : file(std::string(DITTO_FIXTURES) + "/" + model + (std::is_same_v<T, float> ? "_f32" : "_f64") + ".safetensors"),
+        configs(ditto_test::load_json(model + "_configs.json")),
+        tol(std::is_same_v<T, float> ? 1e-4 : 1e-10) {}
+  bool has_case(const std::string& c) const { return file.contains(c + ".out"); }
+  template <class Block>
+  void load_case(Block& block, const std::string& c) const {
+    const std::string prefix = c + ".w.";
+    nn::load<T>(block, file, /*strict=*/true, [&](const std::string& n) {
+      return n.rfind(prefix, 0) == 0 ? n.substr(prefix.size()) : std::string();
+    });
+  }
+};
+}  // namespace
+
+TEMPLATE_TEST_CASE("DiT equals facebookresearch/DiT: forward + forward_with_cfg + every block", "[models][dit]", float, double) {
+  using T = TestType;
+  const ModelFixture<T> fx("dit");
+  int cases = 0;
+  for (const auto& [name, kwargs] : fx.configs.items()) {
+    if (!fx.has_case(name)) continue;  // float64 holds a subset
+    INFO(name << " " << kwargs.dump());
+    ++cases;
+    DiT<T> dit(DiTConfig::from_json(kwargs));
+    fx.load_case(dit, name);
+    const auto x = fx.file.template get<T>(name + ".in.x");
+    const auto t = fx.file.template get<T>(name + ".in.t");
+    const auto y = fx.file.template get<std::int64_t>(name + ".in.y");
+    std::map<std::string, Tensor<T>> traces;
+    const auto out = dit.forward(x, t, y, [&](const std::string& k, const Tensor<T>& v) { traces[k] = v.clone(); });
+    CHECK_CLOSE(out, fx.file.template get<T>(name + ".out"), fx.tol);
+    for (const auto& [k, v] : traces) {
+      INFO("trace " << k);
+      CHECK_CLOSE(v, fx.file.template get<T>(name + ".trace." + k), fx.tol);
+    }
+    CHECK(traces.size() == static_cast<std::size_t>(dit.config.depth + 4));
+    if (fx.file.contains(name + ".cfg_out")) {
+      const double scale = fx.file.template get<T>(name + ".in.cfg_scale")[0];
+      CHECK_CLOSE(dit.forward_with_cfg(x, t, y, scale), fx.file.template get<T>(name + ".cfg_out"), fx.tol);
+    }
+    // a second forward reuses the buffers and gives the same answer
+    ditto_test::require_equal(dit.forward(x, t, y), out);
+  }
+  CHECK(cases >= 2);
+}
+
+TEST_CASE("DiT configs: named sizes + upstream's arguments + clear errors", "[models][dit]") {
+  const DiTConfig xl = dit_config("DiT-XL/2");
+  CHECK((xl.depth == 28 && xl.hidden_size == 1152 && xl.num_heads == 16 && xl.patch_size == 2));
+  CHECK(dit_config("DiT-S/8").patch_size == 8);
+  CHECK_THROWS_WITH(dit_config("DiT-M/2"), Catch::Contains("unknown model \"DiT-M/2\""));
+  CHECK_THROWS_WITH(dit_config("DiT-S/3"), Catch::Contains("unknown model \"DiT-S/3\""));
+  // upstream's parameter count for DiT-S/2 (state_dict of models.DiT_S_2(): 32,963,360)
+  DiT<float> s2(dit_config("DiT-S/2"));
+  CHECK(nn::count_parameters<float>(s2) == 32963360);
+  auto from = [](const char* text) { return DiTConfig::from_json(nlohmann::json::parse(text)); };
+  CHECK(from("{}").hidden_size == 1152);
+  CHECK(from(R"({"learn_sigma": false, "in_channels": 3})").out_channels() == 3);
+  CHECK_THROWS_WITH(from(R"({"hidden_size": 64, "num_heads": 4, "hiden": 3})"), Catch::Contains("unknown argument \"hiden\""));
+  CHECK_THROWS_WITH(from(R"({"depth": "two"})"), Catch::Contains("\"depth\" must be an integer, got \"two\""));
+  CHECK_THROWS_WITH(from(R"({"hidden_size": 30, "num_heads": 3})"), Catch::Contains("divisible by 4"));
+  CHECK_THROWS_WITH(from(R"({"hidden_size": 32, "num_heads": 3})"), Catch::Contains("divisible by num_heads 3"));
+  CHECK_THROWS_WITH(from("[1, 2]"), Catch::Contains("expected a JSON object"));
+  // inputs
+  DiTConfig c = from(R"({"input_size": 8, "hidden_size": 16, "depth": 1, "num_heads": 2, "num_classes": 3})");
+  DiT<float> dit(c);
+  const auto x = Tensor<float>({2, 4, 8, 8});
+  const auto t = Tensor<float>({2});
+  CHECK_THROWS_WITH(dit.forward(Tensor<float>({2, 4, 8, 6}), t, Tensor<std::int64_t>({2})), Catch::Contains("expected x (B, 4, 8, 8)"));
+  CHECK_THROWS_WITH(dit.forward(x, Tensor<float>({3}), Tensor<std::int64_t>({2})), Catch::Contains("expected t of shape (2)"));
+  CHECK_THROWS_WITH(dit.forward(x, t, Tensor<std::int64_t>({2}, std::vector<std::int64_t>{0, 4})),
+                    Catch::Contains("label 4 is outside [0, 4) (the last is the null class)"));
+  CHECK_THROWS_WITH(dit.forward_with_cfg(Tensor<float>({3, 4, 8, 8}), Tensor<float>({3}), Tensor<std::int64_t>({3}), 4.0),
+                    Catch::Contains("expected an even batch"));
+  CHECK(dit.forward(x, t, Tensor<std::int64_t>({2}, std::vector<std::int64_t>{0, 3})).shape() == Shape{2, 8, 8, 8});
+}
+
+#ifdef DITTO_FORWARD
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <unistd.h>
+
+namespace {
+// A scratch folder, and ditto-forward run in it: {exit code, stderr}.
+struct ForwardRun {
+  std::filesystem::path dir;
+  ForwardRun() : dir(std::filesystem::temp_directory_path() / ("ditto_forward_" + std::to_string(::getpid()))) {
+    std::filesystem::create_directories(dir);
+  }
+  ~ForwardRun() { std::filesystem::remove_all(dir); }
+  std::string path(const std::string& name) const { return (dir / name).string(); }
+  std::pair<int, std::string> run(const std::string& args) const {
+    const std::string err = path("stderr.txt");
+    const int status = std::system((std::string(DITTO_FORWARD) + " " + args + " 2> " + err).c_str());
+    std::ifstream f(err);
+    std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, text};
+  }
+  void write_json(const std::string& name, const nlohmann::json& j) const { std::ofstream(path(name)) << j.dump(); }
+};
+
+// The tensors of a fixture case under a prefix, renamed without it.
+template <class T>
+std::vector<std::pair<std::string, Tensor<T>>> with_prefix(const SafetensorsFile& f, const std::string& prefix) {
+  std::vector<std::pair<std::string, Tensor<T>>> out;
+  for (const auto& n : f.names())
+    if (n.rfind(prefix, 0) == 0) out.emplace_back(n.substr(prefix.size()), f.get<T>(n));
+  return out;
+}
+}  // namespace
+
+TEST_CASE("ditto-forward runs DiT on upstream weights and inputs", "[models][dit][forward]") {
+  const ModelFixture<float> fx("dit");
+  const ForwardRun r;
+  const std::string c = "small";
+  r.write_json("config.json", fx.configs[c]);
+  save_safetensors(r.path("w.safetensors"), with_prefix<float>(fx.file, c + ".w."));
+  save_safetensors<float>(r.path("x.safetensors"), {{"x", fx.file.get<float>(c + ".in.x")}});
+  // inputs as a user writes them: x and t F32 (t fractional), y I64, in one file; variants with
+  // cfg_scale, with y as F32 (refused) and with a tensor the model does not take (refused)
+  auto write_inputs = [&](const std::string& name, bool y_as_float, bool with_cfg, const std::string& extra = "") {
+    const auto x = fx.file.get<float>(c + ".in.x"), t = fx.file.get<float>(c + ".in.t");
+    const auto y = fx.file.get<std::int64_t>(c + ".in.y");
+    nlohmann::ordered_json h = nlohmann::ordered_json::object();
+    std::string data;
+    auto add = [&](const std::string& n, const char* dtype, const Shape& shape, const void* p, std::size_t bytes) {
+      h[n] = {{"dtype", dtype}, {"shape", shape}, {"data_offsets", {data.size(), data.size() + bytes}}};
+      data.append(static_cast<const char*>(p), bytes);
+    };
+    add("x", "F32", x.shape(), x.data(), x.numel() * 4);
+    add("t", "F32", t.shape(), t.data(), t.numel() * 4);
+    if (y_as_float) {
+      const Tensor<float> yf = y.to<float>();
+      add("y", "F32", y.shape(), yf.data(), y.numel() * 4);
+    } else {
+      add("y", "I64", y.shape(), y.data(), y.numel() * 8);
+    }
+    if (with_cfg) {
+      const float s = fx.file.get<float>(c + ".in.cfg_scale")[0];
+      add("cfg_scale", "F32", {1}, &s, 4);
+    }
+    if (!extra.empty()) add(extra, "F32", x.shape(), x.data(), x.numel() * 4);
+    std::string header = h.dump();
+    header.append((8 - header.size() % 8) % 8, ' ');
+    std::ofstream f(r.path(name), std::ios::binary);
+    const std::uint64_t n = header.size();
+    f.write(reinterpret_cast<const char*>(&n), 8);
+    f << header << data;
+  };
+  write_inputs("in.safetensors", false, false);
+  write_inputs("in_cfg.safetensors", false, true);
+  write_inputs("in_yfloat.safetensors", true, false);
+  write_inputs("in_extra.safetensors", false, false, "z");
+  const std::string common = "--model dit --config " + r.path("config.json") + " --weights " + r.path("w.safetensors");
+  {
+    INFO("forward with --trace");
+    const auto [code, err] = r.run(common + " --inputs " + r.path("in.safetensors") + " --output " + r.path("out.safetensors") +
+                                   " --trace --threads 2");
+    INFO(err);
+    REQUIRE(code == 0);
+    const SafetensorsFile out(r.path("out.safetensors"));
+    CHECK(out.info("out").dtype == DType::F32);
+    CHECK_CLOSE(out.get<float>("out"), fx.file.get<float>(c + ".out"), 1e-4);
+    CHECK_CLOSE(out.get<float>("trace.blocks.1"), fx.file.get<float>(c + ".trace.blocks.1"), 1e-4);
+    CHECK(out.contains("trace.x_embedder"));
+    CHECK(out.contains("trace.final_layer"));
+  }
+  for (const char* how : {"input", "flag"}) {
+    INFO("forward_with_cfg from the " << how);
+    const std::string scale = std::to_string(fx.file.get<float>(c + ".in.cfg_scale")[0]);
+    const auto [code, err] = std::string(how) == "input"
+                                 ? r.run(common + " --inputs " + r.path("in_cfg.safetensors") + " --output " + r.path("cfg.safetensors"))
+                                 : r.run(common + " --inputs " + r.path("in.safetensors") + " --output " + r.path("cfg.safetensors") +
+                                         " --cfg-scale " + scale);
+    INFO(err);
+    REQUIRE(code == 0);
+    const SafetensorsFile out(r.path("cfg.safetensors"));
+    CHECK_CLOSE(out.get<float>("out"), fx.file.get<float>(c + ".cfg_out"), 1e-4);
+    CHECK(!out.contains("trace.blocks.0"));
+  }
+  // errors: one line naming the problem, non-zero exit (2: the command line, 1: the contents)
+  struct Bad {
+    std::string args;
+    int code;
+    std::string says;
+  };
+  r.write_json("bad_config.json", nlohmann::json{{"input_size", 8}, {"hidden_size", 32}, {"depth", 2}, {"num_heads", 2},
+                                                 {"num_classes", 10}, {"window", 3}});
+  r.write_json("big_config.json", nlohmann::json{{"input_size", 8}, {"hidden_size", 32}, {"depth", 3}, {"num_heads", 2},
+                                                 {"num_classes", 10}});
+  {
+    std::ofstream(r.path("truncated.safetensors"), std::ios::binary) << std::string("\x10\x00\x00\x00", 4);
+  }
+  const std::string in = " --inputs " + r.path("in.safetensors") + " --output " + r.path("o.safetensors");
+  for (const Bad& b : {Bad{"", 2, "missing --model"},
+                       Bad{common + in + " --threads 0", 2, "--threads expects a whole number"},
+                       Bad{common + in + " --cfg-scale abc", 2, "--cfg-scale expects a finite number, got \"abc\""},
+                       Bad{common + in + " --bogus", 2, "unknown argument \"--bogus\""},
+                       Bad{"--model gan --config " + r.path("config.json") + " --weights " + r.path("w.safetensors") + in, 1,
+                           "unknown --model \"gan\""},
+                       Bad{"--model dit --config " + r.path("bad_config.json") + " --weights " + r.path("w.safetensors") + in, 1,
+                           "unknown argument \"window\""},
+                       Bad{"--model dit --config " + r.path("big_config.json") + " --weights " + r.path("w.safetensors") + in, 1,
+                           "blocks.2.attn.qkv.weight"},
+                       Bad{"--model dit --config " + r.path("config.json") + " --weights " + r.path("truncated.safetensors") + in, 1,
+                           "truncated.safetensors"},
+                       Bad{common + " --inputs " + r.path("x.safetensors") + " --output " + r.path("o.safetensors"), 1,
+                           "no tensor named \"t\""},
+                       Bad{common + " --inputs " + r.path("in_yfloat.safetensors") + " --output " + r.path("o.safetensors"), 1,
+                           "must be I64"},
+                       Bad{common + " --inputs " + r.path("in_extra.safetensors") + " --output " + r.path("o.safetensors"), 1,
+                           "unexpected input \"z\""},
+                       Bad{common + " --inputs " + r.path("in_cfg.safetensors") + " --output " + r.path("o.safetensors") +
+                               " --cfg-scale 1.5", 1, "disagree"}}) {
+    INFO(b.args);
+    const auto [code, err] = r.run(b.args);
+    CHECK(code == b.code);
+    CHECK_THAT(err, Catch::Contains(b.says));
+  }
+}
+#endif
