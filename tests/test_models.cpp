@@ -4,6 +4,9 @@
 // in float32 and <= 1e-10 in double, layer by layer through the traces; then config and input
 // errors.
 #include <ditto/models/dit.hpp>
+#include <ditto/models/runner.hpp>
+#include <ditto/models/uvit.hpp>
+#include <ditto/models/vit.hpp>
 #include <ditto/nn/module.hpp>
 
 #include "helpers.hpp"
@@ -61,6 +64,110 @@ TEMPLATE_TEST_CASE("DiT equals facebookresearch/DiT: forward + forward_with_cfg 
     ditto_test::require_equal(dit.forward(x, t, y), out);
   }
   CHECK(cases >= 2);
+}
+
+TEMPLATE_TEST_CASE("ViT equals timm's VisionTransformer: pooling + register tokens + LayerScale + every traced module",
+                   "[models][vit]", float, double) {
+  using T = TestType;
+  const ModelFixture<T> fx("vit");
+  int cases = 0;
+  for (const auto& [name, kwargs] : fx.configs.items()) {
+    if (!fx.has_case(name)) continue;
+    INFO(name << " " << kwargs.dump());
+    ++cases;
+    ViT<T> vit(ViTConfig::from_json(kwargs));
+    fx.load_case(vit, name);
+    const auto x = fx.file.template get<T>(name + ".in.x");
+    std::map<std::string, Tensor<T>> traces;
+    const auto out = vit.forward(x, [&](const std::string& k, const Tensor<T>& v) { traces[k] = v.clone(); });
+    CHECK_CLOSE(out, fx.file.template get<T>(name + ".out"), fx.tol);
+    int compared = 0;
+    for (const auto& n : fx.file.names()) {
+      const std::string prefix = name + ".trace.";
+      if (n.rfind(prefix, 0) != 0) continue;
+      const std::string k = n.substr(prefix.size());
+      INFO("trace " << k);
+      REQUIRE(traces.count(k));
+      CHECK_CLOSE(traces[k], fx.file.template get<T>(n), fx.tol);
+      ++compared;
+    }
+    CHECK(compared >= 5);
+  }
+  CHECK(cases >= 2);
+}
+
+TEST_CASE("ViT configs: timm's arguments + clear errors", "[models][vit]") {
+  auto from = [](const char* text) { return ViTConfig::from_json(nlohmann::json::parse(text)); };
+  const ViTConfig b16 = from("{}");
+  CHECK((b16.embed_dim == 768 && b16.depth == 12 && b16.patch_size[0] == 16 && b16.embed_len() == 197));
+  CHECK(from(R"({"img_size": [24, 40], "patch_size": [8, 4]})").embed_len() == 3 * 10 + 1);
+  // ViT-B/16's parameter count in timm: 86,567,656
+  ViT<float> vit(b16);
+  CHECK(nn::count_parameters<float>(vit) == 86567656);
+  CHECK_THROWS_WITH(from(R"({"global_pool": "map"})"), Catch::Contains("\"map\" (attention pooling) is not supported yet"));
+  CHECK_THROWS_WITH(from(R"({"class_token": false})"), Catch::Contains("needs class_token"));
+  CHECK_THROWS_WITH(from(R"({"act_layer": "relu"})"), Catch::Contains("act_layer \"relu\" is not supported"));
+  CHECK_THROWS_WITH(from(R"({"norm_layer": "rmsnorm"})"), Catch::Contains("\"norm_layer\" other than its default"));
+  CHECK_THROWS_WITH(from(R"({"img_size": [1, 2, 3]})"), Catch::Contains("an integer or a pair"));
+  CHECK_THROWS_WITH(from(R"({"embed_dim": 100})"), Catch::Contains("divisible by num_heads 12"));
+  CHECK_THROWS_WITH(from(R"({"depht": 3})"), Catch::Contains("unknown argument \"depht\""));
+  CHECK(from(R"({"drop_rate": 0.1, "drop_path_rate": 0.2, "weight_init": "jax", "fix_init": true})").depth == 12);
+  const ViTConfig small = from(R"({"img_size": 16, "patch_size": 8, "embed_dim": 8, "depth": 1, "num_heads": 2, "num_classes": 3})");
+  ViT<float> v(small);
+  CHECK(v.forward(Tensor<float>({2, 3, 16, 16})).shape() == Shape{2, 3});
+  CHECK_THROWS_WITH(v.forward(Tensor<float>({2, 3, 16, 24})), Catch::Contains("expected x (B, 3, 16, 16)"));
+}
+
+TEMPLATE_TEST_CASE("U-ViT equals baofff/U-ViT: label and time tokens + long skips + conv head + every traced module",
+                   "[models][uvit]", float, double) {
+  using T = TestType;
+  const ModelFixture<T> fx("uvit");
+  int cases = 0;
+  for (const auto& [name, kwargs] : fx.configs.items()) {
+    if (!fx.has_case(name)) continue;
+    INFO(name << " " << kwargs.dump());
+    ++cases;
+    UViT<T> m(UViTConfig::from_json(kwargs));
+    fx.load_case(m, name);
+    const auto x = fx.file.template get<T>(name + ".in.x");
+    const auto t = fx.file.template get<T>(name + ".in.timesteps");
+    std::optional<Tensor<std::int64_t>> y;
+    if (fx.file.contains(name + ".in.y")) y = fx.file.template get<std::int64_t>(name + ".in.y");
+    std::map<std::string, Tensor<T>> traces;
+    const auto out = m.forward(x, t, y ? &*y : nullptr, [&](const std::string& k, const Tensor<T>& v) { traces[k] = v.clone(); });
+    CHECK_CLOSE(out, fx.file.template get<T>(name + ".out"), fx.tol);
+    int compared = 0;
+    for (const auto& n : fx.file.names()) {
+      const std::string prefix = name + ".trace.";
+      if (n.rfind(prefix, 0) != 0) continue;
+      const std::string k = n.substr(prefix.size());
+      INFO("trace " << k);
+      REQUIRE(traces.count(k));
+      CHECK_CLOSE(traces[k], fx.file.template get<T>(n), fx.tol);
+      ++compared;
+    }
+    CHECK(compared >= 6);
+  }
+  CHECK(cases >= 1);
+}
+
+TEST_CASE("U-ViT configs: the configs/ folder + upstream's arguments + clear errors", "[models][uvit]") {
+  const UViTConfig huge = uvit_config("imagenet256_uvit_huge");
+  CHECK((huge.embed_dim == 1152 && huge.depth == 28 && huge.num_classes == 1001 && !huge.conv && huge.in_chans == 4));
+  CHECK_THROWS_WITH(uvit_config("mscoco_uvit_small"), Catch::Contains("unknown config \"mscoco_uvit_small\""));
+  auto from = [](const char* text) { return UViTConfig::from_json(nlohmann::json::parse(text)); };
+  CHECK(from(R"({"name": "uvit", "use_checkpoint": true, "qk_scale": null})").embed_dim == 768);
+  CHECK_THROWS_WITH(from(R"({"name": "uvit_t2i"})"), Catch::Contains("uvit_t2i is a different model"));
+  CHECK_THROWS_WITH(from(R"({"clip_dim": 768})"), Catch::Contains("unknown argument \"clip_dim\""));
+  CHECK_THROWS_WITH(from(R"({"embed_dim": 100})"), Catch::Contains("divisible by num_heads 12"));
+  UViT<float> cond(from(R"({"img_size": 8, "patch_size": 4, "embed_dim": 8, "depth": 2, "num_heads": 2, "num_classes": 3})"));
+  UViT<float> uncond(from(R"({"img_size": 8, "patch_size": 4, "embed_dim": 8, "depth": 2, "num_heads": 2})"));
+  const Tensor<float> x({2, 3, 8, 8}), t({2});
+  const Tensor<std::int64_t> y({2});
+  CHECK_THROWS_WITH(cond.forward(x, t), Catch::Contains("so y is required"));
+  CHECK_THROWS_WITH(uncond.forward(x, t, &y), Catch::Contains("takes no y"));
+  CHECK_THROWS_WITH(cond.forward(Tensor<float>({2, 3, 8, 4}), t, &y), Catch::Contains("expected x (B, 3, 8, 8)"));
+  CHECK(cond.forward(x, t, &y).shape() == Shape{2, 3, 8, 8});
 }
 
 TEST_CASE("DiT configs: named sizes + upstream's arguments + clear errors", "[models][dit]") {
@@ -238,6 +345,69 @@ TEST_CASE("ditto-forward runs DiT on upstream weights and inputs", "[models][dit
     const auto [code, err] = r.run(b.args);
     CHECK(code == b.code);
     CHECK_THAT(err, Catch::Contains(b.says));
+  }
+}
+
+TEST_CASE("ditto-forward runs U-ViT (with and without y) and refuses guidance for it", "[models][uvit][forward]") {
+  const ModelFixture<float> fx("uvit");
+  const ForwardRun r;
+  for (const std::string c : {"cond_conv", "uncond_mlptime_qkscale"}) {
+    INFO(c);
+    r.write_json("config.json", fx.configs[c]);
+    save_safetensors(r.path("w.safetensors"), with_prefix<float>(fx.file, c + ".w."));
+    std::vector<std::pair<std::string, Tensor<float>>> in = {{"x", fx.file.get<float>(c + ".in.x")},
+                                                             {"timesteps", fx.file.get<float>(c + ".in.timesteps")}};
+    save_safetensors(r.path("in.safetensors"), in);
+    if (fx.file.contains(c + ".in.y")) {  // y as I64 next to the F32 inputs: write the labels file and merge by hand
+      const auto y = fx.file.get<std::int64_t>(c + ".in.y");
+      nlohmann::ordered_json h;
+      std::string data;
+      for (const auto& [n, v] : in) {
+        h[n] = {{"dtype", "F32"}, {"shape", v.shape()}, {"data_offsets", {data.size(), data.size() + v.numel() * 4}}};
+        data.append(reinterpret_cast<const char*>(v.data()), v.numel() * 4);
+      }
+      h["y"] = {{"dtype", "I64"}, {"shape", y.shape()}, {"data_offsets", {data.size(), data.size() + y.numel() * 8}}};
+      data.append(reinterpret_cast<const char*>(y.data()), y.numel() * 8);
+      std::string header = h.dump();
+      header.append((8 - header.size() % 8) % 8, ' ');
+      std::ofstream f(r.path("in.safetensors"), std::ios::binary);
+      const std::uint64_t n = header.size();
+      f.write(reinterpret_cast<const char*>(&n), 8);
+      f << header << data;
+    }
+    const std::string args = "--model uvit --config " + r.path("config.json") + " --weights " + r.path("w.safetensors") +
+                             " --inputs " + r.path("in.safetensors") + " --output " + r.path("out.safetensors");
+    const auto [code, err] = r.run(args + " --trace");
+    INFO(err);
+    REQUIRE(code == 0);
+    const SafetensorsFile out(r.path("out.safetensors"));
+    CHECK_CLOSE(out.get<float>("out"), fx.file.get<float>(c + ".out"), 1e-4);
+    CHECK_CLOSE(out.get<float>("trace.mid_block"), fx.file.get<float>(c + ".trace.mid_block"), 1e-4);
+    const auto [code2, err2] = r.run(args + " --cfg-scale 2");
+    CHECK(code2 == 1);
+    CHECK_THAT(err2, Catch::Contains("UViT has no forward_with_cfg upstream"));
+  }
+}
+
+TEST_CASE("ditto-forward runs ViT and refuses guidance for it", "[models][vit][forward]") {
+  const ModelFixture<float> fx("vit");
+  const ForwardRun r;
+  for (const std::string c : {"avg_ls_reg_rect", "nopool_crop"}) {
+    INFO(c);
+    r.write_json("config.json", fx.configs[c]);
+    save_safetensors(r.path("w.safetensors"), with_prefix<float>(fx.file, c + ".w."));
+    save_safetensors<float>(r.path("in.safetensors"), {{"x", fx.file.get<float>(c + ".in.x")}});
+    const std::string args = "--model vit --config " + r.path("config.json") + " --weights " + r.path("w.safetensors") +
+                             " --inputs " + r.path("in.safetensors") + " --output " + r.path("out.safetensors");
+    const auto [code, err] = r.run(args + " --trace");
+    INFO(err);
+    REQUIRE(code == 0);
+    const SafetensorsFile out(r.path("out.safetensors"));
+    CHECK_CLOSE(out.get<float>("out"), fx.file.get<float>(c + ".out"), 1e-4);
+    CHECK_CLOSE(out.get<float>("trace.blocks.0"), fx.file.get<float>(c + ".trace.blocks.0"), 1e-4);
+    const auto [code2, err2] = r.run(args + " --cfg-scale 2");
+    CHECK(code2 == 1);
+    CHECK_THAT(err2, Catch::Contains("VisionTransformer has no forward_with_cfg upstream"));
   }
 }
 #endif

@@ -21,3 +21,6 @@
 #include "diffusion/flow.hpp"
 #include "models/config.hpp"
 #include "models/dit.hpp"
+#include "models/vit.hpp"
+#include "models/uvit.hpp"
+#include "models/runner.hpp"

@@ -25,11 +25,13 @@
 #include "../io/safetensors.hpp"
 #include "../nn/module.hpp"
 #include "dit.hpp"
+#include "uvit.hpp"
+#include "vit.hpp"
 
 namespace ditto::models {
 
 struct ForwardRequest {
-  std::string model;               // dit (vit, uvit, unet, latte, vae-encode, vae-decode: later)
+  std::string model;               // vit, dit, uvit (unet, latte, vae-encode, vae-decode: later)
   nlohmann::json config;           // the upstream constructor's keyword arguments
   const SafetensorsFile* weights = nullptr;
   const SafetensorsFile* inputs = nullptr;
@@ -122,10 +124,46 @@ inline NamedTensors run_dit(const ForwardRequest& r) {
   outputs.emplace_back("out", std::move(out));
   return outputs;
 }
+
+// A model without an upstream forward_with_cfg refuses guidance, from the flag or the inputs.
+inline void refuse_guidance(const ForwardRequest& r, const std::string& model) {
+  if (r.cfg_scale || r.inputs->contains("cfg_scale"))
+    throw ArgumentError(model + " has no forward_with_cfg upstream, so it takes no guidance scale (--cfg-scale or an input cfg_scale)");
+}
+
+inline NamedTensors run_vit(const ForwardRequest& r) {
+  refuse_guidance(r, "VisionTransformer");
+  ViT<float> vit(ViTConfig::from_json(r.config));
+  load_weights(vit, *r.weights);
+  Inputs in{*r.inputs, "VisionTransformer", {}};
+  const Tensor<float> x = in.floats("x", 4);
+  in.finish();
+  NamedTensors outputs;
+  Trace<float> trace;
+  if (r.trace) trace = [&](const std::string& name, const Tensor<float>& v) { outputs.emplace_back("trace." + name, v.clone()); };
+  outputs.emplace_back("out", vit.forward(x, trace));
+  return outputs;
+}
+
+inline NamedTensors run_uvit(const ForwardRequest& r) {
+  refuse_guidance(r, "UViT");
+  UViT<float> uvit(UViTConfig::from_json(r.config));
+  load_weights(uvit, *r.weights);
+  Inputs in{*r.inputs, "UViT", {}};
+  const Tensor<float> x = in.floats("x", 4), t = in.floats("timesteps", 1);
+  std::optional<Tensor<std::int64_t>> y;
+  if (in.has("y")) y = in.labels("y");
+  in.finish();
+  NamedTensors outputs;
+  Trace<float> trace;
+  if (r.trace) trace = [&](const std::string& name, const Tensor<float>& v) { outputs.emplace_back("trace." + name, v.clone()); };
+  outputs.emplace_back("out", uvit.forward(x, t, y ? &*y : nullptr, trace));
+  return outputs;
+}
 }  // namespace detail
 
 inline const std::vector<std::string>& forward_models() {
-  static const std::vector<std::string> names = {"dit"};
+  static const std::vector<std::string> names = {"vit", "dit", "uvit"};
   return names;
 }
 
@@ -134,8 +172,10 @@ inline NamedTensors run_forward(const ForwardRequest& r) {
   if (r.cfg_scale && !std::isfinite(*r.cfg_scale))
     throw ArgumentError(ditto::detail::cat("run_forward: the guidance scale must be finite, got ", *r.cfg_scale));
   if (r.model == "dit") return detail::run_dit(r);
-  if (r.model == "vit" || r.model == "uvit" || r.model == "unet")
-    throw ArgumentError(ditto::detail::cat("--model ", r.model, " is not ported yet; this build runs: dit"));
+  if (r.model == "vit") return detail::run_vit(r);
+  if (r.model == "uvit") return detail::run_uvit(r);
+  if (r.model == "unet")
+    throw ArgumentError(ditto::detail::cat("--model ", r.model, " is not ported yet; this build runs: vit, dit, uvit"));
   throw ArgumentError(ditto::detail::cat("unknown --model \"", r.model, "\"; expected one of vit, dit, uvit, unet"));
 }
 

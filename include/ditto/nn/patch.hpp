@@ -20,15 +20,19 @@
 namespace ditto::nn {
 
 
-// x: (B, C, H, W) -> (B, (H/p)(W/p), embed_dim). State names: proj.weight, proj.bias.
+// x: (B, C, H, W) -> (B, (H/ph)(W/pw), embed_dim). State names: proj.weight, proj.bias. Patches
+// may be rectangular (timm's patch_size=(ph, pw)).
 template <class T = float>
 struct PatchEmbed {
-  std::int64_t patch_size = 2, in_chans = 3, embed_dim = 0;
+  std::array<std::int64_t, 2> patch{2, 2};
+  std::int64_t in_chans = 3, embed_dim = 0;
   Conv2d<T> proj;
 
   PatchEmbed() = default;
-  PatchEmbed(std::int64_t patch, std::int64_t in_chans_, std::int64_t embed_dim_, bool bias = true)
-      : patch_size(patch), in_chans(in_chans_), embed_dim(embed_dim_), proj(in_chans_, embed_dim_, patch, patch, 0, 1, bias) {}
+  PatchEmbed(std::int64_t patch_, std::int64_t in_chans_, std::int64_t embed_dim_, bool bias = true)
+      : PatchEmbed(std::array<std::int64_t, 2>{patch_, patch_}, in_chans_, embed_dim_, bias) {}
+  PatchEmbed(std::array<std::int64_t, 2> patch_, std::int64_t in_chans_, std::int64_t embed_dim_, bool bias = true)
+      : patch(patch_), in_chans(in_chans_), embed_dim(embed_dim_), proj(in_chans_, embed_dim_, patch_, patch_, {0, 0, 0, 0}, 1, bias) {}
 
   template <class V>
   void visit(V& v) {
@@ -36,11 +40,11 @@ struct PatchEmbed {
   }
 
   Tensor<T> forward(const Tensor<T>& x) const {
-    const std::int64_t p = patch_size;
-    if (x.dim() != 4 || x.size(1) != in_chans || x.size(2) % p || x.size(3) % p)
-      throw ShapeError(ditto::detail::cat("PatchEmbed(patch=", p, ", in_chans=", in_chans, "): expected (B, ", in_chans,
-                                          ", H, W) with H and W divisible by ", p, ", got ", shape_str(x.shape())));
-    auto tokens = rearrange(x, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", {{"p1", p}, {"p2", p}});
+    const auto [ph, pw] = patch;
+    if (x.dim() != 4 || x.size(1) != in_chans || x.size(2) % ph || x.size(3) % pw)
+      throw ShapeError(ditto::detail::cat("PatchEmbed(patch=", ph, "x", pw, ", in_chans=", in_chans, "): expected (B, ", in_chans,
+                                          ", H, W) with H divisible by ", ph, " and W by ", pw, ", got ", shape_str(x.shape())));
+    auto tokens = rearrange(x, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", {{"p1", ph}, {"p2", pw}});
     Tensor<T> out = Tensor<T>::empty({x.size(0), tokens.size(1), embed_dim});
     linear_rows(tokens.data(), tokens.size(0) * tokens.size(1), tokens.size(2), embed_dim, proj.weight.data(),
                 proj.has_bias ? proj.bias.data() : nullptr, out.data());
