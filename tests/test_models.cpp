@@ -5,9 +5,13 @@
 // errors.
 #include <ditto/models/dit.hpp>
 #include <ditto/models/runner.hpp>
+#include <ditto/models/unet.hpp>
 #include <ditto/models/uvit.hpp>
 #include <ditto/models/vit.hpp>
 #include <ditto/nn/module.hpp>
+
+#include <cstdio>
+#include <set>
 
 #include "helpers.hpp"
 
@@ -170,6 +174,103 @@ TEST_CASE("U-ViT configs: the configs/ folder + upstream's arguments + clear err
   CHECK(cond.forward(x, t, &y).shape() == Shape{2, 3, 8, 8});
 }
 
+namespace {
+// tools/gen_unet_fixtures.py's hash_weights: value[i] = u * scale, u in [-1, 1) from a 32-bit
+// hash of (state-dict name, element index).
+template <class T>
+void hash_weights(const std::string& name, Tensor<T>& t) {
+  std::uint32_t h0 = 2166136261u;
+  for (unsigned char ch : name) h0 = (h0 ^ ch) * 16777619u;
+  double scale = 1;
+  if (t.dim() > 1) scale = std::pow(static_cast<double>(t.numel() / t.size(0)), -0.5);
+  const bool norm_scale = t.dim() == 1 && name.size() >= 6 && name.compare(name.size() - 6, 6, "weight") == 0;
+  for (std::int64_t i = 0; i < t.numel(); ++i) {
+    std::uint32_t h = h0 + static_cast<std::uint32_t>(i) * 0x9E3779B1u;
+    h ^= h >> 15;
+    h *= 0x2C1B3C6Du;
+    h ^= h >> 12;
+    h *= 0x297A2D39u;
+    h ^= h >> 15;
+    const double u = static_cast<double>(h >> 8) * std::ldexp(1.0, -23) - 1.0;
+    t[i] = static_cast<T>(t.dim() == 1 ? (norm_scale ? 1 + 0.2 * u : 0.1 * u) : u * scale);
+  }
+}
+}  // namespace
+
+TEMPLATE_TEST_CASE("ADM U-Net equals guided-diffusion's UNetModel: names + shapes + forward + every traced block",
+                   "[models][unet]", float, double) {
+  using T = TestType;
+  const ModelFixture<T> fx("unet");
+  int cases = 0;
+  for (const auto& [name, c] : fx.configs.items()) {
+    if (!fx.has_case(name)) continue;
+    INFO(name << " " << c["kwargs"].dump());
+    ++cases;
+    UNet<T> built(UNetConfig::from_json(c["kwargs"]));
+    // the state dict: upstream's names and shapes, exactly
+    std::vector<std::pair<std::string, Tensor<T>>> weights;
+    std::set<std::string> mine;
+    for (auto& [n, t] : nn::named_parameters<T>(built)) {
+      INFO("parameter " << n);
+      REQUIRE(c["state_dict"].contains(n));
+      CHECK(c["state_dict"][n].template get<Shape>() == t->shape());
+      hash_weights(n, *t);
+      weights.emplace_back(n, *t);
+      mine.insert(n);
+    }
+    for (const auto& [n, shape] : c["state_dict"].items()) {
+      INFO("upstream parameter " << n);
+      CHECK(mine.count(n));
+    }
+    // through a file, strictly, as a checkpoint would load
+    const std::string path = "ditto_test_unet_" + name + ".safetensors";
+    save_safetensors(path, weights);
+    UNet<T> m(UNetConfig::from_json(c["kwargs"]));
+    nn::load<T>(m, path);
+    std::remove(path.c_str());
+    const auto x = fx.file.template get<T>(name + ".in.x");
+    const auto t = fx.file.template get<T>(name + ".in.timesteps");
+    std::optional<Tensor<std::int64_t>> y;
+    if (fx.file.contains(name + ".in.y")) y = fx.file.template get<std::int64_t>(name + ".in.y");
+    std::map<std::string, Tensor<T>> traces;
+    const auto out = m.forward(x, t, y ? &*y : nullptr, [&](const std::string& k, const Tensor<T>& v) { traces[k] = v.clone(); });
+    CHECK_CLOSE(out, fx.file.template get<T>(name + ".out"), fx.tol);
+    int compared = 0;
+    for (const auto& n : fx.file.names()) {
+      const std::string prefix = name + ".trace.";
+      if (n.rfind(prefix, 0) != 0) continue;
+      const std::string k = n.substr(prefix.size());
+      INFO("trace " << k);
+      REQUIRE(traces.count(k));
+      CHECK_CLOSE(traces[k], fx.file.template get<T>(n), fx.tol);
+      ++compared;
+    }
+    CHECK(compared >= 8);
+  }
+  CHECK(cases >= 1);
+}
+
+TEST_CASE("U-Net configs: required arguments + refusals + input errors", "[models][unet]") {
+  auto from = [](const char* text) { return UNetConfig::from_json(nlohmann::json::parse(text)); };
+  const char* base = R"({"image_size": 8, "in_channels": 3, "model_channels": 32, "out_channels": 3, "num_res_blocks": 1,
+                         "attention_resolutions": [2], "channel_mult": [1, 1])";
+  auto with = [&](const char* extra) { return from((std::string(base) + extra + "}").c_str()); };
+  CHECK(with("").channel_mult.size() == 2);
+  CHECK_THROWS_WITH(from(R"({"image_size": 8})"), Catch::Contains("missing required argument \"in_channels\""));
+  CHECK_THROWS_WITH(with(R"(, "use_fp16": true)"), Catch::Contains("use_fp16 = true is not supported"));
+  CHECK_THROWS_WITH(with(R"(, "dims": 3)"), Catch::Contains("only dims = 2"));
+  CHECK_THROWS_WITH(with(R"(, "learn_sigma": true)"), Catch::Contains("unknown argument \"learn_sigma\""));
+  CHECK_THROWS_WITH(from(R"({"image_size": 8, "in_channels": 3, "model_channels": 48, "out_channels": 3, "num_res_blocks": 1,
+                             "attention_resolutions": []})"), Catch::Contains("not divisible by 32"));
+  CHECK(with(R"(, "dropout": 0.1, "use_checkpoint": true, "num_classes": null)").num_classes == std::nullopt);
+  UNet<float> m(with(R"(, "num_classes": 4)"));
+  const Tensor<float> t({1});
+  const Tensor<std::int64_t> y({1});
+  CHECK_THROWS_WITH(m.forward(Tensor<float>({1, 3, 8, 8}), t), Catch::Contains("class-conditional, so y is required"));
+  CHECK_THROWS_WITH(m.forward(Tensor<float>({1, 3, 8, 7}), t, &y), Catch::Contains("divisible by 2"));
+  CHECK(m.forward(Tensor<float>({1, 3, 6, 10}), t, &y).shape() == Shape{1, 3, 6, 10});
+}
+
 TEST_CASE("DiT configs: named sizes + upstream's arguments + clear errors", "[models][dit]") {
   const DiTConfig xl = dit_config("DiT-XL/2");
   CHECK((xl.depth == 28 && xl.hidden_size == 1152 && xl.num_heads == 16 && xl.patch_size == 2));
@@ -236,6 +337,26 @@ std::vector<std::pair<std::string, Tensor<T>>> with_prefix(const SafetensorsFile
     if (n.rfind(prefix, 0) == 0) out.emplace_back(n.substr(prefix.size()), f.get<T>(n));
   return out;
 }
+
+// One safetensors file holding F32 and I64 tensors (inputs as a user writes them: x and t as
+// floats, labels as integers).
+void save_mixed(const std::string& path, const std::vector<std::pair<std::string, Tensor<float>>>& floats,
+                const std::vector<std::pair<std::string, Tensor<std::int64_t>>>& ints = {}) {
+  nlohmann::ordered_json h = nlohmann::ordered_json::object();
+  std::string data;
+  auto add = [&](const std::string& n, const char* dtype, const Shape& shape, const void* p, std::size_t bytes) {
+    h[n] = {{"dtype", dtype}, {"shape", shape}, {"data_offsets", {data.size(), data.size() + bytes}}};
+    data.append(static_cast<const char*>(p), bytes);
+  };
+  for (const auto& [n, v] : floats) add(n, "F32", v.shape(), v.data(), static_cast<std::size_t>(v.numel()) * 4);
+  for (const auto& [n, v] : ints) add(n, "I64", v.shape(), v.data(), static_cast<std::size_t>(v.numel()) * 8);
+  std::string header = h.dump();
+  header.append((8 - header.size() % 8) % 8, ' ');
+  std::ofstream f(path, std::ios::binary);
+  const std::uint64_t n = header.size();
+  f.write(reinterpret_cast<const char*>(&n), 8);
+  f << header << data;
+}
 }  // namespace
 
 TEST_CASE("ditto-forward runs DiT on upstream weights and inputs", "[models][dit][forward]") {
@@ -248,33 +369,15 @@ TEST_CASE("ditto-forward runs DiT on upstream weights and inputs", "[models][dit
   // inputs as a user writes them: x and t F32 (t fractional), y I64, in one file; variants with
   // cfg_scale, with y as F32 (refused) and with a tensor the model does not take (refused)
   auto write_inputs = [&](const std::string& name, bool y_as_float, bool with_cfg, const std::string& extra = "") {
-    const auto x = fx.file.get<float>(c + ".in.x"), t = fx.file.get<float>(c + ".in.t");
+    const auto x = fx.file.get<float>(c + ".in.x");
     const auto y = fx.file.get<std::int64_t>(c + ".in.y");
-    nlohmann::ordered_json h = nlohmann::ordered_json::object();
-    std::string data;
-    auto add = [&](const std::string& n, const char* dtype, const Shape& shape, const void* p, std::size_t bytes) {
-      h[n] = {{"dtype", dtype}, {"shape", shape}, {"data_offsets", {data.size(), data.size() + bytes}}};
-      data.append(static_cast<const char*>(p), bytes);
-    };
-    add("x", "F32", x.shape(), x.data(), x.numel() * 4);
-    add("t", "F32", t.shape(), t.data(), t.numel() * 4);
-    if (y_as_float) {
-      const Tensor<float> yf = y.to<float>();
-      add("y", "F32", y.shape(), yf.data(), y.numel() * 4);
-    } else {
-      add("y", "I64", y.shape(), y.data(), y.numel() * 8);
-    }
-    if (with_cfg) {
-      const float s = fx.file.get<float>(c + ".in.cfg_scale")[0];
-      add("cfg_scale", "F32", {1}, &s, 4);
-    }
-    if (!extra.empty()) add(extra, "F32", x.shape(), x.data(), x.numel() * 4);
-    std::string header = h.dump();
-    header.append((8 - header.size() % 8) % 8, ' ');
-    std::ofstream f(r.path(name), std::ios::binary);
-    const std::uint64_t n = header.size();
-    f.write(reinterpret_cast<const char*>(&n), 8);
-    f << header << data;
+    std::vector<std::pair<std::string, Tensor<float>>> floats = {{"x", x}, {"t", fx.file.get<float>(c + ".in.t")}};
+    std::vector<std::pair<std::string, Tensor<std::int64_t>>> ints;
+    if (y_as_float) floats.emplace_back("y", y.to<float>());
+    else ints.emplace_back("y", y);
+    if (with_cfg) floats.emplace_back("cfg_scale", fx.file.get<float>(c + ".in.cfg_scale"));
+    if (!extra.empty()) floats.emplace_back(extra, x);
+    save_mixed(r.path(name), floats, ints);
   };
   write_inputs("in.safetensors", false, false);
   write_inputs("in_cfg.safetensors", false, true);
@@ -355,26 +458,10 @@ TEST_CASE("ditto-forward runs U-ViT (with and without y) and refuses guidance fo
     INFO(c);
     r.write_json("config.json", fx.configs[c]);
     save_safetensors(r.path("w.safetensors"), with_prefix<float>(fx.file, c + ".w."));
-    std::vector<std::pair<std::string, Tensor<float>>> in = {{"x", fx.file.get<float>(c + ".in.x")},
-                                                             {"timesteps", fx.file.get<float>(c + ".in.timesteps")}};
-    save_safetensors(r.path("in.safetensors"), in);
-    if (fx.file.contains(c + ".in.y")) {  // y as I64 next to the F32 inputs: write the labels file and merge by hand
-      const auto y = fx.file.get<std::int64_t>(c + ".in.y");
-      nlohmann::ordered_json h;
-      std::string data;
-      for (const auto& [n, v] : in) {
-        h[n] = {{"dtype", "F32"}, {"shape", v.shape()}, {"data_offsets", {data.size(), data.size() + v.numel() * 4}}};
-        data.append(reinterpret_cast<const char*>(v.data()), v.numel() * 4);
-      }
-      h["y"] = {{"dtype", "I64"}, {"shape", y.shape()}, {"data_offsets", {data.size(), data.size() + y.numel() * 8}}};
-      data.append(reinterpret_cast<const char*>(y.data()), y.numel() * 8);
-      std::string header = h.dump();
-      header.append((8 - header.size() % 8) % 8, ' ');
-      std::ofstream f(r.path("in.safetensors"), std::ios::binary);
-      const std::uint64_t n = header.size();
-      f.write(reinterpret_cast<const char*>(&n), 8);
-      f << header << data;
-    }
+    std::vector<std::pair<std::string, Tensor<std::int64_t>>> labels;
+    if (fx.file.contains(c + ".in.y")) labels.emplace_back("y", fx.file.get<std::int64_t>(c + ".in.y"));
+    save_mixed(r.path("in.safetensors"), {{"x", fx.file.get<float>(c + ".in.x")}, {"timesteps", fx.file.get<float>(c + ".in.timesteps")}},
+               labels);
     const std::string args = "--model uvit --config " + r.path("config.json") + " --weights " + r.path("w.safetensors") +
                              " --inputs " + r.path("in.safetensors") + " --output " + r.path("out.safetensors");
     const auto [code, err] = r.run(args + " --trace");
@@ -386,6 +473,37 @@ TEST_CASE("ditto-forward runs U-ViT (with and without y) and refuses guidance fo
     const auto [code2, err2] = r.run(args + " --cfg-scale 2");
     CHECK(code2 == 1);
     CHECK_THAT(err2, Catch::Contains("UViT has no forward_with_cfg upstream"));
+  }
+}
+
+TEST_CASE("ditto-forward runs the U-Net (class-conditional; non-square, unconditional)", "[models][unet][forward]") {
+  const ModelFixture<float> fx("unet");
+  const ForwardRun r;
+  for (const std::string c : {"cond_legacy", "scaleshift_updown_neworder_nonsquare"}) {
+    INFO(c);
+    r.write_json("config.json", fx.configs[c]["kwargs"]);
+    UNet<float> m(UNetConfig::from_json(fx.configs[c]["kwargs"]));
+    std::vector<std::pair<std::string, Tensor<float>>> weights;
+    for (auto& [n, t] : nn::named_parameters<float>(m)) {
+      hash_weights(n, *t);
+      weights.emplace_back(n, *t);
+    }
+    save_safetensors(r.path("w.safetensors"), weights);
+    std::vector<std::pair<std::string, Tensor<std::int64_t>>> labels;
+    if (fx.file.contains(c + ".in.y")) labels.emplace_back("y", fx.file.get<std::int64_t>(c + ".in.y"));
+    save_mixed(r.path("in.safetensors"), {{"x", fx.file.get<float>(c + ".in.x")}, {"timesteps", fx.file.get<float>(c + ".in.timesteps")}},
+               labels);
+    const std::string args = "--model unet --config " + r.path("config.json") + " --weights " + r.path("w.safetensors") +
+                             " --inputs " + r.path("in.safetensors") + " --output " + r.path("out.safetensors");
+    const auto [code, err] = r.run(args + " --trace");
+    INFO(err);
+    REQUIRE(code == 0);
+    const SafetensorsFile out(r.path("out.safetensors"));
+    CHECK_CLOSE(out.get<float>("out"), fx.file.get<float>(c + ".out"), 1e-4);
+    CHECK_CLOSE(out.get<float>("trace.middle_block"), fx.file.get<float>(c + ".trace.middle_block"), 1e-4);
+    const auto [code2, err2] = r.run(args + " --cfg-scale 2");
+    CHECK(code2 == 1);
+    CHECK_THAT(err2, Catch::Contains("UNetModel has no forward_with_cfg upstream"));
   }
 }
 

@@ -23,4 +23,5 @@
 #include "models/dit.hpp"
 #include "models/vit.hpp"
 #include "models/uvit.hpp"
+#include "models/unet.hpp"
 #include "models/runner.hpp"

@@ -25,13 +25,14 @@
 #include "../io/safetensors.hpp"
 #include "../nn/module.hpp"
 #include "dit.hpp"
+#include "unet.hpp"
 #include "uvit.hpp"
 #include "vit.hpp"
 
 namespace ditto::models {
 
 struct ForwardRequest {
-  std::string model;               // vit, dit, uvit (unet, latte, vae-encode, vae-decode: later)
+  std::string model;               // vit, dit, uvit, unet (latte, vae-encode, vae-decode: later)
   nlohmann::json config;           // the upstream constructor's keyword arguments
   const SafetensorsFile* weights = nullptr;
   const SafetensorsFile* inputs = nullptr;
@@ -160,10 +161,26 @@ inline NamedTensors run_uvit(const ForwardRequest& r) {
   outputs.emplace_back("out", uvit.forward(x, t, y ? &*y : nullptr, trace));
   return outputs;
 }
+
+inline NamedTensors run_unet(const ForwardRequest& r) {
+  refuse_guidance(r, "UNetModel");
+  UNet<float> unet(UNetConfig::from_json(r.config));
+  load_weights(unet, *r.weights);
+  Inputs in{*r.inputs, "UNetModel", {}};
+  const Tensor<float> x = in.floats("x", 4), t = in.floats("timesteps", 1);
+  std::optional<Tensor<std::int64_t>> y;
+  if (in.has("y")) y = in.labels("y");
+  in.finish();
+  NamedTensors outputs;
+  Trace<float> trace;
+  if (r.trace) trace = [&](const std::string& name, const Tensor<float>& v) { outputs.emplace_back("trace." + name, v.clone()); };
+  outputs.emplace_back("out", unet.forward(x, t, y ? &*y : nullptr, trace));
+  return outputs;
+}
 }  // namespace detail
 
 inline const std::vector<std::string>& forward_models() {
-  static const std::vector<std::string> names = {"vit", "dit", "uvit"};
+  static const std::vector<std::string> names = {"vit", "dit", "uvit", "unet"};
   return names;
 }
 
@@ -174,8 +191,7 @@ inline NamedTensors run_forward(const ForwardRequest& r) {
   if (r.model == "dit") return detail::run_dit(r);
   if (r.model == "vit") return detail::run_vit(r);
   if (r.model == "uvit") return detail::run_uvit(r);
-  if (r.model == "unet")
-    throw ArgumentError(ditto::detail::cat("--model ", r.model, " is not ported yet; this build runs: vit, dit, uvit"));
+  if (r.model == "unet") return detail::run_unet(r);
   throw ArgumentError(ditto::detail::cat("unknown --model \"", r.model, "\"; expected one of vit, dit, uvit, unet"));
 }
 

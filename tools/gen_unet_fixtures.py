@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Writes tests/fixtures/unet_f32.safetensors, unet_f64.safetensors and unet_configs.json:
+openai/guided-diffusion's UNetModel (guided_diffusion/unet.py) on small configs covering its
+options (class conditioning, scale-shift norm, resblock up/down or conv / pooling resample,
+num_heads, num_head_channels, num_heads_upsample, both attention orders, fractional channel_mult,
+non-square inputs), every parameter set by a hash of its state-dict name and element index (upstream zero-initializes
+some). Even a small U-Net has ~10^5-10^6 weights, so they are not stored: unet_configs.json
+keeps each case's constructor arguments and its state dict's names and shapes, and the test
+rebuilds the same weights from the same formula (`hash_weights`, mirrored in
+tests/test_models.cpp), writes them to a .safetensors file and loads it strictly. Each case
+stores `name.in.{x,timesteps,y}`, `name.out` and per-module traces `name.trace.*`.
+
+float64 runs the modules in double with GroupNorm32, the timestep features and the attention
+softmax kept in float64 (upstream computes all three in float32): a float64 re-derivation of the
+same forward.
+
+    GD_SRC=/path/to/guided-diffusion /usr/bin/python3 tools/gen_unet_fixtures.py
+"""
+import json
+import math
+import os
+import sys
+
+import torch as th
+
+src = os.environ.get("GD_SRC")
+if not src:
+    sys.exit("set GD_SRC to a checkout of openai/guided-diffusion (the folder that holds guided_diffusion/)")
+sys.path.insert(0, src)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from guided_diffusion import nn as gnn  # noqa: E402
+from guided_diffusion import unet  # noqa: E402
+from safetensors_writer import save  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+def hash_weights(name, shape):
+    """value[i] = u * scale, u in [-1, 1) from a 32-bit hash of (name, i); scale: 1 + 0.2 u for a
+    1-D weight (norm scales), 0.1 for other 1-D tensors, fan_in ** -0.5 for matrices / kernels."""
+    h0 = 2166136261
+    for ch in name.encode():
+        h0 = ((h0 ^ ch) * 16777619) & 0xFFFFFFFF
+    n = int(np.prod(shape))
+    h = (np.uint64(h0) + np.arange(n, dtype=np.uint64) * np.uint64(0x9E3779B1)) & np.uint64(0xFFFFFFFF)
+    for shift, mul in ((15, 0x2C1B3C6D), (12, 0x297A2D39)):
+        h ^= h >> np.uint64(shift)
+        h = (h * np.uint64(mul)) & np.uint64(0xFFFFFFFF)
+    h ^= h >> np.uint64(15)
+    u = (h >> np.uint64(8)).astype(np.float64) * 2.0 ** -23 - 1.0
+    if len(shape) == 1:
+        v = 1 + 0.2 * u if name.endswith("weight") else 0.1 * u
+    else:
+        v = u * float(np.prod(shape[1:])) ** -0.5
+    return th.from_numpy(v.reshape(shape))
+
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
+upstream_embedding, upstream_gn = unet.timestep_embedding, gnn.GroupNorm32.forward
+
+
+def embedding_f64(timesteps, dim, max_period=10000):
+    half = dim // 2
+    freqs = th.exp(-math.log(max_period) * th.arange(start=0, end=half, dtype=th.float64) / half)
+    args = timesteps[:, None].double() * freqs[None]
+    emb = th.cat([th.cos(args), th.sin(args)], dim=-1)
+    if dim % 2:
+        emb = th.cat([emb, th.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+def qkv_attention_f64(self, qkv, legacy):
+    """QKVAttention(Legacy).forward with the softmax in the input's dtype."""
+    bs, width, length = qkv.shape
+    ch = width // (3 * self.n_heads)
+    if legacy:
+        q, k, v = qkv.reshape(bs * self.n_heads, ch * 3, length).split(ch, dim=1)
+    else:
+        q, k, v = (z.reshape(bs * self.n_heads, ch, length) for z in qkv.chunk(3, dim=1))
+    weight = th.softmax(th.einsum("bct,bcs->bts", q, k) / math.sqrt(ch), dim=-1)
+    return th.einsum("bts,bcs->bct", weight, v).reshape(bs, -1, length)
+
+
+upstream_attention = unet.QKVAttention.forward, unet.QKVAttentionLegacy.forward
+
+CASES = {  # name: (constructor kwargs, input shape)
+    "cond_legacy": (dict(image_size=16, in_channels=3, model_channels=32, out_channels=6, num_res_blocks=1,
+                         attention_resolutions=[2], channel_mult=[1, 2], num_classes=10, num_heads=2), (2, 3, 8, 8)),
+    "scaleshift_updown_neworder_nonsquare": (dict(image_size=8, in_channels=4, model_channels=32, out_channels=4, num_res_blocks=1,
+                                                  attention_resolutions=[1, 4], channel_mult=[1, 1, 1], num_head_channels=16,
+                                                  num_heads_upsample=4, use_scale_shift_norm=True, resblock_updown=True,
+                                                  use_new_attention_order=True), (1, 4, 8, 12)),
+    "pool_nearest_half": (dict(image_size=8, in_channels=1, model_channels=64, out_channels=2, num_res_blocks=1,
+                               attention_resolutions=[2], channel_mult=[0.5, 0.5], conv_resample=False, num_heads=1,
+                               num_heads_upsample=2, dropout=0.1, use_checkpoint=True), (2, 1, 4, 4)),
+}
+
+configs = {}
+for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
+    unet.timestep_embedding = upstream_embedding if dtype == th.float32 else embedding_f64
+    gnn.GroupNorm32.forward = upstream_gn if dtype == th.float32 else th.nn.GroupNorm.forward
+    if dtype == th.float32:
+        unet.QKVAttention.forward, unet.QKVAttentionLegacy.forward = upstream_attention
+    else:
+        unet.QKVAttention.forward = lambda self, qkv: qkv_attention_f64(self, qkv, False)
+        unet.QKVAttentionLegacy.forward = lambda self, qkv: qkv_attention_f64(self, qkv, True)
+    g = th.Generator().manual_seed(0)
+    out = {}
+    for name, (kwargs, shape) in CASES.items():
+        if dtype == th.float64 and name != "scaleshift_updown_neworder_nonsquare":
+            continue
+        m = unet.UNetModel(**{**kwargs, "attention_resolutions": tuple(kwargs["attention_resolutions"]),
+                              "channel_mult": tuple(kwargs["channel_mult"])}).to(dtype).eval()
+        m.dtype = dtype  # upstream casts the input to its float32 / float16 dtype
+        with th.no_grad():
+            for k, p in m.state_dict().items():
+                p.copy_(hash_weights(k, list(p.shape)).to(dtype))
+        configs[name] = {"kwargs": kwargs, "state_dict": {k: list(v.shape) for k, v in m.state_dict().items()}}
+        x = th.randn(*shape, generator=g, dtype=th.float64).to(dtype)
+        t = (th.rand(shape[0], generator=g, dtype=th.float64) * 999).to(dtype)
+        t[-1] = 3.5
+        y = th.randint(0, kwargs["num_classes"], (shape[0],), generator=g) if kwargs.get("num_classes") else None
+        out[f"{name}.in.x"], out[f"{name}.in.timesteps"] = x, t
+        if y is not None:
+            out[f"{name}.in.y"] = y
+        traces = {}
+        mods = [("time_embed", m.time_embed), ("middle_block", m.middle_block), ("out", m.out)] + \
+               [(f"input_blocks.{i}", b) for i, b in enumerate(m.input_blocks)] + \
+               [(f"output_blocks.{i}", b) for i, b in enumerate(m.output_blocks)]
+        if y is not None:
+            mods.append(("label_emb", m.label_emb))
+        hooks = [mod.register_forward_hook(lambda _m, _i, o, key=key: traces.__setitem__(key, o)) for key, mod in mods]
+        with th.no_grad():
+            out[f"{name}.out"] = m(x, t, y)
+        for h in hooks:
+            h.remove()
+        for k, v in traces.items():
+            out[f"{name}.trace.{k}"] = v
+    save(os.path.join(OUT, f"unet_{suffix}.safetensors"), out)
+    print(f"{len(out)} tensors -> tests/fixtures/unet_{suffix}.safetensors")
+with open(os.path.join(OUT, "unet_configs.json"), "w") as f:
+    json.dump(configs, f, indent=1, sort_keys=True)
+    f.write("\n")
