@@ -1,0 +1,106 @@
+// Model forward time and peak memory: the ditto column of the model tables in
+// docs/performance.md.
+//
+//   model_forward MODEL BATCH THREADS [REPS]
+//     MODEL: DiT-S/2 ... DiT-XL/8 (on 4 x 32 x 32 latents), U-ViT-M (imagenet64_uvit_mid, 64x64
+//     pixels), ADM-64 (guided-diffusion's class-conditional 64x64 U-Net)
+//
+// Random weights (the speed does not depend on their values), labels and timesteps. Prints the
+// median time of REPS forwards after one warm-up, for DiT the matrix-product FLOP/s it amounts
+// to, and the peak resident memory next to the weights' size.
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <ditto/ditto.hpp>
+
+using namespace ditto;
+
+// Multiply-adds x 2 of every matrix product in one forward (attention included).
+static double dit_flops(const models::DiTConfig& c, std::int64_t B) {
+  const double N = static_cast<double>(c.grid() * c.grid()), D = static_cast<double>(c.hidden_size);
+  const double H = static_cast<double>(c.mlp_hidden()), P = static_cast<double>(c.patch_size * c.patch_size);
+  // per block: qkv, q k^T, p v, proj, fc1 + fc2, adaLN_modulation (one row per image)
+  const double block = 2 * N * D * 3 * D + 2 * 2 * N * N * D + 2 * N * D * D + 2 * 2 * N * D * H + 2 * D * 6 * D;
+  const double per_image = c.depth * block + 2 * N * D * P * c.in_channels + 2 * N * D * P * c.out_channels() +
+                           2 * (256 * D + D * D) + 2 * D * 2 * D;
+  return per_image * static_cast<double>(B);
+}
+
+template <class Model>
+static void randomize(Model& m) {
+  Generator gen(0);
+  for (auto& [n, t] : nn::named_parameters<float>(m))
+    if (n != "pos_embed") gen.fill_normal(*t, 0.0, 0.02);
+}
+
+static double median_ms(int reps, const std::function<void()>& f) {
+  f();  // warm-up: buffers, threads
+  std::vector<double> ms;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+int main(int argc, char** argv) try {
+  if (argc < 4) {
+    std::fprintf(stderr, "usage: %s MODEL BATCH THREADS [REPS]   (DiT-XL/2, U-ViT-M or ADM-64)\n", argv[0]);
+    return 2;
+  }
+  const std::string name = argv[1];
+  const std::int64_t B = std::atoll(argv[2]);
+  const int threads = std::atoi(argv[3]), reps = argc > 4 ? std::atoi(argv[4]) : 5;
+  if (B < 1 || threads < 1 || reps < 1) throw ArgumentError("model_forward: BATCH, THREADS and REPS must be >= 1");
+  set_num_threads(threads);
+  Generator gen(1);
+  Tensor<float> t({B});
+  Tensor<std::int64_t> y({B});
+  for (std::int64_t b = 0; b < B; ++b) t[b] = static_cast<float>(999 - 100 * b), y[b] = 7 * b;
+  double ms = 0, weights = 0, gflops = 0;
+  if (name.rfind("DiT-", 0) == 0) {
+    const models::DiTConfig c = models::dit_config(name);
+    models::DiT<float> m(c);
+    randomize(m);
+    weights = static_cast<double>(nn::count_parameters<float>(m));
+    const auto x = gen.normal<float>({B, c.in_channels, c.input_size, c.input_size});
+    ms = median_ms(reps, [&] { m.forward(x, t, y); });
+    gflops = dit_flops(c, B) / ms / 1e6;
+  } else if (name == "U-ViT-M") {
+    models::UViT<float> m(models::uvit_config("imagenet64_uvit_mid"));
+    randomize(m);
+    weights = static_cast<double>(nn::count_parameters<float>(m));
+    const auto x = gen.normal<float>({B, 3, 64, 64});
+    ms = median_ms(reps, [&] { m.forward(x, t, &y); });
+  } else if (name == "ADM-64") {
+    models::UNetConfig c;
+    c.image_size = 64, c.in_channels = 3, c.model_channels = 192, c.out_channels = 6, c.num_res_blocks = 3;
+    c.attention_resolutions = {2, 4, 8}, c.channel_mult = {1, 2, 3, 4}, c.num_classes = 1000, c.num_head_channels = 64;
+    c.use_scale_shift_norm = true, c.resblock_updown = true, c.use_new_attention_order = true;
+    models::UNet<float> m(c);
+    randomize(m);
+    weights = static_cast<double>(nn::count_parameters<float>(m));
+    const auto x = gen.normal<float>({B, 3, 64, 64});
+    ms = median_ms(reps, [&] { m.forward(x, t, &y); });
+  } else {
+    throw ArgumentError("model_forward: unknown MODEL \"" + name + "\"; expected DiT-S/2 ... DiT-XL/8, U-ViT-M or ADM-64");
+  }
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  std::printf("%-9s B=%lld threads=%d  %9.1f ms", name.c_str(), static_cast<long long>(B), threads, ms);
+  if (gflops > 0) std::printf("  %6.1f GFLOP/s", gflops);
+  std::printf("  peak RSS %6.0f MB (weights %5.0f MB)\n", ru.ru_maxrss / 1024.0, weights * 4 / (1 << 20));
+  return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "%s\n", e.what());
+  return 1;
+}

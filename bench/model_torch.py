@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""The PyTorch column of the model tables in docs/performance.md: the upstream modules with random
+weights, on the inputs of model_forward.cpp.
+
+    OMP_WAIT_POLICY=PASSIVE OPENBLAS_NUM_THREADS=2 /usr/bin/python3 bench/model_torch.py MODEL BATCH THREADS [REPS]
+
+MODEL: DiT-S/2 ... DiT-XL/8 (DIT_SRC; timm 0.9 and huggingface_hub's src/ on PYTHONPATH),
+U-ViT-M (UVIT_SRC, einops on PYTHONPATH; "math" attention), ADM-64 (GD_SRC). Debian's
+python3-torch with libopenblas0-pthread installed (else it uses the reference BLAS).
+"""
+import os
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+name, batch, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+reps = int(sys.argv[4]) if len(sys.argv) > 4 else 5
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+
+
+def src(var):
+    path = os.environ.get(var)
+    if not path:
+        sys.exit(f"set {var} to the upstream checkout for {name}")
+    sys.path.insert(0, path)
+
+
+t = torch.tensor([999.0 - 100 * b for b in range(batch)])
+y = torch.tensor([7 * b for b in range(batch)])
+if name.startswith("DiT-"):
+    src("DIT_SRC")
+    import models  # noqa: E402
+    m = models.DiT_models[name]()
+    x = torch.randn(batch, 4, 32, 32)
+elif name == "U-ViT-M":
+    src("UVIT_SRC")
+    from libs import uvit  # noqa: E402
+    uvit.ATTENTION_MODE = "math"
+    m = uvit.UViT(img_size=64, patch_size=4, embed_dim=768, depth=16, num_heads=12, mlp_ratio=4, qkv_bias=False,
+                  mlp_time_embed=False, num_classes=1000)
+    x = torch.randn(batch, 3, 64, 64)
+elif name == "ADM-64":
+    src("GD_SRC")
+    from guided_diffusion.unet import UNetModel  # noqa: E402
+    m = UNetModel(image_size=64, in_channels=3, model_channels=192, out_channels=6, num_res_blocks=3,
+                  attention_resolutions=(2, 4, 8), channel_mult=(1, 2, 3, 4), num_classes=1000, num_head_channels=64,
+                  use_scale_shift_norm=True, resblock_updown=True, use_new_attention_order=True)
+    x = torch.randn(batch, 3, 64, 64)
+else:
+    sys.exit(f"unknown MODEL {name}")
+m = m.eval()
+with torch.no_grad():
+    for k, p in m.named_parameters():
+        if k != "pos_embed":
+            p.normal_(0, 0.02)
+with torch.inference_mode():
+    m(x, t, y)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        m(x, t, y)
+        times.append(time.perf_counter() - t0)
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+weights = sum(p.numel() for p in m.state_dict().values()) * 4 / 2**20
+print(f"{name:9s} B={batch} threads={threads}  {statistics.median(times) * 1e3:9.1f} ms  peak RSS {rss:6.0f} MB (weights {weights:5.0f} MB)")
