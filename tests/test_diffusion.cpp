@@ -11,6 +11,7 @@
 #include <algorithm>
 
 #include <ditto/core/rng.hpp>
+#include <ditto/core/threading.hpp>
 #include <ditto/io/safetensors.hpp>
 
 #include "helpers.hpp"
@@ -595,4 +596,55 @@ TEST_CASE("flow-matching Euler reproduces a mixture and returns a single point e
   CHECK(std::abs(t3[2] - 3 * 0.5 / (1 + 2 * 0.5)) < 1e-15);
   CHECK_THROWS_WITH(flow_timesteps(0), Catch::Contains("at least 1 step"));
   CHECK_THROWS_WITH(flow_timesteps(5, 0.0), Catch::Contains("shift must be positive"));
+}
+
+TEST_CASE("every sampler gives the same samples for the same seed at 1 and 3 threads", "[diffusion][sampling]") {
+  const auto betas = named_beta_schedule("linear", 1000);
+  const Schedule base(betas), ddim20 = Schedule::spaced(betas, space_timesteps(1000, "ddim20"));
+  const Mixture mix{{0.3, 0.7}, {-2.0, 1.5}, {0.5, 0.3}, &base};
+  const auto ns = NoiseScheduleVP::discrete(betas);
+  auto eps_continuous = [&](const Tensor<double>& x, const std::vector<double>& t) { return mix.eps(x, ns.alpha(t[0]), ns.sigma(t[0])); };
+  auto velocity = [&](const Tensor<double>& x, const std::vector<double>& t) {
+    Tensor<double> v(x.shape());
+    for (std::int64_t i = 0; i < x.numel(); ++i) {
+      const auto [en, ex0] = mix.denoise(x[i], 1 - t[0], t[0]);
+      v[i] = en - ex0;
+    }
+    return v;
+  };
+  auto run_all = [&] {
+    std::vector<Tensor<double>> out;
+    SampleOptions so;
+    so.var_type = ModelVarType::fixed_small;
+    so.eta = 1.0;  // DDIM with noise
+    so.progress = {};
+    const Shape shape{4096, 1};  // large enough that the noise draws split over threads
+    Generator g1(5), g2(5), g3(5), g4(5), g5(5);
+    out.push_back(ddpm_sample_loop<double>(ddim20, mix, shape, g1, so));
+    out.push_back(ddim_sample_loop<double>(ddim20, mix, shape, g2, so));
+    DpmSolverPPOptions pp;
+    pp.progress = {};
+    pp.steps = 10;
+    out.push_back(dpmpp_sample_loop<double>(base, mix, shape, g3, pp));
+    DpmSolverOptions fast;
+    fast.progress = {};
+    fast.steps = 9;
+    fast.t_end = 1e-3;
+    out.push_back(dpm_solver_sample<double>(ns, eps_continuous, shape, g4, fast));
+    FlowOptions fo;
+    fo.progress = {};
+    fo.steps = 10;
+    out.push_back(flow_euler_sample<double>(velocity, shape, g5, fo));
+    return out;
+  };
+  const int before = get_num_threads();
+  set_num_threads(1);
+  const auto one = run_all();
+  set_num_threads(3);
+  const auto three = run_all();
+  set_num_threads(before);
+  for (std::size_t i = 0; i < one.size(); ++i) {
+    INFO("sampler " << i);
+    ditto_test::require_equal(one[i], three[i]);
+  }
 }

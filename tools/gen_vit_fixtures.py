@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes tests/fixtures/vit_f32.safetensors, vit_f64.safetensors and vit_configs.json: timm's
-VisionTransformer (0.9.x) on small configs covering its options (token / avg / no pooling,
+VisionTransformer (0.9.x) on small configs covering its options (token / avg / attention / no pooling,
 register tokens, LayerScale, q/k norm, no_embed_class, pre_norm, rectangular images and patches,
 a size the patch does not divide, no head), every parameter randomized. Each case stores
 `name.w.*` (the state dict), `name.in.x`, `name.out` and per-module traces `name.trace.*`.
@@ -27,6 +27,8 @@ CASES = {  # name: (constructor kwargs, batch)
                              init_values=0.1, reg_tokens=2, qk_norm=True, num_classes=5, mlp_ratio=3.0), 3),
     "noembed_prenorm_features": (dict(img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2, no_embed_class=True,
                                       pre_norm=True, num_classes=0, act_layer="gelu_tanh", drop_path_rate=0.1), 2),
+    "map_pool": (dict(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2, global_pool="map", num_classes=4,
+                      mlp_ratio=2.0), 3),
     "nopool_crop": (dict(img_size=20, patch_size=8, embed_dim=16, depth=1, num_heads=1, global_pool="", class_token=False,
                          num_classes=3, qkv_bias=False, in_chans=1, fc_norm=True), 1),
 }
@@ -53,6 +55,8 @@ for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
         traces = {}
         mods = [("patch_embed", m.patch_embed), ("norm_pre", m.norm_pre), ("norm", m.norm), ("fc_norm", m.fc_norm),
                 ("head", m.head)] + [(f"blocks.{i}", b) for i, b in enumerate(m.blocks)]
+        if m.attn_pool is not None:
+            mods.append(("attn_pool", m.attn_pool))
         hooks = [mod.register_forward_hook(lambda _m, _i, o, key=key: traces.__setitem__(key, o)) for key, mod in mods]
         with th.no_grad():
             out[f"{name}.out"] = m(x)

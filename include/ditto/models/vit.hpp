@@ -2,7 +2,8 @@
 // it (timm 0.9), with its state-dict names: the layout of google-research's ViT-B/16 ports
 // (cls_token, pos_embed, patch_embed.proj, blocks.N.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1,
 // mlp.fc2}, norm, head) and timm's options: register tokens, LayerScale (init_values), q/k norm,
-// no_embed_class, pre_norm, average pooling with fc_norm, rectangular images and patches.
+// no_embed_class, pre_norm, average pooling with fc_norm, attention pooling ("map"),
+// rectangular images and patches.
 //
 //   models::ViT<float> vit(models::ViTConfig::from_json(kwargs));   // timm's keyword arguments
 //   nn::load<float>(vit, "vit_base_patch16_224.safetensors");
@@ -38,7 +39,7 @@ namespace ditto::models {
 struct ViTConfig {
   std::array<std::int64_t, 2> img_size{224, 224}, patch_size{16, 16};
   std::int64_t in_chans = 3, num_classes = 1000;
-  std::string global_pool = "token";  // "token", "avg" or "" (no pooling)
+  std::string global_pool = "token";  // "token", "avg", "map" (attention pooling) or "" (none)
   std::int64_t embed_dim = 768, depth = 12, num_heads = 12;
   double mlp_ratio = 4.0;
   bool qkv_bias = true, qk_norm = false;
@@ -111,9 +112,7 @@ struct ViTConfig {
 
   void validate() const {
     using ditto::detail::cat;
-    if (global_pool == "map")
-      throw ArgumentError("VisionTransformer config: global_pool \"map\" (attention pooling) is not supported yet");
-    if (global_pool != "token" && global_pool != "avg" && !global_pool.empty())
+    if (global_pool != "token" && global_pool != "avg" && global_pool != "map" && !global_pool.empty())
       throw ArgumentError(cat("VisionTransformer config: global_pool must be \"token\", \"avg\", \"map\" or \"\", got \"", global_pool, "\""));
     if (!class_token && global_pool == "token")
       throw ArgumentError("VisionTransformer config: global_pool \"token\" needs class_token (timm asserts the same)");
@@ -191,6 +190,52 @@ struct ViTBlock {
   }
 };
 
+// timm's AttentionPoolLatent (global_pool "map"): one learned latent query attends over all
+// tokens, then proj, and a residual MLP on its LayerNorm: x + mlp(norm(x)). -> (B, D).
+template <class T = float>
+struct AttentionPoolLatent {
+  std::int64_t dim = 0, num_heads = 1;
+  Tensor<T> latent;  // (1, 1, D)
+  nn::Linear<T> q, kv, proj;
+  nn::LayerNorm<T> norm;
+  nn::Mlp<T> mlp;
+
+  AttentionPoolLatent() = default;
+  AttentionPoolLatent(std::int64_t d, std::int64_t heads, std::int64_t mlp_hidden)
+      : dim(d), num_heads(heads), latent({1, 1, d}), q(d, d), kv(d, 2 * d), proj(d, d), norm(d, 1e-6),
+        mlp(d, mlp_hidden, d, nn::Activation::gelu) {}
+
+  template <class V>
+  void visit(V& v) {
+    v("latent", latent);
+    v("q", q);
+    v("kv", kv);
+    v("proj", proj);
+    v("norm", norm);
+    v("mlp", mlp);
+  }
+
+  // x: (B, L, D) -> (B, D)
+  Tensor<T> forward(const Tensor<T>& x) const {
+    const std::int64_t B = x.size(0), L = x.size(1), D = dim, hd = D / num_heads;
+    const Tensor<T> query = q.forward(latent.reshape({1, D}));  // the same query for every image
+    const Tensor<T> keys_values = kv.forward(x);                 // (B, L, 2D): k then v
+    Tensor<T> o = Tensor<T>::empty({B, D});
+    std::vector<nn::AttentionProblem<T>> problems;
+    for (std::int64_t b = 0; b < B; ++b)
+      for (std::int64_t h = 0; h < num_heads; ++h) {
+        const T* kb = keys_values.data() + b * L * 2 * D + h * hd;
+        problems.push_back({query.data() + h * hd, kb, kb + D, o.data() + b * D + h * hd, 1, L, nullptr});
+      }
+    nn::attention_kernel(problems, nn::AttentionLayout{hd, hd, D, 2 * D, 2 * D, D, 0},
+                         static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd))));
+    Tensor<T> out = proj.forward(o);
+    const Tensor<T> m = mlp.forward(norm.forward(out));
+    for (std::int64_t i = 0; i < out.numel(); ++i) out[i] += m[i];
+    return out;
+  }
+};
+
 template <class T = float>
 struct ViT {
   ViTConfig config;
@@ -198,6 +243,7 @@ struct ViT {
   Tensor<T> cls_token, reg_token, pos_embed;
   nn::LayerNorm<T> norm_pre, norm, fc_norm;
   std::vector<ViTBlock<T>> blocks;
+  AttentionPoolLatent<T> attn_pool;  // global_pool "map"
   nn::Linear<T> head;
   mutable DiTBuffers<T> buffers;
 
@@ -212,6 +258,7 @@ struct ViT {
     for (std::int64_t i = 0; i < c.depth; ++i) blocks.emplace_back(c);
     if (c.use_fc_norm()) fc_norm = nn::LayerNorm<T>(c.embed_dim, 1e-6);
     else norm = nn::LayerNorm<T>(c.embed_dim, 1e-6);
+    if (c.global_pool == "map") attn_pool = AttentionPoolLatent<T>(c.embed_dim, c.num_heads, c.mlp_hidden());
     if (c.num_classes > 0) head = nn::Linear<T>(c.embed_dim, c.num_classes);
   }
 
@@ -225,6 +272,7 @@ struct ViT {
     v("blocks", blocks);
     if (config.use_fc_norm()) v("fc_norm", fc_norm);
     else v("norm", norm);
+    if (config.global_pool == "map") v("attn_pool", attn_pool);
     if (config.num_classes > 0) v("head", head);
   }
 
@@ -278,7 +326,10 @@ struct ViT {
     if (trace) trace("norm", tokens);
     // forward_head: pool, fc_norm, head
     Tensor<T> pooled;
-    if (c.global_pool == "avg") {
+    if (c.global_pool == "map") {
+      pooled = attn_pool.forward(tokens);
+      if (trace) trace("attn_pool", pooled);
+    } else if (c.global_pool == "avg") {
       pooled = Tensor<T>({B, D});
       for (std::int64_t b = 0; b < B; ++b)
         for (std::int64_t n = P; n < L; ++n)
