@@ -3,7 +3,8 @@
 //
 //   model_forward MODEL BATCH THREADS [REPS]
 //     MODEL: DiT-S/2 ... DiT-XL/8 (on 4 x 32 x 32 latents), U-ViT-M (imagenet64_uvit_mid, 64x64
-//     pixels), ADM-64 (guided-diffusion's class-conditional 64x64 U-Net)
+//     pixels), ADM-64 (guided-diffusion's class-conditional 64x64 U-Net), Latte-S/2 ... Latte-XL/2
+//     (16 frames of 4 x 32 x 32 latents: 16 x 256 tokens, class-conditional)
 //
 // Random weights (the speed does not depend on their values), labels and timesteps. Prints the
 // median time of REPS forwards after one warm-up, for DiT the matrix-product FLOP/s it amounts
@@ -37,7 +38,7 @@ template <class Model>
 static void randomize(Model& m) {
   Generator gen(0);
   for (auto& [n, t] : nn::named_parameters<float>(m))
-    if (n != "pos_embed") gen.fill_normal(*t, 0.0, 0.02);
+    if (n != "pos_embed" && n != "temp_embed") gen.fill_normal(*t, 0.0, 0.02);
 }
 
 static double median_ms(int reps, const std::function<void()>& f) {
@@ -54,7 +55,7 @@ static double median_ms(int reps, const std::function<void()>& f) {
 
 int main(int argc, char** argv) try {
   if (argc < 4) {
-    std::fprintf(stderr, "usage: %s MODEL BATCH THREADS [REPS]   (DiT-XL/2, U-ViT-M or ADM-64)\n", argv[0]);
+    std::fprintf(stderr, "usage: %s MODEL BATCH THREADS [REPS]   (DiT-XL/2, U-ViT-M, ADM-64, Latte-XL/2)\n", argv[0]);
     return 2;
   }
   const std::string name = argv[1];
@@ -91,8 +92,18 @@ int main(int argc, char** argv) try {
     weights = static_cast<double>(nn::count_parameters<float>(m));
     const auto x = gen.normal<float>({B, 3, 64, 64});
     ms = median_ms(reps, [&] { m.forward(x, t, &y); });
+  } else if (name.rfind("Latte-", 0) == 0) {
+    const models::DiTConfig d = models::dit_config("DiT-" + name.substr(6));  // Latte's sizes are DiT's
+    models::LatteConfig c;
+    c.depth = d.depth, c.hidden_size = d.hidden_size, c.num_heads = d.num_heads, c.patch_size = d.patch_size;
+    c.extras = 2, c.num_frames = 16;
+    models::Latte<float> m(c);
+    randomize(m);
+    weights = static_cast<double>(nn::count_parameters<float>(m));
+    const auto x = gen.normal<float>({B, 16, 4, 32, 32});
+    ms = median_ms(reps, [&] { m.forward(x, t, &y); });
   } else {
-    throw ArgumentError("model_forward: unknown MODEL \"" + name + "\"; expected DiT-S/2 ... DiT-XL/8, U-ViT-M or ADM-64");
+    throw ArgumentError("model_forward: unknown MODEL \"" + name + "\"; expected DiT-S/2 ... DiT-XL/8, U-ViT-M, ADM-64 or Latte-S/2 ... Latte-XL/2");
   }
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);

@@ -5,7 +5,8 @@ weights, on the inputs of model_forward.cpp.
     OMP_WAIT_POLICY=PASSIVE OPENBLAS_NUM_THREADS=2 /usr/bin/python3 bench/model_torch.py MODEL BATCH THREADS [REPS]
 
 MODEL: DiT-S/2 ... DiT-XL/8 (DIT_SRC; timm 0.9 and huggingface_hub's src/ on PYTHONPATH),
-U-ViT-M (UVIT_SRC, einops on PYTHONPATH; "math" attention), ADM-64 (GD_SRC). Debian's
+U-ViT-M (UVIT_SRC, einops on PYTHONPATH; "math" attention), ADM-64 (GD_SRC), Latte-S/2 ...
+Latte-XL/2 (LATTE_SRC, timm and einops on PYTHONPATH; 16 frames, class-conditional). Debian's
 python3-torch with libopenblas0-pthread installed (else it uses the reference BLAS).
 """
 import os
@@ -50,12 +51,20 @@ elif name == "ADM-64":
                   attention_resolutions=(2, 4, 8), channel_mult=(1, 2, 3, 4), num_classes=1000, num_head_channels=64,
                   use_scale_shift_norm=True, resblock_updown=True, use_new_attention_order=True)
     x = torch.randn(batch, 3, 64, 64)
+elif name.startswith("Latte-"):
+    sys.path.insert(0, os.path.join(os.environ.get("LATTE_SRC", ""), "models"))
+    import latte  # noqa: E402
+    size = {"S": dict(depth=12, hidden_size=384, num_heads=6), "B": dict(depth=12, hidden_size=768, num_heads=12),
+            "L": dict(depth=24, hidden_size=1024, num_heads=16), "XL": dict(depth=28, hidden_size=1152, num_heads=16)}
+    kind, patch = name[len("Latte-"):].split("/")
+    m = latte.Latte(**size[kind], patch_size=int(patch), num_frames=16, extras=2)
+    x = torch.randn(batch, 16, 4, 32, 32)
 else:
     sys.exit(f"unknown MODEL {name}")
 m = m.eval()
 with torch.no_grad():
     for k, p in m.named_parameters():
-        if k != "pos_embed":
+        if k not in ("pos_embed", "temp_embed"):
             p.normal_(0, 0.02)
 with torch.inference_mode():
     m(x, t, y)

@@ -3,7 +3,9 @@
 // tools/gen_<model>_fixtures.py from the upstream code): relative error <= 1e-4 for whole models
 // in float32 and <= 1e-10 in double, layer by layer through the traces; then config and input
 // errors.
+#include <ditto/core/rng.hpp>
 #include <ditto/models/dit.hpp>
+#include <ditto/models/latte.hpp>
 #include <ditto/models/runner.hpp>
 #include <ditto/models/unet.hpp>
 #include <ditto/models/uvit.hpp>
@@ -271,6 +273,71 @@ TEST_CASE("U-Net configs: required arguments + refusals + input errors", "[model
   CHECK(m.forward(Tensor<float>({1, 3, 6, 10}), t, &y).shape() == Shape{1, 3, 6, 10});
 }
 
+TEMPLATE_TEST_CASE("Latte equals Vchitect/Latte: spatial + temporal blocks, forward_with_cfg, every traced module",
+                   "[models][latte]", float, double) {
+  using T = TestType;
+  const ModelFixture<T> fx("latte");
+  int cases = 0;
+  for (const auto& [name, kwargs] : fx.configs.items()) {
+    if (!fx.has_case(name)) continue;
+    INFO(name << " " << kwargs.dump());
+    ++cases;
+    Latte<T> m(LatteConfig::from_json(kwargs));
+    fx.load_case(m, name);
+    const auto x = fx.file.template get<T>(name + ".in.x");
+    const auto t = fx.file.template get<T>(name + ".in.t");
+    std::optional<Tensor<std::int64_t>> y;
+    if (fx.file.contains(name + ".in.y")) y = fx.file.template get<std::int64_t>(name + ".in.y");
+    std::map<std::string, Tensor<T>> traces;
+    const auto out = m.forward(x, t, y ? &*y : nullptr, [&](const std::string& k, const Tensor<T>& v) { traces[k] = v.clone(); });
+    CHECK_CLOSE(out, fx.file.template get<T>(name + ".out"), fx.tol);
+    int compared = 0;
+    for (const auto& n : fx.file.names()) {
+      const std::string prefix = name + ".trace.";
+      if (n.rfind(prefix, 0) != 0) continue;
+      const std::string k = n.substr(prefix.size());
+      INFO("trace " << k);
+      REQUIRE(traces.count(k));
+      CHECK_CLOSE(traces[k], fx.file.template get<T>(n), fx.tol);
+      ++compared;
+    }
+    CHECK(compared >= 5);
+    const double scale = fx.file.template get<T>(name + ".in.cfg_scale")[0];
+    CHECK_CLOSE(m.forward_with_cfg(x, t, y ? &*y : nullptr, scale), fx.file.template get<T>(name + ".cfg_out"), fx.tol);
+  }
+  CHECK(cases >= 1);
+}
+
+TEST_CASE("Latte configs: upstream's arguments + refusals + a one-frame video's temporal blocks", "[models][latte]") {
+  auto from = [](const char* text) { return LatteConfig::from_json(nlohmann::json::parse(text)); };
+  CHECK(from("{}").num_frames == 16);
+  CHECK_THROWS_WITH(from(R"({"depth": 3})"), Catch::Contains("depth must be even"));
+  CHECK_THROWS_WITH(from(R"({"extras": 78})"), Catch::Contains("extras = 78 (text embeddings)"));
+  CHECK_THROWS_WITH(from(R"({"attention_mode": "fast"})"), Catch::Contains("attention_mode must be math, xformers or flash"));
+  CHECK_THROWS_WITH(from(R"({"use_image_num": 2})"), Catch::Contains("unknown argument \"use_image_num\""));
+  const LatteConfig c = from(R"({"input_size": 8, "patch_size": 4, "in_channels": 2, "hidden_size": 8, "depth": 2, "num_heads": 2,
+                                 "num_frames": 1})");
+  Latte<double> m(c);
+  Generator g(3);
+  for (auto& [n, t] : nn::named_parameters<double>(m))
+    if (n != "pos_embed" && n != "temp_embed") g.fill_normal(*t, 0.0, 0.3);
+  // with one frame each position's temporal attention sees only itself: its softmax weight is 1
+  // and it returns that token's value, so the queries and keys do not matter. Scrambling the q
+  // and k rows of the temporal block's qkv leaves the output as it was; the v rows do not.
+  const auto x = g.normal<double>({2, 1, 2, 8, 8});
+  const Tensor<double> t({2}, std::vector<double>{10, 500});
+  const auto before = m.forward(x, t);
+  auto& qkv = m.blocks[1].attn.qkv;
+  for (std::int64_t i = 0; i < 2 * 8 * 8; ++i) qkv.weight[i] = 3.0 * std::sin(static_cast<double>(i));  // q, k rows
+  for (std::int64_t i = 0; i < 2 * 8; ++i) qkv.bias[i] = -1.0;
+  CHECK_CLOSE(m.forward(x, t), before, 1e-13);
+  qkv.weight[2 * 8 * 8] += 1.0;  // a v row
+  CHECK(ditto_test::rel_error(m.forward(x, t), before) > 1e-6);
+  CHECK_THROWS_WITH(m.forward(g.normal<double>({2, 2, 2, 8, 8}), t), Catch::Contains("expected x (B, 1, 2, 8, 8)"));
+  const Tensor<std::int64_t> y({2});
+  CHECK_THROWS_WITH(m.forward(x, t, &y), Catch::Contains("takes no labels (extras = 1)"));
+}
+
 TEST_CASE("DiT configs: named sizes + upstream's arguments + clear errors", "[models][dit]") {
   const DiTConfig xl = dit_config("DiT-XL/2");
   CHECK((xl.depth == 28 && xl.hidden_size == 1152 && xl.num_heads == 16 && xl.patch_size == 2));
@@ -504,6 +571,37 @@ TEST_CASE("ditto-forward runs the U-Net (class-conditional; non-square, uncondit
     const auto [code2, err2] = r.run(args + " --cfg-scale 2");
     CHECK(code2 == 1);
     CHECK_THAT(err2, Catch::Contains("UNetModel has no forward_with_cfg upstream"));
+  }
+}
+
+TEST_CASE("ditto-forward runs Latte with and without guidance", "[models][latte][forward]") {
+  const ModelFixture<float> fx("latte");
+  const ForwardRun r;
+  for (const std::string c : {"uncond", "class_patch4_odd"}) {
+    INFO(c);
+    r.write_json("config.json", fx.configs[c]);
+    save_safetensors(r.path("w.safetensors"), with_prefix<float>(fx.file, c + ".w."));
+    std::vector<std::pair<std::string, Tensor<std::int64_t>>> labels;
+    if (fx.file.contains(c + ".in.y")) labels.emplace_back("y", fx.file.get<std::int64_t>(c + ".in.y"));
+    save_mixed(r.path("in.safetensors"), {{"x", fx.file.get<float>(c + ".in.x")}, {"t", fx.file.get<float>(c + ".in.t")}}, labels);
+    save_mixed(r.path("in_cfg.safetensors"),
+               {{"x", fx.file.get<float>(c + ".in.x")}, {"t", fx.file.get<float>(c + ".in.t")},
+                {"cfg_scale", fx.file.get<float>(c + ".in.cfg_scale")}},
+               labels);
+    const std::string args = "--model latte --config " + r.path("config.json") + " --weights " + r.path("w.safetensors") +
+                             " --output " + r.path("out.safetensors");
+    auto [code, err] = r.run(args + " --inputs " + r.path("in.safetensors") + " --trace");
+    INFO(err);
+    REQUIRE(code == 0);
+    {
+      const SafetensorsFile out(r.path("out.safetensors"));
+      CHECK_CLOSE(out.get<float>("out"), fx.file.get<float>(c + ".out"), 1e-4);
+      CHECK_CLOSE(out.get<float>("trace.blocks.1"), fx.file.get<float>(c + ".trace.blocks.1"), 1e-4);
+    }
+    std::tie(code, err) = r.run(args + " --inputs " + r.path("in_cfg.safetensors"));
+    REQUIRE(code == 0);
+    const SafetensorsFile out(r.path("out.safetensors"));
+    CHECK_CLOSE(out.get<float>("out"), fx.file.get<float>(c + ".cfg_out"), 1e-4);
   }
 }
 

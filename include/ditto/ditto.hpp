@@ -24,4 +24,5 @@
 #include "models/vit.hpp"
 #include "models/uvit.hpp"
 #include "models/unet.hpp"
+#include "models/latte.hpp"
 #include "models/runner.hpp"

@@ -22,7 +22,7 @@
 
 namespace {
 const char* kUsage =
-    "usage: ditto-forward --model {vit,dit,uvit,unet} --config CONFIG.json --weights W.safetensors\n"
+    "usage: ditto-forward --model {vit,dit,uvit,unet,latte} --config CONFIG.json --weights W.safetensors\n"
     "                     --inputs IN.safetensors --output OUT.safetensors [--cfg-scale S] [--threads N] [--trace]\n";
 
 struct UsageError : ditto::ArgumentError {

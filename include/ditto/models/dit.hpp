@@ -109,6 +109,19 @@ inline DiTConfig dit_config(const std::string& name, std::int64_t input_size = 3
   return c;
 }
 
+// timm's PatchEmbed is a stride-p convolution, so an image whose size p does not divide loses
+// its last rows and columns: x (B, C, S, S) cropped to the largest multiple of p.
+template <class T>
+inline Tensor<T> crop_to_patches(const Tensor<T>& x, std::int64_t p) {
+  const std::int64_t S = x.size(2), kept = S / p * p, BC = x.size(0) * x.size(1);
+  if (kept == S && x.size(3) == S) return x;
+  Tensor<T> out = Tensor<T>::empty({x.size(0), x.size(1), kept, kept});
+  for (std::int64_t bc = 0; bc < BC; ++bc)
+    for (std::int64_t r = 0; r < kept; ++r)
+      std::copy(x.data() + (bc * S + r) * x.size(3), x.data() + (bc * S + r) * x.size(3) + kept, out.data() + (bc * kept + r) * kept);
+  return out;
+}
+
 // Called with (upstream module name, its output) after each top-level submodule, when given.
 template <class T>
 using Trace = std::function<void(const std::string&, const Tensor<T>&)>;
@@ -232,16 +245,25 @@ struct DiTBlock {
     v("adaLN_modulation.1", adaLN_modulation);
   }
 
-  // x: B * n token rows of D, updated in place. mod: (B, 6D) = adaLN_modulation(SiLU(c)).
-  void forward_inplace(T* x, std::int64_t B, std::int64_t n, const T* mod, const std::vector<std::int64_t>& cu,
-                       DiTBuffers<T>& buf) const {
-    const std::int64_t D = hidden_size, rows = B * n, S = 6 * D;
+  // x: rows of D, updated in place; every rows_per_cond consecutive rows share one condition,
+  // mod: (rows / rows_per_cond, 6D) = adaLN_modulation(SiLU(c)). attend(h, y) runs the attention
+  // from the normed rows h into y (packed sequences for DiT, also strided ones for video).
+  template <class Attend>
+  void forward_with(T* x, std::int64_t rows, std::int64_t rows_per_cond, const T* mod, DiTBuffers<T>& buf, Attend&& attend) const {
+    const std::int64_t D = hidden_size, S = 6 * D, n = rows_per_cond;
     detail::norm_modulate(x, buf.h.data(), rows, n, D, mod + 0 * D, mod + 1 * D, S, 1e-6);
-    attn.forward_packed_into(buf.h.data(), cu, buf.y.data(), buf.qkv.data(), buf.o.data());
+    attend(buf.h.data(), buf.y.data());
     detail::gated_add(x, buf.y.data(), rows, n, D, mod + 2 * D, S);
     detail::norm_modulate(x, buf.h.data(), rows, n, D, mod + 3 * D, mod + 4 * D, S, 1e-6);
     mlp.forward_into(buf.h.data(), buf.y.data(), rows, buf.hidden.data());
     detail::gated_add(x, buf.y.data(), rows, n, D, mod + 5 * D, S);
+  }
+
+  // x: B * n token rows of D (sequences cu), updated in place. mod: (B, 6D).
+  void forward_inplace(T* x, std::int64_t B, std::int64_t n, const T* mod, const std::vector<std::int64_t>& cu,
+                       DiTBuffers<T>& buf) const {
+    forward_with(x, B * n, n, mod, buf,
+                 [&](const T* h, T* y) { attn.forward_packed_into(h, cu, y, buf.qkv.data(), buf.o.data()); });
   }
 
   // The block alone (allocating): x (B, N, D), c (B, D).
@@ -330,16 +352,7 @@ struct DiT {
       throw ShapeError(cat("DiT: expected t of shape (", B, "), one timestep per batch entry, got ", shape_str(t.shape())));
     if (y.dim() != 1 || y.size(0) != B)
       throw ShapeError(cat("DiT: expected y of shape (", B, "), one label per batch entry, got ", shape_str(y.shape())));
-    // timm's PatchEmbed: a stride-p convolution, so a size that p does not divide loses its edge
-    Tensor<T> xin = x;
-    if (c.input_size % c.patch_size) {
-      xin = Tensor<T>::empty({B, c.in_channels, g * c.patch_size, g * c.patch_size});
-      for (std::int64_t bc = 0; bc < B * c.in_channels; ++bc)
-        for (std::int64_t r = 0; r < g * c.patch_size; ++r)
-          std::copy(x.data() + (bc * c.input_size + r) * c.input_size, x.data() + (bc * c.input_size + r) * c.input_size + g * c.patch_size,
-                    xin.data() + (bc * g * c.patch_size + r) * g * c.patch_size);
-    }
-    Tensor<T> tokens = x_embedder.forward(xin);  // (B, n, D)
+    Tensor<T> tokens = x_embedder.forward(crop_to_patches(x, c.patch_size));  // (B, n, D)
     if (trace) trace("x_embedder", tokens);
     if (pos_embed.numel() != n * D)
       throw ShapeError(cat("DiT: pos_embed must hold (1, ", n, ", ", D, "), got ", shape_str(pos_embed.shape())));

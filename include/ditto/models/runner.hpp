@@ -25,6 +25,7 @@
 #include "../io/safetensors.hpp"
 #include "../nn/module.hpp"
 #include "dit.hpp"
+#include "latte.hpp"
 #include "unet.hpp"
 #include "uvit.hpp"
 #include "vit.hpp"
@@ -32,7 +33,7 @@
 namespace ditto::models {
 
 struct ForwardRequest {
-  std::string model;               // vit, dit, uvit, unet (latte, vae-encode, vae-decode: later)
+  std::string model;               // vit, dit, uvit, unet, latte (vae-encode, vae-decode: later)
   nlohmann::json config;           // the upstream constructor's keyword arguments
   const SafetensorsFile* weights = nullptr;
   const SafetensorsFile* inputs = nullptr;
@@ -97,6 +98,21 @@ struct Inputs {
   }
 };
 
+// The guidance scale of a model with forward_with_cfg: --cfg-scale, or a 1-element input
+// `cfg_scale` (both: they must agree); none: the plain forward.
+inline std::optional<double> guidance_scale(const ForwardRequest& r, Inputs& in, const char* model) {
+  std::optional<double> scale = r.cfg_scale;
+  if (in.has("cfg_scale")) {
+    const Tensor<float> s = in.floats("cfg_scale", static_cast<int>(r.inputs->info("cfg_scale").shape.size()));
+    if (s.numel() != 1)
+      throw ShapeError(ditto::detail::cat(model, ": input \"cfg_scale\" must hold one value, got shape ", shape_str(s.shape())));
+    if (r.cfg_scale && *r.cfg_scale != s[0])
+      throw ArgumentError(ditto::detail::cat(model, ": --cfg-scale ", *r.cfg_scale, " and the input cfg_scale ", s[0], " disagree"));
+    scale = s[0];
+  }
+  return scale;
+}
+
 template <class Model>
 inline void load_weights(Model& m, const SafetensorsFile& weights) {
   nn::load<float>(m, weights, /*strict=*/true);
@@ -108,15 +124,7 @@ inline NamedTensors run_dit(const ForwardRequest& r) {
   Inputs in{*r.inputs, "DiT", {}};
   const Tensor<float> x = in.floats("x", 4), t = in.floats("t", 1);
   const Tensor<std::int64_t> y = in.labels("y");
-  std::optional<double> scale = r.cfg_scale;
-  if (in.has("cfg_scale")) {
-    const Tensor<float> s = in.floats("cfg_scale", static_cast<int>(r.inputs->info("cfg_scale").shape.size()));
-    if (s.numel() != 1)
-      throw ShapeError(ditto::detail::cat("DiT: input \"cfg_scale\" must hold one value, got shape ", shape_str(s.shape())));
-    if (r.cfg_scale && *r.cfg_scale != s[0])
-      throw ArgumentError(ditto::detail::cat("DiT: --cfg-scale ", *r.cfg_scale, " and the input cfg_scale ", s[0], " disagree"));
-    scale = s[0];
-  }
+  const std::optional<double> scale = guidance_scale(r, in, "DiT");
   in.finish();
   NamedTensors outputs;
   Trace<float> trace;
@@ -177,10 +185,27 @@ inline NamedTensors run_unet(const ForwardRequest& r) {
   outputs.emplace_back("out", unet.forward(x, t, y ? &*y : nullptr, trace));
   return outputs;
 }
+
+inline NamedTensors run_latte(const ForwardRequest& r) {
+  Latte<float> latte(LatteConfig::from_json(r.config));
+  load_weights(latte, *r.weights);
+  Inputs in{*r.inputs, "Latte", {}};
+  const Tensor<float> x = in.floats("x", 5), t = in.floats("t", 1);
+  std::optional<Tensor<std::int64_t>> y;
+  if (in.has("y")) y = in.labels("y");
+  std::optional<double> scale = guidance_scale(r, in, "Latte");
+  in.finish();
+  NamedTensors outputs;
+  Trace<float> trace;
+  if (r.trace) trace = [&](const std::string& name, const Tensor<float>& v) { outputs.emplace_back("trace." + name, v.clone()); };
+  const Tensor<std::int64_t>* yp = y ? &*y : nullptr;
+  outputs.emplace_back("out", scale ? latte.forward_with_cfg(x, t, yp, *scale, trace) : latte.forward(x, t, yp, trace));
+  return outputs;
+}
 }  // namespace detail
 
 inline const std::vector<std::string>& forward_models() {
-  static const std::vector<std::string> names = {"vit", "dit", "uvit", "unet"};
+  static const std::vector<std::string> names = {"vit", "dit", "uvit", "unet", "latte"};
   return names;
 }
 
@@ -192,7 +217,8 @@ inline NamedTensors run_forward(const ForwardRequest& r) {
   if (r.model == "vit") return detail::run_vit(r);
   if (r.model == "uvit") return detail::run_uvit(r);
   if (r.model == "unet") return detail::run_unet(r);
-  throw ArgumentError(ditto::detail::cat("unknown --model \"", r.model, "\"; expected one of vit, dit, uvit, unet"));
+  if (r.model == "latte") return detail::run_latte(r);
+  throw ArgumentError(ditto::detail::cat("unknown --model \"", r.model, "\"; expected one of vit, dit, uvit, unet, latte"));
 }
 
 }  // namespace ditto::models

@@ -247,6 +247,38 @@ struct Attention {
     return out;
   }
 
+  // Attention within equal-length sequences laid out with a row stride: sequence s is rows
+  // starts[s], starts[s] + stride, ..., (length of them) of x (rows x dim). Video models use it to
+  // attend over frames at one spatial position (stride = tokens per frame) without transposing.
+  // Buffers as forward_packed_into's; out may alias x.
+  void forward_strided_into(const T* x, std::int64_t rows, const std::vector<std::int64_t>& starts, std::int64_t length,
+                            std::int64_t stride, T* out, T* qkv_buf, T* o_buf) const {
+    const std::int64_t H = num_heads, D = dim / num_heads, C = dim;
+    for (auto s : starts)
+      if (s < 0 || length < 1 || stride < 1 || s + (length - 1) * stride >= rows)
+        throw ShapeError(ditto::detail::cat("Attention.forward_strided_into: a sequence from row ", s, " of ", length, " rows ", stride,
+                                            " apart runs past the ", rows, " rows"));
+    qkv.forward_into(x, qkv_buf, rows);
+    if (qk_norm)
+      parallel_for(rows, rows * C * 8, [&](std::int64_t lo, std::int64_t hi) {
+        for (auto t = lo; t < hi; ++t) {
+          T* row = qkv_buf + t * 3 * C;
+          q_norm.forward_into(row, row, H);
+          k_norm.forward_into(row + C, row + C, H);
+        }
+      });
+    std::vector<AttentionProblem<T>> problems;
+    problems.reserve(starts.size() * static_cast<std::size_t>(H));
+    for (auto s : starts)
+      for (std::int64_t h = 0; h < H; ++h) {
+        const T* base = qkv_buf + s * 3 * C + h * D;
+        problems.push_back({base, base + C, base + 2 * C, o_buf + s * C + h * D, length, length, nullptr});
+      }
+    attention_kernel(problems, AttentionLayout{D, D, stride * 3 * C, stride * 3 * C, stride * 3 * C, stride * C, 0},
+                     static_cast<T>(scale));
+    proj.forward_into(o_buf, out, rows);
+  }
+
   // forward_packed into caller memory, for models that keep their buffers across calls: x and
   // out are (cu.back(), dim) rows (out may alias x), qkv_buf holds cu.back() x 3 dim values,
   // o_buf cu.back() x dim. cu (and the mask) as forward_packed checks them.

@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Writes tests/fixtures/latte_f32.safetensors, latte_f64.safetensors and latte_configs.json:
+Vchitect/Latte's models/latte.py (spatial and temporal blocks interleaved) on small and odd
+configs (unconditional and class-conditional, learn_sigma on and off, a size the patch does not
+divide), every parameter randomized, forward and forward_with_cfg on seeded videos
+(B, F, C, H, W). Each case stores `name.w.*`, `name.in.{x,t,y}`, `name.out`, `name.cfg_out` and
+per-module traces `name.trace.*`.
+
+float64 runs the modules in double with the timestep features in float64 (upstream computes them
+in float32): a float64 re-derivation of the same forward. Run with timm 0.9 (+ huggingface_hub's
+src/) and einops on PYTHONPATH:
+
+    PYTHONPATH=/path/to/timm:/path/to/huggingface_hub/src:/path/to/einops LATTE_SRC=/path/to/Latte /usr/bin/python3 tools/gen_latte_fixtures.py
+"""
+import json
+import math
+import os
+import sys
+
+import torch as th
+
+src = os.environ.get("LATTE_SRC")
+if not src:
+    sys.exit("set LATTE_SRC to a checkout of Vchitect/Latte (the folder that holds models/latte.py)")
+sys.path.insert(0, os.path.join(src, "models"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import latte  # noqa: E402  (models/latte.py alone: models/__init__.py pulls in text models)
+from safetensors_writer import save  # noqa: E402
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
+upstream_embedding = latte.TimestepEmbedder.timestep_embedding
+
+
+def embedding_f64(t, dim, max_period=10000):
+    half = dim // 2
+    freqs = th.exp(-math.log(max_period) * th.arange(start=0, end=half, dtype=th.float64) / half)
+    args = t[:, None].double() * freqs[None]
+    emb = th.cat([th.cos(args), th.sin(args)], dim=-1)
+    if dim % 2:
+        emb = th.cat([emb, th.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+CASES = {  # name: (constructor kwargs, batch, cfg scale)
+    "uncond": (dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2, num_frames=3), 2, 3.0),
+    "class_patch4_odd": (dict(input_size=10, patch_size=4, in_channels=3, hidden_size=24, depth=4, num_heads=3, mlp_ratio=2.0,
+                              num_frames=5, extras=2, num_classes=7, learn_sigma=False, attention_mode="xformers"), 2, 2.5),
+}
+
+configs = {}
+for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
+    latte.TimestepEmbedder.timestep_embedding = staticmethod(upstream_embedding if dtype == th.float32 else embedding_f64)
+    g = th.Generator().manual_seed(0)
+    out = {}
+    for name, (kwargs, B, cfg) in CASES.items():
+        if dtype == th.float64 and name != "uncond":
+            continue
+        configs[name] = kwargs
+        # attention_mode only selects a kernel upstream; run the math one (xformers is CUDA-only)
+        m = latte.Latte(**{**kwargs, "attention_mode": "math"}).to(dtype).eval()
+        with th.no_grad():
+            for k, p in m.named_parameters():
+                if k in ("pos_embed", "temp_embed"):
+                    continue
+                fan_in = p.shape[1] if p.dim() == 2 else (p[0].numel() if p.dim() > 2 else 1)
+                p.copy_(th.randn(p.shape, generator=g, dtype=th.float64).to(dtype) * (0.1 if p.dim() == 1 else fan_in ** -0.5))
+        s, F, C = kwargs["input_size"], kwargs["num_frames"], kwargs["in_channels"]
+        x = th.randn(B, F, C, s, s, generator=g, dtype=th.float64).to(dtype)
+        t = (th.rand(B, generator=g, dtype=th.float64) * 999).to(dtype)
+        t[-1] = 0.5
+        y = None
+        if kwargs.get("extras", 1) == 2:
+            y = th.randint(0, m.y_embedder.embedding_table.weight.shape[0], (B,), generator=g)
+            out[f"{name}.in.y"] = y
+        for k, v in m.state_dict().items():
+            out[f"{name}.w.{k}"] = v
+        out[f"{name}.in.x"], out[f"{name}.in.t"] = x, t
+        traces = {}
+        mods = [("x_embedder", m.x_embedder), ("t_embedder", m.t_embedder), ("final_layer", m.final_layer)] + \
+               [(f"blocks.{i}", b) for i, b in enumerate(m.blocks)]
+        if y is not None:
+            mods.append(("y_embedder", m.y_embedder))
+        hooks = [mod.register_forward_hook(lambda _m, _i, o, key=key: traces.__setitem__(key, o)) for key, mod in mods]
+        with th.no_grad():
+            out[f"{name}.out"] = m(x, t, y)
+            for h in hooks:
+                h.remove()
+            for k, v in traces.items():
+                out[f"{name}.trace.{k}"] = v
+            out[f"{name}.cfg_out"] = m.forward_with_cfg(x, t, y, cfg)
+            out[f"{name}.in.cfg_scale"] = th.tensor([cfg], dtype=dtype)
+    save(os.path.join(OUT, f"latte_{suffix}.safetensors"), out)
+    print(f"{len(out)} tensors -> tests/fixtures/latte_{suffix}.safetensors")
+with open(os.path.join(OUT, "latte_configs.json"), "w") as f:
+    json.dump(configs, f, indent=1, sort_keys=True)
+    f.write("\n")
