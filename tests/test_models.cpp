@@ -8,6 +8,7 @@
 #include <ditto/models/latte.hpp>
 #include <ditto/models/runner.hpp>
 #include <ditto/models/unet.hpp>
+#include <ditto/models/vae.hpp>
 #include <ditto/models/uvit.hpp>
 #include <ditto/models/vit.hpp>
 #include <ditto/nn/module.hpp>
@@ -338,6 +339,68 @@ TEST_CASE("Latte configs: upstream's arguments + refusals + a one-frame video's 
   CHECK_THROWS_WITH(m.forward(x, t, &y), Catch::Contains("takes no labels (extras = 1)"));
 }
 
+namespace {
+// A model with every parameter set by hash_weights, after checking its names and shapes against
+// upstream's state dict (the fixture's JSON), loaded strictly from a .safetensors file.
+template <class Model, class T = float>
+void hashed_weights_roundtrip(Model& m, const nlohmann::json& state_dict, const std::string& tag) {
+  std::vector<std::pair<std::string, Tensor<T>>> weights;
+  std::set<std::string> mine;
+  for (auto& [n, t] : nn::named_parameters<T>(m)) {
+    INFO("parameter " << n);
+    REQUIRE(state_dict.contains(n));
+    CHECK(state_dict[n].template get<Shape>() == t->shape());
+    hash_weights(n, *t);
+    weights.emplace_back(n, t->clone());
+    mine.insert(n);
+  }
+  for (const auto& [n, shape] : state_dict.items()) {
+    INFO("upstream parameter " << n);
+    CHECK(mine.count(n));
+  }
+  for (auto& [n, t] : nn::named_parameters<T>(m)) t->fill(T(0));  // so only the file can give them back
+  const std::string path = "ditto_test_" + tag + ".safetensors";
+  save_safetensors(path, weights);
+  nn::load<T>(m, path);
+  std::remove(path.c_str());
+}
+}  // namespace
+
+TEMPLATE_TEST_CASE("AutoencoderKL equals U-ViT's FrozenAutoencoderKL: encode + sample + decode", "[models][vae]", float, double) {
+  using T = TestType;
+  const ModelFixture<T> fx("vae");
+  int cases = 0;
+  for (const auto& [name, c] : fx.configs.items()) {
+    INFO(name << " " << c["kwargs"].dump());
+    ++cases;
+    AutoencoderKL<T> vae(VAEConfig::from_json(c["kwargs"]));
+    hashed_weights_roundtrip<AutoencoderKL<T>, T>(vae, c["state_dict"], "vae_" + name);
+    const auto post = vae.encode(fx.file.template get<T>(name + ".in.x"));
+    CHECK_CLOSE(post.mean, fx.file.template get<T>(name + ".mean"), fx.tol);
+    CHECK_CLOSE(post.logvar, fx.file.template get<T>(name + ".logvar"), fx.tol);
+    CHECK_CLOSE(vae.sample(post, fx.file.template get<T>(name + ".in.noise")), fx.file.template get<T>(name + ".z"), fx.tol);
+    CHECK_CLOSE(vae.decode(fx.file.template get<T>(name + ".in.z")), fx.file.template get<T>(name + ".decoded"), fx.tol);
+  }
+  CHECK(cases == 2);
+}
+
+TEST_CASE("AutoencoderKL configs + input errors", "[models][vae]") {
+  auto from = [](const char* text) { return VAEConfig::from_json(nlohmann::json::parse(text)); };
+  const char* sd = R"({"ddconfig": {"double_z": true, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+                        "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0},
+                       "embed_dim": 4, "pretrained_path": "assets/stable-diffusion/autoencoder_kl.pth"})";
+  const VAEConfig c = from(sd);
+  CHECK((c.scale_factor == 0.18215 && c.ch_mult.size() == 4));
+  // the Stable Diffusion autoencoder's size: 83,653,863 parameters
+  AutoencoderKL<float> vae(c);
+  CHECK(nn::count_parameters<float>(vae) == 83653863);
+  CHECK_THROWS_WITH(from(R"({"embed_dim": 4})"), Catch::Contains("missing required argument \"ddconfig\""));
+  CHECK_THROWS_WITH(from(R"({"ddconfig": {"z_channels": 4}, "embed_dim": 4})"), Catch::Contains("missing required argument \"resolution\""));
+  CHECK_THROWS_WITH(from(R"({"ddconfig": {}, "embed_dim": 4, "monitor": "val"})"), Catch::Contains("unknown argument \"monitor\""));
+  CHECK_THROWS_WITH(vae.encode(Tensor<float>({1, 3, 12, 16})), Catch::Contains("divisible by 8"));
+  CHECK_THROWS_WITH(vae.decode(Tensor<float>({1, 3, 4, 4})), Catch::Contains("expected z (B, 4, h, w)"));
+}
+
 TEST_CASE("DiT configs: named sizes + upstream's arguments + clear errors", "[models][dit]") {
   const DiTConfig xl = dit_config("DiT-XL/2");
   CHECK((xl.depth == 28 && xl.hidden_size == 1152 && xl.num_heads == 16 && xl.patch_size == 2));
@@ -603,6 +666,53 @@ TEST_CASE("ditto-forward runs Latte with and without guidance", "[models][latte]
     const SafetensorsFile out(r.path("out.safetensors"));
     CHECK_CLOSE(out.get<float>("out"), fx.file.get<float>(c + ".cfg_out"), 1e-4);
   }
+}
+
+TEST_CASE("ditto-forward runs vae-encode (noise given or seeded) and vae-decode", "[models][vae][forward]") {
+  const ModelFixture<float> fx("vae");
+  const ForwardRun r;
+  const std::string c = "attn_nonsquare";
+  r.write_json("config.json", fx.configs[c]["kwargs"]);
+  AutoencoderKL<float> m(VAEConfig::from_json(fx.configs[c]["kwargs"]));
+  std::vector<std::pair<std::string, Tensor<float>>> weights;
+  for (auto& [n, t] : nn::named_parameters<float>(m)) {
+    hash_weights(n, *t);
+    weights.emplace_back(n, *t);
+  }
+  save_safetensors(r.path("w.safetensors"), weights);
+  save_safetensors<float>(r.path("enc.safetensors"), {{"x", fx.file.get<float>(c + ".in.x")}, {"noise", fx.file.get<float>(c + ".in.noise")}});
+  save_safetensors<float>(r.path("enc_seed.safetensors"), {{"x", fx.file.get<float>(c + ".in.x")}});
+  save_safetensors<float>(r.path("dec.safetensors"), {{"z", fx.file.get<float>(c + ".in.z")}});
+  const std::string base = "--config " + r.path("config.json") + " --weights " + r.path("w.safetensors") + " --output " + r.path("o.safetensors");
+  {
+    const auto [code, err] = r.run("--model vae-encode " + base + " --inputs " + r.path("enc.safetensors"));
+    INFO(err);
+    REQUIRE(code == 0);
+    const SafetensorsFile out(r.path("o.safetensors"));
+    CHECK_CLOSE(out.get<float>("out"), fx.file.get<float>(c + ".mean"), 1e-4);
+    CHECK_CLOSE(out.get<float>("logvar"), fx.file.get<float>(c + ".logvar"), 1e-4);
+    CHECK_CLOSE(out.get<float>("z"), fx.file.get<float>(c + ".z"), 1e-4);
+  }
+  {  // seeded: the same seed, the same z; another seed, another z
+    auto z_for = [&](const char* seed) {
+      const auto [code, err] = r.run("--model vae-encode " + base + " --inputs " + r.path("enc_seed.safetensors") + " --seed " + seed);
+      INFO(err);
+      REQUIRE(code == 0);
+      return SafetensorsFile(r.path("o.safetensors")).get<float>("z");
+    };
+    const auto a = z_for("7"), b = z_for("7"), d = z_for("8");
+    ditto_test::require_equal(a, b);
+    CHECK(ditto_test::rel_error(a, d) > 1e-3);
+  }
+  {
+    const auto [code, err] = r.run("--model vae-decode " + base + " --inputs " + r.path("dec.safetensors"));
+    INFO(err);
+    REQUIRE(code == 0);
+    CHECK_CLOSE(SafetensorsFile(r.path("o.safetensors")).get<float>("out"), fx.file.get<float>(c + ".decoded"), 1e-4);
+  }
+  const auto [code, err] = r.run("--model vae-encode " + base + " --inputs " + r.path("enc.safetensors") + " --seed -1");
+  CHECK(code == 2);
+  CHECK_THAT(err, Catch::Contains("--seed expects a whole number"));
 }
 
 TEST_CASE("ditto-forward runs ViT and refuses guidance for it", "[models][vit][forward]") {

@@ -6,8 +6,8 @@ num_heads, num_head_channels, num_heads_upsample, both attention orders, fractio
 non-square inputs), every parameter set by a hash of its state-dict name and element index (upstream zero-initializes
 some). Even a small U-Net has ~10^5-10^6 weights, so they are not stored: unet_configs.json
 keeps each case's constructor arguments and its state dict's names and shapes, and the test
-rebuilds the same weights from the same formula (`hash_weights`, mirrored in
-tests/test_models.cpp), writes them to a .safetensors file and loads it strictly. Each case
+rebuilds the same weights from the same formula (`hash_weights` in tools/fixture_weights.py,
+mirrored in tests/test_models.cpp), writes them to a .safetensors file and loads it strictly. Each case
 stores `name.in.{x,timesteps,y}`, `name.out` and per-module traces `name.trace.*`.
 
 float64 runs the modules in double with GroupNorm32, the timestep features and the attention
@@ -30,30 +30,8 @@ sys.path.insert(0, src)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from guided_diffusion import nn as gnn  # noqa: E402
 from guided_diffusion import unet  # noqa: E402
+from fixture_weights import hash_weights  # noqa: E402
 from safetensors_writer import save  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-
-def hash_weights(name, shape):
-    """value[i] = u * scale, u in [-1, 1) from a 32-bit hash of (name, i); scale: 1 + 0.2 u for a
-    1-D weight (norm scales), 0.1 for other 1-D tensors, fan_in ** -0.5 for matrices / kernels."""
-    h0 = 2166136261
-    for ch in name.encode():
-        h0 = ((h0 ^ ch) * 16777619) & 0xFFFFFFFF
-    n = int(np.prod(shape))
-    h = (np.uint64(h0) + np.arange(n, dtype=np.uint64) * np.uint64(0x9E3779B1)) & np.uint64(0xFFFFFFFF)
-    for shift, mul in ((15, 0x2C1B3C6D), (12, 0x297A2D39)):
-        h ^= h >> np.uint64(shift)
-        h = (h * np.uint64(mul)) & np.uint64(0xFFFFFFFF)
-    h ^= h >> np.uint64(15)
-    u = (h >> np.uint64(8)).astype(np.float64) * 2.0 ** -23 - 1.0
-    if len(shape) == 1:
-        v = 1 + 0.2 * u if name.endswith("weight") else 0.1 * u
-    else:
-        v = u * float(np.prod(shape[1:])) ** -0.5
-    return th.from_numpy(v.reshape(shape))
-
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
 upstream_embedding, upstream_gn = unet.timestep_embedding, gnn.GroupNorm32.forward

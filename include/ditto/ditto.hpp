@@ -25,4 +25,5 @@
 #include "models/uvit.hpp"
 #include "models/unet.hpp"
 #include "models/latte.hpp"
+#include "models/vae.hpp"
 #include "models/runner.hpp"

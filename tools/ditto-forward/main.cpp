@@ -2,7 +2,7 @@
 // anyone can check a port against the upstream code (docs/forward.md has the contract).
 //
 //   ditto-forward --model dit --config CONFIG.json --weights W.safetensors
-//                 --inputs IN.safetensors --output OUT.safetensors [--cfg-scale S] [--threads N] [--trace]
+//                 --inputs IN.safetensors --output OUT.safetensors [--cfg-scale S] [--threads N] [--seed N] [--trace]
 //
 // Every error is one line on stderr and a non-zero exit: 2 for a bad command line, 1 for
 // anything found wrong while running (config, weights, inputs).
@@ -22,8 +22,9 @@
 
 namespace {
 const char* kUsage =
-    "usage: ditto-forward --model {vit,dit,uvit,unet,latte} --config CONFIG.json --weights W.safetensors\n"
-    "                     --inputs IN.safetensors --output OUT.safetensors [--cfg-scale S] [--threads N] [--trace]\n";
+    "usage: ditto-forward --model {vit,dit,uvit,unet,latte,vae-encode,vae-decode} --config CONFIG.json\n"
+    "                     --weights W.safetensors --inputs IN.safetensors --output OUT.safetensors\n"
+    "                     [--cfg-scale S] [--threads N] [--seed N] [--trace]\n";
 
 struct UsageError : ditto::ArgumentError {
   using ditto::ArgumentError::ArgumentError;
@@ -47,7 +48,7 @@ int main(int argc, char** argv) {
   try {
     std::map<std::string, std::string> args;
     bool trace = false;
-    const std::set<std::string> valued = {"--model", "--config", "--weights", "--inputs", "--output", "--cfg-scale", "--threads"};
+    const std::set<std::string> valued = {"--model", "--config", "--weights", "--inputs", "--output", "--cfg-scale", "--threads", "--seed"};
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
       if (a == "--help" || a == "-h") {
@@ -75,6 +76,12 @@ int main(int argc, char** argv) {
     r.model = args["--model"];
     if (args.count("--cfg-scale")) r.cfg_scale = parse_number("--cfg-scale", args["--cfg-scale"]);
     r.trace = trace;
+    if (args.count("--seed")) {
+      const std::string& text = args["--seed"];
+      if (text.empty() || text.size() > 19 || text.find_first_not_of("0123456789") != std::string::npos)
+        throw UsageError(ditto::detail::cat("--seed expects a whole number from 0 to 10^19 - 1, got \"", text, "\""));
+      r.seed = std::stoull(text);
+    }
     std::ifstream cf(args["--config"]);
     if (!cf) throw ditto::IoError(ditto::detail::cat("cannot open --config \"", args["--config"], "\""));
     try {

@@ -22,23 +22,26 @@
 
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
+#include "../core/rng.hpp"
 #include "../io/safetensors.hpp"
 #include "../nn/module.hpp"
 #include "dit.hpp"
 #include "latte.hpp"
 #include "unet.hpp"
+#include "vae.hpp"
 #include "uvit.hpp"
 #include "vit.hpp"
 
 namespace ditto::models {
 
 struct ForwardRequest {
-  std::string model;               // vit, dit, uvit, unet, latte (vae-encode, vae-decode: later)
+  std::string model;               // vit, dit, uvit, unet, latte, vae-encode, vae-decode
   nlohmann::json config;           // the upstream constructor's keyword arguments
   const SafetensorsFile* weights = nullptr;
   const SafetensorsFile* inputs = nullptr;
   std::optional<double> cfg_scale;  // --cfg-scale; an input tensor `cfg_scale` also selects it
   bool trace = false;
+  std::uint64_t seed = 0;           // --seed: vae-encode's posterior noise when the inputs hold none
 };
 
 using NamedTensors = std::vector<std::pair<std::string, Tensor<float>>>;
@@ -202,10 +205,38 @@ inline NamedTensors run_latte(const ForwardRequest& r) {
   outputs.emplace_back("out", scale ? latte.forward_with_cfg(x, t, yp, *scale, trace) : latte.forward(x, t, yp, trace));
   return outputs;
 }
+
+// vae-encode: x -> out (the posterior mean), logvar (clamped), z = scale_factor (mean + std noise);
+// vae-decode: z (scaled) -> out.
+inline NamedTensors run_vae(const ForwardRequest& r, bool encode) {
+  refuse_guidance(r, "FrozenAutoencoderKL");
+  if (r.trace) throw ArgumentError("--trace is not available for the autoencoder yet");
+  AutoencoderKL<float> vae(VAEConfig::from_json(r.config));
+  load_weights(vae, *r.weights);
+  Inputs in{*r.inputs, encode ? "vae-encode" : "vae-decode", {}};
+  NamedTensors outputs;
+  if (encode) {
+    const Tensor<float> x = in.floats("x", 4);
+    std::optional<Tensor<float>> noise;
+    if (in.has("noise")) noise = in.floats("noise", 4);
+    in.finish();
+    auto post = vae.encode(x);
+    Generator gen(r.seed);
+    Tensor<float> z = noise ? vae.sample(post, *noise) : vae.sample(post, gen);
+    outputs.emplace_back("out", std::move(post.mean));
+    outputs.emplace_back("logvar", std::move(post.logvar));
+    outputs.emplace_back("z", std::move(z));
+  } else {
+    const Tensor<float> z = in.floats("z", 4);
+    in.finish();
+    outputs.emplace_back("out", vae.decode(z));
+  }
+  return outputs;
+}
 }  // namespace detail
 
 inline const std::vector<std::string>& forward_models() {
-  static const std::vector<std::string> names = {"vit", "dit", "uvit", "unet", "latte"};
+  static const std::vector<std::string> names = {"vit", "dit", "uvit", "unet", "latte", "vae-encode", "vae-decode"};
   return names;
 }
 
@@ -218,7 +249,8 @@ inline NamedTensors run_forward(const ForwardRequest& r) {
   if (r.model == "uvit") return detail::run_uvit(r);
   if (r.model == "unet") return detail::run_unet(r);
   if (r.model == "latte") return detail::run_latte(r);
-  throw ArgumentError(ditto::detail::cat("unknown --model \"", r.model, "\"; expected one of vit, dit, uvit, unet, latte"));
+  if (r.model == "vae-encode" || r.model == "vae-decode") return detail::run_vae(r, r.model == "vae-encode");
+  throw ArgumentError(ditto::detail::cat("unknown --model \"", r.model, "\"; expected one of vit, dit, uvit, unet, latte, vae-encode, vae-decode"));
 }
 
 }  // namespace ditto::models

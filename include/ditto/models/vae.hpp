@@ -1,0 +1,390 @@
+// The latent autoencoder of Stable Diffusion (AutoencoderKL), which DiT, U-ViT and Latte sample
+// in: the CompVis Encoder / Decoder (ResnetBlocks with GroupNorm(32, eps 1e-6) and SiLU, single-
+// head spatial attention, strided-conv downsampling, nearest upsampling), the 1x1 quant convs,
+// and the diagonal Gaussian posterior, as U-ViT's libs/autoencoder.py FrozenAutoencoderKL builds
+// them, under their state-dict names (encoder.down.0.block.1.norm1.weight, ...).
+//
+//   models::AutoencoderKL<float> vae(models::VAEConfig::from_json(kwargs));  // ddconfig, embed_dim, scale_factor
+//   nn::load<float>(vae, "autoencoder_kl.safetensors");
+//   auto post = vae.encode(images);       // images (B, 3, H, W) in [-1, 1] -> mean, logvar (clamped)
+//   auto z = vae.sample(post, gen);       // scale_factor * (mean + std * noise)
+//   auto images2 = vae.decode(z);         // z scaled as the diffusion model sees it
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "../core/error.hpp"
+#include "../core/matmul.hpp"
+#include "../core/rng.hpp"
+#include "../core/tensor.hpp"
+#include "../nn/activation.hpp"
+#include "../nn/attention.hpp"
+#include "../nn/conv.hpp"
+#include "../nn/norm.hpp"
+#include "config.hpp"
+#include "dit.hpp"  // Trace
+
+namespace ditto::models {
+
+// FrozenAutoencoderKL's arguments: ddconfig (the Encoder / Decoder keywords), embed_dim,
+// scale_factor (pretrained_path is accepted and ignored: weights come from a file).
+struct VAEConfig {
+  bool double_z = true;
+  std::int64_t z_channels = 4, resolution = 256, in_channels = 3, out_ch = 3, ch = 128;
+  std::vector<std::int64_t> ch_mult{1, 2, 4, 8};  // the Encoder's default; SD's config says 1, 2, 4, 4
+  std::int64_t num_res_blocks = 2;
+  std::vector<std::int64_t> attn_resolutions;
+  bool resamp_with_conv = true, attention = true;  // attn_type "vanilla" (true) or "none"
+  bool give_pre_end = false, tanh_out = false;
+  std::int64_t embed_dim = 4;
+  double scale_factor = 0.18215;
+
+  bool attn_at(std::int64_t res) const { return std::find(attn_resolutions.begin(), attn_resolutions.end(), res) != attn_resolutions.end(); }
+
+  static VAEConfig from_json(const nlohmann::json& j) {
+    Kwargs kw(j, "FrozenAutoencoderKL");
+    VAEConfig c;
+    if (!j.is_object() || !j.contains("ddconfig"))
+      throw ArgumentError("FrozenAutoencoderKL config: missing required argument \"ddconfig\"");
+    kw.ignore("ddconfig");
+    c.embed_dim = kw.require<std::int64_t>("embed_dim");
+    c.scale_factor = kw.get("scale_factor", c.scale_factor);
+    kw.ignore("pretrained_path");
+    kw.finish();
+    Kwargs dd(j.at("ddconfig"), "ddconfig");
+    c.double_z = dd.get("double_z", c.double_z);
+    c.z_channels = dd.require<std::int64_t>("z_channels");
+    c.resolution = dd.require<std::int64_t>("resolution");
+    c.in_channels = dd.require<std::int64_t>("in_channels");
+    c.out_ch = dd.require<std::int64_t>("out_ch");
+    c.ch = dd.require<std::int64_t>("ch");
+    c.ch_mult = dd.get("ch_mult", c.ch_mult);
+    c.num_res_blocks = dd.require<std::int64_t>("num_res_blocks");
+    c.attn_resolutions = dd.require<std::vector<std::int64_t>>("attn_resolutions");
+    dd.ignore("dropout");
+    c.resamp_with_conv = dd.get("resamp_with_conv", c.resamp_with_conv);
+    c.give_pre_end = dd.get("give_pre_end", c.give_pre_end);
+    c.tanh_out = dd.get("tanh_out", c.tanh_out);
+    const std::string attn_type = dd.get<std::string>("attn_type", "vanilla");
+    if (dd.get("use_linear_attn", false) || attn_type == "linear")
+      throw ArgumentError("ddconfig: linear attention (use_linear_attn / attn_type \"linear\") is not supported; the SD autoencoder uses \"vanilla\"");
+    if (attn_type != "vanilla" && attn_type != "none")
+      throw ArgumentError("ddconfig: attn_type must be \"vanilla\", \"linear\" or \"none\", got \"" + attn_type + "\"");
+    c.attention = attn_type == "vanilla";
+    // no dd.finish(): upstream's Encoder and Decoder take **ignore_kwargs, so other keys are ignored
+    c.validate();
+    return c;
+  }
+
+  void validate() const {
+    using ditto::detail::cat;
+    if (!double_z) throw ArgumentError("FrozenAutoencoderKL config: ddconfig.double_z must be true (upstream asserts it)");
+    for (auto [name, v] : {std::pair{"z_channels", z_channels}, std::pair{"in_channels", in_channels}, std::pair{"out_ch", out_ch},
+                           std::pair{"ch", ch}, std::pair{"embed_dim", embed_dim}, std::pair{"resolution", resolution}})
+      if (v < 1) throw ArgumentError(cat("FrozenAutoencoderKL config: ", name, " must be >= 1, got ", v));
+    if (ch_mult.empty() || num_res_blocks < 0) throw ArgumentError("FrozenAutoencoderKL config: ch_mult is empty or num_res_blocks < 0");
+    for (auto m : ch_mult)
+      if (m < 1 || (ch * m) % 32)
+        throw ArgumentError(cat("FrozenAutoencoderKL config: width ch * ch_mult = ", ch * m, " must be a positive multiple of 32 (GroupNorm 32)"));
+    if (ch % 32) throw ArgumentError(cat("FrozenAutoencoderKL config: ch ", ch, " must be a multiple of 32 (GroupNorm 32)"));
+  }
+};
+
+namespace detail {
+template <class T>
+inline Tensor<T> vae_norm_silu(const nn::GroupNorm<T>& norm, const Tensor<T>& x) {
+  Tensor<T> h = norm.forward(x);
+  nn::activate(h.data(), h.numel(), nn::Activation::silu);
+  return h;
+}
+}  // namespace detail
+
+// CompVis ResnetBlock without a time embedding: x + conv2(silu(norm2(conv1(silu(norm1(x)))))),
+// the shortcut a 1x1 conv (nin_shortcut) when the width changes.
+template <class T = float>
+struct VAEResnetBlock {
+  std::int64_t in_channels = 0, out_channels = 0;
+  nn::GroupNorm<T> norm1, norm2;
+  nn::Conv2d<T> conv1, conv2, nin_shortcut;
+
+  VAEResnetBlock() = default;
+  VAEResnetBlock(std::int64_t in, std::int64_t out)
+      : in_channels(in), out_channels(out), norm1(32, in, 1e-6), norm2(32, out, 1e-6), conv1(in, out, 3, 1, 1), conv2(out, out, 3, 1, 1) {
+    if (in != out) nin_shortcut = nn::Conv2d<T>(in, out, 1);
+  }
+  template <class V>
+  void visit(V& v) {
+    v("norm1", norm1);
+    v("conv1", conv1);
+    v("norm2", norm2);
+    v("conv2", conv2);
+    if (in_channels != out_channels) v("nin_shortcut", nin_shortcut);
+  }
+  Tensor<T> forward(const Tensor<T>& x) const {
+    Tensor<T> h = conv2.forward(detail::vae_norm_silu(norm2, conv1.forward(detail::vae_norm_silu(norm1, x))));
+    const Tensor<T> skip = in_channels == out_channels ? x : nin_shortcut.forward(x);
+    for (std::int64_t i = 0; i < h.numel(); ++i) h[i] += skip[i];
+    return h;
+  }
+};
+
+// CompVis AttnBlock: one head over the H*W positions, q / k / v / proj_out 1x1 convs, residual.
+template <class T = float>
+struct VAEAttnBlock {
+  std::int64_t channels = 0;
+  nn::GroupNorm<T> norm;
+  nn::Conv2d<T> q, k, v, proj_out;
+
+  VAEAttnBlock() = default;
+  explicit VAEAttnBlock(std::int64_t c) : channels(c), norm(32, c, 1e-6), q(c, c, 1), k(c, c, 1), v(c, c, 1), proj_out(c, c, 1) {}
+  template <class V>
+  void visit(V& vis) {
+    vis("norm", norm);
+    vis("q", q);
+    vis("k", k);
+    vis("v", v);
+    vis("proj_out", proj_out);
+  }
+  Tensor<T> forward(const Tensor<T>& x) const {
+    const std::int64_t B = x.size(0), C = channels, L = x.size(2) * x.size(3);
+    const Tensor<T> hn = norm.forward(x);
+    Tensor<T> qkv = Tensor<T>::empty({L, 3 * C}), o = Tensor<T>::empty({L, C});
+    Tensor<T> out = x.clone();
+    const nn::Conv2d<T>* convs[3] = {&q, &k, &v};
+    for (std::int64_t b = 0; b < B; ++b) {
+      // token-major: qkv[:, j C : (j + 1) C] = hn_b^T W_j^T + b_j
+      for (int j = 0; j < 3; ++j) {
+        for (std::int64_t l = 0; l < L; ++l) std::copy(convs[j]->bias.data(), convs[j]->bias.data() + C, qkv.data() + l * 3 * C + j * C);
+        gemm<T>(true, true, L, C, C, T(1), hn.data() + b * C * L, L, convs[j]->weight.data(), C, T(1), qkv.data() + j * C, 3 * C);
+      }
+      nn::attention_kernel(std::vector<nn::AttentionProblem<T>>{{qkv.data(), qkv.data() + C, qkv.data() + 2 * C, o.data(), L, L, nullptr}},
+                           nn::AttentionLayout{C, C, 3 * C, 3 * C, 3 * C, C, 0}, static_cast<T>(1.0 / std::sqrt(static_cast<double>(C))));
+      T* ob = out.data() + b * C * L;
+      for (std::int64_t c = 0; c < C; ++c)
+        for (std::int64_t l = 0; l < L; ++l) ob[c * L + l] += proj_out.bias[c];
+      gemm<T>(false, true, C, L, C, T(1), proj_out.weight.data(), C, o.data(), C, T(1), ob, L);
+    }
+    return out;
+  }
+};
+
+template <class T = float>
+struct VAELevel {  // encoder.down.N / decoder.up.N
+  std::vector<VAEResnetBlock<T>> block;
+  std::vector<VAEAttnBlock<T>> attn;
+  bool resample = false, with_conv = true;
+  nn::Conv2d<T> conv;  // downsample.conv / upsample.conv
+  bool down = true;
+  template <class V>
+  void visit(V& v) {
+    v("block", block);
+    v("attn", attn);
+    if (resample && with_conv) v(down ? "downsample.conv" : "upsample.conv", conv);
+  }
+  Tensor<T> run(Tensor<T> h) const {
+    for (std::size_t i = 0; i < block.size(); ++i) {
+      h = block[i].forward(h);
+      if (!attn.empty()) h = attn[i].forward(h);
+    }
+    if (!resample) return h;
+    if (down) return with_conv ? conv.forward(h) : nn::avg_pool2d(h, 2);
+    h = nn::upsample_nearest(h);
+    return with_conv ? conv.forward(h) : h;
+  }
+};
+
+template <class T = float>
+struct VAEMid {
+  VAEResnetBlock<T> block_1, block_2;
+  VAEAttnBlock<T> attn_1;
+  bool attention = true;
+  template <class V>
+  void visit(V& v) {
+    v("block_1", block_1);
+    if (attention) v("attn_1", attn_1);
+    v("block_2", block_2);
+  }
+  Tensor<T> forward(const Tensor<T>& x) const {
+    Tensor<T> h = block_1.forward(x);
+    if (attention) h = attn_1.forward(h);
+    return block_2.forward(h);
+  }
+};
+
+template <class T = float>
+struct VAEEncoder {
+  nn::Conv2d<T> conv_in, conv_out;
+  std::vector<VAELevel<T>> down;
+  VAEMid<T> mid;
+  nn::GroupNorm<T> norm_out;
+  template <class V>
+  void visit(V& v) {
+    v("conv_in", conv_in);
+    v("down", down);
+    v("mid", mid);
+    v("norm_out", norm_out);
+    v("conv_out", conv_out);
+  }
+  Tensor<T> forward(const Tensor<T>& x) const {
+    Tensor<T> h = conv_in.forward(x);
+    for (const auto& level : down) h = level.run(h);
+    return conv_out.forward(detail::vae_norm_silu(norm_out, mid.forward(h)));
+  }
+};
+
+template <class T = float>
+struct VAEDecoder {
+  nn::Conv2d<T> conv_in, conv_out;
+  VAEMid<T> mid;
+  std::vector<VAELevel<T>> up;  // up[0] is the finest level, run last (upstream's order)
+  nn::GroupNorm<T> norm_out;
+  bool give_pre_end = false, tanh_out = false;
+  template <class V>
+  void visit(V& v) {
+    v("conv_in", conv_in);
+    v("mid", mid);
+    v("up", up);
+    v("norm_out", norm_out);
+    v("conv_out", conv_out);
+  }
+  Tensor<T> forward(const Tensor<T>& z) const {
+    Tensor<T> h = mid.forward(conv_in.forward(z));
+    for (std::size_t i = up.size(); i-- > 0;) h = up[i].run(h);
+    if (give_pre_end) return h;
+    h = conv_out.forward(detail::vae_norm_silu(norm_out, h));
+    if (tanh_out)
+      for (auto& v : h) v = std::tanh(v);
+    return h;
+  }
+};
+
+template <class T = float>
+struct AutoencoderKL {
+  VAEConfig config;
+  VAEEncoder<T> encoder;
+  VAEDecoder<T> decoder;
+  nn::Conv2d<T> quant_conv, post_quant_conv;
+
+  struct Posterior {
+    Tensor<T> mean, logvar;  // logvar clamped to [-30, 20], as DiagonalGaussianDistribution
+  };
+
+  AutoencoderKL() = default;
+  explicit AutoencoderKL(const VAEConfig& c) : config(c) {
+    c.validate();
+    const std::int64_t levels = static_cast<std::int64_t>(c.ch_mult.size());
+    // encoder
+    encoder.conv_in = nn::Conv2d<T>(c.in_channels, c.ch, 3, 1, 1);
+    std::int64_t res = c.resolution, block_in = c.ch;
+    for (std::int64_t i = 0; i < levels; ++i) {
+      VAELevel<T> level;
+      const std::int64_t out = c.ch * c.ch_mult[static_cast<std::size_t>(i)];
+      for (std::int64_t j = 0; j < c.num_res_blocks; ++j) {
+        level.block.emplace_back(block_in, out);
+        block_in = out;
+        if (c.attention && c.attn_at(res)) level.attn.emplace_back(out);
+      }
+      if (i != levels - 1) {
+        level.resample = true, level.with_conv = c.resamp_with_conv, level.down = true;
+        // CompVis pads (0, 1, 0, 1) then a stride-2 3x3 conv without padding
+        if (c.resamp_with_conv) level.conv = nn::Conv2d<T>(block_in, block_in, {3, 3}, {2, 2}, {0, 1, 0, 1});
+        res /= 2;
+      }
+      encoder.down.push_back(std::move(level));
+    }
+    encoder.mid = make_mid(block_in);
+    encoder.norm_out = nn::GroupNorm<T>(32, block_in, 1e-6);
+    encoder.conv_out = nn::Conv2d<T>(block_in, 2 * c.z_channels, 3, 1, 1);
+    // decoder
+    block_in = c.ch * c.ch_mult.back();
+    res = c.resolution >> (levels - 1);
+    decoder.conv_in = nn::Conv2d<T>(c.z_channels, block_in, 3, 1, 1);
+    decoder.mid = make_mid(block_in);
+    decoder.up.resize(static_cast<std::size_t>(levels));
+    for (std::int64_t i = levels - 1; i >= 0; --i) {
+      VAELevel<T>& level = decoder.up[static_cast<std::size_t>(i)];
+      const std::int64_t out = c.ch * c.ch_mult[static_cast<std::size_t>(i)];
+      for (std::int64_t j = 0; j <= c.num_res_blocks; ++j) {
+        level.block.emplace_back(block_in, out);
+        block_in = out;
+        if (c.attention && c.attn_at(res)) level.attn.emplace_back(out);
+      }
+      if (i != 0) {
+        level.resample = true, level.with_conv = c.resamp_with_conv, level.down = false;
+        if (c.resamp_with_conv) level.conv = nn::Conv2d<T>(block_in, block_in, 3, 1, 1);
+        res *= 2;
+      }
+    }
+    decoder.norm_out = nn::GroupNorm<T>(32, block_in, 1e-6);
+    decoder.conv_out = nn::Conv2d<T>(block_in, c.out_ch, 3, 1, 1);
+    decoder.give_pre_end = c.give_pre_end, decoder.tanh_out = c.tanh_out;
+    quant_conv = nn::Conv2d<T>(2 * c.z_channels, 2 * c.embed_dim, 1);
+    post_quant_conv = nn::Conv2d<T>(c.embed_dim, c.z_channels, 1);
+  }
+
+  template <class V>
+  void visit(V& v) {
+    v("encoder", encoder);
+    v("decoder", decoder);
+    v("quant_conv", quant_conv);
+    v("post_quant_conv", post_quant_conv);
+  }
+
+  // images (B, in_channels, H, W) in [-1, 1], H and W divisible by 2^(levels-1) -> the posterior
+  // (B, embed_dim, H / 2^(levels-1), W / ...).
+  Posterior encode(const Tensor<T>& x) const {
+    using ditto::detail::cat;
+    const std::int64_t f = std::int64_t{1} << (config.ch_mult.size() - 1);
+    if (x.dim() != 4 || x.size(1) != config.in_channels || x.size(2) % f || x.size(3) % f)
+      throw ShapeError(cat("AutoencoderKL.encode: expected images (B, ", config.in_channels, ", H, W) with H and W divisible by ", f,
+                           ", got ", shape_str(x.shape())));
+    const Tensor<T> moments = quant_conv.forward(encoder.forward(x));
+    const std::int64_t B = x.size(0), E = config.embed_dim, S = moments.size(2) * moments.size(3);
+    Posterior p{Tensor<T>::empty({B, E, moments.size(2), moments.size(3)}), Tensor<T>::empty({B, E, moments.size(2), moments.size(3)})};
+    for (std::int64_t b = 0; b < B; ++b) {
+      std::copy(moments.data() + b * 2 * E * S, moments.data() + (b * 2 + 1) * E * S, p.mean.data() + b * E * S);
+      std::copy(moments.data() + (b * 2 + 1) * E * S, moments.data() + (b + 1) * 2 * E * S, p.logvar.data() + b * E * S);
+    }
+    for (auto& v : p.logvar) v = std::clamp(v, T(-30), T(20));
+    return p;
+  }
+  // z = scale_factor * (mean + exp(logvar / 2) * noise)
+  Tensor<T> sample(const Posterior& p, const Tensor<T>& noise) const {
+    if (noise.shape() != p.mean.shape())
+      throw ShapeError(ditto::detail::cat("AutoencoderKL.sample: noise must be shaped like the mean ", shape_str(p.mean.shape()), ", got ",
+                                          shape_str(noise.shape())));
+    Tensor<T> z = Tensor<T>::empty(p.mean.shape());
+    const T s = static_cast<T>(config.scale_factor);
+    for (std::int64_t i = 0; i < z.numel(); ++i) z[i] = s * (p.mean[i] + std::exp(T(0.5) * p.logvar[i]) * noise[i]);
+    return z;
+  }
+  Tensor<T> sample(const Posterior& p, Generator& gen) const { return sample(p, gen.normal<T>(p.mean.shape())); }
+
+  // z: the scaled latent (B, embed_dim, h, w) -> images (B, out_ch, h * 2^(levels-1), ...).
+  Tensor<T> decode(const Tensor<T>& z) const {
+    if (z.dim() != 4 || z.size(1) != config.embed_dim)
+      throw ShapeError(ditto::detail::cat("AutoencoderKL.decode: expected z (B, ", config.embed_dim, ", h, w), got ", shape_str(z.shape())));
+    Tensor<T> unscaled = Tensor<T>::empty(z.shape());
+    const T inv = static_cast<T>(1.0 / config.scale_factor);
+    for (std::int64_t i = 0; i < z.numel(); ++i) unscaled[i] = inv * z[i];
+    return decoder.forward(post_quant_conv.forward(unscaled));
+  }
+
+ private:
+  VAEMid<T> make_mid(std::int64_t c) const {
+    VAEMid<T> m;
+    m.block_1 = VAEResnetBlock<T>(c, c);
+    m.block_2 = VAEResnetBlock<T>(c, c);
+    m.attention = config.attention;
+    if (config.attention) m.attn_1 = VAEAttnBlock<T>(c);
+    return m;
+  }
+};
+
+}  // namespace ditto::models

@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Writes tests/fixtures/vae_f32.safetensors, vae_f64.safetensors and vae_configs.json: U-ViT's
+libs/autoencoder.py FrozenAutoencoderKL (the CompVis / Stable Diffusion AutoencoderKL) on small
+configs (attention or none, conv or pooling resampling, non-square images), weights set from a
+hash of each state-dict name (tools/fixture_weights.py) (vae_configs.json keeps the names and
+shapes; the test rebuilds the weights). Each case stores `name.in.x` (images in [-1, 1]),
+`name.in.noise`, `name.mean`, `name.logvar` (clamped), `name.z` (scaled sample), `name.in.z`
+(a latent to decode) and `name.decoded`.
+
+    PYTHONPATH=/path/to/einops UVIT_SRC=/path/to/U-ViT /usr/bin/python3 tools/gen_vae_fixtures.py
+"""
+import contextlib
+import io
+import json
+import os
+import sys
+
+import torch as th
+
+src = os.environ.get("UVIT_SRC")
+if not src:
+    sys.exit("set UVIT_SRC to a checkout of baofff/U-ViT (the folder that holds libs/autoencoder.py)")
+sys.path.insert(0, src)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from libs import autoencoder as ae  # noqa: E402
+from fixture_weights import hash_weights  # noqa: E402
+from safetensors_writer import save  # noqa: E402
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
+CASES = {  # name: (FrozenAutoencoderKL kwargs, image shape, latent shape to decode)
+    "attn_nonsquare": (dict(ddconfig=dict(double_z=True, z_channels=4, resolution=16, in_channels=3, out_ch=3, ch=32, ch_mult=[1, 2],
+                                          num_res_blocks=1, attn_resolutions=[8], dropout=0.0), embed_dim=4), (2, 3, 16, 12), (1, 4, 5, 3)),
+    "noattn_pool": (dict(ddconfig=dict(double_z=True, z_channels=3, resolution=8, in_channels=3, out_ch=3, ch=32, ch_mult=[1, 1, 2],
+                                       num_res_blocks=2, attn_resolutions=[], dropout=0.0, attn_type="none", resamp_with_conv=False),
+                         embed_dim=2, scale_factor=0.5, pretrained_path="ignored.pth"), (1, 3, 8, 8), (2, 2, 3, 2)),
+}
+
+configs = {}
+for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
+    g = th.Generator().manual_seed(0)
+    out = {}
+    for name, (kwargs, xshape, zshape) in CASES.items():
+        dd = kwargs["ddconfig"]
+        probe = th.nn.Module()
+        with contextlib.redirect_stdout(io.StringIO()):  # upstream prints what it builds
+            probe.encoder, probe.decoder = ae.Encoder(**dd), ae.Decoder(**dd)
+        probe.quant_conv = th.nn.Conv2d(2 * dd["z_channels"], 2 * kwargs["embed_dim"], 1)
+        probe.post_quant_conv = th.nn.Conv2d(kwargs["embed_dim"], dd["z_channels"], 1)
+        sd = {k: hash_weights(k, list(v.shape)).float() for k, v in probe.state_dict().items()}
+        load = th.load
+        th.load = lambda *a, **k: sd  # FrozenAutoencoderKL loads its weights in __init__
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                m = ae.FrozenAutoencoderKL(**{**kwargs, "pretrained_path": "unused"})
+        finally:
+            th.load = load
+        m = m.to(dtype)
+        with th.no_grad():
+            for k, p in m.state_dict().items():
+                p.copy_(hash_weights(k, list(p.shape)))  # in the model's dtype (float64: not rounded to float32)
+        configs[name] = {"kwargs": kwargs, "state_dict": {k: list(v.shape) for k, v in m.state_dict().items()}}
+        x = (th.rand(*xshape, generator=g, dtype=th.float64) * 2 - 1).to(dtype)
+        z_in = th.randn(*zshape, generator=g, dtype=th.float64).to(dtype)
+        with th.no_grad():
+            moments = m.encode_moments(x)
+            mean, logvar = th.chunk(moments, 2, dim=1)
+            noise = th.randn(mean.shape, generator=g, dtype=th.float64).to(dtype)
+            randn_like = th.randn_like
+            th.randn_like = lambda t: noise
+            try:
+                z = m.sample(moments)
+            finally:
+                th.randn_like = randn_like
+            out[f"{name}.in.x"], out[f"{name}.in.noise"], out[f"{name}.in.z"] = x, noise, z_in
+            out[f"{name}.mean"], out[f"{name}.logvar"], out[f"{name}.z"] = mean, th.clamp(logvar, -30.0, 20.0), z
+            out[f"{name}.decoded"] = m.decode(z_in)
+    save(os.path.join(OUT, f"vae_{suffix}.safetensors"), out)
+    print(f"{len(out)} tensors -> tests/fixtures/vae_{suffix}.safetensors")
+with open(os.path.join(OUT, "vae_configs.json"), "w") as f:
+    json.dump(configs, f, indent=1, sort_keys=True)
+    f.write("\n")
