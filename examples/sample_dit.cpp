@@ -8,10 +8,13 @@
 //
 // options: --sampler ddpm|ddim|dpm++ (ddpm)  --steps N (250; 25 for dpm++)  --cfg-scale S (4.0)
 //          --labels 207,360,387 (the labels of sample.py)  --seed N (0)  --threads N  --output grid.png
+//          --vae VAE.safetensors --vae-config VAE.json   the autoencoder that decodes latents
 //
 // Pixel-space models (3 input channels) give pictures directly. Latent models (DiT's released
-// checkpoints: 4 channels) need the autoencoder to decode, which comes with the video/latent
-// issue; until then their latents' first three channels are written, and the program says so.
+// checkpoints: 4 channels on 32x32 latents of 256x256 images) are decoded by the Stable
+// Diffusion autoencoder given with --vae (FrozenAutoencoderKL's arguments in --vae-config);
+// without one, the latents' first three channels are written, and the program says so.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -65,12 +68,13 @@ int main(int argc, char** argv) try {
   std::map<std::string, std::string> a = {{"--sampler", "ddpm"}, {"--cfg-scale", "4.0"}, {"--labels", "207,360,387,974,88,979,417,279"},
                                           {"--seed", "0"}, {"--output", "dit_samples.png"}};
   const std::set<std::string> flags = {"--weights", "--config", "--sampler", "--steps", "--cfg-scale", "--labels",
-                                       "--seed", "--threads", "--output"};
+                                       "--seed", "--threads", "--output", "--vae", "--vae-config"};
   for (int i = 1; i < argc; ++i) {
     const std::string f = argv[i];
     if (f == "--help" || f == "-h") {
       std::puts("usage: sample_dit [--weights W.safetensors --config CONFIG.json] [--sampler ddpm|ddim|dpm++] [--steps N]\n"
-                "                  [--cfg-scale S] [--labels 207,360,...] [--seed N] [--threads N] [--output grid.png]");
+                "                  [--cfg-scale S] [--labels 207,360,...] [--seed N] [--threads N] [--output grid.png]\n"
+                "                  [--vae VAE.safetensors --vae-config VAE.json]");
       return 0;
     }
     if (!flags.count(f) || i + 1 >= argc)
@@ -79,6 +83,8 @@ int main(int argc, char** argv) try {
   }
   if (a.count("--weights") != a.count("--config"))
     throw ArgumentError("sample_dit: --weights and --config go together (the checkpoint and its constructor arguments)");
+  if (a.count("--vae") != a.count("--vae-config"))
+    throw ArgumentError("sample_dit: --vae and --vae-config go together (the autoencoder's weights and its arguments)");
   if (a.count("--threads")) set_num_threads(static_cast<int>(parse_int("--threads", a["--threads"], 1, 4096)));
   const std::string sampler = a["--sampler"];
   if (sampler != "ddpm" && sampler != "ddim" && sampler != "dpm++")
@@ -162,9 +168,19 @@ int main(int argc, char** argv) try {
 
   // the picture
   Tensor<float> pictures = samples;
-  if (config.in_channels != 3) {
-    std::printf("sample_dit: a latent model (%lld channels); the autoencoder that decodes latents comes with the video/latent\n"
-                "            issue, so the grid shows the latents' first channels, scaled to [-1, 1]\n",
+  if (a.count("--vae")) {
+    std::ifstream f(a["--vae-config"]);
+    if (!f) throw IoError("sample_dit: cannot open --vae-config \"" + a["--vae-config"] + "\"");
+    models::AutoencoderKL<float> vae(models::VAEConfig::from_json(nlohmann::json::parse(f)));
+    nn::load<float>(vae, a["--vae"]);
+    if (samples.size(1) != vae.config.embed_dim)
+      throw ArgumentError(detail::cat("sample_dit: the DiT makes ", samples.size(1), "-channel latents, the autoencoder takes ",
+                                      vae.config.embed_dim));
+    pictures = vae.decode(samples);  // DiT samples scaled latents, as the autoencoder's decode expects
+    for (auto& v : pictures) v = std::clamp(v, -1.f, 1.f);
+  } else if (config.in_channels != 3) {
+    std::printf("sample_dit: a latent model (%lld channels) and no --vae to decode with, so the grid shows the latents'\n"
+                "            first channels, scaled to [-1, 1]\n",
                 static_cast<long long>(config.in_channels));
     const std::int64_t C = std::min<std::int64_t>(3, config.in_channels), HW = config.input_size * config.input_size;
     pictures = Tensor<float>({B, C, config.input_size, config.input_size});
