@@ -4,11 +4,14 @@
 //   model_forward MODEL BATCH THREADS [REPS]
 //     MODEL: DiT-S/2 ... DiT-XL/8 (on 4 x 32 x 32 latents), U-ViT-M (imagenet64_uvit_mid, 64x64
 //     pixels), ADM-64 (guided-diffusion's class-conditional 64x64 U-Net), Latte-S/2 ... Latte-XL/2
-//     (16 frames of 4 x 32 x 32 latents: 16 x 256 tokens, class-conditional)
+//     (16 frames of 4 x 32 x 32 latents: 16 x 256 tokens, class-conditional), SD-VAE-decode /
+//     SD-VAE-encode (the Stable Diffusion autoencoder on 256x256 images / their 32x32 latents)
 //
 // Random weights (the speed does not depend on their values), labels and timesteps. Prints the
-// median time of REPS forwards after one warm-up, for DiT the matrix-product FLOP/s it amounts
-// to, and the peak resident memory next to the weights' size.
+// median time of REPS forwards after one warm-up, the matrix-product FLOP/s it amounts to (every
+// gemm counted during the warm-up; for DiT also checked against the formula below), and the
+// peak resident memory next to the weights' size.
+#define DITTO_COUNT_FLOPS  // before any ditto header: count every gemm's work
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -41,8 +44,12 @@ static void randomize(Model& m) {
     if (n != "pos_embed" && n != "temp_embed") gen.fill_normal(*t, 0.0, 0.02);
 }
 
+static double counted_flops = 0;  // of one call, from the gemm counter (DITTO_COUNT_FLOPS)
+
 static double median_ms(int reps, const std::function<void()>& f) {
-  f();  // warm-up: buffers, threads
+  const std::int64_t before = gemm_flops.load();
+  f();  // warm-up: buffers, threads; and the work of one call counted
+  counted_flops = static_cast<double>(gemm_flops.load() - before);
   std::vector<double> ms;
   for (int r = 0; r < reps; ++r) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -75,7 +82,8 @@ int main(int argc, char** argv) try {
     weights = static_cast<double>(nn::count_parameters<float>(m));
     const auto x = gen.normal<float>({B, c.in_channels, c.input_size, c.input_size});
     ms = median_ms(reps, [&] { m.forward(x, t, y); });
-    gflops = dit_flops(c, B) / ms / 1e6;
+    if (std::abs(counted_flops - dit_flops(c, B)) > 1e-9 * counted_flops)  // the hand count and the gemm count agree
+      throw Error(detail::cat("model_forward: DiT FLOPs by formula ", dit_flops(c, B), " but counted ", counted_flops));
   } else if (name == "U-ViT-M") {
     models::UViT<float> m(models::uvit_config("imagenet64_uvit_mid"));
     randomize(m);
@@ -102,13 +110,26 @@ int main(int argc, char** argv) try {
     weights = static_cast<double>(nn::count_parameters<float>(m));
     const auto x = gen.normal<float>({B, 16, 4, 32, 32});
     ms = median_ms(reps, [&] { m.forward(x, t, &y); });
+  } else if (name == "SD-VAE-decode" || name == "SD-VAE-encode") {
+    models::VAEConfig c;  // Stable Diffusion's autoencoder (U-ViT's get_model)
+    c.ch_mult = {1, 2, 4, 4};
+    models::AutoencoderKL<float> m(c);
+    randomize(m);
+    weights = static_cast<double>(nn::count_parameters<float>(m));
+    if (name == "SD-VAE-decode") {
+      const auto z = gen.normal<float>({B, 4, 32, 32});
+      ms = median_ms(reps, [&] { m.decode(z); });
+    } else {
+      const auto x = gen.uniform<float>({B, 3, 256, 256}, -1.0, 1.0);
+      ms = median_ms(reps, [&] { m.encode(x); });
+    }
   } else {
     throw ArgumentError("model_forward: unknown MODEL \"" + name + "\"; expected DiT-S/2 ... DiT-XL/8, U-ViT-M, ADM-64 or Latte-S/2 ... Latte-XL/2");
   }
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
-  std::printf("%-9s B=%lld threads=%d  %9.1f ms", name.c_str(), static_cast<long long>(B), threads, ms);
-  if (gflops > 0) std::printf("  %6.1f GFLOP/s", gflops);
+  gflops = counted_flops / ms / 1e6;
+  std::printf("%-9s B=%lld threads=%d  %9.1f ms  %6.1f GFLOP/s", name.c_str(), static_cast<long long>(B), threads, ms, gflops);
   std::printf("  peak RSS %6.0f MB (weights %5.0f MB)\n", ru.ru_maxrss / 1024.0, weights * 4 / (1 << 20));
   return 0;
 } catch (const std::exception& e) {

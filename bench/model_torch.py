@@ -59,6 +59,22 @@ elif name.startswith("Latte-"):
     kind, patch = name[len("Latte-"):].split("/")
     m = latte.Latte(**size[kind], patch_size=int(patch), num_frames=16, extras=2)
     x = torch.randn(batch, 16, 4, 32, 32)
+elif name.startswith("SD-VAE-"):
+    src("UVIT_SRC")
+    import contextlib
+    import io
+    from libs import autoencoder as ae  # noqa: E402
+    dd = dict(double_z=True, z_channels=4, resolution=256, in_channels=3, out_ch=3, ch=128, ch_mult=[1, 2, 4, 4],
+              num_res_blocks=2, attn_resolutions=[], dropout=0.0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        enc, dec = ae.Encoder(**dd), ae.Decoder(**dd)
+    quant, post_quant = torch.nn.Conv2d(8, 8, 1), torch.nn.Conv2d(4, 4, 1)
+    if name == "SD-VAE-decode":
+        m = torch.nn.Sequential(post_quant, dec)
+        x = torch.randn(batch, 4, 32, 32)
+    else:
+        m = torch.nn.Sequential(enc, quant)
+        x = torch.rand(batch, 3, 256, 256) * 2 - 1
 else:
     sys.exit(f"unknown MODEL {name}")
 m = m.eval()
@@ -66,12 +82,13 @@ with torch.no_grad():
     for k, p in m.named_parameters():
         if k not in ("pos_embed", "temp_embed"):
             p.normal_(0, 0.02)
+run = (lambda: m(x)) if name.startswith("SD-VAE-") else (lambda: m(x, t, y))
 with torch.inference_mode():
-    m(x, t, y)
+    run()
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        m(x, t, y)
+        run()
         times.append(time.perf_counter() - t0)
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 weights = sum(p.numel() for p in m.state_dict().values()) * 4 / 2**20

@@ -12,6 +12,7 @@
 
 #include <ditto/core/rng.hpp>
 #include <ditto/core/threading.hpp>
+#include <ditto/einops/rearrange.hpp>
 #include <ditto/io/safetensors.hpp>
 
 #include "helpers.hpp"
@@ -557,7 +558,7 @@ TEST_CASE("DPM-Solver++ 1st order is DDIM + 2M and DPM-Solver-fast sample a mixt
   auto wrong = [](const Tensor<double>& x, const std::vector<std::int64_t>&) { return Tensor<double>({x.size(0), 3}); };
   DpmSolverPPOptions o;
   o.progress = {};
-  CHECK_THROWS_WITH(dpmpp_sample_loop<double>(base, wrong, {2, 1}, g, o), Catch::Contains("must return 1 or 2 channels, got shape [2,3]"));
+  CHECK_THROWS_WITH(dpmpp_sample_loop<double>(base, wrong, {2, 1}, g, o), Catch::Contains("must have 1 channels along dim 1, got shape [2,3]"));
 }
 
 TEST_CASE("flow-matching Euler reproduces a mixture and returns a single point exactly", "[diffusion][sampling]") {
@@ -647,4 +648,25 @@ TEST_CASE("every sampler gives the same samples for the same seed at 1 and 3 thr
     INFO("sampler " << i);
     ditto_test::require_equal(one[i], three[i]);
   }
+}
+
+TEST_CASE("a learned variance along dim 2 (Latte's videos) splits like dim 1 on the transposed layout", "[diffusion]") {
+  const Schedule s(named_beta_schedule("linear", 1000));
+  Generator g(8);
+  const auto x5 = g.normal<double>({2, 3, 4, 2, 2});     // (B, F, C, H, W)
+  auto out5 = g.normal<double>({2, 3, 8, 2, 2});         // (B, F, 2C, H, W)
+  for (auto& v : out5) v = std::tanh(v);
+  const std::vector<std::int64_t> t{3, 700};
+  const auto video = p_mean_variance(s, out5, x5, t, ModelMeanType::epsilon, ModelVarType::learned_range, false, {}, 2);
+  const auto image = p_mean_variance(s, rearrange(out5, "b f c h w -> b c f h w"), rearrange(x5, "b f c h w -> b c f h w"), t,
+                                     ModelMeanType::epsilon, ModelVarType::learned_range, false);
+  CHECK_CLOSE(video.mean, rearrange(image.mean, "b c f h w -> b f c h w"), 1e-15);
+  CHECK_CLOSE(video.log_variance, rearrange(image.log_variance, "b c f h w -> b f c h w"), 1e-15);
+  CHECK_THROWS_WITH(p_mean_variance(s, out5, x5, t, ModelMeanType::epsilon, ModelVarType::learned_range, false),
+                    Catch::Contains("must have 6 channels (mean and variance) along dim 1"));
+  // the loss and DPM-Solver++ take the same channel_dim
+  LossOptions lo;
+  lo.channel_dim = 2;
+  const auto noise = g.normal<double>({2, 3, 4, 2, 2});
+  CHECK(training_losses(s, out5, x5, q_sample(s, x5, t, noise), t, noise, lo).loss.size() == 2);
 }

@@ -17,6 +17,10 @@
 #include <cstdint>
 #include <type_traits>
 
+#if defined(DITTO_COUNT_FLOPS)
+#include <atomic>
+#endif
+
 #include <Eigen/Core>
 
 #if defined(DITTO_USE_CBLAS)
@@ -28,9 +32,18 @@
 
 namespace ditto {
 
+#if defined(DITTO_COUNT_FLOPS)
+// Benchmarks only (define DITTO_COUNT_FLOPS): every gemm adds 2 M N K here, so a program can
+// count the multiply-add work of a whole forward instead of deriving it by hand.
+inline std::atomic<std::int64_t> gemm_flops{0};
+#endif
+
 template <class T>
 inline void gemm(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K, T alpha, const T* A,
                  std::int64_t lda, const T* B, std::int64_t ldb, T beta, T* C, std::int64_t ldc) {
+#if defined(DITTO_COUNT_FLOPS)
+  gemm_flops.fetch_add(2 * M * N * K, std::memory_order_relaxed);
+#endif
   using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using CMap = Eigen::Map<const Mat, 0, Eigen::OuterStride<>>;
   using OMap = Eigen::Map<Mat, 0, Eigen::OuterStride<>>;

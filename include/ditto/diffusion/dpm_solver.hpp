@@ -241,6 +241,7 @@ struct DpmSolverPPOptions {
   int order = 2;  // 2: DPM-Solver++(2M); 1: DDIM; 3: 3M
   ModelMeanType mean_type = ModelMeanType::epsilon;
   bool lower_order_final = true;  // second order for the step before the last, when steps < 15
+  int channel_dim = 1;            // where a learned variance doubles the channels: 2 for Latte
   Progress progress = terminal_progress("dpm-solver++");
 };
 
@@ -274,27 +275,24 @@ inline Tensor<T> dpmpp_sample_loop(const Schedule& s, Model&& model, const Shape
     lambda.push_back(std::log(a) - std::log(sg * a));  // +inf at the end
   }
   Tensor<T> x = start.numel() ? std::move(start) : gen.normal<T>(shape);
-  const std::int64_t B = x.size(0), C = x.dim() > 1 ? x.size(1) : 1, per = x.numel() / std::max<std::int64_t>(B, 1);
+  const std::int64_t B = x.size(0);
   std::vector<Tensor<T>> m;  // the last x_0 predictions, newest last
   int lower_order_nums = 0;
   for (int i = 0; i < n; ++i) {
     const auto k = static_cast<std::size_t>(i);
     const std::vector<std::int64_t> tm(static_cast<std::size_t>(B), s.timestep_map[static_cast<std::size_t>(ts[k])]);
-    const Tensor<T> out = model(x, tm);
-    if (out.dim() != x.dim() || out.size(0) != B || (out.size(1) != C && out.size(1) != 2 * C))
-      throw ShapeError(cat("dpmpp_sample_loop: x has shape ", shape_str(x.shape()), ", so the model must return ", C, " or ", 2 * C,
-                           " channels, got shape ", shape_str(out.shape())));
-    const std::int64_t stride = out.numel() / B;  // the first C channels of each entry
+    const Tensor<T> raw = model(x, tm);
+    // DPM-Solver++ uses the mean part only (diffusers drops a learned variance's channels too)
+    const bool has_var = raw.dim() == x.dim() && o.channel_dim >= 1 && o.channel_dim < x.dim() &&
+                         raw.size(o.channel_dim) == 2 * x.size(o.channel_dim);
+    const Tensor<T> out = detail::split_output("dpmpp_sample_loop", raw, x, has_var, o.channel_dim).first;
     // x_0 from the model's prediction at (alpha[k], sigma[k])
     Tensor<T> x0 = Tensor<T>::empty(x.shape());
     const T a = static_cast<T>(alpha[k]), sg = static_cast<T>(sigma[k]);
-    for (std::int64_t b = 0; b < B; ++b)
-      for (std::int64_t j = 0; j < per; ++j) {
-        const T xv = x[b * per + j], ov = out[b * stride + j];
-        x0[b * per + j] = o.mean_type == ModelMeanType::epsilon ? (xv - sg * ov) / a
-                          : o.mean_type == ModelMeanType::start_x ? ov
-                                                                  : a * xv - sg * ov;
-      }
+    for (std::int64_t j = 0; j < x.numel(); ++j) {
+      const T xv = x[j], ov = out[j];
+      x0[j] = o.mean_type == ModelMeanType::epsilon ? (xv - sg * ov) / a : o.mean_type == ModelMeanType::start_x ? ov : a * xv - sg * ov;
+    }
     m.push_back(std::move(x0));
     if (static_cast<int>(m.size()) > o.order) m.erase(m.begin());
     const bool last = i == n - 1;  // to sigma 0: always first order, which returns x_0 itself

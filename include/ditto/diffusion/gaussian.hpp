@@ -137,31 +137,47 @@ struct ModelPrediction {
   Tensor<T> mean, variance, log_variance, pred_xstart;
 };
 
+namespace detail {
+// Splits a model output with a learned variance into its mean and variance halves along
+// `channel_dim`: x (B, ..., C, ...) and out (B, ..., 2C, ...) with C at channel_dim (1 for
+// images, 2 for Latte's (B, F, C, H, W) videos). Without a learned variance, out must be x-shaped.
+template <class T>
+inline std::pair<Tensor<T>, Tensor<T>> split_output(const char* what, const Tensor<T>& out, const Tensor<T>& x, bool learned,
+                                                     int channel_dim) {
+  const int d = channel_dim;
+  bool ok = x.dim() >= 2 && d >= 1 && d < x.dim() && out.dim() == x.dim();
+  for (int i = 0; ok && i < x.dim(); ++i) ok = out.size(i) == (i == d && learned ? 2 * x.size(i) : x.size(i));
+  if (!ok)
+    throw ShapeError(ditto::detail::cat(what, ": x has shape ", shape_str(x.shape()), ", so the model output must have ",
+                                        d >= 1 && d < x.dim() ? x.size(d) * (learned ? 2 : 1) : 0, " channels",
+                                        learned ? " (mean and variance)" : "", " along dim ", d, ", got shape ", shape_str(out.shape())));
+  if (!learned) return {out.clone(), Tensor<T>()};  // a copy: clipping x_0 must not touch the model's output
+  std::int64_t outer = 1, block = 1;  // block: one channel group's values, C * inner
+  for (int i = 0; i < d; ++i) outer *= x.size(i);
+  for (int i = d; i < x.dim(); ++i) block *= x.size(i);
+  Tensor<T> mean = Tensor<T>::empty(x.shape()), var = Tensor<T>::empty(x.shape());
+  for (std::int64_t o = 0; o < outer; ++o) {
+    const T* src = out.data() + o * 2 * block;
+    std::copy(src, src + block, mean.data() + o * block);
+    std::copy(src + block, src + 2 * block, var.data() + o * block);
+  }
+  return {mean, var};
+}
+}  // namespace detail
+
 // p(x_{t-1} | x_t) from the model's output. learned / learned_range: model_output has 2C
-// channels, the second C giving the log-variance (learned) or its position in
-// [log posterior variance, log beta] as values in [-1, 1] (learned_range, improved DDPM / DiT).
-// clip_denoised clamps the predicted x_0 to [-1, 1]; denoised_fn (optional) is applied before.
+// channels (along channel_dim: 1 for images, 2 for Latte's videos), the second C giving the
+// log-variance (learned) or its position in [log posterior variance, log beta] as values in
+// [-1, 1] (learned_range, improved DDPM / DiT). clip_denoised clamps the predicted x_0 to
+// [-1, 1]; denoised_fn (optional) is applied before.
 template <class T>
 inline ModelPrediction<T> p_mean_variance(const Schedule& s, const Tensor<T>& model_output, const Tensor<T>& x,
                                           const std::vector<std::int64_t>& t, ModelMeanType mean_type, ModelVarType var_type,
                                           bool clip_denoised = true,
-                                          const std::function<Tensor<T>(const Tensor<T>&)>& denoised_fn = {}) {
+                                          const std::function<Tensor<T>(const Tensor<T>&)>& denoised_fn = {}, int channel_dim = 1) {
   detail::check_step("p_mean_variance", s, x, t);
   const bool learned = var_type == ModelVarType::learned || var_type == ModelVarType::learned_range;
-  if (x.dim() < 2 || model_output.dim() != x.dim() || model_output.size(0) != x.size(0) ||
-      model_output.size(1) != x.size(1) * (learned ? 2 : 1))
-    throw ShapeError(ditto::detail::cat("p_mean_variance: x has shape ", shape_str(x.shape()), ", so the model output must have ",
-                                        x.size(1) * (learned ? 2 : 1), " channels", learned ? " (mean and variance)" : "",
-                                        ", got shape ", shape_str(model_output.shape())));
-  const std::int64_t B = x.size(0), per = x.numel() / B;  // C * spatial
-  // the first C channels of each batch entry: the mean part
-  Tensor<T> out = Tensor<T>::empty(x.shape()), var_values;
-  if (learned) var_values = Tensor<T>::empty(x.shape());
-  for (std::int64_t b = 0; b < B; ++b) {
-    const T* src = model_output.data() + b * per * (learned ? 2 : 1);
-    std::copy(src, src + per, out.data() + b * per);
-    if (learned) std::copy(src + per, src + 2 * per, var_values.data() + b * per);
-  }
+  auto [out, var_values] = detail::split_output("p_mean_variance", model_output, x, learned, channel_dim);
   ModelPrediction<T> r;
   if (var_type == ModelVarType::learned) {
     r.log_variance = var_values;

@@ -33,6 +33,7 @@ struct LossOptions {
   ModelMeanType mean_type = ModelMeanType::epsilon;
   ModelVarType var_type = ModelVarType::learned_range;  // DiT with learn_sigma
   LossType loss_type = LossType::mse;                   // DiT's default (rescale_learned_sigmas=False)
+  int channel_dim = 1;                                  // 2 for Latte's (B, F, C, H, W) videos
 };
 
 // Per-sample terms, each of length B. mse / vb are empty where the loss type has none.
@@ -85,9 +86,9 @@ namespace detail {
 template <class T>
 inline std::vector<T> vb_terms_bpd(const Schedule& s, const Tensor<T>& model_output, const Tensor<T>& x_start,
                                    const Tensor<T>& x_t, const std::vector<std::int64_t>& t, ModelMeanType mean_type,
-                                   ModelVarType var_type) {
+                                   ModelVarType var_type, int channel_dim) {
   const auto truth = q_posterior_mean_variance(s, x_start, x_t, t);
-  const auto p = p_mean_variance(s, model_output, x_t, t, mean_type, var_type, /*clip_denoised=*/false);
+  const auto p = p_mean_variance(s, model_output, x_t, t, mean_type, var_type, /*clip_denoised=*/false, {}, channel_dim);
   const std::int64_t B = x_t.size(0), per = x_t.numel() / B;
   std::vector<T> out(static_cast<std::size_t>(B));
   for (std::int64_t b = 0; b < B; ++b) {
@@ -113,20 +114,17 @@ inline LossTerms<T> training_losses(const Schedule& s, const Tensor<T>& model_ou
   detail::check_same("training_losses(x_start, x_t)", x_start, x_t);
   detail::check_same("training_losses(x_start, noise)", x_start, noise);
   const bool learned = o.var_type == ModelVarType::learned || o.var_type == ModelVarType::learned_range;
-  if (x_t.dim() < 2 || model_output.dim() != x_t.dim() || model_output.size(0) != x_t.size(0) ||
-      model_output.size(1) != x_t.size(1) * (learned ? 2 : 1))
-    throw ShapeError(ditto::detail::cat("training_losses: x has shape ", shape_str(x_t.shape()), ", so the model output must have ",
-                                        x_t.size(1) * (learned ? 2 : 1), " channels, got shape ", shape_str(model_output.shape())));
+  const Tensor<T> pred = detail::split_output("training_losses", model_output, x_t, learned, o.channel_dim).first;  // the mean part
   const std::int64_t B = x_t.size(0), per = x_t.numel() / B;
   LossTerms<T> r;
   if (o.loss_type == LossType::kl || o.loss_type == LossType::rescaled_kl) {
-    r.loss = detail::vb_terms_bpd(s, model_output, x_start, x_t, t, o.mean_type, o.var_type);
+    r.loss = detail::vb_terms_bpd(s, model_output, x_start, x_t, t, o.mean_type, o.var_type, o.channel_dim);
     if (o.loss_type == LossType::rescaled_kl)
       for (auto& v : r.loss) v *= static_cast<T>(s.num_timesteps);
     return r;
   }
   if (learned) {
-    r.vb = detail::vb_terms_bpd(s, model_output, x_start, x_t, t, o.mean_type, o.var_type);
+    r.vb = detail::vb_terms_bpd(s, model_output, x_start, x_t, t, o.mean_type, o.var_type, o.channel_dim);
     if (o.loss_type == LossType::rescaled_mse)
       for (auto& v : r.vb) v *= static_cast<T>(s.num_timesteps / 1000.0);
   }
@@ -137,10 +135,10 @@ inline LossTerms<T> training_losses(const Schedule& s, const Tensor<T>& model_ou
   r.mse.resize(static_cast<std::size_t>(B));
   r.loss.resize(static_cast<std::size_t>(B));
   for (std::int64_t b = 0; b < B; ++b) {
-    const T* pred = model_output.data() + b * per * (learned ? 2 : 1);
+    const T* pb = pred.data() + b * per;
     const T* tgt = target.data() + b * per;
     T acc = 0;
-    for (std::int64_t i = 0; i < per; ++i) acc += (tgt[i] - pred[i]) * (tgt[i] - pred[i]);
+    for (std::int64_t i = 0; i < per; ++i) acc += (tgt[i] - pb[i]) * (tgt[i] - pb[i]);
     const auto k = static_cast<std::size_t>(b);
     r.mse[k] = acc / static_cast<T>(per);
     r.loss[k] = r.mse[k] + (learned ? r.vb[k] : T(0));

@@ -49,6 +49,7 @@ struct SampleOptions {
   ModelVarType var_type = ModelVarType::learned_range;  // DiT with learn_sigma
   bool clip_denoised = false;                           // DiT's sample.py samples latents unclipped
   double eta = 0.0;                                     // DDIM only
+  int channel_dim = 1;                                  // where a learned variance doubles the channels: 2 for Latte
   Progress progress = terminal_progress();
 };
 
@@ -62,7 +63,7 @@ inline Tensor<T> run_loop(const Schedule& s, Model&& model, const Shape& shape, 
     const std::vector<std::int64_t> t(static_cast<std::size_t>(B), i);
     const std::vector<std::int64_t> t_model(static_cast<std::size_t>(B), s.timestep_map[static_cast<std::size_t>(i)]);
     const Tensor<T> out = model(x, t_model);
-    const auto p = p_mean_variance(s, out, x, t, o.mean_type, o.var_type, o.clip_denoised);
+    const auto p = p_mean_variance(s, out, x, t, o.mean_type, o.var_type, o.clip_denoised, {}, o.channel_dim);
     const Tensor<T> noise = gen.normal<T>(x.shape());
     x = ddim ? ddim_step(s, p.pred_xstart, x, t, noise, o.eta) : p_sample_step(p, t, noise);
     if (o.progress) o.progress(s.num_timesteps - i, s.num_timesteps);
