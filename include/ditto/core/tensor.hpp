@@ -18,7 +18,9 @@
 #include <initializer_list>
 #include <iomanip>
 #include <limits>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <ostream>
 #include <sstream>
@@ -60,6 +62,49 @@ inline std::int64_t checked_numel(const Shape& shape, std::string_view where) {
 inline constexpr std::size_t kHugeThreshold = std::size_t{8} << 20;
 inline constexpr std::size_t kHugeAlign = std::size_t{2} << 20;
 
+// Freed blocks of 1 MB and more are kept for reuse, up to 256 MB in all: a forward allocates and
+// frees the same activation sizes layer after layer, and every fresh block costs page faults and
+// the kernel zeroing its pages (measured: 9% of an autoencoder decode at 256x256). A request takes
+// the smallest kept block of at least its size and at most 25% more. The cache lives for the
+// whole program (never destroyed, so a tensor freed during static destruction stays safe).
+class BlockCache {
+ public:
+  static constexpr std::size_t kMin = std::size_t{1} << 20, kCap = std::size_t{256} << 20;
+  static BlockCache& instance() {
+    static BlockCache* cache = new BlockCache;  // one per program (an inline function's static)
+    return *cache;
+  }
+  static std::size_t align_for(std::size_t bytes) { return bytes >= kHugeThreshold ? kHugeAlign : 64; }
+  // A kept block for `bytes`, or null; *got is the block's real size.
+  void* take(std::size_t bytes, std::size_t* got) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = blocks_.lower_bound(bytes);
+    if (it == blocks_.end() || it->first > bytes + bytes / 4) return nullptr;
+    void* p = it->second;
+    *got = it->first;
+    held_ -= it->first;
+    blocks_.erase(it);
+    return p;
+  }
+  // Keeps the block if there is room; otherwise frees it.
+  void give(void* p, std::size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (held_ + bytes <= kCap) {
+        blocks_.emplace(bytes, p);
+        held_ += bytes;
+        return;
+      }
+    }
+    ::operator delete(p, std::align_val_t{align_for(bytes)});
+  }
+
+ private:
+  std::mutex mutex_;
+  std::multimap<std::size_t, void*> blocks_;
+  std::size_t held_ = 0;
+};
+
 template <class T>
 inline std::shared_ptr<T> allocate(std::int64_t n) {
   static_assert(std::is_trivially_copyable_v<T>, "ditto tensors hold trivially copyable scalars");
@@ -67,13 +112,19 @@ inline std::shared_ptr<T> allocate(std::int64_t n) {
   if (static_cast<std::uint64_t>(n) > std::numeric_limits<std::size_t>::max() / sizeof(T) / 2)
     throw ShapeError(cat("tensor allocation of ", n, " elements does not fit in memory"));
   const std::size_t bytes = static_cast<std::size_t>(n) * sizeof(T);
-  const std::size_t align = bytes >= kHugeThreshold ? kHugeAlign : 64;
-  void* p = ::operator new(bytes, std::align_val_t{align});
+  if (bytes < BlockCache::kMin) {
+    void* p = ::operator new(bytes, std::align_val_t{64});
+    return std::shared_ptr<T>(static_cast<T*>(p), [](T* q) { ::operator delete(static_cast<void*>(q), std::align_val_t{64}); });
+  }
+  std::size_t got = bytes;
+  void* p = BlockCache::instance().take(bytes, &got);
+  if (!p) {
+    p = ::operator new(bytes, std::align_val_t{BlockCache::align_for(bytes)});
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (align == kHugeAlign) ::madvise(p, bytes, MADV_HUGEPAGE);  // a hint: failure is harmless
+    if (BlockCache::align_for(bytes) == kHugeAlign) ::madvise(p, bytes, MADV_HUGEPAGE);  // a hint: failure is harmless
 #endif
-  return std::shared_ptr<T>(static_cast<T*>(p),
-                            [align](T* q) { ::operator delete(static_cast<void*>(q), std::align_val_t{align}); });
+  }
+  return std::shared_ptr<T>(static_cast<T*>(p), [got](T* q) { BlockCache::instance().give(static_cast<void*>(q), got); });
 }
 }  // namespace detail
 

@@ -115,9 +115,7 @@ namespace detail {
 // GroupNorm(32) then SiLU, as a new tensor.
 template <class T>
 inline Tensor<T> norm_silu(const nn::GroupNorm<T>& norm, const Tensor<T>& x) {
-  Tensor<T> h = norm.forward(x);
-  nn::activate(h.data(), h.numel(), nn::Activation::silu);
-  return h;
+  return norm.forward(x, /*silu_after=*/true);
 }
 }  // namespace detail
 

@@ -99,9 +99,7 @@ struct VAEConfig {
 namespace detail {
 template <class T>
 inline Tensor<T> vae_norm_silu(const nn::GroupNorm<T>& norm, const Tensor<T>& x) {
-  Tensor<T> h = norm.forward(x);
-  nn::activate(h.data(), h.numel(), nn::Activation::silu);
-  return h;
+  return norm.forward(x, /*silu_after=*/true);
 }
 }  // namespace detail
 

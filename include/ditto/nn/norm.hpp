@@ -12,6 +12,7 @@
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
 #include "../core/threading.hpp"
+#include "activation.hpp"
 #include "linear.hpp"  // detail::require_positive
 
 namespace ditto::nn {
@@ -156,7 +157,8 @@ struct GroupNorm {
     }
   }
 
-  Tensor<T> forward(const Tensor<T>& x) const {
+  // silu_after: SiLU applied in the same pass (the GroupNorm-SiLU pair of every ResBlock).
+  Tensor<T> forward(const Tensor<T>& x, bool silu_after = false) const {
     if (x.dim() < 2 || x.size(1) != num_channels)
       throw ShapeError(ditto::detail::cat("GroupNorm(", num_groups, ", ", num_channels, "): expected input (N, ",
                                           num_channels, ", ...), got shape ", shape_str(x.shape())));
@@ -167,10 +169,12 @@ struct GroupNorm {
       for (auto ng = lo; ng < hi; ++ng) {
         const T* xg = x.data() + ng * group;
         T* yg = y.data() + ng * group;
+        // two passes (mean, then squared deviations); SIMD sums per channel, added in double
         double mean = 0, var = 0;
-        for (std::int64_t i = 0; i < group; ++i) mean += xg[i];
+        for (std::int64_t c = 0; c < cg; ++c) mean += static_cast<double>(detail::row_sum(xg + c * spatial, spatial, T(0), false));
         mean /= static_cast<double>(group);
-        for (std::int64_t i = 0; i < group; ++i) var += (xg[i] - mean) * (xg[i] - mean);
+        for (std::int64_t c = 0; c < cg; ++c)
+          var += static_cast<double>(detail::row_sum(xg + c * spatial, spatial, static_cast<T>(mean), true));
         const double rstd = 1.0 / std::sqrt(var / static_cast<double>(group) + eps);
         const std::int64_t g = ng % G;
         for (std::int64_t c = 0; c < cg; ++c) {
@@ -178,7 +182,15 @@ struct GroupNorm {
           const T scale = static_cast<T>(rstd * (affine ? static_cast<double>(weight[ch]) : 1.0));
           const T shift = static_cast<T>((affine ? static_cast<double>(bias[ch]) : 0.0) - mean * rstd *
                                                    (affine ? static_cast<double>(weight[ch]) : 1.0));
-          for (std::int64_t s = 0; s < spatial; ++s) yg[c * spatial + s] = xg[c * spatial + s] * scale + shift;
+          const T* xc = xg + c * spatial;
+          T* yc = yg + c * spatial;
+          for (std::int64_t s = 0; s < spatial; ++s) yc[s] = xc[s] * scale + shift;
+        }
+        if (silu_after) {
+          if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>)
+            detail::map(yg, yg, 0, group, [](auto b) { return detail::silu_simd(b); }, [](T v) { return silu(v); });
+          else
+            for (std::int64_t i = 0; i < group; ++i) yg[i] = silu(yg[i]);
         }
       }
     });
