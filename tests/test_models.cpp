@@ -32,6 +32,21 @@ struct ModelFixture {
         configs(ditto_test::load_json(model + "_configs.json")),
         tol(std::is_same_v<T, float> ? 1e-4 : 1e-10) {}
   bool has_case(const std::string& c) const { return file.contains(c + ".out"); }
+  // Every "case.trace.<module>" of the fixture against the model's trace of that module; returns
+  // how many were compared.
+  int compare_traces(const std::string& c, std::map<std::string, Tensor<T>>& traces) const {
+    int compared = 0;
+    const std::string prefix = c + ".trace.";
+    for (const auto& n : file.names()) {
+      if (n.rfind(prefix, 0) != 0) continue;
+      const std::string k = n.substr(prefix.size());
+      INFO("trace " << k);
+      REQUIRE(traces.count(k));
+      CHECK_CLOSE(traces[k], file.template get<T>(n), tol);
+      ++compared;
+    }
+    return compared;
+  }
   template <class Block>
   void load_case(Block& block, const std::string& c) const {
     const std::string prefix = c + ".w.";
@@ -88,17 +103,7 @@ TEMPLATE_TEST_CASE("ViT equals timm's VisionTransformer: pooling + register toke
     std::map<std::string, Tensor<T>> traces;
     const auto out = vit.forward(x, [&](const std::string& k, const Tensor<T>& v) { traces[k] = v.clone(); });
     CHECK_CLOSE(out, fx.file.template get<T>(name + ".out"), fx.tol);
-    int compared = 0;
-    for (const auto& n : fx.file.names()) {
-      const std::string prefix = name + ".trace.";
-      if (n.rfind(prefix, 0) != 0) continue;
-      const std::string k = n.substr(prefix.size());
-      INFO("trace " << k);
-      REQUIRE(traces.count(k));
-      CHECK_CLOSE(traces[k], fx.file.template get<T>(n), fx.tol);
-      ++compared;
-    }
-    CHECK(compared >= 5);
+    CHECK(fx.compare_traces(name, traces) >= 5);
   }
   CHECK(cases >= 2);
 }
@@ -143,17 +148,7 @@ TEMPLATE_TEST_CASE("U-ViT equals baofff/U-ViT: label and time tokens + long skip
     std::map<std::string, Tensor<T>> traces;
     const auto out = m.forward(x, t, y ? &*y : nullptr, [&](const std::string& k, const Tensor<T>& v) { traces[k] = v.clone(); });
     CHECK_CLOSE(out, fx.file.template get<T>(name + ".out"), fx.tol);
-    int compared = 0;
-    for (const auto& n : fx.file.names()) {
-      const std::string prefix = name + ".trace.";
-      if (n.rfind(prefix, 0) != 0) continue;
-      const std::string k = n.substr(prefix.size());
-      INFO("trace " << k);
-      REQUIRE(traces.count(k));
-      CHECK_CLOSE(traces[k], fx.file.template get<T>(n), fx.tol);
-      ++compared;
-    }
-    CHECK(compared >= 6);
+    CHECK(fx.compare_traces(name, traces) >= 6);
   }
   CHECK(cases >= 1);
 }
@@ -238,17 +233,7 @@ TEMPLATE_TEST_CASE("ADM U-Net equals guided-diffusion's UNetModel: names + shape
     std::map<std::string, Tensor<T>> traces;
     const auto out = m.forward(x, t, y ? &*y : nullptr, [&](const std::string& k, const Tensor<T>& v) { traces[k] = v.clone(); });
     CHECK_CLOSE(out, fx.file.template get<T>(name + ".out"), fx.tol);
-    int compared = 0;
-    for (const auto& n : fx.file.names()) {
-      const std::string prefix = name + ".trace.";
-      if (n.rfind(prefix, 0) != 0) continue;
-      const std::string k = n.substr(prefix.size());
-      INFO("trace " << k);
-      REQUIRE(traces.count(k));
-      CHECK_CLOSE(traces[k], fx.file.template get<T>(n), fx.tol);
-      ++compared;
-    }
-    CHECK(compared >= 8);
+    CHECK(fx.compare_traces(name, traces) >= 8);
   }
   CHECK(cases >= 1);
 }
@@ -292,17 +277,7 @@ TEMPLATE_TEST_CASE("Latte equals Vchitect/Latte: spatial + temporal blocks, forw
     std::map<std::string, Tensor<T>> traces;
     const auto out = m.forward(x, t, y ? &*y : nullptr, [&](const std::string& k, const Tensor<T>& v) { traces[k] = v.clone(); });
     CHECK_CLOSE(out, fx.file.template get<T>(name + ".out"), fx.tol);
-    int compared = 0;
-    for (const auto& n : fx.file.names()) {
-      const std::string prefix = name + ".trace.";
-      if (n.rfind(prefix, 0) != 0) continue;
-      const std::string k = n.substr(prefix.size());
-      INFO("trace " << k);
-      REQUIRE(traces.count(k));
-      CHECK_CLOSE(traces[k], fx.file.template get<T>(n), fx.tol);
-      ++compared;
-    }
-    CHECK(compared >= 5);
+    CHECK(fx.compare_traces(name, traces) >= 5);
     const double scale = fx.file.template get<T>(name + ".in.cfg_scale")[0];
     CHECK_CLOSE(m.forward_with_cfg(x, t, y ? &*y : nullptr, scale), fx.file.template get<T>(name + ".cfg_out"), fx.tol);
   }

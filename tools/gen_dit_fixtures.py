@@ -14,7 +14,6 @@ and huggingface_hub's source on PYTHONPATH:
     PYTHONPATH=/path/to/timm:/path/to/huggingface_hub/src DIT_SRC=/path/to/DiT /usr/bin/python3 tools/gen_dit_fixtures.py
 """
 import json
-import math
 import os
 import sys
 
@@ -26,20 +25,13 @@ if not src:
 sys.path.insert(0, src)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import models  # noqa: E402  (DiT's models.py)
+from fixture_common import run_traced, timestep_embedding_f64  # noqa: E402
 from safetensors_writer import save  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
 upstream_embedding = models.TimestepEmbedder.timestep_embedding
 
 
-def embedding_f64(t, dim, max_period=10000):
-    half = dim // 2
-    freqs = th.exp(-math.log(max_period) * th.arange(start=0, end=half, dtype=th.float64) / half)
-    args = t[:, None].double() * freqs[None]
-    emb = th.cat([th.cos(args), th.sin(args)], dim=-1)
-    if dim % 2:
-        emb = th.cat([emb, th.zeros_like(emb[:, :1])], dim=-1)
-    return emb
 
 
 CASES = {  # name: (constructor kwargs, batch, cfg scale)
@@ -53,7 +45,7 @@ CASES = {  # name: (constructor kwargs, batch, cfg scale)
 
 configs = {}
 for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
-    models.TimestepEmbedder.timestep_embedding = staticmethod(upstream_embedding if dtype == th.float32 else embedding_f64)
+    models.TimestepEmbedder.timestep_embedding = staticmethod(upstream_embedding if dtype == th.float32 else timestep_embedding_f64)
     g = th.Generator().manual_seed(0)
     out = {}
     for name, (kwargs, B, cfg) in CASES.items():
@@ -78,15 +70,10 @@ for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
         for k, v in m.state_dict().items():
             out[f"{name}.w.{k}"] = v
         out[f"{name}.in.x"], out[f"{name}.in.t"], out[f"{name}.in.y"] = x, t, y
-        traces = {}
-        hooks = [mod.register_forward_hook(lambda _m, _i, o, key=key: traces.__setitem__(key, o))
-                 for key, mod in [("x_embedder", m.x_embedder), ("t_embedder", m.t_embedder), ("y_embedder", m.y_embedder),
-                                 ("final_layer", m.final_layer)]
-                 + [(f"blocks.{i}", b) for i, b in enumerate(m.blocks)]]
+        mods = [("x_embedder", m.x_embedder), ("t_embedder", m.t_embedder), ("y_embedder", m.y_embedder),
+                ("final_layer", m.final_layer)] + [(f"blocks.{i}", b) for i, b in enumerate(m.blocks)]
         with th.no_grad():
-            out[f"{name}.out"] = m(x, t, y)
-            for h in hooks:
-                h.remove()
+            out[f"{name}.out"], traces = run_traced(mods, lambda: m(x, t, y))
             for k, v in traces.items():
                 out[f"{name}.trace.{k}"] = v
             if cfg is not None:

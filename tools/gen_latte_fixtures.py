@@ -13,7 +13,6 @@ src/) and einops on PYTHONPATH:
     PYTHONPATH=/path/to/timm:/path/to/huggingface_hub/src:/path/to/einops LATTE_SRC=/path/to/Latte /usr/bin/python3 tools/gen_latte_fixtures.py
 """
 import json
-import math
 import os
 import sys
 
@@ -25,20 +24,13 @@ if not src:
 sys.path.insert(0, os.path.join(src, "models"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import latte  # noqa: E402  (models/latte.py alone: models/__init__.py pulls in text models)
+from fixture_common import run_traced, timestep_embedding_f64  # noqa: E402
 from safetensors_writer import save  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
 upstream_embedding = latte.TimestepEmbedder.timestep_embedding
 
 
-def embedding_f64(t, dim, max_period=10000):
-    half = dim // 2
-    freqs = th.exp(-math.log(max_period) * th.arange(start=0, end=half, dtype=th.float64) / half)
-    args = t[:, None].double() * freqs[None]
-    emb = th.cat([th.cos(args), th.sin(args)], dim=-1)
-    if dim % 2:
-        emb = th.cat([emb, th.zeros_like(emb[:, :1])], dim=-1)
-    return emb
 
 
 CASES = {  # name: (constructor kwargs, batch, cfg scale)
@@ -49,7 +41,7 @@ CASES = {  # name: (constructor kwargs, batch, cfg scale)
 
 configs = {}
 for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
-    latte.TimestepEmbedder.timestep_embedding = staticmethod(upstream_embedding if dtype == th.float32 else embedding_f64)
+    latte.TimestepEmbedder.timestep_embedding = staticmethod(upstream_embedding if dtype == th.float32 else timestep_embedding_f64)
     g = th.Generator().manual_seed(0)
     out = {}
     for name, (kwargs, B, cfg) in CASES.items():
@@ -75,16 +67,12 @@ for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
         for k, v in m.state_dict().items():
             out[f"{name}.w.{k}"] = v
         out[f"{name}.in.x"], out[f"{name}.in.t"] = x, t
-        traces = {}
         mods = [("x_embedder", m.x_embedder), ("t_embedder", m.t_embedder), ("final_layer", m.final_layer)] + \
                [(f"blocks.{i}", b) for i, b in enumerate(m.blocks)]
         if y is not None:
             mods.append(("y_embedder", m.y_embedder))
-        hooks = [mod.register_forward_hook(lambda _m, _i, o, key=key: traces.__setitem__(key, o)) for key, mod in mods]
         with th.no_grad():
-            out[f"{name}.out"] = m(x, t, y)
-            for h in hooks:
-                h.remove()
+            out[f"{name}.out"], traces = run_traced(mods, lambda: m(x, t, y))
             for k, v in traces.items():
                 out[f"{name}.trace.{k}"] = v
             out[f"{name}.cfg_out"] = m.forward_with_cfg(x, t, y, cfg)

@@ -6,7 +6,7 @@ num_heads, num_head_channels, num_heads_upsample, both attention orders, fractio
 non-square inputs), every parameter set by a hash of its state-dict name and element index (upstream zero-initializes
 some). Even a small U-Net has ~10^5-10^6 weights, so they are not stored: unet_configs.json
 keeps each case's constructor arguments and its state dict's names and shapes, and the test
-rebuilds the same weights from the same formula (`hash_weights` in tools/fixture_weights.py,
+rebuilds the same weights from the same formula (`hash_weights` in tools/fixture_common.py,
 mirrored in tests/test_models.cpp), writes them to a .safetensors file and loads it strictly. Each case
 stores `name.in.{x,timesteps,y}`, `name.out` and per-module traces `name.trace.*`.
 
@@ -30,21 +30,13 @@ sys.path.insert(0, src)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from guided_diffusion import nn as gnn  # noqa: E402
 from guided_diffusion import unet  # noqa: E402
-from fixture_weights import hash_weights  # noqa: E402
+from fixture_common import hash_weights, run_traced, timestep_embedding_f64  # noqa: E402
 from safetensors_writer import save  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
 upstream_embedding, upstream_gn = unet.timestep_embedding, gnn.GroupNorm32.forward
 
 
-def embedding_f64(timesteps, dim, max_period=10000):
-    half = dim // 2
-    freqs = th.exp(-math.log(max_period) * th.arange(start=0, end=half, dtype=th.float64) / half)
-    args = timesteps[:, None].double() * freqs[None]
-    emb = th.cat([th.cos(args), th.sin(args)], dim=-1)
-    if dim % 2:
-        emb = th.cat([emb, th.zeros_like(emb[:, :1])], dim=-1)
-    return emb
 
 
 def qkv_attention_f64(self, qkv, legacy):
@@ -75,7 +67,7 @@ CASES = {  # name: (constructor kwargs, input shape)
 
 configs = {}
 for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
-    unet.timestep_embedding = upstream_embedding if dtype == th.float32 else embedding_f64
+    unet.timestep_embedding = upstream_embedding if dtype == th.float32 else timestep_embedding_f64
     gnn.GroupNorm32.forward = upstream_gn if dtype == th.float32 else th.nn.GroupNorm.forward
     if dtype == th.float32:
         unet.QKVAttention.forward, unet.QKVAttentionLegacy.forward = upstream_attention
@@ -101,17 +93,13 @@ for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
         out[f"{name}.in.x"], out[f"{name}.in.timesteps"] = x, t
         if y is not None:
             out[f"{name}.in.y"] = y
-        traces = {}
         mods = [("time_embed", m.time_embed), ("middle_block", m.middle_block), ("out", m.out)] + \
                [(f"input_blocks.{i}", b) for i, b in enumerate(m.input_blocks)] + \
                [(f"output_blocks.{i}", b) for i, b in enumerate(m.output_blocks)]
         if y is not None:
             mods.append(("label_emb", m.label_emb))
-        hooks = [mod.register_forward_hook(lambda _m, _i, o, key=key: traces.__setitem__(key, o)) for key, mod in mods]
         with th.no_grad():
-            out[f"{name}.out"] = m(x, t, y)
-        for h in hooks:
-            h.remove()
+            out[f"{name}.out"], traces = run_traced(mods, lambda: m(x, t, y))
         for k, v in traces.items():
             out[f"{name}.trace.{k}"] = v
     save(os.path.join(OUT, f"unet_{suffix}.safetensors"), out)

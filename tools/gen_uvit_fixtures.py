@@ -11,7 +11,6 @@ in float32, which a double model cannot take): a float64 re-derivation of the sa
     PYTHONPATH=/path/to/einops UVIT_SRC=/path/to/U-ViT /usr/bin/python3 tools/gen_uvit_fixtures.py
 """
 import json
-import math
 import os
 import sys
 
@@ -23,6 +22,7 @@ if not src:
 sys.path.insert(0, src)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from libs import uvit  # noqa: E402
+from fixture_common import run_traced, timestep_embedding_f64  # noqa: E402
 from safetensors_writer import save  # noqa: E402
 
 uvit.ATTENTION_MODE = "math"  # the contract: qk_scale is honoured only there
@@ -30,14 +30,6 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "f
 upstream_embedding = uvit.timestep_embedding
 
 
-def embedding_f64(timesteps, dim, max_period=10000):
-    half = dim // 2
-    freqs = th.exp(-math.log(max_period) * th.arange(start=0, end=half, dtype=th.float64) / half)
-    args = timesteps[:, None].double() * freqs[None]
-    emb = th.cat([th.cos(args), th.sin(args)], dim=-1)
-    if dim % 2:
-        emb = th.cat([emb, th.zeros_like(emb[:, :1])], dim=-1)
-    return emb
 
 
 CASES = {  # name: (constructor kwargs, batch)
@@ -49,7 +41,7 @@ CASES = {  # name: (constructor kwargs, batch)
 
 configs = {}
 for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
-    uvit.timestep_embedding = upstream_embedding if dtype == th.float32 else embedding_f64
+    uvit.timestep_embedding = upstream_embedding if dtype == th.float32 else timestep_embedding_f64
     g = th.Generator().manual_seed(0)
     out = {}
     for name, (kwargs, B) in CASES.items():
@@ -72,7 +64,6 @@ for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
         out[f"{name}.in.x"], out[f"{name}.in.timesteps"] = x, t
         if y is not None:
             out[f"{name}.in.y"] = y
-        traces = {}
         mods = [("patch_embed", m.patch_embed), ("mid_block", m.mid_block), ("norm", m.norm), ("decoder_pred", m.decoder_pred),
                 ("final_layer", m.final_layer)] + [(f"in_blocks.{i}", b) for i, b in enumerate(m.in_blocks)] + \
                [(f"out_blocks.{i}", b) for i, b in enumerate(m.out_blocks)]
@@ -80,11 +71,8 @@ for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
             mods.append(("time_embed", m.time_embed))
         if y is not None:
             mods.append(("label_emb", m.label_emb))
-        hooks = [mod.register_forward_hook(lambda _m, _i, o, key=key: traces.__setitem__(key, o)) for key, mod in mods]
         with th.no_grad():
-            out[f"{name}.out"] = m(x, t, y)
-        for h in hooks:
-            h.remove()
+            out[f"{name}.out"], traces = run_traced(mods, lambda: m(x, t, y))
         for k, v in traces.items():
             out[f"{name}.trace.{k}"] = v
     save(os.path.join(OUT, f"uvit_{suffix}.safetensors"), out)

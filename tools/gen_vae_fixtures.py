@@ -2,7 +2,7 @@
 """Writes tests/fixtures/vae_f32.safetensors, vae_f64.safetensors and vae_configs.json: U-ViT's
 libs/autoencoder.py FrozenAutoencoderKL (the CompVis / Stable Diffusion AutoencoderKL) on small
 configs (attention or none, conv or pooling resampling, non-square images), weights set from a
-hash of each state-dict name (tools/fixture_weights.py) (vae_configs.json keeps the names and
+hash of each state-dict name (tools/fixture_common.py) (vae_configs.json keeps the names and
 shapes; the test rebuilds the weights). Each case stores `name.in.x` (images in [-1, 1]),
 `name.in.noise`, `name.mean`, `name.logvar` (clamped), `name.z` (scaled sample), `name.in.z`
 (a latent to decode) and `name.decoded`.
@@ -23,7 +23,7 @@ if not src:
 sys.path.insert(0, src)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from libs import autoencoder as ae  # noqa: E402
-from fixture_weights import hash_weights  # noqa: E402
+from fixture_common import hash_weights  # noqa: E402
 from safetensors_writer import save  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")

@@ -18,6 +18,7 @@ try:
     from timm.models.vision_transformer import VisionTransformer
 except ImportError as e:
     sys.exit(f"cannot import timm ({e}); put timm 0.9.x and huggingface_hub's src/ on PYTHONPATH")
+from fixture_common import run_traced  # noqa: E402
 from safetensors_writer import save  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
@@ -52,16 +53,12 @@ for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
         for k, v in m.state_dict().items():
             out[f"{name}.w.{k}"] = v
         out[f"{name}.in.x"] = x
-        traces = {}
         mods = [("patch_embed", m.patch_embed), ("norm_pre", m.norm_pre), ("norm", m.norm), ("fc_norm", m.fc_norm),
                 ("head", m.head)] + [(f"blocks.{i}", b) for i, b in enumerate(m.blocks)]
         if m.attn_pool is not None:
             mods.append(("attn_pool", m.attn_pool))
-        hooks = [mod.register_forward_hook(lambda _m, _i, o, key=key: traces.__setitem__(key, o)) for key, mod in mods]
         with th.no_grad():
-            out[f"{name}.out"] = m(x)
-        for h in hooks:
-            h.remove()
+            out[f"{name}.out"], traces = run_traced(mods, lambda: m(x))
         for k, v in traces.items():
             out[f"{name}.trace.{k}"] = v
     save(os.path.join(OUT, f"vit_{suffix}.safetensors"), out)

@@ -122,6 +122,20 @@ inline Tensor<T> crop_to_patches(const Tensor<T>& x, std::int64_t p) {
   return out;
 }
 
+// forward_with_cfg's input: the first half of the batch, twice ([x[:B/2]; x[:B/2]]); upstream
+// ignores the second half of x and takes the labels of both halves of y.
+template <class T>
+inline Tensor<T> repeat_first_half(const Tensor<T>& x, const char* model) {
+  if (x.dim() < 1 || x.size(0) % 2)
+    throw ShapeError(ditto::detail::cat(model, ".forward_with_cfg: expected an even batch (conditional half, then unconditional), got ",
+                                        shape_str(x.shape())));
+  const std::int64_t half = x.numel() / 2;
+  Tensor<T> combined = Tensor<T>::empty(x.shape());
+  std::copy(x.data(), x.data() + half, combined.data());
+  std::copy(x.data(), x.data() + half, combined.data() + half);
+  return combined;
+}
+
 // Called with (upstream module name, its output) after each top-level submodule, when given.
 template <class T>
 using Trace = std::function<void(const std::string&, const Tensor<T>&)>;
@@ -384,14 +398,7 @@ struct DiT {
   // halves become uncond + scale (cond - uncond).
   Tensor<T> forward_with_cfg(const Tensor<T>& x, const Tensor<T>& t, const Tensor<std::int64_t>& y, double cfg_scale,
                              const Trace<T>& trace = {}) const {
-    if (x.dim() < 1 || x.size(0) % 2)
-      throw ShapeError(ditto::detail::cat("DiT.forward_with_cfg: expected an even batch (conditional half, then unconditional), got ",
-                                          shape_str(x.shape())));
-    const std::int64_t half = x.numel() / 2;
-    Tensor<T> combined = Tensor<T>::empty(x.shape());
-    std::copy(x.data(), x.data() + half, combined.data());
-    std::copy(x.data(), x.data() + half, combined.data() + half);
-    Tensor<T> out = forward(combined, t, y, trace);
+    Tensor<T> out = forward(repeat_first_half(x, "DiT"), t, y, trace);
     diffusion::apply_guidance(out, diffusion::Guidance{cfg_scale, std::min<std::int64_t>(3, out.size(1)), 1});
     return out;
   }

@@ -199,14 +199,7 @@ struct Latte {
   // null class), the first 4 channels of dim 2 guided (its output is (B, F, C, H, W)).
   Tensor<T> forward_with_cfg(const Tensor<T>& x, const Tensor<T>& t, const Tensor<std::int64_t>* y, double cfg_scale,
                              const Trace<T>& trace = {}) const {
-    if (x.dim() < 1 || x.size(0) % 2)
-      throw ShapeError(ditto::detail::cat("Latte.forward_with_cfg: expected an even batch (conditional half, then unconditional), got ",
-                                          shape_str(x.shape())));
-    const std::int64_t half = x.numel() / 2;
-    Tensor<T> combined = Tensor<T>::empty(x.shape());
-    std::copy(x.data(), x.data() + half, combined.data());
-    std::copy(x.data(), x.data() + half, combined.data() + half);
-    Tensor<T> out = forward(combined, t, y, trace);
+    Tensor<T> out = forward(repeat_first_half(x, "Latte"), t, y, trace);
     diffusion::apply_guidance(out, diffusion::Guidance{cfg_scale, std::min<std::int64_t>(4, out.size(2)), 2});
     return out;
   }

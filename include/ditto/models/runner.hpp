@@ -121,6 +121,12 @@ inline void load_weights(Model& m, const SafetensorsFile& weights) {
   nn::load<float>(m, weights, /*strict=*/true);
 }
 
+// With --trace, each module's output is added to the outputs as "trace.<name>".
+inline Trace<float> trace_into(const ForwardRequest& r, NamedTensors& outputs) {
+  if (!r.trace) return {};
+  return [&outputs](const std::string& name, const Tensor<float>& v) { outputs.emplace_back("trace." + name, v.clone()); };
+}
+
 inline NamedTensors run_dit(const ForwardRequest& r) {
   DiT<float> dit(DiTConfig::from_json(r.config));
   load_weights(dit, *r.weights);
@@ -130,8 +136,7 @@ inline NamedTensors run_dit(const ForwardRequest& r) {
   const std::optional<double> scale = guidance_scale(r, in, "DiT");
   in.finish();
   NamedTensors outputs;
-  Trace<float> trace;
-  if (r.trace) trace = [&](const std::string& name, const Tensor<float>& v) { outputs.emplace_back("trace." + name, v.clone()); };
+  const Trace<float> trace = trace_into(r, outputs);
   Tensor<float> out = scale ? dit.forward_with_cfg(x, t, y, *scale, trace) : dit.forward(x, t, y, trace);
   outputs.emplace_back("out", std::move(out));
   return outputs;
@@ -151,41 +156,25 @@ inline NamedTensors run_vit(const ForwardRequest& r) {
   const Tensor<float> x = in.floats("x", 4);
   in.finish();
   NamedTensors outputs;
-  Trace<float> trace;
-  if (r.trace) trace = [&](const std::string& name, const Tensor<float>& v) { outputs.emplace_back("trace." + name, v.clone()); };
+  const Trace<float> trace = trace_into(r, outputs);
   outputs.emplace_back("out", vit.forward(x, trace));
   return outputs;
 }
 
-inline NamedTensors run_uvit(const ForwardRequest& r) {
-  refuse_guidance(r, "UViT");
-  UViT<float> uvit(UViTConfig::from_json(r.config));
-  load_weights(uvit, *r.weights);
-  Inputs in{*r.inputs, "UViT", {}};
+// U-ViT and the U-Net: forward(x, timesteps, y or nullptr), no guidance upstream.
+template <class Model, class Config>
+inline NamedTensors run_x_timesteps_y(const ForwardRequest& r, const char* upstream) {
+  refuse_guidance(r, upstream);
+  Model model(Config::from_json(r.config));
+  load_weights(model, *r.weights);
+  Inputs in{*r.inputs, upstream, {}};
   const Tensor<float> x = in.floats("x", 4), t = in.floats("timesteps", 1);
   std::optional<Tensor<std::int64_t>> y;
   if (in.has("y")) y = in.labels("y");
   in.finish();
   NamedTensors outputs;
-  Trace<float> trace;
-  if (r.trace) trace = [&](const std::string& name, const Tensor<float>& v) { outputs.emplace_back("trace." + name, v.clone()); };
-  outputs.emplace_back("out", uvit.forward(x, t, y ? &*y : nullptr, trace));
-  return outputs;
-}
-
-inline NamedTensors run_unet(const ForwardRequest& r) {
-  refuse_guidance(r, "UNetModel");
-  UNet<float> unet(UNetConfig::from_json(r.config));
-  load_weights(unet, *r.weights);
-  Inputs in{*r.inputs, "UNetModel", {}};
-  const Tensor<float> x = in.floats("x", 4), t = in.floats("timesteps", 1);
-  std::optional<Tensor<std::int64_t>> y;
-  if (in.has("y")) y = in.labels("y");
-  in.finish();
-  NamedTensors outputs;
-  Trace<float> trace;
-  if (r.trace) trace = [&](const std::string& name, const Tensor<float>& v) { outputs.emplace_back("trace." + name, v.clone()); };
-  outputs.emplace_back("out", unet.forward(x, t, y ? &*y : nullptr, trace));
+  const Trace<float> trace = trace_into(r, outputs);
+  outputs.emplace_back("out", model.forward(x, t, y ? &*y : nullptr, trace));
   return outputs;
 }
 
@@ -199,8 +188,7 @@ inline NamedTensors run_latte(const ForwardRequest& r) {
   std::optional<double> scale = guidance_scale(r, in, "Latte");
   in.finish();
   NamedTensors outputs;
-  Trace<float> trace;
-  if (r.trace) trace = [&](const std::string& name, const Tensor<float>& v) { outputs.emplace_back("trace." + name, v.clone()); };
+  const Trace<float> trace = trace_into(r, outputs);
   const Tensor<std::int64_t>* yp = y ? &*y : nullptr;
   outputs.emplace_back("out", scale ? latte.forward_with_cfg(x, t, yp, *scale, trace) : latte.forward(x, t, yp, trace));
   return outputs;
@@ -246,8 +234,8 @@ inline NamedTensors run_forward(const ForwardRequest& r) {
     throw ArgumentError(ditto::detail::cat("run_forward: the guidance scale must be finite, got ", *r.cfg_scale));
   if (r.model == "dit") return detail::run_dit(r);
   if (r.model == "vit") return detail::run_vit(r);
-  if (r.model == "uvit") return detail::run_uvit(r);
-  if (r.model == "unet") return detail::run_unet(r);
+  if (r.model == "uvit") return detail::run_x_timesteps_y<UViT<float>, UViTConfig>(r, "UViT");
+  if (r.model == "unet") return detail::run_x_timesteps_y<UNet<float>, UNetConfig>(r, "UNetModel");
   if (r.model == "latte") return detail::run_latte(r);
   if (r.model == "vae-encode" || r.model == "vae-decode") return detail::run_vae(r, r.model == "vae-encode");
   throw ArgumentError(ditto::detail::cat("unknown --model \"", r.model, "\"; expected one of vit, dit, uvit, unet, latte, vae-encode, vae-decode"));

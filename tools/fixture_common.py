@@ -1,0 +1,52 @@
+"""Shared by the fixture generators: deterministic weights (the same formula in Python, here, and
+C++, tests/test_models.cpp hash_weights, so a fixture can hold a model's outputs without its
+weights), float64 timestep features, and forward hooks that record each module's output."""
+import numpy as np
+import torch as th
+
+
+def hash_weights(name, shape):
+    """value[i] = u * scale, u in [-1, 1) from a 32-bit hash of (name, i); scale: 1 + 0.2 u for a
+    1-D weight (norm scales), 0.1 for other 1-D tensors, fan_in ** -0.5 for matrices / kernels."""
+    h0 = 2166136261
+    for ch in name.encode():
+        h0 = ((h0 ^ ch) * 16777619) & 0xFFFFFFFF
+    n = int(np.prod(shape))
+    h = (np.uint64(h0) + np.arange(n, dtype=np.uint64) * np.uint64(0x9E3779B1)) & np.uint64(0xFFFFFFFF)
+    for shift, mul in ((15, 0x2C1B3C6D), (12, 0x297A2D39)):
+        h ^= h >> np.uint64(shift)
+        h = (h * np.uint64(mul)) & np.uint64(0xFFFFFFFF)
+    h ^= h >> np.uint64(15)
+    u = (h >> np.uint64(8)).astype(np.float64) * 2.0 ** -23 - 1.0
+    if len(shape) == 1:
+        v = 1 + 0.2 * u if name.endswith("weight") else 0.1 * u
+    else:
+        v = u * float(np.prod(shape[1:])) ** -0.5
+    return th.from_numpy(v.reshape(shape))
+
+
+def timestep_embedding_f64(t, dim, max_period=10000):
+    """DiT / U-ViT / ADM / Latte's sinusoidal timestep features (cos first), in float64: upstream
+    fixes them to float32, which a double model cannot take (the float64 fixtures' re-derivation)."""
+    import math
+
+    half = dim // 2
+    freqs = th.exp(-math.log(max_period) * th.arange(start=0, end=half, dtype=th.float64) / half)
+    args = t[:, None].double() * freqs[None]
+    emb = th.cat([th.cos(args), th.sin(args)], dim=-1)
+    if dim % 2:
+        emb = th.cat([emb, th.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+def run_traced(modules, fn):
+    """Runs fn() with a forward hook on each (name, module); returns fn's result and
+    {name: that module's output}."""
+    traces = {}
+    hooks = [mod.register_forward_hook(lambda _m, _i, o, key=key: traces.__setitem__(key, o)) for key, mod in modules]
+    try:
+        result = fn()
+    finally:
+        for h in hooks:
+            h.remove()
+    return result, traces
