@@ -355,6 +355,12 @@ TEMPLATE_TEST_CASE("AutoencoderKL equals U-ViT's FrozenAutoencoderKL: encode + s
     CHECK_CLOSE(post.logvar, fx.file.template get<T>(name + ".logvar"), fx.tol);
     CHECK_CLOSE(vae.sample(post, fx.file.template get<T>(name + ".in.noise")), fx.file.template get<T>(name + ".z"), fx.tol);
     CHECK_CLOSE(vae.decode(fx.file.template get<T>(name + ".in.z")), fx.file.template get<T>(name + ".decoded"), fx.tol);
+    if (fx.file.contains(name + ".tiled")) {  // diffusers' tiled_decode on 4x4 latent tiles, a quarter overlapping
+      const auto z_big = fx.file.template get<T>(name + ".in.z_big");
+      CHECK_CLOSE(vae.decode_tiled(z_big, 4, 0.25), fx.file.template get<T>(name + ".tiled"), fx.tol);
+      // one tile covering the latent is decode() itself
+      ditto_test::require_equal(vae.decode_tiled(z_big, 16, 0.25), vae.decode(z_big));
+    }
   }
   CHECK(cases == 2);
 }

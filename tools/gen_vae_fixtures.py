@@ -27,6 +27,31 @@ from fixture_common import hash_weights  # noqa: E402
 from safetensors_writer import save  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
+def tiled_decode(m, z, tile_latent, overlap):
+    """diffusers' AutoencoderKL.tiled_decode (blend_v / blend_h in place, crop to the stride),
+    re-implemented here on U-ViT's decoder: diffusers' own model has other key names."""
+    f = 2 ** (len(m.decoder.up) - 1)
+    stride, blend = int(tile_latent * (1 - overlap)), int(tile_latent * f * overlap)
+    keep = tile_latent * f - blend
+    rows = [[m.decode(z[:, :, i:i + tile_latent, j:j + tile_latent]) for j in range(0, z.shape[3], stride)]
+            for i in range(0, z.shape[2], stride)]
+    out_rows = []
+    for i, row in enumerate(rows):
+        out_row = []
+        for j, b in enumerate(row):
+            if i > 0:
+                a, e = rows[i - 1][j], min(rows[i - 1][j].shape[2], b.shape[2], blend)
+                for y in range(e):
+                    b[:, :, y, :] = a[:, :, -e + y, :] * (1 - y / e) + b[:, :, y, :] * (y / e)
+            if j > 0:
+                a, e = row[j - 1], min(row[j - 1].shape[3], b.shape[3], blend)
+                for x in range(e):
+                    b[:, :, :, x] = a[:, :, :, -e + x] * (1 - x / e) + b[:, :, :, x] * (x / e)
+            out_row.append(b[:, :, :keep, :keep])
+        out_rows.append(th.cat(out_row, dim=3))
+    return th.cat(out_rows, dim=2)
+
+
 CASES = {  # name: (FrozenAutoencoderKL kwargs, image shape, latent shape to decode)
     "attn_nonsquare": (dict(ddconfig=dict(double_z=True, z_channels=4, resolution=16, in_channels=3, out_ch=3, ch=32, ch_mult=[1, 2],
                                           num_res_blocks=1, attn_resolutions=[8], dropout=0.0), embed_dim=4), (2, 3, 16, 12), (1, 4, 5, 3)),
@@ -74,6 +99,9 @@ for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
             out[f"{name}.in.x"], out[f"{name}.in.noise"], out[f"{name}.in.z"] = x, noise, z_in
             out[f"{name}.mean"], out[f"{name}.logvar"], out[f"{name}.z"] = mean, th.clamp(logvar, -30.0, 20.0), z
             out[f"{name}.decoded"] = m.decode(z_in)
+            if name == "attn_nonsquare":  # tiles of 4 latent pixels, a quarter overlapping, on a 9x7 latent
+                z_big = th.randn(1, 4, 9, 7, generator=g, dtype=th.float64).to(dtype)
+                out[f"{name}.in.z_big"], out[f"{name}.tiled"] = z_big, tiled_decode(m, z_big, 4, 0.25)
     save(os.path.join(OUT, f"vae_{suffix}.safetensors"), out)
     print(f"{len(out)} tensors -> tests/fixtures/vae_{suffix}.safetensors")
 with open(os.path.join(OUT, "vae_configs.json"), "w") as f:

@@ -374,6 +374,81 @@ struct AutoencoderKL {
     return decoder.forward(post_quant_conv.forward(unscaled));
   }
 
+  // Decoding in overlapping tiles with blended seams, as diffusers' AutoencoderKL.tiled_decode:
+  // latent tiles of tile_latent x tile_latent every tile_latent (1 - overlap), each decoded on
+  // its own (so the decoder's activations stay those of one tile however large the image), then
+  // blended linearly over overlap * tile pixels with the tile above and the tile to the left, and
+  // cropped to the stride. GroupNorm sees one tile at a time, so the result differs slightly
+  // from decode() on images larger than a tile; on one tile it is decode() itself.
+  Tensor<T> decode_tiled(const Tensor<T>& z, std::int64_t tile_latent = 64, double overlap = 0.25) const {
+    using ditto::detail::cat;
+    if (tile_latent < 1 || !(overlap >= 0 && overlap < 1))
+      throw ArgumentError(cat("AutoencoderKL.decode_tiled: expected tile_latent >= 1 and overlap in [0, 1), got ", tile_latent, " and ", overlap));
+    if (z.dim() != 4 || z.size(1) != config.embed_dim)
+      throw ShapeError(cat("AutoencoderKL.decode_tiled: expected z (B, ", config.embed_dim, ", h, w), got ", shape_str(z.shape())));
+    const std::int64_t f = std::int64_t{1} << (config.ch_mult.size() - 1), tile_px = tile_latent * f;
+    const std::int64_t stride = std::max<std::int64_t>(static_cast<std::int64_t>(static_cast<double>(tile_latent) * (1 - overlap)), 1);
+    const std::int64_t blend = static_cast<std::int64_t>(static_cast<double>(tile_px) * overlap), keep = tile_px - blend;
+    const std::int64_t B = z.size(0), E = z.size(1), h = z.size(2), w = z.size(3), C = config.out_ch;
+    std::vector<std::vector<Tensor<T>>> tiles;  // decoded, blended in place as upstream does
+    for (std::int64_t i = 0; i < h; i += stride) {
+      tiles.emplace_back();
+      for (std::int64_t j = 0; j < w; j += stride) {
+        const std::int64_t th = std::min(tile_latent, h - i), tw = std::min(tile_latent, w - j);
+        Tensor<T> zt = Tensor<T>::empty({B, E, th, tw});
+        for (std::int64_t be = 0; be < B * E; ++be)
+          for (std::int64_t r = 0; r < th; ++r)
+            std::copy(z.data() + (be * h + i + r) * w + j, z.data() + (be * h + i + r) * w + j + tw, zt.data() + (be * th + r) * tw);
+        tiles.back().push_back(decode(zt));
+      }
+    }
+    const std::int64_t H = h * f, W = w * f;
+    Tensor<T> out = Tensor<T>::empty({B, C, H, W});
+    std::int64_t y0 = 0;
+    for (std::size_t ti = 0; ti < tiles.size(); ++ti) {
+      std::int64_t x0 = 0, rows_kept = 0;
+      for (std::size_t tj = 0; tj < tiles[ti].size(); ++tj) {
+        Tensor<T>& b = tiles[ti][tj];
+        const std::int64_t bh = b.size(2), bw = b.size(3);
+        if (ti > 0) {  // blend_v with the tile above
+          const Tensor<T>& a = tiles[ti - 1][tj];
+          const std::int64_t ah = a.size(2), e = std::min({ah, bh, blend});
+          for (std::int64_t bc = 0; bc < B * C; ++bc)
+            for (std::int64_t y = 0; y < e; ++y) {
+              const T wb = static_cast<T>(static_cast<double>(y) / static_cast<double>(e)), wa = T(1) - wb;
+              const T* ar = a.data() + (bc * ah + ah - e + y) * a.size(3);
+              T* br = b.data() + (bc * bh + y) * bw;
+              for (std::int64_t x = 0; x < std::min(bw, a.size(3)); ++x) br[x] = ar[x] * wa + br[x] * wb;
+            }
+        }
+        if (tj > 0) {  // blend_h with the tile to the left
+          const Tensor<T>& a = tiles[ti][tj - 1];
+          const std::int64_t aw = a.size(3), e = std::min({aw, bw, blend});
+          for (std::int64_t bc = 0; bc < B * C; ++bc)
+            for (std::int64_t y = 0; y < std::min(bh, a.size(2)); ++y)
+              for (std::int64_t x = 0; x < e; ++x) {
+                const T wb = static_cast<T>(static_cast<double>(x) / static_cast<double>(e)), wa = T(1) - wb;
+                T& v = b.data()[(bc * bh + y) * bw + x];
+                v = a.data()[(bc * a.size(2) + y) * aw + aw - e + x] * wa + v * wb;
+              }
+        }
+        // keep the top-left keep x keep of the tile
+        const std::int64_t kh = std::min(keep, bh), kw = std::min(keep, bw);
+        for (std::int64_t bc = 0; bc < B * C; ++bc)
+          for (std::int64_t y = 0; y < kh && y0 + y < H; ++y)
+            std::copy(b.data() + (bc * bh + y) * bw, b.data() + (bc * bh + y) * bw + std::min(kw, W - x0),
+                      out.data() + (bc * H + y0 + y) * W + x0);
+        x0 += kw;
+        rows_kept = kh;
+      }
+      y0 += rows_kept;
+    }
+    if (y0 != H)
+      throw ShapeError(cat("AutoencoderKL.decode_tiled: tiles of ", tile_latent, " with overlap ", overlap, " do not cover a ", h, " x ", w,
+                           " latent (kept ", y0, " of ", H, " rows); use a smaller overlap or larger tiles"));
+    return out;
+  }
+
  private:
   VAEMid<T> make_mid(std::int64_t c) const {
     VAEMid<T> m;
