@@ -365,6 +365,45 @@ TEMPLATE_TEST_CASE("AutoencoderKL equals U-ViT's FrozenAutoencoderKL: encode + s
   CHECK(cases == 2);
 }
 
+TEST_CASE("AutoencoderKL loads diffusers' names as diffusers' converter maps them", "[models][vae]") {
+  const auto table = ditto_test::load_json("vae_diffusers_names.json");
+  for (const auto& [name, c] : table.items()) {
+    INFO(name);
+    const nlohmann::json kwargs = {{"ddconfig", c["ddconfig"]}, {"embed_dim", c["ddconfig"]["z_channels"]}};
+    AutoencoderKL<float> ref(VAEConfig::from_json(kwargs));
+    std::map<std::string, Tensor<float>> compvis;
+    for (auto& [n, t] : nn::named_parameters<float>(ref)) {
+      hash_weights(n, *t);
+      compvis[n] = *t;
+    }
+    // the file as diffusers stores it: its names, its shapes (attention projections as Linear)
+    std::vector<std::pair<std::string, Tensor<float>>> file;
+    for (const auto& [dname, entry] : c["keys"].items()) {
+      const std::string from = entry[0];
+      REQUIRE(compvis.count(from));
+      file.emplace_back(dname, compvis[from].clone().reshape(entry[1].get<Shape>()));
+    }
+    REQUIRE(file.size() == compvis.size());
+    const std::string path = "ditto_test_vae_diffusers_" + name + ".safetensors";
+    save_safetensors(path, file);
+    AutoencoderKL<float> got(VAEConfig::from_json(kwargs));
+    const SafetensorsFile f(path);
+    CHECK(has_diffusers_vae_names(f));
+    CHECK(load_diffusers(got, f).ok());
+    for (auto& [n, t] : nn::named_parameters<float>(got)) {
+      INFO(n);
+      ditto_test::require_equal(*t, compvis[n]);
+    }
+    std::remove(path.c_str());
+  }
+  // a missing weight is named in the diffusers naming
+  AutoencoderKL<float> vae(VAEConfig::from_json({{"ddconfig", table["small"]["ddconfig"]}, {"embed_dim", 3}}));
+  save_safetensors<float>("ditto_test_vae_partial.safetensors", {{"encoder.conv_norm_out.weight", Tensor<float>({64})}});
+  CHECK_THROWS_WITH(load_diffusers(vae, SafetensorsFile("ditto_test_vae_partial.safetensors")),
+                    Catch::Contains("123 missing (encoder.conv_in.weight, encoder.conv_in.bias, encoder.down_blocks.0.resnets.0.norm1.weight"));
+  std::remove("ditto_test_vae_partial.safetensors");
+}
+
 TEST_CASE("AutoencoderKL configs + input errors", "[models][vae]") {
   auto from = [](const char* text) { return VAEConfig::from_json(nlohmann::json::parse(text)); };
   const char* sd = R"({"ddconfig": {"double_z": true, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
@@ -694,6 +733,29 @@ TEST_CASE("ditto-forward runs vae-encode (noise given or seeded) and vae-decode"
   const auto [code, err] = r.run("--model vae-encode " + base + " --inputs " + r.path("enc.safetensors") + " --seed -1");
   CHECK(code == 2);
   CHECK_THAT(err, Catch::Contains("--seed expects a whole number"));
+  // the same weights under diffusers' names decode the same
+  const auto table = ditto_test::load_json("vae_diffusers_names.json")["small"];
+  r.write_json("small.json", {{"ddconfig", table["ddconfig"]}, {"embed_dim", 3}});
+  AutoencoderKL<float> small(VAEConfig::from_json({{"ddconfig", table["ddconfig"]}, {"embed_dim", 3}}));
+  std::map<std::string, Tensor<float>> compvis;
+  for (auto& [n, t] : nn::named_parameters<float>(small)) {
+    hash_weights(n, *t);
+    compvis[n] = *t;
+  }
+  std::vector<std::pair<std::string, Tensor<float>>> cv(compvis.begin(), compvis.end()), df;
+  for (const auto& [dname, entry] : table["keys"].items()) df.emplace_back(dname, compvis[entry[0]].clone().reshape(entry[1].get<Shape>()));
+  save_safetensors(r.path("cv.safetensors"), cv);
+  save_safetensors(r.path("df.safetensors"), df);
+  Generator g(2);
+  save_safetensors<float>(r.path("z.safetensors"), {{"z", g.normal<float>({1, 3, 4, 5})}});
+  auto decoded = [&](const std::string& weights) {
+    const auto [c2, e2] = r.run("--model vae-decode --config " + r.path("small.json") + " --weights " + r.path(weights) + " --inputs " +
+                                r.path("z.safetensors") + " --output " + r.path("o.safetensors"));
+    INFO(e2);
+    REQUIRE(c2 == 0);
+    return SafetensorsFile(r.path("o.safetensors")).get<float>("out");
+  };
+  ditto_test::require_equal(decoded("df.safetensors"), decoded("cv.safetensors"));
 }
 
 TEST_CASE("ditto-forward runs ViT and refuses guidance for it", "[models][vit][forward]") {

@@ -200,7 +200,8 @@ inline NamedTensors run_vae(const ForwardRequest& r, bool encode) {
   refuse_guidance(r, "FrozenAutoencoderKL");
   if (r.trace) throw ArgumentError("--trace is not available for the autoencoder yet");
   AutoencoderKL<float> vae(VAEConfig::from_json(r.config));
-  load_weights(vae, *r.weights);
+  if (has_diffusers_vae_names(*r.weights)) load_diffusers(vae, *r.weights);  // either naming loads
+  else load_weights(vae, *r.weights);
   Inputs in{*r.inputs, encode ? "vae-encode" : "vae-decode", {}};
   NamedTensors outputs;
   if (encode) {

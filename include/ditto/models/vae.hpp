@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,8 @@
 #include "../nn/activation.hpp"
 #include "../nn/attention.hpp"
 #include "../nn/conv.hpp"
+#include "../io/safetensors.hpp"
+#include "../nn/module.hpp"
 #include "../nn/norm.hpp"
 #include "config.hpp"
 #include "dit.hpp"  // Trace
@@ -459,5 +462,78 @@ struct AutoencoderKL {
     return m;
   }
 };
+
+// The diffusers name of one of AutoencoderKL's parameters (diffusers' own converter,
+// convert_ldm_vae_checkpoint, maps them the same way): down.N.block.M -> down_blocks.N.resnets.M,
+// nin_shortcut -> conv_shortcut, downsample / upsample -> downsamplers.0 / upsamplers.0,
+// decoder.up.N -> up_blocks.(levels - 1 - N), mid.block_1 / block_2 -> mid_block.resnets.0 / 1,
+// mid.attn_1.{norm, q, k, v, proj_out} -> mid_block.attentions.0.{group_norm, to_q, to_k, to_v,
+// to_out.0} (old diffusers: query, key, value, proj_attn), norm_out -> conv_norm_out.
+inline std::vector<std::string> diffusers_vae_names(const std::string& name, std::size_t levels) {
+  auto starts = [&](const std::string& p) { return name.rfind(p, 0) == 0; };
+  auto replace = [](std::string s, const std::string& from, const std::string& to) {
+    const auto at = s.find(from);
+    return at == std::string::npos ? s : s.substr(0, at) + to + s.substr(at + from.size());
+  };
+  std::string n = name;
+  for (const char* part : {"encoder.down.", "decoder.up."}) {
+    if (!starts(part)) continue;
+    const std::size_t i0 = std::string(part).size(), i1 = n.find('.', i0);
+    std::size_t level = std::stoul(n.substr(i0, i1 - i0));
+    if (std::string(part) == "decoder.up.") level = levels - 1 - level;
+    std::string rest = n.substr(i1 + 1);
+    rest = replace(replace(replace(rest, "block.", "resnets."), "downsample.", "downsamplers.0."), "upsample.", "upsamplers.0.");
+    n = std::string(part).substr(0, std::string(part).size() - 1) + "_blocks." + std::to_string(level) + "." + rest;
+  }
+  n = replace(replace(n, "nin_shortcut", "conv_shortcut"), "norm_out", "conv_norm_out");
+  n = replace(replace(n, "mid.block_1.", "mid_block.resnets.0."), "mid.block_2.", "mid_block.resnets.1.");
+  if (n.find("mid.attn_1.") == std::string::npos) return {n};
+  n = replace(n, "mid.attn_1.", "mid_block.attentions.0.");
+  const std::string stem = n.substr(0, n.rfind('.', n.rfind('.') - 1) + 1), leaf = n.substr(stem.size());  // e.g. "q.weight"
+  const std::string part = leaf.substr(0, leaf.find('.')), kind = leaf.substr(leaf.find('.'));
+  if (part == "norm") return {stem + "group_norm" + kind};
+  const std::string now = part == "proj_out" ? "to_out.0" : "to_" + part;
+  const std::string old = part == "q" ? "query" : part == "k" ? "key" : part == "v" ? "value" : "proj_attn";
+  return {stem + now + kind, stem + old + kind};
+}
+
+// Loads AutoencoderKL weights saved under diffusers' names (a diffusers
+// diffusion_pytorch_model.safetensors), strictly: every parameter present, nothing extra. The
+// attention projections, Linear (C, C) in diffusers, load into the 1x1 convolutions.
+template <class T>
+inline nn::LoadReport load_diffusers(AutoencoderKL<T>& vae, const SafetensorsFile& file, bool strict = true) {
+  nn::LoadReport report;
+  std::vector<std::string> wrong;
+  std::set<std::string> used;
+  for (auto& [name, t] : nn::named_parameters<T>(vae)) {
+    std::string found;
+    for (const auto& candidate : diffusers_vae_names(name, vae.config.ch_mult.size()))
+      if (file.contains(candidate)) {
+        found = candidate;
+        break;
+      }
+    if (found.empty()) {
+      report.missing.push_back(diffusers_vae_names(name, vae.config.ch_mult.size()).front());
+      continue;
+    }
+    used.insert(found);
+    const Shape& shape = file.info(found).shape;
+    const bool linear_as_conv = shape.size() == 2 && t->dim() == 4 && t->size(2) == 1 && t->size(3) == 1 && shape[0] == t->size(0) &&
+                                shape[1] == t->size(1);
+    if (shape != t->shape() && !linear_as_conv) {
+      wrong.push_back(ditto::detail::cat(found, ": file ", shape_str(shape), ", model ", shape_str(t->shape())));
+      continue;
+    }
+    *t = file.get<T>(found).reshape(t->shape());
+  }
+  for (const auto& n : file.names())
+    if (!used.count(n)) report.unexpected.push_back(n);
+  nn::detail::throw_if_problems(file.path(), report, wrong, strict);
+  return report;
+}
+
+// Whether a weights file uses diffusers' names (it has encoder.conv_norm_out, which CompVis
+// calls encoder.norm_out).
+inline bool has_diffusers_vae_names(const SafetensorsFile& file) { return file.contains("encoder.conv_norm_out.weight"); }
 
 }  // namespace ditto::models
