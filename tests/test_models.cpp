@@ -601,6 +601,27 @@ TEST_CASE("ditto-forward runs DiT on upstream weights and inputs", "[models][dit
   }
 }
 
+// ditto-forward on a U-ViT / U-Net case whose config.json and w.safetensors are written: inputs x,
+// timesteps (and y when the fixture has it), output and one trace against upstream, and the
+// guidance scale refused.
+static void check_x_timesteps_y_forward(const ForwardRun& r, const SafetensorsFile& fx, const std::string& c, const std::string& model,
+                                 const std::string& trace, const std::string& upstream) {
+  std::vector<std::pair<std::string, Tensor<std::int64_t>>> labels;
+  if (fx.contains(c + ".in.y")) labels.emplace_back("y", fx.get<std::int64_t>(c + ".in.y"));
+  save_mixed(r.path("in.safetensors"), {{"x", fx.get<float>(c + ".in.x")}, {"timesteps", fx.get<float>(c + ".in.timesteps")}}, labels);
+  const std::string args = "--model " + model + " --config " + r.path("config.json") + " --weights " + r.path("w.safetensors") +
+                           " --inputs " + r.path("in.safetensors") + " --output " + r.path("out.safetensors");
+  const auto [code, err] = r.run(args + " --trace");
+  INFO(err);
+  REQUIRE(code == 0);
+  const SafetensorsFile out(r.path("out.safetensors"));
+  CHECK_CLOSE(out.get<float>("out"), fx.get<float>(c + ".out"), 1e-4);
+  CHECK_CLOSE(out.get<float>("trace." + trace), fx.get<float>(c + ".trace." + trace), 1e-4);
+  const auto [code2, err2] = r.run(args + " --cfg-scale 2");
+  CHECK(code2 == 1);
+  CHECK_THAT(err2, Catch::Contains(upstream + " has no forward_with_cfg upstream"));
+}
+
 TEST_CASE("ditto-forward runs U-ViT (with and without y) and refuses guidance for it", "[models][uvit][forward]") {
   const ModelFixture<float> fx("uvit");
   const ForwardRun r;
@@ -608,21 +629,7 @@ TEST_CASE("ditto-forward runs U-ViT (with and without y) and refuses guidance fo
     INFO(c);
     r.write_json("config.json", fx.configs[c]);
     save_safetensors(r.path("w.safetensors"), with_prefix<float>(fx.file, c + ".w."));
-    std::vector<std::pair<std::string, Tensor<std::int64_t>>> labels;
-    if (fx.file.contains(c + ".in.y")) labels.emplace_back("y", fx.file.get<std::int64_t>(c + ".in.y"));
-    save_mixed(r.path("in.safetensors"), {{"x", fx.file.get<float>(c + ".in.x")}, {"timesteps", fx.file.get<float>(c + ".in.timesteps")}},
-               labels);
-    const std::string args = "--model uvit --config " + r.path("config.json") + " --weights " + r.path("w.safetensors") +
-                             " --inputs " + r.path("in.safetensors") + " --output " + r.path("out.safetensors");
-    const auto [code, err] = r.run(args + " --trace");
-    INFO(err);
-    REQUIRE(code == 0);
-    const SafetensorsFile out(r.path("out.safetensors"));
-    CHECK_CLOSE(out.get<float>("out"), fx.file.get<float>(c + ".out"), 1e-4);
-    CHECK_CLOSE(out.get<float>("trace.mid_block"), fx.file.get<float>(c + ".trace.mid_block"), 1e-4);
-    const auto [code2, err2] = r.run(args + " --cfg-scale 2");
-    CHECK(code2 == 1);
-    CHECK_THAT(err2, Catch::Contains("UViT has no forward_with_cfg upstream"));
+    check_x_timesteps_y_forward(r, fx.file, c, "uvit", "mid_block", "UViT");
   }
 }
 
@@ -639,21 +646,7 @@ TEST_CASE("ditto-forward runs the U-Net (class-conditional; non-square, uncondit
       weights.emplace_back(n, *t);
     }
     save_safetensors(r.path("w.safetensors"), weights);
-    std::vector<std::pair<std::string, Tensor<std::int64_t>>> labels;
-    if (fx.file.contains(c + ".in.y")) labels.emplace_back("y", fx.file.get<std::int64_t>(c + ".in.y"));
-    save_mixed(r.path("in.safetensors"), {{"x", fx.file.get<float>(c + ".in.x")}, {"timesteps", fx.file.get<float>(c + ".in.timesteps")}},
-               labels);
-    const std::string args = "--model unet --config " + r.path("config.json") + " --weights " + r.path("w.safetensors") +
-                             " --inputs " + r.path("in.safetensors") + " --output " + r.path("out.safetensors");
-    const auto [code, err] = r.run(args + " --trace");
-    INFO(err);
-    REQUIRE(code == 0);
-    const SafetensorsFile out(r.path("out.safetensors"));
-    CHECK_CLOSE(out.get<float>("out"), fx.file.get<float>(c + ".out"), 1e-4);
-    CHECK_CLOSE(out.get<float>("trace.middle_block"), fx.file.get<float>(c + ".trace.middle_block"), 1e-4);
-    const auto [code2, err2] = r.run(args + " --cfg-scale 2");
-    CHECK(code2 == 1);
-    CHECK_THAT(err2, Catch::Contains("UNetModel has no forward_with_cfg upstream"));
+    check_x_timesteps_y_forward(r, fx.file, c, "unet", "middle_block", "UNetModel");
   }
 }
 

@@ -214,9 +214,8 @@ struct AttentionBlock {
     Tensor<T> qkv_t = Tensor<T>::empty({L, 3 * C}), o = Tensor<T>::empty({L, C});
     Tensor<T> out = x.clone();
     for (std::int64_t b = 0; b < B; ++b) {
-      // token-major q/k/v: (L, 3C) = xn_b^T (L, C) W^T (C, 3C) + bias
-      for (std::int64_t l = 0; l < L; ++l) std::copy(qkv.bias.data(), qkv.bias.data() + 3 * C, qkv_t.data() + l * 3 * C);
-      gemm<T>(true, true, L, 3 * C, C, T(1), xn.data() + b * C * L, L, qkv.weight.data(), C, T(1), qkv_t.data(), 3 * C);
+      // token-major q/k/v: (L, 3C)
+      nn::detail::pointwise_to_rows(xn.data() + b * C * L, C, L, qkv.weight.data(), qkv.bias.data(), 3 * C, qkv_t.data(), 3 * C);
       std::vector<nn::AttentionProblem<T>> problems;
       for (std::int64_t h = 0; h < H; ++h) {
         const T* q = qkv_t.data() + (new_order ? h * ch : h * 3 * ch);
@@ -226,11 +225,7 @@ struct AttentionBlock {
       }
       nn::attention_kernel(problems, nn::AttentionLayout{ch, ch, 3 * C, 3 * C, 3 * C, C, 0},
                            static_cast<T>(1.0 / std::sqrt(static_cast<double>(ch))));
-      // out_b (C, L) += W (C, C) o^T (C, L) + bias
-      T* ob = out.data() + b * C * L;
-      for (std::int64_t c = 0; c < C; ++c)
-        for (std::int64_t l = 0; l < L; ++l) ob[c * L + l] += proj_out.bias[c];
-      gemm<T>(false, true, C, L, C, T(1), proj_out.weight.data(), C, o.data(), C, T(1), ob, L);
+      nn::detail::rows_to_pointwise_add(o.data(), L, C, proj_out.weight.data(), proj_out.bias.data(), C, out.data() + b * C * L);
     }
     return out;
   }

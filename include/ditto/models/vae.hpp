@@ -159,17 +159,12 @@ struct VAEAttnBlock {
     Tensor<T> out = x.clone();
     const nn::Conv2d<T>* convs[3] = {&q, &k, &v};
     for (std::int64_t b = 0; b < B; ++b) {
-      // token-major: qkv[:, j C : (j + 1) C] = hn_b^T W_j^T + b_j
-      for (int j = 0; j < 3; ++j) {
-        for (std::int64_t l = 0; l < L; ++l) std::copy(convs[j]->bias.data(), convs[j]->bias.data() + C, qkv.data() + l * 3 * C + j * C);
-        gemm<T>(true, true, L, C, C, T(1), hn.data() + b * C * L, L, convs[j]->weight.data(), C, T(1), qkv.data() + j * C, 3 * C);
-      }
+      for (int j = 0; j < 3; ++j)  // token-major: qkv[:, j C : (j + 1) C]
+        nn::detail::pointwise_to_rows(hn.data() + b * C * L, C, L, convs[j]->weight.data(), convs[j]->bias.data(), C, qkv.data() + j * C,
+                                      3 * C);
       nn::attention_kernel(std::vector<nn::AttentionProblem<T>>{{qkv.data(), qkv.data() + C, qkv.data() + 2 * C, o.data(), L, L, nullptr}},
                            nn::AttentionLayout{C, C, 3 * C, 3 * C, 3 * C, C, 0}, static_cast<T>(1.0 / std::sqrt(static_cast<double>(C))));
-      T* ob = out.data() + b * C * L;
-      for (std::int64_t c = 0; c < C; ++c)
-        for (std::int64_t l = 0; l < L; ++l) ob[c * L + l] += proj_out.bias[c];
-      gemm<T>(false, true, C, L, C, T(1), proj_out.weight.data(), C, o.data(), C, T(1), ob, L);
+      nn::detail::rows_to_pointwise_add(o.data(), L, C, proj_out.weight.data(), proj_out.bias.data(), C, out.data() + b * C * L);
     }
     return out;
   }

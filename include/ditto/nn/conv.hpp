@@ -122,6 +122,24 @@ inline void conv_forward(const T* x, const T* w, const T* bias, T* y, const Conv
     }
   });
 }
+
+// A 1x1 convolution of one channel-major image x (C, L) written as token-major rows:
+// out[l * ldo + o] = bias[o] + sum_c w[o, c] x[c, l], for w (O, C). Spatial attention blocks use
+// it to get q / k / v in the row layout the attention kernel reads.
+template <class T>
+inline void pointwise_to_rows(const T* x, std::int64_t C, std::int64_t L, const T* w, const T* bias, std::int64_t O, T* out,
+                              std::int64_t ldo) {
+  for (std::int64_t l = 0; l < L; ++l) std::copy(bias, bias + O, out + l * ldo);
+  gemm<T>(true, true, L, O, C, T(1), x, L, w, C, T(1), out, ldo);
+}
+// The way back, added: y[c, l] += bias[c] + sum_o w[c, o] rows[l, o], for rows (L, O), w (C, O)
+// and y (C, L) channel-major: an output projection plus the residual.
+template <class T>
+inline void rows_to_pointwise_add(const T* rows, std::int64_t L, std::int64_t O, const T* w, const T* bias, std::int64_t C, T* y) {
+  for (std::int64_t c = 0; c < C; ++c)
+    for (std::int64_t l = 0; l < L; ++l) y[c * L + l] += bias[c];
+  gemm<T>(false, true, C, L, O, T(1), w, O, rows, O, T(1), y, L);
+}
 }  // namespace detail
 
 // x: (N, C, H, W) -> (N, out_channels, Ho, Wo). padding = {top, bottom, left, right} (may be
