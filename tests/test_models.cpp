@@ -15,47 +15,16 @@
 
 #include <cstdio>
 #include <set>
+#include <tuple>
 
 #include "helpers.hpp"
+#include "model_fixture.hpp"
+
+using ditto_test::ModelFixture;
 
 using namespace ditto;
 using namespace ditto::models;
 
-namespace {
-template <class T>
-struct ModelFixture {
-  SafetensorsFile file;
-  nlohmann::json configs;
-  double tol;
-  ModelFixture(const std::string& model)
-      : file(std::string(DITTO_FIXTURES) + "/" + model + (std::is_same_v<T, float> ? "_f32" : "_f64") + ".safetensors"),
-        configs(ditto_test::load_json(model + "_configs.json")),
-        tol(std::is_same_v<T, float> ? 1e-4 : 1e-10) {}
-  bool has_case(const std::string& c) const { return file.contains(c + ".out"); }
-  // Every "case.trace.<module>" of the fixture against the model's trace of that module; returns
-  // how many were compared.
-  int compare_traces(const std::string& c, std::map<std::string, Tensor<T>>& traces) const {
-    int compared = 0;
-    const std::string prefix = c + ".trace.";
-    for (const auto& n : file.names()) {
-      if (n.rfind(prefix, 0) != 0) continue;
-      const std::string k = n.substr(prefix.size());
-      INFO("trace " << k);
-      REQUIRE(traces.count(k));
-      CHECK_CLOSE(traces[k], file.template get<T>(n), tol);
-      ++compared;
-    }
-    return compared;
-  }
-  template <class Block>
-  void load_case(Block& block, const std::string& c) const {
-    const std::string prefix = c + ".w.";
-    nn::load<T>(block, file, /*strict=*/true, [&](const std::string& n) {
-      return n.rfind(prefix, 0) == 0 ? n.substr(prefix.size()) : std::string();
-    });
-  }
-};
-}  // namespace
 
 TEMPLATE_TEST_CASE("DiT equals facebookresearch/DiT: forward + forward_with_cfg + every block", "[models][dit]", float, double) {
   using T = TestType;
@@ -259,11 +228,11 @@ TEST_CASE("U-Net configs: required arguments + refusals + input errors", "[model
   CHECK(m.forward(Tensor<float>({1, 3, 6, 10}), t, &y).shape() == Shape{1, 3, 6, 10});
 }
 
-TEMPLATE_TEST_CASE("Latte equals Vchitect/Latte: spatial + temporal blocks, forward_with_cfg, every traced module",
+TEMPLATE_TEST_CASE("Latte equals Vchitect/Latte: spatial + temporal blocks, forward_with_cfg, latte_img's images, every traced module",
                    "[models][latte]", float, double) {
   using T = TestType;
   const ModelFixture<T> fx("latte");
-  int cases = 0;
+  int cases = 0, image_cases = 0;
   for (const auto& [name, kwargs] : fx.configs.items()) {
     if (!fx.has_case(name)) continue;
     INFO(name << " " << kwargs.dump());
@@ -274,14 +243,23 @@ TEMPLATE_TEST_CASE("Latte equals Vchitect/Latte: spatial + temporal blocks, forw
     const auto t = fx.file.template get<T>(name + ".in.t");
     std::optional<Tensor<std::int64_t>> y;
     if (fx.file.contains(name + ".in.y")) y = fx.file.template get<std::int64_t>(name + ".in.y");
+    std::optional<Tensor<std::int64_t>> y_image;  // latte_img.py's cases: images after the video
+    if (fx.file.contains(name + ".in.y_image")) y_image = fx.file.template get<std::int64_t>(name + ".in.y_image");
+    const std::int64_t images = fx.file.contains(name + ".in.use_image_num") ? fx.file.template get<std::int64_t>(name + ".in.use_image_num")[0] : 0;
     std::map<std::string, Tensor<T>> traces;
-    const auto out = m.forward(x, t, y ? &*y : nullptr, [&](const std::string& k, const Tensor<T>& v) { traces[k] = v.clone(); });
+    const auto out = m.forward(x, t, y ? &*y : nullptr, [&](const std::string& k, const Tensor<T>& v) { traces[k] = v.clone(); }, images,
+                               y_image ? &*y_image : nullptr);
     CHECK_CLOSE(out, fx.file.template get<T>(name + ".out"), fx.tol);
     CHECK(fx.compare_traces(name, traces) >= 5);
+    if (images) {
+      ++image_cases;
+      continue;
+    }
     const double scale = fx.file.template get<T>(name + ".in.cfg_scale")[0];
     CHECK_CLOSE(m.forward_with_cfg(x, t, y ? &*y : nullptr, scale), fx.file.template get<T>(name + ".cfg_out"), fx.tol);
   }
-  CHECK(cases >= 1);
+  CHECK(cases >= 2);
+  CHECK(image_cases >= 1);
 }
 
 TEST_CASE("Latte configs: upstream's arguments + refusals + a one-frame video's temporal blocks", "[models][latte]") {
@@ -650,7 +628,7 @@ TEST_CASE("ditto-forward runs the U-Net (class-conditional; non-square, uncondit
   }
 }
 
-TEST_CASE("ditto-forward runs Latte with and without guidance", "[models][latte][forward]") {
+TEST_CASE("ditto-forward runs Latte with and without guidance, and with images", "[models][latte][forward]") {
   const ModelFixture<float> fx("latte");
   const ForwardRun r;
   for (const std::string c : {"uncond", "class_patch4_odd"}) {
@@ -679,6 +657,28 @@ TEST_CASE("ditto-forward runs Latte with and without guidance", "[models][latte]
     const SafetensorsFile out(r.path("out.safetensors"));
     CHECK_CLOSE(out.get<float>("out"), fx.file.get<float>(c + ".cfg_out"), 1e-4);
   }
+  // latte_img.py's inputs: images after the video, their labels, and how many there are
+  const std::string c = "img_class";
+  r.write_json("config.json", fx.configs[c]);
+  save_safetensors(r.path("w.safetensors"), with_prefix<float>(fx.file, c + ".w."));
+  std::vector<std::pair<std::string, Tensor<std::int64_t>>> labels = {
+      {"y", fx.file.get<std::int64_t>(c + ".in.y")}, {"y_image", fx.file.get<std::int64_t>(c + ".in.y_image")},
+      {"use_image_num", fx.file.get<std::int64_t>(c + ".in.use_image_num")}};
+  save_mixed(r.path("in.safetensors"), {{"x", fx.file.get<float>(c + ".in.x")}, {"t", fx.file.get<float>(c + ".in.t")}}, labels);
+  const std::string args = "--model latte --config " + r.path("config.json") + " --weights " + r.path("w.safetensors") + " --inputs " +
+                           r.path("in.safetensors") + " --output " + r.path("out.safetensors");
+  const auto [code, err] = r.run(args);
+  INFO(err);
+  REQUIRE(code == 0);
+  CHECK_CLOSE(SafetensorsFile(r.path("out.safetensors")).get<float>("out"), fx.file.get<float>(c + ".out"), 1e-4);
+  const auto [code2, err2] = r.run(args + " --cfg-scale 4");
+  CHECK(code2 == 1);
+  CHECK_THAT(err2, Catch::Contains("forward_with_cfg takes no images"));
+  labels.pop_back();  // without use_image_num the frames do not add up
+  save_mixed(r.path("in.safetensors"), {{"x", fx.file.get<float>(c + ".in.x")}, {"t", fx.file.get<float>(c + ".in.t")}}, labels);
+  const auto [code3, err3] = r.run(args);
+  CHECK(code3 == 1);
+  CHECK_THAT(err3, Catch::Contains("expected x (B, 2, 3, 8, 8)"));
 }
 
 TEST_CASE("ditto-forward runs vae-encode (noise given or seeded) and vae-decode", "[models][vae][forward]") {
@@ -751,25 +751,29 @@ TEST_CASE("ditto-forward runs vae-encode (noise given or seeded) and vae-decode"
   ditto_test::require_equal(decoded("df.safetensors"), decoded("cv.safetensors"));
 }
 
-TEST_CASE("ditto-forward runs ViT and refuses guidance for it", "[models][vit][forward]") {
-  const ModelFixture<float> fx("vit");
+TEST_CASE("ditto-forward runs ViT and ViViT and refuses guidance for them", "[models][vit][vivit][forward]") {
   const ForwardRun r;
-  for (const std::string c : {"avg_ls_reg_rect", "nopool_crop"}) {
-    INFO(c);
+  const std::vector<std::tuple<std::string, std::string, std::string>> cases = {  // model, case, upstream's name
+      {"vit", "avg_ls_reg_rect", "VisionTransformer"}, {"vit", "nopool_crop", "VisionTransformer"},
+      {"vivit", "fe_cls", "ViViT"}, {"vivit", "fdp_uniform_2heads", "ViViT"}};
+  for (const auto& [model, c, upstream] : cases) {
+    INFO(model << " " << c);
+    const ModelFixture<float> fx(model);
     r.write_json("config.json", fx.configs[c]);
     save_safetensors(r.path("w.safetensors"), with_prefix<float>(fx.file, c + ".w."));
     save_safetensors<float>(r.path("in.safetensors"), {{"x", fx.file.get<float>(c + ".in.x")}});
-    const std::string args = "--model vit --config " + r.path("config.json") + " --weights " + r.path("w.safetensors") +
+    const std::string args = "--model " + model + " --config " + r.path("config.json") + " --weights " + r.path("w.safetensors") +
                              " --inputs " + r.path("in.safetensors") + " --output " + r.path("out.safetensors");
     const auto [code, err] = r.run(args + " --trace");
     INFO(err);
     REQUIRE(code == 0);
     const SafetensorsFile out(r.path("out.safetensors"));
     CHECK_CLOSE(out.get<float>("out"), fx.file.get<float>(c + ".out"), 1e-4);
-    CHECK_CLOSE(out.get<float>("trace.blocks.0"), fx.file.get<float>(c + ".trace.blocks.0"), 1e-4);
+    const std::string block = fx.file.contains(c + ".trace.blocks.0") ? "blocks.0" : "spatial.blocks.0";
+    CHECK_CLOSE(out.get<float>("trace." + block), fx.file.get<float>(c + ".trace." + block), 1e-4);
     const auto [code2, err2] = r.run(args + " --cfg-scale 2");
     CHECK(code2 == 1);
-    CHECK_THAT(err2, Catch::Contains("VisionTransformer has no forward_with_cfg upstream"));
+    CHECK_THAT(err2, Catch::Contains(upstream + " has no forward_with_cfg upstream"));
   }
 }
 #endif

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Writes tests/fixtures/latte_f32.safetensors, latte_f64.safetensors and latte_configs.json:
-Vchitect/Latte's models/latte.py (spatial and temporal blocks interleaved) on small and odd
+Vchitect/Latte's models/latte.py (spatial and temporal blocks interleaved), and models/latte_img.py
+(images beside the video: use_image_num, y_image), on small and odd
 configs (unconditional and class-conditional, learn_sigma on and off, a size the patch does not
 divide), every parameter randomized, forward and forward_with_cfg on seeded videos
 (B, F, C, H, W). Each case stores `name.w.*`, `name.in.{x,t,y}`, `name.out`, `name.cfg_out` and
@@ -24,6 +25,7 @@ if not src:
 sys.path.insert(0, os.path.join(src, "models"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import latte  # noqa: E402  (models/latte.py alone: models/__init__.py pulls in text models)
+import latte_img  # noqa: E402
 from fixture_common import run_traced, timestep_embedding_f64  # noqa: E402
 from safetensors_writer import save  # noqa: E402
 
@@ -39,9 +41,26 @@ CASES = {  # name: (constructor kwargs, batch, cfg scale)
                               num_frames=5, extras=2, num_classes=7, learn_sigma=False, attention_mode="xformers"), 2, 2.5),
 }
 
+IMG_CASES = {  # name: (constructor kwargs, batch, use_image_num)
+    "img_uncond": (dict(input_size=8, patch_size=2, in_channels=4, hidden_size=16, depth=2, num_heads=2, num_frames=3, extras=1), 2, 2),
+    "img_class": (dict(input_size=8, patch_size=4, in_channels=3, hidden_size=24, depth=4, num_heads=3, num_frames=2, extras=2,
+                       num_classes=5, learn_sigma=False), 2, 3),
+}
+
+
+def randomize(m, g, dtype):
+    with th.no_grad():
+        for k, p in m.named_parameters():
+            if k in ("pos_embed", "temp_embed"):
+                continue
+            fan_in = p.shape[1] if p.dim() == 2 else (p[0].numel() if p.dim() > 2 else 1)
+            p.copy_(th.randn(p.shape, generator=g, dtype=th.float64).to(dtype) * (0.1 if p.dim() == 1 else fan_in ** -0.5))
+
+
 configs = {}
 for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
-    latte.TimestepEmbedder.timestep_embedding = staticmethod(upstream_embedding if dtype == th.float32 else timestep_embedding_f64)
+    for mod in (latte, latte_img):
+        mod.TimestepEmbedder.timestep_embedding = staticmethod(upstream_embedding if dtype == th.float32 else timestep_embedding_f64)
     g = th.Generator().manual_seed(0)
     out = {}
     for name, (kwargs, B, cfg) in CASES.items():
@@ -50,12 +69,7 @@ for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
         configs[name] = kwargs
         # attention_mode only selects a kernel upstream; run the math one (xformers is CUDA-only)
         m = latte.Latte(**{**kwargs, "attention_mode": "math"}).to(dtype).eval()
-        with th.no_grad():
-            for k, p in m.named_parameters():
-                if k in ("pos_embed", "temp_embed"):
-                    continue
-                fan_in = p.shape[1] if p.dim() == 2 else (p[0].numel() if p.dim() > 2 else 1)
-                p.copy_(th.randn(p.shape, generator=g, dtype=th.float64).to(dtype) * (0.1 if p.dim() == 1 else fan_in ** -0.5))
+        randomize(m, g, dtype)
         s, F, C = kwargs["input_size"], kwargs["num_frames"], kwargs["in_channels"]
         x = th.randn(B, F, C, s, s, generator=g, dtype=th.float64).to(dtype)
         t = (th.rand(B, generator=g, dtype=th.float64) * 999).to(dtype)
@@ -77,6 +91,36 @@ for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
                 out[f"{name}.trace.{k}"] = v
             out[f"{name}.cfg_out"] = m.forward_with_cfg(x, t, y, cfg)
             out[f"{name}.in.cfg_scale"] = th.tensor([cfg], dtype=dtype)
+    # models/latte_img.py: use_image_num frames after the video are images, skipped by the
+    # temporal blocks. Its eval forward cannot combine images with labels (the label rows do not
+    # cover the images), so it runs in training mode with label dropout off, which is how it
+    # takes y_image; every dropout is 0, so training mode computes the same function otherwise.
+    for name, (kwargs, B, I) in IMG_CASES.items():
+        if dtype == th.float64 and name != "img_class":
+            continue
+        configs[name] = kwargs
+        m = latte_img.Latte(**kwargs).to(dtype).train()
+        if kwargs.get("extras") == 2:
+            m.y_embedder.dropout_prob = 0.0
+        randomize(m, g, dtype)
+        s, F, C = kwargs["input_size"], kwargs["num_frames"], kwargs["in_channels"]
+        x = th.randn(B, F + I, C, s, s, generator=g, dtype=th.float64).to(dtype)
+        t = (th.rand(B, generator=g, dtype=th.float64) * 999).to(dtype)
+        y = y_image = None
+        if kwargs.get("extras") == 2:
+            n = m.y_embedder.embedding_table.weight.shape[0]
+            y, y_image = th.randint(0, n, (B,), generator=g), th.randint(0, n, (B, I), generator=g)
+            out[f"{name}.in.y"], out[f"{name}.in.y_image"] = y, y_image
+        for k, v in m.state_dict().items():
+            out[f"{name}.w.{k}"] = v
+        out[f"{name}.in.x"], out[f"{name}.in.t"] = x, t
+        out[f"{name}.in.use_image_num"] = th.tensor([I], dtype=th.int64)
+        mods = [("x_embedder", m.x_embedder), ("t_embedder", m.t_embedder), ("final_layer", m.final_layer)] + \
+               [(f"blocks.{i}", b) for i, b in enumerate(m.blocks)]
+        with th.no_grad():
+            out[f"{name}.out"], traces = run_traced(mods, lambda: m(x, t, y, y_image=y_image, use_image_num=I))
+        for k, v in traces.items():
+            out[f"{name}.trace.{k}"] = v
     save(os.path.join(OUT, f"latte_{suffix}.safetensors"), out)
     print(f"{len(out)} tensors -> tests/fixtures/latte_{suffix}.safetensors")
 with open(os.path.join(OUT, "latte_configs.json"), "w") as f:

@@ -22,6 +22,7 @@
 #include "models/config.hpp"
 #include "models/dit.hpp"
 #include "models/vit.hpp"
+#include "models/vivit.hpp"
 #include "models/uvit.hpp"
 #include "models/unet.hpp"
 #include "models/latte.hpp"

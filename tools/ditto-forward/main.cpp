@@ -22,7 +22,7 @@
 
 namespace {
 const char* kUsage =
-    "usage: ditto-forward --model {vit,dit,uvit,unet,latte,vae-encode,vae-decode} --config CONFIG.json\n"
+    "usage: ditto-forward --model {vit,vivit,dit,uvit,unet,latte,vae-encode,vae-decode} --config CONFIG.json\n"
     "                     --weights W.safetensors --inputs IN.safetensors --output OUT.safetensors\n"
     "                     [--cfg-scale S] [--threads N] [--seed N] [--trace]\n";
 

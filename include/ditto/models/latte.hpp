@@ -1,16 +1,34 @@
 // Latte (Ma et al. 2024), the video diffusion transformer, as Vchitect/Latte's models/latte.py
 // builds it (the paper's variant 1: spatial and temporal blocks interleaved), with its
-// state-dict names. Its blocks are DiT's (adaLN-Zero); even blocks attend within each frame,
-// odd blocks across the frames at each spatial position.
+// state-dict names, plus models/latte_img.py's image-video joint input and the paper's other
+// variants. Its blocks are DiT's (adaLN-Zero).
 //
 //   models::Latte<float> latte(models::LatteConfig::from_json(kwargs));
 //   nn::load<float>(latte, "latte.safetensors");
 //   auto out = latte.forward(x, t, &y);       // x (B, F, C, H, W) as upstream takes it; y: extras == 2
 //
-// Tokens stay in (batch, frame, position) order throughout: the temporal blocks attend over rows
-// `positions` apart (Attention::forward_strided_into) instead of transposing the video twice per
-// block pair as upstream does, and since upstream's condition (timestep + label) is the same for
-// every frame and position of a video, every block modulates with one row per video.
+// The paper's four model variants (sec. 3.2, fig. 2), chosen by `variant` (a ditto extension;
+// upstream's code is variant 1 only):
+//   1 interleaved: even blocks attend within each frame, odd blocks across the frames at each
+//     spatial position (upstream);
+//   2 late fusion: the first depth/2 blocks attend within frames, the rest across frames;
+//   3 factorized self-attention: every block attends within the frame (attn), then across frames
+//     (attn_temporal), then its MLP; adaLN gives it nine vectors instead of six;
+//   4 factorized dot-product attention: every block's heads split, the first num_heads/2 within
+//     the frame and the rest across frames, one projection over all.
+// The frame embedding temp_embed joins the tokens before the first block that attends across
+// frames (after block 0 in variant 1, as upstream).
+// Timestep (and class) injection, `timestep_injection` (also a ditto extension):
+//   "adaln" (upstream, the paper's S-AdaLN): c = t_emb + y_emb modulates every block, DiT-style;
+//   "token" (the paper's "all tokens"): c is one more token at the head of every frame's tokens;
+//     blocks are plain pre-norm blocks (norm1, attn, norm2, mlp: LayerNorm with affine, eps 1e-6),
+//     the condition token travels across frames like any position, and the final layer
+//     (norm_final with affine, linear) reads the patch tokens only.
+//
+// Tokens stay in (batch, frame, position) order throughout: temporal attention reads rows one
+// frame apart (Attention::forward_strided_into) instead of transposing the video twice per block
+// pair as upstream does, and where the condition is the same for every frame and position of a
+// video, every block modulates with one row per video.
 #pragma once
 
 #include <cstdint>
@@ -29,10 +47,12 @@
 #include "../nn/patch.hpp"
 #include "config.hpp"
 #include "dit.hpp"
+#include "vivit.hpp"  // factorized_dot_product_attention
 
 namespace ditto::models {
 
-// Latte.__init__'s arguments, with its defaults (Latte-XL/2, 16 frames).
+// Latte.__init__'s arguments, with its defaults (Latte-XL/2, 16 frames), and ditto's two
+// extensions: variant and timestep_injection.
 struct LatteConfig {
   std::int64_t input_size = 32, patch_size = 2, in_channels = 4, hidden_size = 1152, depth = 28, num_heads = 16;
   double mlp_ratio = 4.0;
@@ -42,10 +62,15 @@ struct LatteConfig {
   bool learn_sigma = true;
   std::int64_t extras = 1;             // 1: timestep only; 2: + class labels; 78: + text (not yet)
   std::string attention_mode = "math";  // math, xformers or flash: the same attention
+  std::int64_t variant = 1;             // the paper's model variants 1-4 (upstream: 1)
+  std::string timestep_injection = "adaln";  // or "token"
 
   std::int64_t out_channels() const { return learn_sigma ? 2 * in_channels : in_channels; }
   std::int64_t grid() const { return input_size / patch_size; }
   std::int64_t mlp_hidden() const { return static_cast<std::int64_t>(static_cast<double>(hidden_size) * mlp_ratio); }
+  bool adaln() const { return timestep_injection == "adaln"; }
+  // tokens of one frame: the patches, and the condition token when it is one
+  std::int64_t frame_tokens() const { return grid() * grid() + (adaln() ? 0 : 1); }
 
   // DiT's constraints on the shared parts.
   DiTConfig as_dit() const {
@@ -72,6 +97,8 @@ struct LatteConfig {
     c.learn_sigma = kw.get("learn_sigma", c.learn_sigma);
     c.extras = kw.get("extras", c.extras);
     c.attention_mode = kw.get("attention_mode", c.attention_mode);
+    c.variant = kw.get("variant", c.variant);
+    c.timestep_injection = kw.get("timestep_injection", c.timestep_injection);
     kw.finish();
     c.validate();
     return c;
@@ -80,8 +107,15 @@ struct LatteConfig {
   void validate() const {
     using ditto::detail::cat;
     as_dit().validate();
-    if (depth < 2 || depth % 2)
-      throw ArgumentError(cat("Latte config: depth must be even (spatial and temporal blocks in pairs), got ", depth));
+    if (variant < 1 || variant > 4)
+      throw ArgumentError(cat("Latte config: variant must be 1 (interleaved, upstream), 2 (late fusion), 3 (factorized self-attention) "
+                              "or 4 (factorized dot-product attention), got ", variant));
+    if ((variant == 1 || variant == 2) && (depth < 2 || depth % 2))
+      throw ArgumentError(cat("Latte config: depth must be even (spatial and temporal blocks in pairs) for variant ", variant, ", got ", depth));
+    if (variant == 4 && num_heads % 2)
+      throw ArgumentError(cat("Latte config: variant 4 splits the heads in half (spatial, temporal), so num_heads must be even, got ", num_heads));
+    if (timestep_injection != "adaln" && timestep_injection != "token")
+      throw ArgumentError("Latte config: timestep_injection must be \"adaln\" or \"token\", got \"" + timestep_injection + "\"");
     if (num_frames < 1) throw ArgumentError(cat("Latte config: num_frames must be >= 1, got ", num_frames));
     if (extras == 78)
       throw ArgumentError("Latte config: extras = 78 (text embeddings) comes with text conditioning and is not supported yet; "
@@ -92,6 +126,106 @@ struct LatteConfig {
   }
 };
 
+// Which tokens a Latte block's attention sees.
+enum class LatteAttends { frame, time, frame_then_time, split_heads };
+
+// Where the sequences lie in the (batch, frame, position) token rows: frames: cu of each frame;
+// positions: the first row of each (video, position) sequence, `length` rows `stride` apart.
+struct LatteLayout {
+  std::vector<std::int64_t> frames, positions;
+  std::int64_t length = 0, stride = 0;
+};
+
+// One Latte block: DiT's block (adaLN) or a plain pre-norm block (token injection) attending as
+// `attends` says. adaLN chunks: shift, scale, gate per attention, then for the MLP.
+template <class T = float>
+struct LatteBlock {
+  LatteAttends attends = LatteAttends::frame;
+  bool adaln = true;
+  std::int64_t hidden_size = 0;
+  nn::Attention<T> attn, attn_temporal;    // attn_temporal: frame_then_time
+  nn::Mlp<T> mlp;
+  nn::LayerNorm<T> norm1, norm_temporal, norm2;  // token injection
+  nn::Linear<T> adaLN_modulation;           // adaLN: "adaLN_modulation.1", D -> 6D (9D with two attentions)
+
+  LatteBlock() = default;
+  LatteBlock(const LatteConfig& c, LatteAttends a)
+      : attends(a), adaln(c.adaln()), hidden_size(c.hidden_size), attn(c.hidden_size, c.num_heads, /*qkv_bias=*/true),
+        mlp(c.hidden_size, c.mlp_hidden(), c.hidden_size, nn::Activation::gelu_tanh) {
+    const std::int64_t D = c.hidden_size;
+    if (two_attentions()) attn_temporal = nn::Attention<T>(D, c.num_heads, true);
+    if (adaln) adaLN_modulation = nn::Linear<T>(D, chunks() * D);
+    else {
+      norm1 = norm2 = nn::LayerNorm<T>(D, 1e-6);
+      if (two_attentions()) norm_temporal = nn::LayerNorm<T>(D, 1e-6);
+    }
+  }
+  bool two_attentions() const { return attends == LatteAttends::frame_then_time; }
+  std::int64_t chunks() const { return two_attentions() ? 9 : 6; }
+
+  template <class V>
+  void visit(V& v) {
+    if (!adaln) v("norm1", norm1);
+    v("attn", attn);
+    if (two_attentions()) {
+      if (!adaln) v("norm_temporal", norm_temporal);
+      v("attn_temporal", attn_temporal);
+    }
+    if (!adaln) v("norm2", norm2);
+    v("mlp", mlp);
+    if (adaln) v("adaLN_modulation.1", adaLN_modulation);
+  }
+
+  // x: `rows` token rows of D in place, laid out as L says. adaLN: mod holds chunks() * D per
+  // condition, one condition per rows_per_cond consecutive rows.
+  void forward(T* x, std::int64_t rows, std::int64_t rows_per_cond, const T* mod, const LatteLayout& L, DiTBuffers<T>& buf) const {
+    const std::int64_t D = hidden_size;
+    auto spatial = [&](const nn::Attention<T>& a, const T* h, T* y) { a.forward_packed_into(h, L.frames, y, buf.qkv.data(), buf.o.data()); };
+    auto temporal = [&](const nn::Attention<T>& a, const T* h, T* y) {
+      a.forward_strided_into(h, rows, L.positions, L.length, L.stride, y, buf.qkv.data(), buf.o.data());
+    };
+    auto first = [&](const T* h, T* y) {
+      if (attends == LatteAttends::time) temporal(attn, h, y);
+      else if (attends == LatteAttends::split_heads)
+        factorized_dot_product_attention(attn, h, y, rows, L.frames, L.positions, L.length, L.stride, buf.qkv.data(), buf.o.data());
+      else spatial(attn, h, y);
+    };
+    // one residual branch: x += gate * f(modulate(norm(x))) (adaLN) or x += f(norm(x)) (token)
+    std::int64_t chunk = 0;
+    auto branch = [&](const nn::LayerNorm<T>& norm, auto&& f) {
+      if (adaln) {
+        const std::int64_t S = chunks() * D;
+        detail::norm_modulate(x, buf.h.data(), rows, rows_per_cond, D, mod + chunk * D, mod + (chunk + 1) * D, S, 1e-6);
+        f(buf.h.data(), buf.y.data());
+        detail::gated_add(x, buf.y.data(), rows, rows_per_cond, D, mod + (chunk + 2) * D, S);
+        chunk += 3;
+      } else {
+        norm.forward_into(x, buf.h.data(), rows);
+        f(buf.h.data(), buf.y.data());
+        parallel_for(rows, rows * D, [&](std::int64_t lo, std::int64_t hi) {
+          for (std::int64_t i = lo * D; i < hi * D; ++i) x[i] += buf.y[i];
+        });
+      }
+    };
+    branch(norm1, first);
+    if (two_attentions()) branch(norm_temporal, [&](const T* h, T* y) { temporal(attn_temporal, h, y); });
+    branch(norm2, [&](const T* h, T* y) { mlp.forward_into(h, y, rows, buf.hidden.data()); });
+  }
+};
+
+// The token-injection model's last layer: LayerNorm (affine, eps 1e-6) and the linear
+// projection to patches, on the patch tokens.
+template <class T = float>
+struct LatteTokenFinalLayer {
+  nn::LayerNorm<T> norm_final;
+  nn::Linear<T> linear;
+  template <class V>
+  void visit(V& v) {
+    v("norm_final", norm_final);
+    v("linear", linear);
+  }
+};
+
 template <class T = float>
 struct Latte {
   LatteConfig config;
@@ -99,8 +233,9 @@ struct Latte {
   TimestepEmbedder<T> t_embedder;
   LabelEmbedder<T> y_embedder;  // extras == 2
   Tensor<T> pos_embed, temp_embed;  // (1, positions, D), (1, num_frames, D): fixed sin-cos, stored in checkpoints
-  std::vector<DiTBlock<T>> blocks;  // even: spatial, odd: temporal
-  FinalLayer<T> final_layer;
+  std::vector<LatteBlock<T>> blocks;
+  FinalLayer<T> final_layer;                 // adaLN
+  LatteTokenFinalLayer<T> token_final_layer;  // token injection: "final_layer"
   mutable DiTBuffers<T> buffers;
 
   Latte() = default;
@@ -112,8 +247,25 @@ struct Latte {
     if (c.extras == 2) y_embedder = LabelEmbedder<T>(c.num_classes, D, c.class_dropout_prob);
     pos_embed = nn::sincos_pos_embed_2d<T>(D, g, g).reshape({1, g * g, D});
     temp_embed = nn::sincos_pos_embed_1d<T>(D, c.num_frames).reshape({1, c.num_frames, D});
-    for (std::int64_t i = 0; i < c.depth; ++i) blocks.emplace_back(D, c.num_heads, c.mlp_hidden());
-    final_layer = FinalLayer<T>(D, c.patch_size, c.out_channels());
+    for (std::int64_t i = 0; i < c.depth; ++i) blocks.emplace_back(c, attends(i));
+    const std::int64_t P = c.patch_size * c.patch_size * c.out_channels();
+    if (c.adaln()) final_layer = FinalLayer<T>(D, c.patch_size, c.out_channels());
+    else token_final_layer = LatteTokenFinalLayer<T>{nn::LayerNorm<T>(D, 1e-6), nn::Linear<T>(D, P)};
+  }
+
+  LatteAttends attends(std::int64_t i) const {
+    switch (config.variant) {
+      case 1: return i % 2 ? LatteAttends::time : LatteAttends::frame;
+      case 2: return i < config.depth / 2 ? LatteAttends::frame : LatteAttends::time;
+      case 3: return LatteAttends::frame_then_time;
+      default: return LatteAttends::split_heads;
+    }
+  }
+  // temp_embed joins before the first block that attends across frames
+  std::int64_t temp_embed_block() const {
+    for (std::int64_t i = 0; i < config.depth; ++i)
+      if (attends(i) != LatteAttends::frame) return i;
+    return config.depth;
   }
 
   template <class V>
@@ -124,75 +276,126 @@ struct Latte {
     v("t_embedder", t_embedder);
     if (config.extras == 2) v("y_embedder", y_embedder);
     v("blocks", blocks);
-    v("final_layer", final_layer);
+    if (config.adaln()) v("final_layer", final_layer);
+    else v("final_layer", token_final_layer);
   }
 
-  // x: (B, num_frames, in_channels, input_size, input_size); t: (B); y: (B) labels when extras
-  // == 2 (required then, refused otherwise). -> (B, num_frames, out_channels, H', W').
-  Tensor<T> forward(const Tensor<T>& x, const Tensor<T>& t, const Tensor<std::int64_t>* y = nullptr,
-                    const Trace<T>& trace = {}) const {
+  // x: (B, num_frames + use_image_num, in_channels, input_size, input_size); t: (B); y: (B)
+  // labels when extras == 2 (required then, refused otherwise). use_image_num, y_image: as
+  // models/latte_img.py: the last use_image_num frames are images, which the temporal blocks
+  // leave alone; with extras == 2 their labels are y_image (B, use_image_num), as upstream's
+  // training forward takes them (its eval forward cannot combine images and labels).
+  // -> (B, frames, out_channels, H', W').
+  Tensor<T> forward(const Tensor<T>& x, const Tensor<T>& t, const Tensor<std::int64_t>* y = nullptr, const Trace<T>& trace = {},
+                    std::int64_t use_image_num = 0, const Tensor<std::int64_t>* y_image = nullptr) const {
     using ditto::detail::cat;
     const LatteConfig& c = config;
-    if (x.dim() != 5 || x.size(1) != c.num_frames || x.size(2) != c.in_channels || x.size(3) != c.input_size ||
-        x.size(4) != c.input_size)
-      throw ShapeError(cat("Latte: expected x (B, ", c.num_frames, ", ", c.in_channels, ", ", c.input_size, ", ", c.input_size,
-                           ") (frames as num_frames says), got ", shape_str(x.shape())));
-    const std::int64_t B = x.size(0), F = c.num_frames, g = c.grid(), N = g * g, D = c.hidden_size;
+    const std::int64_t I = use_image_num, F = c.num_frames, Ft = F + I;
+    if (I < 0) throw ArgumentError(cat("Latte: use_image_num must be >= 0, got ", I));
+    if (I > 0 && (c.variant != 1 || !c.adaln()))
+      throw ArgumentError("Latte: images beside the video (use_image_num) exist for variant 1 with adaLN, as models/latte_img.py has them");
+    if (x.dim() != 5 || x.size(1) != Ft || x.size(2) != c.in_channels || x.size(3) != c.input_size || x.size(4) != c.input_size)
+      throw ShapeError(cat("Latte: expected x (B, ", Ft, ", ", c.in_channels, ", ", c.input_size, ", ", c.input_size, ") (num_frames ", F,
+                           I ? cat(" + use_image_num ", I) : std::string(), " frames), got ", shape_str(x.shape())));
+    const std::int64_t B = x.size(0), g = c.grid(), N = g * g, Np = c.frame_tokens(), D = c.hidden_size;
     if (t.dim() != 1 || t.size(0) != B) throw ShapeError(cat("Latte: expected t of shape (", B, "), got ", shape_str(t.shape())));
     if ((c.extras == 2) != static_cast<bool>(y))
       throw ArgumentError(c.extras == 2 ? "Latte: the model is class-conditional (extras = 2), so y is required"
                                         : "Latte: the model takes no labels (extras = 1), but y was given");
     if (y && (y->dim() != 1 || y->size(0) != B)) throw ShapeError(cat("Latte: expected y of shape (", B, "), got ", shape_str(y->shape())));
-    const Tensor<T> frames = x.reshape({B * F, c.in_channels, c.input_size, c.input_size});
-    Tensor<T> tokens = x_embedder.forward(crop_to_patches(frames, c.patch_size));  // (B F, N, D)
-    if (trace) trace("x_embedder", tokens);
+    const bool image_labels = c.extras == 2 && I > 0;
+    if (image_labels != static_cast<bool>(y_image))
+      throw ArgumentError(image_labels ? "Latte: with images (use_image_num > 0) and labels (extras = 2), y_image holds the images' labels"
+                                       : "Latte: y_image was given, but it labels images of a class-conditional model (use_image_num > 0, extras = 2)");
+    if (y_image && (y_image->dim() != 2 || y_image->size(0) != B || y_image->size(1) != I))
+      throw ShapeError(cat("Latte: expected y_image of shape (", B, ", ", I, "), got ", shape_str(y_image->shape())));
     if (pos_embed.numel() != N * D || temp_embed.numel() != F * D)
       throw ShapeError(cat("Latte: pos_embed must hold (1, ", N, ", ", D, ") and temp_embed (1, ", F, ", ", D, "), got ",
                            shape_str(pos_embed.shape()), " and ", shape_str(temp_embed.shape())));
-    for (std::int64_t bf = 0; bf < B * F; ++bf)
-      for (std::int64_t i = 0; i < N * D; ++i) tokens[bf * N * D + i] += pos_embed[i];
-    Tensor<T> cond = t_embedder.forward(t);
+
+    const Tensor<T> frames_in = x.reshape({B * Ft, c.in_channels, c.input_size, c.input_size});
+    const Tensor<T> patches = x_embedder.forward(crop_to_patches(frames_in, c.patch_size));  // (B Ft, N, D)
+    if (trace) trace("x_embedder", patches);
+    Tensor<T> cond = t_embedder.forward(t);  // (B, D): the video's condition
     if (trace) trace("t_embedder", cond);
     if (y) {
       const Tensor<T> ye = y_embedder.forward(*y);
       if (trace) trace("y_embedder", ye);
       for (std::int64_t i = 0; i < cond.numel(); ++i) cond[i] += ye[i];
     }
-    const Tensor<T> silu_c = nn::silu(cond);
+    // Per-frame conditions only when images carry labels of their own: t + y_image for them.
+    Tensor<T> frame_cond;
+    if (image_labels) {
+      const Tensor<T> yi = y_embedder.forward(y_image->reshape({B * I}));
+      const Tensor<T> ye = y_embedder.forward(*y);
+      frame_cond = Tensor<T>::empty({B * Ft, D});
+      for (std::int64_t b = 0; b < B; ++b)
+        for (std::int64_t f = 0; f < Ft; ++f)
+          for (std::int64_t d = 0; d < D; ++d)
+            frame_cond[(b * Ft + f) * D + d] = f < F ? cond[b * D + d] : cond[b * D + d] - ye[b * D + d] + yi[(b * I + f - F) * D + d];
+    }
+    const Tensor<T> silu_c = nn::silu(cond), silu_frame = image_labels ? nn::silu(frame_cond) : Tensor<T>();
 
-    const std::int64_t rows = B * F * N;
-    std::vector<std::int64_t> frame_cu, position_starts;  // spatial: each frame; temporal: each (video, position)
-    for (std::int64_t bf = 0; bf <= B * F; ++bf) frame_cu.push_back(bf * N);
+    // tokens (B Ft, Np, D): [condition token,] patches + pos_embed
+    const std::int64_t rows = B * Ft * Np, lead = Np - N;
+    Tensor<T> tokens = Tensor<T>::empty({B * Ft, Np, D});
+    for (std::int64_t bf = 0; bf < B * Ft; ++bf) {
+      T* out = tokens.data() + bf * Np * D;
+      if (lead) std::copy(cond.data() + (bf / Ft) * D, cond.data() + (bf / Ft + 1) * D, out);
+      for (std::int64_t i = 0; i < N * D; ++i) out[lead * D + i] = patches[bf * N * D + i] + pos_embed[i];
+    }
+    LatteLayout all, video;  // every frame; the video frames of one batch entry (with images)
+    for (std::int64_t bf = 0; bf <= B * Ft; ++bf) all.frames.push_back(bf * Np);
     for (std::int64_t b = 0; b < B; ++b)
-      for (std::int64_t n = 0; n < N; ++n) position_starts.push_back(b * F * N + n);
+      for (std::int64_t n = 0; n < Np; ++n) all.positions.push_back(b * Ft * Np + n);
+    all.length = video.length = F, all.stride = video.stride = Np;
+    for (std::int64_t n = 0; n < Np; ++n) video.positions.push_back(n);
+
     buffers.ensure(rows, D, c.mlp_hidden());
-    Tensor<T> mod = Tensor<T>::empty({B, 6 * D});
+    Tensor<T> mod = Tensor<T>::empty({B * Ft, 9 * D});
     for (std::size_t i = 0; i < blocks.size(); ++i) {
       const auto& blk = blocks[i];
-      blk.adaLN_modulation.forward_into(silu_c.data(), mod.data(), B);
-      if (i % 2 == 0) {
-        blk.forward_with(tokens.data(), rows, F * N, mod.data(), buffers, [&](const T* h, T* out) {
-          blk.attn.forward_packed_into(h, frame_cu, out, buffers.qkv.data(), buffers.o.data());
-        });
-        if (trace) trace("blocks." + std::to_string(i), tokens.reshape({B * F, N, D}));
-        if (i == 0)  // the frame embedding joins after the first spatial block, as upstream
-          for (std::int64_t b = 0; b < B; ++b)
-            for (std::int64_t f = 0; f < F; ++f)
-              for (std::int64_t n = 0; n < N; ++n)
-                for (std::int64_t d = 0; d < D; ++d) tokens[((b * F + f) * N + n) * D + d] += temp_embed[f * D + d];
+      if (static_cast<std::int64_t>(i) == temp_embed_block())  // the video frames only, as latte_img.py
+        for (std::int64_t b = 0; b < B; ++b)
+          for (std::int64_t f = 0; f < F; ++f)
+            for (std::int64_t n = 0; n < Np; ++n)
+              for (std::int64_t d = 0; d < D; ++d) tokens[((b * Ft + f) * Np + n) * D + d] += temp_embed[f * D + d];
+      const bool per_frame = image_labels && blk.attends == LatteAttends::frame;
+      if (blk.adaln) blk.adaLN_modulation.forward_into(per_frame ? silu_frame.data() : silu_c.data(), mod.data(), per_frame ? B * Ft : B);
+      if (blk.attends == LatteAttends::time && I > 0) {
+        const std::int64_t S = blk.chunks() * D;
+        for (std::int64_t b = 0; b < B; ++b)
+          blk.forward(tokens.data() + b * Ft * Np * D, F * Np, F * Np, mod.data() + b * S, video, buffers);
       } else {
-        blk.forward_with(tokens.data(), rows, F * N, mod.data(), buffers, [&](const T* h, T* out) {
-          blk.attn.forward_strided_into(h, rows, position_starts, F, N, out, buffers.qkv.data(), buffers.o.data());
-        });
-        if (trace)  // upstream's temporal blocks see (b t) f d
-          trace("blocks." + std::to_string(i), rearrange(tokens.reshape({B, F, N, D}), "b f t d -> (b t) f d"));
+        blk.forward(tokens.data(), rows, per_frame ? Np : Ft * Np, mod.data(), all, buffers);
       }
+      if (!trace) continue;
+      if (blk.attends != LatteAttends::time) {
+        trace("blocks." + std::to_string(i), tokens);
+        continue;
+      }
+      Tensor<T> v = Tensor<T>::empty({B, F, Np, D});  // upstream's temporal blocks see the video frames as (b t) f d
+      for (std::int64_t b = 0; b < B; ++b)
+        std::copy(tokens.data() + b * Ft * Np * D, tokens.data() + (b * Ft + F) * Np * D, v.data() + b * F * Np * D);
+      trace("blocks." + std::to_string(i), rearrange(v, "b f t d -> (b t) f d"));
     }
+
     const std::int64_t P = c.patch_size * c.patch_size * c.out_channels();
-    Tensor<T> out = final_layer.forward(tokens.data(), B, F * N, silu_c, buffers.h.data()).reshape({B * F, N, P});
+    Tensor<T> out;
+    if (c.adaln()) {
+      out = image_labels ? final_layer.forward(tokens.data(), B * Ft, N, silu_frame, buffers.h.data())
+                         : final_layer.forward(tokens.data(), B, Ft * N, silu_c, buffers.h.data());
+      out = out.reshape({B * Ft, N, P});
+    } else {  // the patch tokens, without each frame's condition token
+      for (std::int64_t bf = 0; bf < B * Ft; ++bf)
+        std::copy(tokens.data() + (bf * Np + lead) * D, tokens.data() + (bf + 1) * Np * D, buffers.h.data() + bf * N * D);
+      token_final_layer.norm_final.forward_into(buffers.h.data(), buffers.h.data(), B * Ft * N);
+      out = Tensor<T>::empty({B * Ft, N, P});
+      token_final_layer.linear.forward_into(buffers.h.data(), out.data(), B * Ft * N);
+    }
     if (trace) trace("final_layer", out);
-    const Tensor<T> frames_out = nn::unpatchify(out, c.out_channels(), c.patch_size, g, g);  // (B F, C', H', W')
-    return frames_out.reshape({B, F, c.out_channels(), g * c.patch_size, g * c.patch_size});
+    const Tensor<T> frames_out = nn::unpatchify(out, c.out_channels(), c.patch_size, g, g);  // (B Ft, C', H', W')
+    return frames_out.reshape({B, Ft, c.out_channels(), g * c.patch_size, g * c.patch_size});
   }
 
   // Upstream's forward_with_cfg: the first half of x run twice (y's halves: labels, then the

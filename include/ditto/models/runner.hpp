@@ -31,11 +31,12 @@
 #include "vae.hpp"
 #include "uvit.hpp"
 #include "vit.hpp"
+#include "vivit.hpp"
 
 namespace ditto::models {
 
 struct ForwardRequest {
-  std::string model;               // vit, dit, uvit, unet, latte, vae-encode, vae-decode
+  std::string model;               // vit, vivit, dit, uvit, unet, latte, vae-encode, vae-decode
   nlohmann::json config;           // the upstream constructor's keyword arguments
   const SafetensorsFile* weights = nullptr;
   const SafetensorsFile* inputs = nullptr;
@@ -83,14 +84,14 @@ struct Inputs {
     return t;
   }
   // Labels: an integer dtype only (a float label would be truncated silently).
-  Tensor<std::int64_t> labels(const std::string& name) {
+  Tensor<std::int64_t> labels(const std::string& name, std::size_t rank = 1, const char* shape = "(B)") {
     require(name);
     const auto& info = file.info(name);
     if (!is_integer(info.dtype))
       throw ArgumentError(ditto::detail::cat(model, ": input \"", name, "\" holds class labels and must be I64 (an integer type), got ",
                                              dtype_name(info.dtype)));
-    if (info.shape.size() != 1)
-      throw ShapeError(ditto::detail::cat(model, ": input \"", name, "\" must have shape (B), got ", shape_str(info.shape)));
+    if (info.shape.size() != rank)
+      throw ShapeError(ditto::detail::cat(model, ": input \"", name, "\" must have shape ", shape, ", got ", shape_str(info.shape)));
     return file.get<std::int64_t>(name);
   }
   // After reading: anything else in the file is an error, so a misspelled name is not ignored.
@@ -148,16 +149,18 @@ inline void refuse_guidance(const ForwardRequest& r, const std::string& model) {
     throw ArgumentError(model + " has no forward_with_cfg upstream, so it takes no guidance scale (--cfg-scale or an input cfg_scale)");
 }
 
-inline NamedTensors run_vit(const ForwardRequest& r) {
-  refuse_guidance(r, "VisionTransformer");
-  ViT<float> vit(ViTConfig::from_json(r.config));
-  load_weights(vit, *r.weights);
-  Inputs in{*r.inputs, "VisionTransformer", {}};
-  const Tensor<float> x = in.floats("x", 4);
+// The classifiers: forward(x) -> logits. ViT takes images (rank 4), ViViT videos (rank 5).
+template <class Model, class Config>
+inline NamedTensors run_classifier(const ForwardRequest& r, const char* upstream, std::int64_t rank) {
+  refuse_guidance(r, upstream);
+  Model model(Config::from_json(r.config));
+  load_weights(model, *r.weights);
+  Inputs in{*r.inputs, upstream, {}};
+  const Tensor<float> x = in.floats("x", rank);
   in.finish();
   NamedTensors outputs;
   const Trace<float> trace = trace_into(r, outputs);
-  outputs.emplace_back("out", vit.forward(x, trace));
+  outputs.emplace_back("out", model.forward(x, trace));
   return outputs;
 }
 
@@ -186,11 +189,23 @@ inline NamedTensors run_latte(const ForwardRequest& r) {
   std::optional<Tensor<std::int64_t>> y;
   if (in.has("y")) y = in.labels("y");
   std::optional<double> scale = guidance_scale(r, in, "Latte");
+  // latte_img.py's forward(..., y_image, use_image_num): images after the video frames
+  std::int64_t use_image_num = 0;
+  std::optional<Tensor<std::int64_t>> y_image;
+  if (in.has("use_image_num")) {
+    const Tensor<std::int64_t> n = in.labels("use_image_num", 1, "(1)");
+    if (n.numel() != 1) throw ShapeError(ditto::detail::cat("Latte: input \"use_image_num\" must hold one integer, got shape ", shape_str(n.shape())));
+    use_image_num = n[0];
+  }
+  if (in.has("y_image")) y_image = in.labels("y_image", 2, "(B, use_image_num)");
   in.finish();
+  if (scale && use_image_num)
+    throw ArgumentError("Latte: forward_with_cfg takes no images (use_image_num), as upstream's does not");
   NamedTensors outputs;
   const Trace<float> trace = trace_into(r, outputs);
   const Tensor<std::int64_t>* yp = y ? &*y : nullptr;
-  outputs.emplace_back("out", scale ? latte.forward_with_cfg(x, t, yp, *scale, trace) : latte.forward(x, t, yp, trace));
+  outputs.emplace_back("out", scale ? latte.forward_with_cfg(x, t, yp, *scale, trace)
+                                    : latte.forward(x, t, yp, trace, use_image_num, y_image ? &*y_image : nullptr));
   return outputs;
 }
 
@@ -225,7 +240,7 @@ inline NamedTensors run_vae(const ForwardRequest& r, bool encode) {
 }  // namespace detail
 
 inline const std::vector<std::string>& forward_models() {
-  static const std::vector<std::string> names = {"vit", "dit", "uvit", "unet", "latte", "vae-encode", "vae-decode"};
+  static const std::vector<std::string> names = {"vit", "vivit", "dit", "uvit", "unet", "latte", "vae-encode", "vae-decode"};
   return names;
 }
 
@@ -234,12 +249,13 @@ inline NamedTensors run_forward(const ForwardRequest& r) {
   if (r.cfg_scale && !std::isfinite(*r.cfg_scale))
     throw ArgumentError(ditto::detail::cat("run_forward: the guidance scale must be finite, got ", *r.cfg_scale));
   if (r.model == "dit") return detail::run_dit(r);
-  if (r.model == "vit") return detail::run_vit(r);
+  if (r.model == "vit") return detail::run_classifier<ViT<float>, ViTConfig>(r, "VisionTransformer", 4);
+  if (r.model == "vivit") return detail::run_classifier<ViViT<float>, ViViTConfig>(r, "ViViT", 5);
   if (r.model == "uvit") return detail::run_x_timesteps_y<UViT<float>, UViTConfig>(r, "UViT");
   if (r.model == "unet") return detail::run_x_timesteps_y<UNet<float>, UNetConfig>(r, "UNetModel");
   if (r.model == "latte") return detail::run_latte(r);
   if (r.model == "vae-encode" || r.model == "vae-decode") return detail::run_vae(r, r.model == "vae-encode");
-  throw ArgumentError(ditto::detail::cat("unknown --model \"", r.model, "\"; expected one of vit, dit, uvit, unet, latte, vae-encode, vae-decode"));
+  throw ArgumentError(ditto::detail::cat("unknown --model \"", r.model, "\"; expected one of vit, vivit, dit, uvit, unet, latte, vae-encode, vae-decode"));
 }
 
 }  // namespace ditto::models

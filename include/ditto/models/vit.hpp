@@ -168,16 +168,22 @@ struct ViTBlock {
 
   // x: rows of dim for sequences cu, in place. buf: h, qkv, o, y, hidden as DiT's.
   void forward_inplace(T* x, const std::vector<std::int64_t>& cu, DiTBuffers<T>& buf) const {
-    const std::int64_t rows = cu.back();
+    forward_with(x, cu.back(), buf, [&](const T* h, T* out) { attn.forward_packed_into(h, cu, out, buf.qkv.data(), buf.o.data()); });
+  }
+
+  // The block with its attention given: attend(h, out) maps the normed rows h to out (rows x
+  // dim), using buf.qkv and buf.o if it likes. ViViT's factorized models attend differently.
+  template <class Attend>
+  void forward_with(T* x, std::int64_t rows, DiTBuffers<T>& buf, Attend&& attend) const {
     norm1.forward_into(x, buf.h.data(), rows);
-    attn.forward_packed_into(buf.h.data(), cu, buf.y.data(), buf.qkv.data(), buf.o.data());
+    attend(buf.h.data(), buf.y.data());
     residual(x, buf.y.data(), rows, layer_scale ? ls1.gamma.data() : nullptr);
     norm2.forward_into(x, buf.h.data(), rows);
     mlp.forward_into(buf.h.data(), buf.y.data(), rows, buf.hidden.data());
     residual(x, buf.y.data(), rows, layer_scale ? ls2.gamma.data() : nullptr);
   }
 
- private:
+  // x[r] += gamma * y[r] (gamma: LayerScale, or null for 1)
   void residual(T* x, const T* y, std::int64_t rows, const T* gamma) const {
     parallel_for(rows, rows * dim, [&](std::int64_t lo, std::int64_t hi) {
       for (auto r = lo; r < hi; ++r) {
