@@ -115,5 +115,5 @@ BENCHMARK_TEMPLATE(BM_Elementwise, 2)->Name("BM_SiLU")->Arg(1)->Arg(2)->Unit(ben
 BENCHMARK_TEMPLATE(BM_Elementwise, 3)->Name("BM_LayerNorm")->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_Elementwise, 4)->Name("BM_Softmax")->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Attention)->Args({1024, 1})->Args({1024, 2})->Args({4096, 2})->Args({8192, 2})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_Conv3x3)->Args({128, 64, 1})->Args({128, 64, 2})->Args({128, 256, 2})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Conv3x3)->Args({128, 64, 1})->Args({128, 64, 2})->Args({128, 256, 1})->Args({128, 256, 2})->Args({256, 128, 1})->Args({256, 128, 2})->Args({512, 64, 1})->Args({512, 64, 2})->Args({512, 32, 2})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_MAIN();

@@ -47,7 +47,7 @@ with torch.no_grad():
         q, k, v = (torch.randn(1, 16, n, 64) for _ in range(3))
         naive = lambda: torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(64), -1) @ v
         bench(f"attention naive {n} tokens", naive, reps=3 if n > 1024 else 10, unit="GFLOP/s", work=4 * 16 * n * n * 64)
-    for c, s in ((128, 64), (128, 256)):
+    for c, s in ((128, 64), (128, 256), (256, 128), (512, 64)):  # U-Net / SD decoder shapes
         conv = torch.nn.Conv2d(c, c, 3, padding=1)
         x = torch.randn(1, c, s, s)
         bench(f"Conv2d 3x3 {c}->{c} at {s}x{s}", lambda: conv(x), reps=5, unit="GFLOP/s", work=2 * c * c * 9 * s * s)

@@ -328,11 +328,20 @@ TEMPLATE_TEST_CASE("AutoencoderKL equals U-ViT's FrozenAutoencoderKL: encode + s
     ++cases;
     AutoencoderKL<T> vae(VAEConfig::from_json(c["kwargs"]));
     hashed_weights_roundtrip<AutoencoderKL<T>, T>(vae, c["state_dict"], "vae_" + name);
-    const auto post = vae.encode(fx.file.template get<T>(name + ".in.x"));
+    std::map<std::string, Tensor<T>> traces;
+    auto record = [&](const char* step) {
+      return [&traces, step](const std::string& k, const Tensor<T>& v) { traces[std::string(step) + k] = v.clone(); };
+    };
+    const auto post = vae.encode(fx.file.template get<T>(name + ".in.x"), record("trace_encode."));
     CHECK_CLOSE(post.mean, fx.file.template get<T>(name + ".mean"), fx.tol);
     CHECK_CLOSE(post.logvar, fx.file.template get<T>(name + ".logvar"), fx.tol);
     CHECK_CLOSE(vae.sample(post, fx.file.template get<T>(name + ".in.noise")), fx.file.template get<T>(name + ".z"), fx.tol);
-    CHECK_CLOSE(vae.decode(fx.file.template get<T>(name + ".in.z")), fx.file.template get<T>(name + ".decoded"), fx.tol);
+    CHECK_CLOSE(vae.decode(fx.file.template get<T>(name + ".in.z"), record("trace_decode.")), fx.file.template get<T>(name + ".decoded"), fx.tol);
+    for (const char* k : {"trace_encode.encoder", "trace_encode.quant_conv", "trace_decode.post_quant_conv", "trace_decode.decoder"}) {
+      INFO(k);
+      REQUIRE(traces.count(k));
+      CHECK_CLOSE(traces[k], fx.file.template get<T>(name + "." + k), fx.tol);
+    }
     if (fx.file.contains(name + ".tiled")) {  // diffusers' tiled_decode on 4x4 latent tiles, a quarter overlapping
       const auto z_big = fx.file.template get<T>(name + ".in.z_big");
       CHECK_CLOSE(vae.decode_tiled(z_big, 4, 0.25), fx.file.template get<T>(name + ".tiled"), fx.tol);
@@ -718,10 +727,21 @@ TEST_CASE("ditto-forward runs vae-encode (noise given or seeded) and vae-decode"
     CHECK(ditto_test::rel_error(a, d) > 1e-3);
   }
   {
-    const auto [code, err] = r.run("--model vae-decode " + base + " --inputs " + r.path("dec.safetensors"));
+    const auto [code, err] = r.run("--model vae-decode " + base + " --inputs " + r.path("dec.safetensors") + " --trace");
     INFO(err);
     REQUIRE(code == 0);
-    CHECK_CLOSE(SafetensorsFile(r.path("o.safetensors")).get<float>("out"), fx.file.get<float>(c + ".decoded"), 1e-4);
+    const SafetensorsFile out(r.path("o.safetensors"));
+    CHECK_CLOSE(out.get<float>("out"), fx.file.get<float>(c + ".decoded"), 1e-4);
+    CHECK_CLOSE(out.get<float>("trace.post_quant_conv"), fx.file.get<float>(c + ".trace_decode.post_quant_conv"), 1e-4);
+    CHECK_CLOSE(out.get<float>("trace.decoder"), fx.file.get<float>(c + ".trace_decode.decoder"), 1e-4);
+  }
+  {
+    const auto [code, err] = r.run("--model vae-encode " + base + " --inputs " + r.path("enc.safetensors") + " --trace");
+    INFO(err);
+    REQUIRE(code == 0);
+    const SafetensorsFile out(r.path("o.safetensors"));
+    CHECK_CLOSE(out.get<float>("trace.encoder"), fx.file.get<float>(c + ".trace_encode.encoder"), 1e-4);
+    CHECK_CLOSE(out.get<float>("trace.quant_conv"), fx.file.get<float>(c + ".trace_encode.quant_conv"), 1e-4);
   }
   const auto [code, err] = r.run("--model vae-encode " + base + " --inputs " + r.path("enc.safetensors") + " --seed -1");
   CHECK(code == 2);

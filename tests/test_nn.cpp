@@ -293,6 +293,49 @@ TEST_CASE("Conv2d on a large image uses bounded column blocks and stays exact", 
   CHECK(err < 1e-12);
 }
 
+// The direct 3x3 kernel against the general im2col path, on shapes that take it: output channels
+// not a multiple of the register tile, widths of one to many vectors with a remainder, one row,
+// several images, with and without bias, at 1 and 3 threads.
+TEMPLATE_TEST_CASE("Conv2d 3x3: the direct kernel equals im2col + matrix product", "[nn][conv]", float, double) {
+  using T = TestType;
+  constexpr std::int64_t V = xsimd::batch<T>::size;
+  Generator g(10);
+  struct Case {
+    std::int64_t N, C, O, H, W;
+  };
+  int direct = 0;
+  const int before = get_num_threads();
+  for (const auto& c : {Case{1, 3, 5, 4, V}, Case{2, 7, 13, 5, 3 * V}, Case{1, 16, 6, 1, 5 * V}, Case{3, 2, 1, 9, 2 * V},
+                        Case{1, 32, 24, 6, 8 * V}}) {
+    INFO(c.N << " " << c.C << " " << c.O << " " << c.H << " " << c.W);
+    for (const bool bias : {true, false}) {
+      Conv2d<T> m(c.C, c.O, 3, 1, 1, 1, bias);
+      m.weight = g.normal<T>(m.weight.shape());
+      if (bias) m.bias = g.normal<T>(m.bias.shape());
+      const auto x = g.normal<T>({c.N, c.C, c.H, c.W});
+      const auto geo = nn::detail::conv_geometry("Conv2d", x.shape(), c.C, c.O, 1, {1, 3, 3}, {1, 1, 1}, {0, 0, 1, 1, 1, 1}, 2);
+      REQUIRE(nn::detail::conv3x3_direct_applies<T>(geo));
+      ++direct;
+      Tensor<T> ref = Tensor<T>::empty({c.N, c.O, c.H, c.W});
+      nn::detail::conv_forward_im2col(x.data(), m.weight.data(), bias ? m.bias.data() : nullptr, ref.data(), geo);
+      for (const int threads : {1, 3}) {
+        set_num_threads(threads);
+        const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-12;
+        CHECK_CLOSE(m.forward(x), ref, tol);
+      }
+      set_num_threads(before);
+    }
+  }
+  CHECK(direct == 10);
+  // a width that is not whole vectors, stride 2, or asymmetric padding take the general path
+  auto geo = [](Shape x, std::array<std::int64_t, 3> s, std::array<std::int64_t, 6> pad) {
+    return nn::detail::conv_geometry("Conv2d", x, 4, 4, 1, {1, 3, 3}, s, pad, 2);
+  };
+  CHECK(!nn::detail::conv3x3_direct_applies<T>(geo({1, 4, 8, V + 1}, {1, 1, 1}, {0, 0, 1, 1, 1, 1})));
+  CHECK(!nn::detail::conv3x3_direct_applies<T>(geo({1, 4, 8, 2 * V}, {1, 2, 2}, {0, 0, 1, 1, 1, 1})));
+  CHECK(!nn::detail::conv3x3_direct_applies<T>(geo({1, 4, 8, 2 * V}, {1, 1, 1}, {0, 0, 0, 1, 0, 1})));
+}
+
 // diffusers-style separate q, k, v (and to_out.0) fused into timm's qkv through a table.
 TEST_CASE("conversion tables rename and fuse tensors at load time", "[nn][io]") {
   Generator g(9);

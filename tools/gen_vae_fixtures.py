@@ -23,7 +23,7 @@ if not src:
 sys.path.insert(0, src)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from libs import autoencoder as ae  # noqa: E402
-from fixture_common import hash_weights  # noqa: E402
+from fixture_common import hash_weights, run_traced  # noqa: E402
 from safetensors_writer import save  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
@@ -87,7 +87,9 @@ for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
         x = (th.rand(*xshape, generator=g, dtype=th.float64) * 2 - 1).to(dtype)
         z_in = th.randn(*zshape, generator=g, dtype=th.float64).to(dtype)
         with th.no_grad():
-            moments = m.encode_moments(x)
+            moments, traces = run_traced([("encoder", m.encoder), ("quant_conv", m.quant_conv)], lambda: m.encode_moments(x))
+            for k, v in traces.items():  # each top-level submodule's output, what ditto-forward --trace writes
+                out[f"{name}.trace_encode.{k}"] = v
             mean, logvar = th.chunk(moments, 2, dim=1)
             noise = th.randn(mean.shape, generator=g, dtype=th.float64).to(dtype)
             randn_like = th.randn_like
@@ -98,7 +100,10 @@ for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
                 th.randn_like = randn_like
             out[f"{name}.in.x"], out[f"{name}.in.noise"], out[f"{name}.in.z"] = x, noise, z_in
             out[f"{name}.mean"], out[f"{name}.logvar"], out[f"{name}.z"] = mean, th.clamp(logvar, -30.0, 20.0), z
-            out[f"{name}.decoded"] = m.decode(z_in)
+            out[f"{name}.decoded"], traces = run_traced([("post_quant_conv", m.post_quant_conv), ("decoder", m.decoder)],
+                                                        lambda: m.decode(z_in))
+            for k, v in traces.items():
+                out[f"{name}.trace_decode.{k}"] = v
             if name == "attn_nonsquare":  # tiles of 4 latent pixels, a quarter overlapping, on a 9x7 latent
                 z_big = th.randn(1, 4, 9, 7, generator=g, dtype=th.float64).to(dtype)
                 out[f"{name}.in.z_big"], out[f"{name}.tiled"] = z_big, tiled_decode(m, z_big, 4, 0.25)

@@ -213,18 +213,18 @@ inline NamedTensors run_latte(const ForwardRequest& r) {
 // vae-decode: z (scaled) -> out.
 inline NamedTensors run_vae(const ForwardRequest& r, bool encode) {
   refuse_guidance(r, "FrozenAutoencoderKL");
-  if (r.trace) throw ArgumentError("--trace is not available for the autoencoder yet");
   AutoencoderKL<float> vae(VAEConfig::from_json(r.config));
   if (has_diffusers_vae_names(*r.weights)) load_diffusers(vae, *r.weights);  // either naming loads
   else load_weights(vae, *r.weights);
   Inputs in{*r.inputs, encode ? "vae-encode" : "vae-decode", {}};
   NamedTensors outputs;
+  const Trace<float> trace = trace_into(r, outputs);
   if (encode) {
     const Tensor<float> x = in.floats("x", 4);
     std::optional<Tensor<float>> noise;
     if (in.has("noise")) noise = in.floats("noise", 4);
     in.finish();
-    auto post = vae.encode(x);
+    auto post = vae.encode(x, trace);
     Generator gen(r.seed);
     Tensor<float> z = noise ? vae.sample(post, *noise) : vae.sample(post, gen);
     outputs.emplace_back("out", std::move(post.mean));
@@ -233,7 +233,7 @@ inline NamedTensors run_vae(const ForwardRequest& r, bool encode) {
   } else {
     const Tensor<float> z = in.floats("z", 4);
     in.finish();
-    outputs.emplace_back("out", vae.decode(z));
+    outputs.emplace_back("out", vae.decode(z, trace));
   }
   return outputs;
 }

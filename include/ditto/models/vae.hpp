@@ -334,13 +334,17 @@ struct AutoencoderKL {
 
   // images (B, in_channels, H, W) in [-1, 1], H and W divisible by 2^(levels-1) -> the posterior
   // (B, embed_dim, H / 2^(levels-1), W / ...).
-  Posterior encode(const Tensor<T>& x) const {
+  // trace, when given, receives the top-level submodules' outputs: encoder, quant_conv.
+  Posterior encode(const Tensor<T>& x, const Trace<T>& trace = {}) const {
     using ditto::detail::cat;
     const std::int64_t f = std::int64_t{1} << (config.ch_mult.size() - 1);
     if (x.dim() != 4 || x.size(1) != config.in_channels || x.size(2) % f || x.size(3) % f)
       throw ShapeError(cat("AutoencoderKL.encode: expected images (B, ", config.in_channels, ", H, W) with H and W divisible by ", f,
                            ", got ", shape_str(x.shape())));
-    const Tensor<T> moments = quant_conv.forward(encoder.forward(x));
+    const Tensor<T> h = encoder.forward(x);
+    if (trace) trace("encoder", h);
+    const Tensor<T> moments = quant_conv.forward(h);
+    if (trace) trace("quant_conv", moments);
     const std::int64_t B = x.size(0), E = config.embed_dim, S = moments.size(2) * moments.size(3);
     Posterior p{Tensor<T>::empty({B, E, moments.size(2), moments.size(3)}), Tensor<T>::empty({B, E, moments.size(2), moments.size(3)})};
     for (std::int64_t b = 0; b < B; ++b) {
@@ -363,13 +367,18 @@ struct AutoencoderKL {
   Tensor<T> sample(const Posterior& p, Generator& gen) const { return sample(p, gen.normal<T>(p.mean.shape())); }
 
   // z: the scaled latent (B, embed_dim, h, w) -> images (B, out_ch, h * 2^(levels-1), ...).
-  Tensor<T> decode(const Tensor<T>& z) const {
+  // trace as encode's: post_quant_conv, decoder.
+  Tensor<T> decode(const Tensor<T>& z, const Trace<T>& trace = {}) const {
     if (z.dim() != 4 || z.size(1) != config.embed_dim)
       throw ShapeError(ditto::detail::cat("AutoencoderKL.decode: expected z (B, ", config.embed_dim, ", h, w), got ", shape_str(z.shape())));
     Tensor<T> unscaled = Tensor<T>::empty(z.shape());
     const T inv = static_cast<T>(1.0 / config.scale_factor);
     for (std::int64_t i = 0; i < z.numel(); ++i) unscaled[i] = inv * z[i];
-    return decoder.forward(post_quant_conv.forward(unscaled));
+    const Tensor<T> h = post_quant_conv.forward(unscaled);
+    if (trace) trace("post_quant_conv", h);
+    Tensor<T> out = decoder.forward(h);
+    if (trace) trace("decoder", out);
+    return out;
   }
 
   // Decoding in overlapping tiles with blended seams, as diffusers' AutoencoderKL.tiled_decode:

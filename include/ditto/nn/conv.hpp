@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <vector>
 
+#include <xsimd/xsimd.hpp>
+
 #include "../core/error.hpp"
 #include "../core/matmul.hpp"
 #include "../core/tensor.hpp"
@@ -59,9 +61,129 @@ inline ConvGeometry conv_geometry(const char* what, const Shape& x, std::int64_t
   return g;
 }
 
-// y (N, O, Do, Ho, Wo) = conv(x (N, C, D, H, W), w (O, C/groups, kd, kh, kw)) + bias.
+// The direct 3x3 kernel (stride 1, padding 1, one group: what U-Nets and autoencoders spend
+// their time in) applies when a row of output is whole SIMD vectors.
 template <class T>
-inline void conv_forward(const T* x, const T* w, const T* bias, T* y, const ConvGeometry& g) {
+inline bool conv3x3_direct_applies(const ConvGeometry& g) {
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+    return g.groups == 1 && g.D == 1 && g.k == std::array<std::int64_t, 3>{1, 3, 3} && g.s == std::array<std::int64_t, 3>{1, 1, 1} &&
+           g.pad == std::array<std::int64_t, 6>{0, 0, 1, 1, 1, 1} && g.Wo % static_cast<std::int64_t>(xsimd::batch<T>::size) == 0;
+  } else {
+    return false;
+  }
+}
+
+// One output tile: MR output channels x NV vectors of one output row, accumulated in registers
+// over every input channel and the 9 taps. in: the zero-padded input at (channel 0, the output
+// row's top tap row, the tile's first column); `plane` values per padded channel, rows Wp apart.
+// wp: the tile's weights packed as [c][tap][MR]. out: (MR rows P apart) x NV vectors.
+// bias: start from the bias (the first block of input channels), or null: add to out.
+template <class T, int MR, int NV>
+inline void conv3x3_tile(const T* in, std::int64_t C, std::int64_t plane, std::int64_t Wp, const T* wp, const T* bias, T* out,
+                         std::int64_t P, std::int64_t valid) {
+  using B = xsimd::batch<T>;
+  constexpr std::int64_t V = B::size;
+  B acc[MR][NV];
+  for (int m = 0; m < MR; ++m)
+    for (int v = 0; v < NV; ++v) acc[m][v] = bias ? B(bias[m]) : m < valid ? B::load_unaligned(out + m * P + v * V) : B(T(0));
+  for (std::int64_t c = 0; c < C; ++c) {
+    const T* ic = in + c * plane;
+    const T* wc = wp + c * 9 * MR;
+    for (int dy = 0; dy < 3; ++dy)
+      for (int dx = 0; dx < 3; ++dx) {
+        B xv[NV];
+        for (int v = 0; v < NV; ++v) xv[v] = B::load_unaligned(ic + dy * Wp + dx + v * V);
+        const T* wt = wc + (dy * 3 + dx) * MR;
+        for (int m = 0; m < MR; ++m) {
+          const B wb(wt[m]);
+          for (int v = 0; v < NV; ++v) acc[m][v] = xsimd::fma(wb, xv[v], acc[m][v]);
+        }
+      }
+  }
+  for (std::int64_t m = 0; m < valid; ++m)
+    for (int v = 0; v < NV; ++v) acc[m][v].store_unaligned(out + m * P + v * V);
+}
+
+// y = conv3x3(x) + bias, stride 1, padding 1 (conv3x3_direct_applies). No im2col: each thread
+// copies a block of input rows into a zero-padded slab and runs register tiles over it; every
+// multiply-add reads an input vector straight from the slab, so nothing is unfolded or re-packed.
+// Weights are packed once per call into [O / MR][C][tap][MR]. Work items are (image, block of
+// rows, group of output channels): a group's weights (at most ~512 KB) stay in L2 while its
+// tiles sweep the rows, and a block of CB input channels of one tile's rows stays in L1 while
+// every output block of the group runs over it.
+template <class T>
+inline void conv3x3_direct(const T* x, const T* w, const T* bias, T* y, const ConvGeometry& g) {
+  using B = xsimd::batch<T>;
+  constexpr std::int64_t V = B::size;
+  constexpr int MR = 8, NV = sizeof(B) >= 64 ? 3 : 1;  // 24 accumulators with AVX-512 (16 with 2 vectors), 8 with 16 registers
+  constexpr std::int64_t CB = 32;
+  // slab rows: V - 1 unused, the left zero, W inputs (vector-aligned), the right zero, V - 1 unused
+  const std::int64_t C = g.C, O = g.O, H = g.H, W = g.W, Wp = W + 2 * V, P = H * W, MB = (O + MR - 1) / MR;
+#if defined(DITTO_COUNT_FLOPS)
+  gemm_flops.fetch_add(2 * g.N * O * P * C * 9, std::memory_order_relaxed);  // the product im2col would have run
+#endif
+  std::vector<T> wp(static_cast<std::size_t>(MB * C * 9 * MR), T(0)), bp(static_cast<std::size_t>(MB * MR), T(0));
+  for (std::int64_t o = 0; o < O; ++o) {
+    if (bias) bp[o] = bias[o];
+    for (std::int64_t c = 0; c < C; ++c)
+      for (std::int64_t tap = 0; tap < 9; ++tap) wp[(((o / MR) * C + c) * 9 + tap) * MR + o % MR] = w[(o * C + c) * 9 + tap];
+  }
+  const std::int64_t G_max = std::clamp<std::int64_t>((std::int64_t{1} << 20) / static_cast<std::int64_t>(C * 9 * MR * sizeof(T)), 1, MB);
+  const std::int64_t groups = (MB + G_max - 1) / G_max, G = (MB + groups - 1) / groups;  // even groups
+  // rows per item: a slab of at most ~1 MB, and enough items for every thread
+  const std::int64_t threads = get_num_threads();
+  std::int64_t R = std::clamp<std::int64_t>((std::int64_t{1} << 18) / std::max<std::int64_t>(C * Wp, 1) - 2, 1, H);
+  if (g.N * ((H + R - 1) / R) * groups < 4 * threads)
+    R = std::max<std::int64_t>(1, (g.N * H * groups + 4 * threads - 1) / (4 * threads * groups));
+  R = std::min(R, H);
+  const std::int64_t blocks = (H + R - 1) / R, items = g.N * blocks * groups;
+  parallel_for(items, items * G * MR * C * 9 * R * W, [&](std::int64_t lo, std::int64_t hi) {
+    std::vector<T> slab_store(static_cast<std::size_t>(C * (R + 2) * Wp + V));
+    T* slab = slab_store.data();
+    while (reinterpret_cast<std::uintptr_t>(slab) % (V * sizeof(T))) ++slab;  // the center tap's loads are aligned
+    std::int64_t filled = -1;  // the (image, row block) the slab holds
+    for (std::int64_t it = lo; it < hi; ++it) {
+      const std::int64_t nb = it / groups, n = nb / blocks, y0 = (nb % blocks) * R, rows = std::min(R, H - y0), plane = (rows + 2) * Wp;
+      if (nb != filled) {
+        const T* xn = x + n * C * P;
+        for (std::int64_t c = 0; c < C; ++c)
+          for (std::int64_t r = 0; r < rows + 2; ++r) {
+            T* d = slab + c * plane + r * Wp + V;  // input column 0
+            const std::int64_t iy = y0 - 1 + r;
+            d[-1] = d[W] = T(0);
+            if (iy < 0 || iy >= H) std::fill(d, d + W, T(0));
+            else std::copy(xn + (c * H + iy) * W, xn + (c * H + iy + 1) * W, d);
+          }
+        filled = nb;
+      }
+      const std::int64_t mb0 = (it % groups) * G, mb1 = std::min(MB, mb0 + G);
+      for (std::int64_t r = 0; r < rows; ++r)
+        for (std::int64_t x0 = 0; x0 < W;) {
+          // NV vectors per tile, but never leaving a lone vector behind: 2 + 2 rather than 3 + 1
+          const std::int64_t left = (W - x0) / V;
+          const std::int64_t nv = left >= NV && left - NV != 1 ? NV : std::min<std::int64_t>(left, 2);
+          for (std::int64_t c0 = 0; c0 < C; c0 += CB) {
+            const std::int64_t cn = std::min(CB, C - c0);
+            const T* in = slab + c0 * plane + r * Wp + V - 1 + x0;  // the tap at input column x0 - 1
+            for (std::int64_t mb = mb0; mb < mb1; ++mb) {
+              const std::int64_t valid = std::min<std::int64_t>(MR, O - mb * MR);
+              const T* wm = wp.data() + (mb * C + c0) * 9 * MR;
+              const T* b0 = c0 == 0 ? bp.data() + mb * MR : nullptr;  // the first channel block starts from the bias
+              T* out = y + (n * O + mb * MR) * P + (y0 + r) * W + x0;
+              if (nv == NV) conv3x3_tile<T, MR, NV>(in, cn, plane, Wp, wm, b0, out, P, valid);
+              else if (nv == 2) conv3x3_tile<T, MR, 2>(in, cn, plane, Wp, wm, b0, out, P, valid);
+              else conv3x3_tile<T, MR, 1>(in, cn, plane, Wp, wm, b0, out, P, valid);
+            }
+          }
+          x0 += nv * V;
+        }
+    }
+  });
+}
+
+// The general path: blocked im2col and a matrix product, any kernel, stride, padding, groups.
+template <class T>
+inline void conv_forward_im2col(const T* x, const T* w, const T* bias, T* y, const ConvGeometry& g) {
   const std::int64_t Cg = g.C / g.groups, Og = g.O / g.groups;
   const std::int64_t K = Cg * g.k[0] * g.k[1] * g.k[2], P = g.Do * g.Ho * g.Wo, S = g.D * g.H * g.W;
   const bool pointwise = K == Cg && g.s == std::array<std::int64_t, 3>{1, 1, 1} &&
@@ -121,6 +243,13 @@ inline void conv_forward(const T* x, const T* w, const T* bias, T* y, const Conv
       gemm<T>(false, false, Og, cols, K, T(1), wg, K, col.data(), cols, beta, yg + r0 * row_len, P);
     }
   });
+}
+
+// y (N, O, Do, Ho, Wo) = conv(x (N, C, D, H, W), w (O, C/groups, kd, kh, kw)) + bias.
+template <class T>
+inline void conv_forward(const T* x, const T* w, const T* bias, T* y, const ConvGeometry& g) {
+  if (conv3x3_direct_applies<T>(g)) conv3x3_direct(x, w, bias, y, g);
+  else conv_forward_im2col(x, w, bias, y, g);
 }
 
 // A 1x1 convolution of one channel-major image x (C, L) written as token-major rows:
