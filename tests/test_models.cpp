@@ -666,6 +666,20 @@ TEST_CASE("ditto-forward runs Latte with and without guidance, and with images",
     const SafetensorsFile out(r.path("out.safetensors"));
     CHECK_CLOSE(out.get<float>("out"), fx.file.get<float>(c + ".cfg_out"), 1e-4);
   }
+  {  // the paper's other variants and the timestep token are config keys like upstream's
+    const ModelFixture<float> fv("latte_variants");
+    const std::string c = "v3_token";
+    r.write_json("config.json", fv.configs[c]);
+    save_safetensors(r.path("w.safetensors"), with_prefix<float>(fv.file, c + ".w."));
+    save_mixed(r.path("in.safetensors"), {{"x", fv.file.get<float>(c + ".in.x")}, {"t", fv.file.get<float>(c + ".in.t")}});
+    const auto [code, err] = r.run("--model latte --config " + r.path("config.json") + " --weights " + r.path("w.safetensors") +
+                                   " --inputs " + r.path("in.safetensors") + " --output " + r.path("out.safetensors") + " --trace");
+    INFO(err);
+    REQUIRE(code == 0);
+    const SafetensorsFile out(r.path("out.safetensors"));
+    CHECK_CLOSE(out.get<float>("out"), fv.file.get<float>(c + ".out"), 1e-4);
+    CHECK_CLOSE(out.get<float>("trace.blocks.1"), fv.file.get<float>(c + ".trace.blocks.1"), 1e-4);
+  }
   // latte_img.py's inputs: images after the video, their labels, and how many there are
   const std::string c = "img_class";
   r.write_json("config.json", fx.configs[c]);

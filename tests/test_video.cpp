@@ -6,6 +6,7 @@
 #include <ditto/models/vivit.hpp>
 #include <ditto/nn/module.hpp>
 
+#include <map>
 #include <set>
 
 #include "helpers.hpp"
@@ -91,7 +92,7 @@ TEST_CASE("ViViT embeddings: a one-frame tubelet is ViT's patch embedding; centr
   CHECK(std::vector<float>(picked.begin(), picked.end()) == std::vector<float>{0, 3, 6, 9});
 }
 
-TEST_CASE("ViViT from an image ViT (sec. 3.4): model 1 on one frame is the ViT; model 3 starts as the ViT on each frame",
+TEST_CASE("ViViT and ViT: model 1 on one frame is the ViT; from an image ViT (sec. 3.4), model 3 starts as the ViT on each frame",
           "[models][vivit]") {
   const ViTConfig vc = ViTConfig::from_json(nlohmann::json::parse(
       R"({"img_size": [8, 12], "patch_size": 4, "embed_dim": 16, "depth": 2, "num_heads": 4, "num_classes": 5})"));
@@ -100,6 +101,22 @@ TEST_CASE("ViViT from an image ViT (sec. 3.4): model 1 on one frame is the ViT; 
   Generator g(5);
   const auto frame = g.normal<double>({2, 3, 8, 12});
   const auto logits = image.forward(frame);
+
+  // model 1 on one frame (uniform sampling) has timm's names and shapes: the ViT's state dict
+  // loads as it is, and the logits are the ViT's
+  ViViT<double> one(vivit(R"({"embedding": "uniform", "num_frames": 1, "img_size": [8, 12], "patch_size": 4, "embed_dim": 16,
+                              "depth": 2, "num_heads": 4, "num_classes": 5})"));
+  std::map<std::string, Tensor<double>*> vit_params;
+  for (auto& [n, t] : nn::named_parameters<double>(image)) vit_params[n] = t;
+  auto one_params = nn::named_parameters<double>(one);
+  REQUIRE(one_params.size() == vit_params.size());
+  for (auto& [n, t] : one_params) {
+    INFO(n);
+    REQUIRE(vit_params.count(n));
+    REQUIRE(t->shape() == vit_params[n]->shape());
+    *t = vit_params[n]->clone();
+  }
+  CHECK_CLOSE(one.forward(frame.reshape({2, 3, 1, 8, 12})), logits, 1e-12);
 
   // model 1, tubelets of 2 frames, central-frame init: a two-frame video whose second frame is the
   // image (the first is noise) classifies as the image does
