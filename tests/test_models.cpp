@@ -97,6 +97,15 @@ TEST_CASE("ViT configs: timm's arguments + clear errors", "[models][vit]") {
   ViT<float> v(small);
   CHECK(v.forward(Tensor<float>({2, 3, 16, 16})).shape() == Shape{2, 3});
   CHECK_THROWS_WITH(v.forward(Tensor<float>({2, 3, 16, 24})), Catch::Contains("expected x (B, 3, 16, 16)"));
+  // dynamic_img_size: sizes divisible by the patch (or any, padded); a square grid to resample
+  ViT<float> dyn(from(R"({"img_size": 16, "patch_size": 8, "embed_dim": 8, "depth": 1, "num_heads": 2, "num_classes": 3,
+                          "dynamic_img_size": true})"));
+  CHECK(dyn.forward(Tensor<float>({1, 3, 24, 40})).shape() == Shape{1, 3});
+  CHECK(dyn.resampled_pos_embed(2, 2).data() == dyn.pos_embed.data());  // the trained grid: the table itself
+  CHECK(dyn.resampled_pos_embed(3, 5).shape() == Shape{1, 1 + 15, 8});
+  CHECK_THROWS_WITH(dyn.forward(Tensor<float>({1, 3, 20, 16})), Catch::Contains("must be divisible by the patch size 8x8"));
+  ViT<float> rect(from(R"({"img_size": [16, 24], "patch_size": 8, "embed_dim": 8, "depth": 1, "num_heads": 2, "dynamic_img_size": true})"));
+  CHECK_THROWS_WITH(rect.forward(Tensor<float>({1, 3, 16, 16})), Catch::Contains("resamples a square grid of positions (as timm does)"));
 }
 
 TEMPLATE_TEST_CASE("U-ViT equals baofff/U-ViT: label and time tokens + long skips + conv head + every traced module",

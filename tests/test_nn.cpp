@@ -336,6 +336,21 @@ TEMPLATE_TEST_CASE("Conv2d 3x3: the direct kernel equals im2col + matrix product
   CHECK(!nn::detail::conv3x3_direct_applies<T>(geo({1, 4, 8, 2 * V}, {1, 1, 1}, {0, 0, 0, 1, 0, 1})));
 }
 
+// The fixture cases check it against torch (through timm's ViT, tests/test_models.cpp); here its
+// invariants: the same size is the identity, a constant image stays constant (weights sum to 1).
+TEST_CASE("interpolate_bicubic_antialias: identity at the same size, constants kept", "[nn][resize]") {
+  Generator g(11);
+  const auto x = g.normal<float>({2, 3, 5, 7});
+  CHECK_CLOSE(interpolate_bicubic_antialias(x, 5, 7), x, 1e-6);
+  const auto ones = Tensor<float>::full({1, 2, 6, 9}, 2.5f);
+  for (auto [h, w] : {std::pair{12, 4}, std::pair{3, 20}, std::pair{1, 1}}) {
+    const auto y = interpolate_bicubic_antialias(ones, h, w);
+    REQUIRE(y.shape() == Shape{1, 2, h, w});
+    for (float v : y) CHECK(std::abs(v - 2.5f) < 1e-5f);
+  }
+  CHECK_THROWS_WITH(interpolate_bicubic_antialias(x, 0, 3), Catch::Contains("a size >= 1"));
+}
+
 // diffusers-style separate q, k, v (and to_out.0) fused into timm's qkv through a table.
 TEST_CASE("conversion tables rename and fuse tensors at load time", "[nn][io]") {
   Generator g(9);

@@ -2,7 +2,7 @@
 """Writes tests/fixtures/vit_f32.safetensors, vit_f64.safetensors and vit_configs.json: timm's
 VisionTransformer (0.9.x) on small configs covering its options (token / avg / attention / no pooling,
 register tokens, LayerScale, q/k norm, no_embed_class, pre_norm, rectangular images and patches,
-a size the patch does not divide, no head), every parameter randomized. Each case stores
+a size the patch does not divide, no head, images of other sizes with dynamic_img_size), every parameter randomized. Each case stores
 `name.w.*` (the state dict), `name.in.x`, `name.out` and per-module traces `name.trace.*`.
 
     PYTHONPATH=/path/to/timm:/path/to/huggingface_hub/src /usr/bin/python3 tools/gen_vit_fixtures.py
@@ -32,13 +32,19 @@ CASES = {  # name: (constructor kwargs, batch)
                       mlp_ratio=2.0), 3),
     "nopool_crop": (dict(img_size=20, patch_size=8, embed_dim=16, depth=1, num_heads=1, global_pool="", class_token=False,
                          num_classes=3, qkv_bias=False, in_chans=1, fc_norm=True), 1),
+    # dynamic_img_size: images of another size than img_size; the position table is resampled
+    # (antialiased bicubic): taller (upsampled) and narrower (downsampled), then padded and larger
+    "dynamic_up_down": (dict(img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2, dynamic_img_size=True,
+                             num_classes=3), 2, [24, 12]),
+    "dynamic_pad_reg_noembed": (dict(img_size=12, patch_size=4, embed_dim=16, depth=1, num_heads=2, dynamic_img_size=True,
+                                     dynamic_img_pad=True, reg_tokens=2, no_embed_class=True, num_classes=0), 1, [18, 30]),
 }
 
 configs = {}
 for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
     g = th.Generator().manual_seed(0)
     out = {}
-    for name, (kwargs, B) in CASES.items():
+    for name, (kwargs, B, *size) in CASES.items():
         if dtype == th.float64 and name not in ("token", "avg_ls_reg_rect"):
             continue
         configs[name] = kwargs
@@ -48,7 +54,7 @@ for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
                 fan_in = p.shape[1] if p.dim() == 2 else (p[0].numel() if p.dim() == 4 else 1)
                 scale = 0.5 if p.dim() == 3 else (0.1 if p.dim() == 1 else fan_in ** -0.5)  # tokens / biases / weights
                 p.copy_(th.randn(p.shape, generator=g, dtype=th.float64).to(dtype) * scale)
-        hw = kwargs["img_size"] if isinstance(kwargs["img_size"], list) else [kwargs["img_size"]] * 2
+        hw = size[0] if size else kwargs["img_size"] if isinstance(kwargs["img_size"], list) else [kwargs["img_size"]] * 2
         x = th.randn(B, kwargs.get("in_chans", 3), *hw, generator=g, dtype=th.float64).to(dtype)
         for k, v in m.state_dict().items():
             out[f"{name}.w.{k}"] = v

@@ -10,4 +10,5 @@
 #include "nn/module.hpp"
 #include "nn/norm.hpp"
 #include "nn/patch.hpp"
+#include "nn/resize.hpp"
 #include "nn/rope.hpp"

@@ -3,7 +3,8 @@
 // (cls_token, pos_embed, patch_embed.proj, blocks.N.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1,
 // mlp.fc2}, norm, head) and timm's options: register tokens, LayerScale (init_values), q/k norm,
 // no_embed_class, pre_norm, average pooling with fc_norm, attention pooling ("map"),
-// rectangular images and patches.
+// rectangular images and patches, other image sizes (dynamic_img_size: the position table
+// resampled as timm does).
 //
 //   models::ViT<float> vit(models::ViTConfig::from_json(kwargs));   // timm's keyword arguments
 //   nn::load<float>(vit, "vit_base_patch16_224.safetensors");
@@ -30,6 +31,7 @@
 #include "../nn/mlp.hpp"
 #include "../nn/norm.hpp"
 #include "../nn/patch.hpp"
+#include "../nn/resize.hpp"
 #include "config.hpp"
 #include "dit.hpp"  // Trace
 
@@ -282,15 +284,42 @@ struct ViT {
     if (config.num_classes > 0) v("head", head);
   }
 
-  // x: (B, in_chans, H, W) with (H, W) = img_size -> logits (B, num_classes); num_classes 0:
+  // timm's resample_abs_pos_embed for a grid of gh x gw patches (dynamic_img_size): the patch
+  // rows of pos_embed, taken as a square grid, resized by antialiased bicubic interpolation in
+  // float32; the prefix rows (cls, registers; none with no_embed_class) kept. As timm, a table
+  // whose row count already fits a square grid is used as it is.
+  Tensor<T> resampled_pos_embed(std::int64_t gh, std::int64_t gw) const {
+    const std::int64_t prefix = config.no_embed_class ? 0 : config.prefix_tokens(), D = config.embed_dim;
+    const std::int64_t rows = pos_embed.size(1);
+    if (gh * gw + prefix == rows && gh == gw) return pos_embed;
+    const auto hw = static_cast<std::int64_t>(std::sqrt(static_cast<double>(rows - prefix)));
+    if (hw * hw != rows - prefix)
+      throw ShapeError(ditto::detail::cat("ViT: dynamic_img_size resamples a square grid of positions (as timm does), but pos_embed has ",
+                                          rows - prefix, " patch positions (img_size ", config.img_size[0], "x", config.img_size[1], ")"));
+    Tensor<T> grid = Tensor<T>::empty({1, D, hw, hw});  // (1, hw*hw, D) -> (1, D, hw, hw)
+    for (std::int64_t p = 0; p < hw * hw; ++p)
+      for (std::int64_t d = 0; d < D; ++d) grid[d * hw * hw + p] = pos_embed[(prefix + p) * D + d];
+    const Tensor<T> resized = nn::interpolate_bicubic_antialias(grid, gh, gw);
+    Tensor<T> out = Tensor<T>::empty({1, prefix + gh * gw, D});
+    std::copy(pos_embed.data(), pos_embed.data() + prefix * D, out.data());
+    for (std::int64_t p = 0; p < gh * gw; ++p)
+      for (std::int64_t d = 0; d < D; ++d) out[(prefix + p) * D + d] = resized[d * gh * gw + p];
+    return out;
+  }
+
+  // x: (B, in_chans, H, W) with (H, W) = img_size (any size divisible by the patch with
+  // dynamic_img_size, any size with dynamic_img_pad too) -> logits (B, num_classes); num_classes 0:
   // the pooled features (B, embed_dim); global_pool "": every token, (B, tokens, classes or dim).
   Tensor<T> forward(const Tensor<T>& x, const Trace<T>& trace = {}) const {
     using ditto::detail::cat;
     const ViTConfig& c = config;
-    if (x.dim() != 4 || x.size(1) != c.in_chans || x.size(2) != c.img_size[0] || x.size(3) != c.img_size[1])
-      throw ShapeError(cat("ViT: expected x (B, ", c.in_chans, ", ", c.img_size[0], ", ", c.img_size[1], "), got ", shape_str(x.shape()),
-                           c.dynamic_img_size ? " (other sizes need position-embedding resampling, which ditto does not do yet)" : ""));
     const auto [ph, pw] = c.patch_size;
+    if (x.dim() != 4 || x.size(1) != c.in_chans || (!c.dynamic_img_size && (x.size(2) != c.img_size[0] || x.size(3) != c.img_size[1])))
+      throw ShapeError(cat("ViT: expected x (B, ", c.in_chans, ", ", c.img_size[0], ", ", c.img_size[1], "), got ", shape_str(x.shape()),
+                           " (dynamic_img_size = true takes other sizes)"));
+    if (c.dynamic_img_size && !c.dynamic_img_pad && (x.size(2) % ph || x.size(3) % pw))
+      throw ShapeError(cat("ViT: with dynamic_img_size, the image's height and width must be divisible by the patch size ", ph, "x", pw,
+                           " (or set dynamic_img_pad), got ", shape_str(x.shape())));
     // timm's PatchEmbed: a stride-p convolution drops a remainder; dynamic_img_pad pads it instead
     const std::int64_t H = c.dynamic_img_pad ? (x.size(2) + ph - 1) / ph * ph : x.size(2) / ph * ph;
     const std::int64_t W = c.dynamic_img_pad ? (x.size(3) + pw - 1) / pw * pw : x.size(3) / pw * pw;
@@ -303,10 +332,12 @@ struct ViT {
                     xin.data() + (bc * H + r) * W);
     }
     const Tensor<T> patches = patch_embed.forward(xin);  // (B, N, D)
-    if (trace) trace("patch_embed", patches);
+    if (trace)  // with dynamic_img_size timm's PatchEmbed returns the grid, NHWC
+      trace("patch_embed", c.dynamic_img_size ? patches.reshape({x.size(0), H / ph, W / pw, c.embed_dim}) : patches);
     const std::int64_t B = x.size(0), N = patches.size(1), D = c.embed_dim, P = c.prefix_tokens(), L = P + N;
-    if (pos_embed.size(1) != (c.no_embed_class ? N : L))
-      throw ShapeError(cat("ViT: ", N, " patches do not fit pos_embed of shape ", shape_str(pos_embed.shape())));
+    const Tensor<T> pos = c.dynamic_img_size ? resampled_pos_embed(H / ph, W / pw) : pos_embed;
+    if (pos.size(1) != (c.no_embed_class ? N : L))
+      throw ShapeError(cat("ViT: ", N, " patches do not fit pos_embed of shape ", shape_str(pos.shape())));
     // [cls, reg..., patches] + pos_embed (over all of them, or the patches only with no_embed_class)
     Tensor<T> tokens = Tensor<T>::empty({B, L, D});
     for (std::int64_t b = 0; b < B; ++b) {
@@ -315,7 +346,7 @@ struct ViT {
       if (c.reg_tokens) std::copy(reg_token.data(), reg_token.data() + c.reg_tokens * D, out + (c.class_token ? D : 0));
       std::copy(patches.data() + b * N * D, patches.data() + (b + 1) * N * D, out + P * D);
       T* pos_target = c.no_embed_class ? out + P * D : out;
-      for (std::int64_t i = 0; i < pos_embed.numel(); ++i) pos_target[i] += pos_embed[i];
+      for (std::int64_t i = 0; i < pos.numel(); ++i) pos_target[i] += pos[i];
     }
     if (trace) trace("pos_drop", tokens), trace("patch_drop", tokens);
     if (c.pre_norm) norm_pre.forward_into(tokens.data(), tokens.data(), B * L);
