@@ -46,6 +46,13 @@ TEST_CASE("tensor construction and element access", "[core][tensor]") {
   CHECK(Tensor<int>::arange(4)[3] == 3);
 }
 
+TEST_CASE("a tensor larger than memory is a MemoryError that says how large", "[core][tensor]") {
+  // 2^50 floats (4 PB): within size_t, beyond any machine. (The sanitizer run sets
+  // allocator_may_return_null=1 so that ASan lets operator new throw, as it does without it.)
+  CHECK_THROWS_AS(Tensor<float>::empty({1 << 20, 1 << 20, 1 << 10}), MemoryError);
+  CHECK_THROWS_WITH(Tensor<float>::empty({1 << 20, 1 << 20, 1 << 10}), Catch::Contains("cannot allocate a tensor of 1125899906842624 elements"));
+}
+
 TEST_CASE("reshape is a view / clone is a copy", "[core][tensor]") {
   auto x = Tensor<float>::arange(12);
   auto v = x.reshape({3, -1});

@@ -41,6 +41,12 @@ class IoError : public Error {
   using Error::Error;
 };
 
+// Memory for a tensor could not be allocated (a config that asks for more than the machine has).
+class MemoryError : public Error {
+ public:
+  using Error::Error;
+};
+
 // "[2,3,4]": how every message prints a shape (PyTorch's order, no spaces so it greps well).
 template <class Container>
 inline std::string shape_str(const Container& shape) {

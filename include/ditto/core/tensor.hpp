@@ -112,14 +112,22 @@ inline std::shared_ptr<T> allocate(std::int64_t n) {
   if (static_cast<std::uint64_t>(n) > std::numeric_limits<std::size_t>::max() / sizeof(T) / 2)
     throw ShapeError(cat("tensor allocation of ", n, " elements does not fit in memory"));
   const std::size_t bytes = static_cast<std::size_t>(n) * sizeof(T);
+  // operator new's std::bad_alloc says nothing of what was asked; this says how much
+  auto fresh = [&](std::size_t align) {
+    try {
+      return ::operator new(bytes, std::align_val_t{align});
+    } catch (const std::bad_alloc&) {
+      throw MemoryError(cat("cannot allocate a tensor of ", n, " elements (", static_cast<double>(bytes) / 1e9, " GB): out of memory"));
+    }
+  };
   if (bytes < BlockCache::kMin) {
-    void* p = ::operator new(bytes, std::align_val_t{64});
+    void* p = fresh(64);
     return std::shared_ptr<T>(static_cast<T*>(p), [](T* q) { ::operator delete(static_cast<void*>(q), std::align_val_t{64}); });
   }
   std::size_t got = bytes;
   void* p = BlockCache::instance().take(bytes, &got);
   if (!p) {
-    p = ::operator new(bytes, std::align_val_t{BlockCache::align_for(bytes)});
+    p = fresh(BlockCache::align_for(bytes));
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     if (BlockCache::align_for(bytes) == kHugeAlign) ::madvise(p, bytes, MADV_HUGEPAGE);  // a hint: failure is harmless
 #endif
