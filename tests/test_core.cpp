@@ -48,7 +48,7 @@ TEST_CASE("tensor construction and element access", "[core][tensor]") {
 
 TEST_CASE("a tensor larger than memory is a MemoryError that says how large", "[core][tensor]") {
   // 2^50 floats (4 PB): within size_t, beyond any machine. (The sanitizer run sets
-  // allocator_may_return_null=1 so that ASan lets operator new throw, as it does without it.)
+  // allocator_may_return_null=1 so that ASan returns null as the allocator does without it.)
   CHECK_THROWS_AS(Tensor<float>::empty({1 << 20, 1 << 20, 1 << 10}), MemoryError);
   CHECK_THROWS_WITH(Tensor<float>::empty({1 << 20, 1 << 20, 1 << 10}), Catch::Contains("cannot allocate a tensor of 1125899906842624 elements"));
 }

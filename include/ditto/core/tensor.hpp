@@ -112,13 +112,12 @@ inline std::shared_ptr<T> allocate(std::int64_t n) {
   if (static_cast<std::uint64_t>(n) > std::numeric_limits<std::size_t>::max() / sizeof(T) / 2)
     throw ShapeError(cat("tensor allocation of ", n, " elements does not fit in memory"));
   const std::size_t bytes = static_cast<std::size_t>(n) * sizeof(T);
-  // operator new's std::bad_alloc says nothing of what was asked; this says how much
+  // operator new's std::bad_alloc says nothing of what was asked; this says how much. (The
+  // nothrow form, so that AddressSanitizer builds take the same path: their throwing new aborts.)
   auto fresh = [&](std::size_t align) {
-    try {
-      return ::operator new(bytes, std::align_val_t{align});
-    } catch (const std::bad_alloc&) {
-      throw MemoryError(cat("cannot allocate a tensor of ", n, " elements (", static_cast<double>(bytes) / 1e9, " GB): out of memory"));
-    }
+    void* p = ::operator new(bytes, std::align_val_t{align}, std::nothrow);
+    if (!p) throw MemoryError(cat("cannot allocate a tensor of ", n, " elements (", static_cast<double>(bytes) / 1e9, " GB): out of memory"));
+    return p;
   };
   if (bytes < BlockCache::kMin) {
     void* p = fresh(64);
