@@ -316,8 +316,9 @@ struct Latte {
     const Tensor<T> frames_in = x.reshape({B * Ft, c.in_channels, c.input_size, c.input_size});
     const Tensor<T> patches = x_embedder.forward(crop_to_patches(frames_in, c.patch_size));  // (B Ft, N, D)
     if (trace) trace("x_embedder", patches);
-    Tensor<T> cond = t_embedder.forward(t);  // (B, D): the video's condition
-    if (trace) trace("t_embedder", cond);
+    const Tensor<T> temb = t_embedder.forward(t);  // (B, D)
+    if (trace) trace("t_embedder", temb);
+    Tensor<T> cond = temb.clone();  // the video's condition: t (+ y)
     if (y) {
       const Tensor<T> ye = y_embedder.forward(*y);
       if (trace) trace("y_embedder", ye);
@@ -327,12 +328,11 @@ struct Latte {
     Tensor<T> frame_cond;
     if (image_labels) {
       const Tensor<T> yi = y_embedder.forward(y_image->reshape({B * I}));
-      const Tensor<T> ye = y_embedder.forward(*y);
       frame_cond = Tensor<T>::empty({B * Ft, D});
       for (std::int64_t b = 0; b < B; ++b)
         for (std::int64_t f = 0; f < Ft; ++f)
           for (std::int64_t d = 0; d < D; ++d)
-            frame_cond[(b * Ft + f) * D + d] = f < F ? cond[b * D + d] : cond[b * D + d] - ye[b * D + d] + yi[(b * I + f - F) * D + d];
+            frame_cond[(b * Ft + f) * D + d] = f < F ? cond[b * D + d] : temb[b * D + d] + yi[(b * I + f - F) * D + d];
     }
     const Tensor<T> silu_c = nn::silu(cond), silu_frame = image_labels ? nn::silu(frame_cond) : Tensor<T>();
 
