@@ -597,14 +597,11 @@ TEST_CASE("ditto-forward runs DiT on upstream weights and inputs", "[models][dit
   }
 }
 
-// ditto-forward on a U-ViT / U-Net case whose config.json and w.safetensors are written: inputs x,
-// timesteps (and y when the fixture has it), output and one trace against upstream, and the
-// guidance scale refused.
-static void check_x_timesteps_y_forward(const ForwardRun& r, const SafetensorsFile& fx, const std::string& c, const std::string& model,
-                                 const std::string& trace, const std::string& upstream) {
-  std::vector<std::pair<std::string, Tensor<std::int64_t>>> labels;
-  if (fx.contains(c + ".in.y")) labels.emplace_back("y", fx.get<std::int64_t>(c + ".in.y"));
-  save_mixed(r.path("in.safetensors"), {{"x", fx.get<float>(c + ".in.x")}, {"timesteps", fx.get<float>(c + ".in.timesteps")}}, labels);
+// ditto-forward --model on a fixture case whose config.json, w.safetensors and in.safetensors
+// are written, with --trace: `out` and trace.<trace> against the fixture. Returns the command
+// line without --trace, for further runs.
+static std::string check_forward(const ForwardRun& r, const SafetensorsFile& fx, const std::string& c, const std::string& model,
+                                 const std::string& trace) {
   const std::string args = "--model " + model + " --config " + r.path("config.json") + " --weights " + r.path("w.safetensors") +
                            " --inputs " + r.path("in.safetensors") + " --output " + r.path("out.safetensors");
   const auto [code, err] = r.run(args + " --trace");
@@ -613,9 +610,23 @@ static void check_x_timesteps_y_forward(const ForwardRun& r, const SafetensorsFi
   const SafetensorsFile out(r.path("out.safetensors"));
   CHECK_CLOSE(out.get<float>("out"), fx.get<float>(c + ".out"), 1e-4);
   CHECK_CLOSE(out.get<float>("trace." + trace), fx.get<float>(c + ".trace." + trace), 1e-4);
-  const auto [code2, err2] = r.run(args + " --cfg-scale 2");
-  CHECK(code2 == 1);
-  CHECK_THAT(err2, Catch::Contains(upstream + " has no forward_with_cfg upstream"));
+  return args;
+}
+
+// A model without forward_with_cfg upstream refuses a guidance scale.
+static void check_refuses_guidance(const ForwardRun& r, const std::string& args, const std::string& upstream) {
+  const auto [code, err] = r.run(args + " --cfg-scale 2");
+  CHECK(code == 1);
+  CHECK_THAT(err, Catch::Contains(upstream + " has no forward_with_cfg upstream"));
+}
+
+// U-ViT / U-Net: inputs x, timesteps (and y when the fixture has it).
+static void check_x_timesteps_y_forward(const ForwardRun& r, const SafetensorsFile& fx, const std::string& c, const std::string& model,
+                                        const std::string& trace, const std::string& upstream) {
+  std::vector<std::pair<std::string, Tensor<std::int64_t>>> labels;
+  if (fx.contains(c + ".in.y")) labels.emplace_back("y", fx.get<std::int64_t>(c + ".in.y"));
+  save_mixed(r.path("in.safetensors"), {{"x", fx.get<float>(c + ".in.x")}, {"timesteps", fx.get<float>(c + ".in.timesteps")}}, labels);
+  check_refuses_guidance(r, check_forward(r, fx, c, model, trace), upstream);
 }
 
 TEST_CASE("ditto-forward runs U-ViT (with and without y) and refuses guidance for it", "[models][uvit][forward]") {
@@ -681,13 +692,7 @@ TEST_CASE("ditto-forward runs Latte with and without guidance, and with images",
     r.write_json("config.json", fv.configs[c]);
     save_safetensors(r.path("w.safetensors"), with_prefix<float>(fv.file, c + ".w."));
     save_mixed(r.path("in.safetensors"), {{"x", fv.file.get<float>(c + ".in.x")}, {"t", fv.file.get<float>(c + ".in.t")}});
-    const auto [code, err] = r.run("--model latte --config " + r.path("config.json") + " --weights " + r.path("w.safetensors") +
-                                   " --inputs " + r.path("in.safetensors") + " --output " + r.path("out.safetensors") + " --trace");
-    INFO(err);
-    REQUIRE(code == 0);
-    const SafetensorsFile out(r.path("out.safetensors"));
-    CHECK_CLOSE(out.get<float>("out"), fv.file.get<float>(c + ".out"), 1e-4);
-    CHECK_CLOSE(out.get<float>("trace.blocks.1"), fv.file.get<float>(c + ".trace.blocks.1"), 1e-4);
+    check_forward(r, fv.file, c, "latte", "blocks.1");
   }
   // latte_img.py's inputs: images after the video, their labels, and how many there are
   const std::string c = "img_class";
@@ -805,18 +810,8 @@ TEST_CASE("ditto-forward runs ViT and ViViT and refuses guidance for them", "[mo
     r.write_json("config.json", fx.configs[c]);
     save_safetensors(r.path("w.safetensors"), with_prefix<float>(fx.file, c + ".w."));
     save_safetensors<float>(r.path("in.safetensors"), {{"x", fx.file.get<float>(c + ".in.x")}});
-    const std::string args = "--model " + model + " --config " + r.path("config.json") + " --weights " + r.path("w.safetensors") +
-                             " --inputs " + r.path("in.safetensors") + " --output " + r.path("out.safetensors");
-    const auto [code, err] = r.run(args + " --trace");
-    INFO(err);
-    REQUIRE(code == 0);
-    const SafetensorsFile out(r.path("out.safetensors"));
-    CHECK_CLOSE(out.get<float>("out"), fx.file.get<float>(c + ".out"), 1e-4);
     const std::string block = fx.file.contains(c + ".trace.blocks.0") ? "blocks.0" : "spatial.blocks.0";
-    CHECK_CLOSE(out.get<float>("trace." + block), fx.file.get<float>(c + ".trace." + block), 1e-4);
-    const auto [code2, err2] = r.run(args + " --cfg-scale 2");
-    CHECK(code2 == 1);
-    CHECK_THAT(err2, Catch::Contains(upstream + " has no forward_with_cfg upstream"));
+    check_refuses_guidance(r, check_forward(r, fx.file, c, model, block), upstream);
   }
 }
 #endif
