@@ -315,6 +315,7 @@ TEMPLATE_TEST_CASE("Conv2d 3x3: the direct kernel equals im2col + matrix product
       const auto x = g.normal<T>({c.N, c.C, c.H, c.W});
       const auto geo = nn::detail::conv_geometry("Conv2d", x.shape(), c.C, c.O, 1, {1, 3, 3}, {1, 1, 1}, {0, 0, 1, 1, 1, 1}, 2);
       REQUIRE(nn::detail::conv3x3_direct_applies<T>(geo));
+      REQUIRE(!nn::detail::conv3x3_winograd_applies<T>(geo));  // few channels: the direct kernel runs
       ++direct;
       Tensor<T> ref = Tensor<T>::empty({c.N, c.O, c.H, c.W});
       nn::detail::conv_forward_im2col(x.data(), m.weight.data(), bias ? m.bias.data() : nullptr, ref.data(), geo);
@@ -334,6 +335,61 @@ TEMPLATE_TEST_CASE("Conv2d 3x3: the direct kernel equals im2col + matrix product
   CHECK(!nn::detail::conv3x3_direct_applies<T>(geo({1, 4, 8, V + 1}, {1, 1, 1}, {0, 0, 1, 1, 1, 1})));
   CHECK(!nn::detail::conv3x3_direct_applies<T>(geo({1, 4, 8, 2 * V}, {1, 2, 2}, {0, 0, 1, 1, 1, 1})));
   CHECK(!nn::detail::conv3x3_direct_applies<T>(geo({1, 4, 8, 2 * V}, {1, 1, 1}, {0, 0, 0, 1, 0, 1})));
+}
+
+// Winograd F(2x2, 3x3) against im2col: odd and even sizes (partial tiles on the right and at the
+// bottom), one pixel, channel counts that are not multiples of anything, forced blocks of one or
+// two tile rows and the automatic choice, with and without bias, at 1 and 3 threads. Then one
+// convolution large enough that Conv2d::forward takes it, and the shapes that do not.
+TEMPLATE_TEST_CASE("Conv2d 3x3: Winograd F(2x2, 3x3) equals im2col + matrix product", "[nn][conv]", float, double) {
+  using T = TestType;
+  Generator g(11);
+  struct Case {
+    std::int64_t N, C, O, H, W;
+  };
+  const int before = get_num_threads();
+  const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-12;
+  for (const auto& c : {Case{1, 3, 5, 1, 1}, Case{2, 7, 13, 5, 3}, Case{1, 16, 6, 6, 9}, Case{3, 2, 1, 9, 17}, Case{1, 33, 20, 11, 40},
+                        Case{2, 5, 4, 2, 2}}) {
+    INFO(c.N << " " << c.C << " " << c.O << " " << c.H << " " << c.W);
+    for (const bool bias : {true, false}) {
+      const auto w = g.normal<T>({c.O, c.C, 3, 3}), b = g.normal<T>({c.O}), x = g.normal<T>({c.N, c.C, c.H, c.W});
+      const auto geo = nn::detail::conv_geometry("Conv2d", x.shape(), c.C, c.O, 1, {1, 3, 3}, {1, 1, 1}, {0, 0, 1, 1, 1, 1}, 2);
+      Tensor<T> ref = Tensor<T>::empty({c.N, c.O, c.H, c.W});
+      nn::detail::conv_forward_im2col(x.data(), w.data(), bias ? b.data() : nullptr, ref.data(), geo);
+      for (const int threads : {1, 3})
+        for (const std::int64_t rows : {0, 1, 2}) {
+          INFO("threads " << threads << " tile rows per block " << rows);
+          set_num_threads(threads);
+          Tensor<T> got = Tensor<T>::full({c.N, c.O, c.H, c.W}, T(1e30));  // every output must be written
+          nn::detail::conv3x3_winograd(x.data(), w.data(), bias ? b.data() : nullptr, got.data(), geo, rows);
+          CHECK_CLOSE(got, ref, tol);
+        }
+      set_num_threads(before);
+    }
+  }
+  // through Conv2d::forward: 128 channels at 32 x 31 (odd width) take the Winograd path
+  Conv2d<T> m(128, 130, 3, 1, 1);
+  m.weight = g.normal<T>(m.weight.shape());
+  m.bias = g.normal<T>(m.bias.shape());
+  const auto x = g.normal<T>({1, 128, 32, 31});
+  const auto geo = nn::detail::conv_geometry("Conv2d", x.shape(), 128, 130, 1, {1, 3, 3}, {1, 1, 1}, {0, 0, 1, 1, 1, 1}, 2);
+  REQUIRE(nn::detail::conv3x3_winograd_applies<T>(geo));
+  Tensor<T> ref = Tensor<T>::empty({1, 130, 32, 31});
+  nn::detail::conv_forward_im2col(x.data(), m.weight.data(), m.bias.data(), ref.data(), geo);
+  CHECK_CLOSE(m.forward(x), ref, tol);
+  // few channels, few tiles, stride 2 or other padding keep the other paths
+  auto applies = [](std::int64_t C, std::int64_t O, std::int64_t H, std::int64_t W, std::int64_t s = 1, std::int64_t p = 1) {
+    return nn::detail::conv3x3_winograd_applies<T>(
+        nn::detail::conv_geometry("Conv2d", {1, C, H, W}, C, O, 1, {1, 3, 3}, {1, s, s}, {0, 0, p, p, p, p}, 2));
+  };
+  CHECK(applies(256, 256, 16, 16));
+  CHECK(applies(512, 128, 64, 64));
+  CHECK(!applies(64, 64, 64, 64));
+  CHECK(!applies(128, 128, 16, 16));
+  CHECK(!applies(512, 512, 8, 8));
+  CHECK(!applies(256, 256, 64, 64, 2));
+  CHECK(!applies(256, 256, 64, 64, 1, 0));
 }
 
 // The fixture cases check it against torch (through timm's ViT, tests/test_models.cpp); here its

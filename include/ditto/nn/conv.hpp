@@ -5,6 +5,10 @@
 // columns (im2col) and multiplied by the weights (a GEMM through Eigen). The column buffer is
 // capped at about 4 MB, so a large image never materializes its full im2col. A 1x1 convolution
 // with stride 1 skips unfolding: it is a matrix product on the input as it lies.
+//
+// 3x3 convolutions with stride 1 and padding 1 take one of two faster paths (conv_forward):
+// Winograd F(2x2, 3x3) at 128 channels and more (conv3x3_winograd), else a direct register-tile
+// kernel where output rows are whole SIMD vectors (conv3x3_direct). Tests compare both with im2col.
 #pragma once
 
 #include <algorithm>
@@ -61,8 +65,24 @@ inline ConvGeometry conv_geometry(const char* what, const Shape& x, std::int64_t
   return g;
 }
 
-// The direct 3x3 kernel (stride 1, padding 1, one group: what U-Nets and autoencoders spend
-// their time in) applies when a row of output is whole SIMD vectors.
+// 3x3 convolutions with stride 1, padding 1 and one group are what U-Nets and autoencoders spend
+// their time in. With at least 128 channels in and out and enough 2x2 output tiles, Winograd's
+// F(2x2, 3x3) does 16 multiplies where the direct form does 36 and measures 1.1-1.6x the direct
+// kernel here (docs/performance.md); below that its transforms cost more than they save.
+template <class T>
+inline bool conv3x3_winograd_applies(const ConvGeometry& g) {
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+    if (!(g.groups == 1 && g.D == 1 && g.k == std::array<std::int64_t, 3>{1, 3, 3} && g.s == std::array<std::int64_t, 3>{1, 1, 1} &&
+          g.pad == std::array<std::int64_t, 6>{0, 0, 1, 1, 1, 1}))
+      return false;
+    const std::int64_t ch = std::min(g.C, g.O), tiles = ((g.H + 1) / 2) * ((g.W + 1) / 2);
+    return ch >= 256 ? tiles >= 64 : ch >= 128 && tiles >= 256;
+  } else {
+    return false;
+  }
+}
+
+// Otherwise the direct 3x3 kernel applies when a row of output is whole SIMD vectors.
 template <class T>
 inline bool conv3x3_direct_applies(const ConvGeometry& g) {
   if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
@@ -189,6 +209,195 @@ inline void conv3x3_direct(const T* x, const T* w, const T* bias, T* y, const Co
   });
 }
 
+// Uninitialized scratch memory for one call (every element is written before it is read), from
+// the tensor block cache so that repeated calls do not page-fault. Sizes are rounded up to a power
+// of two: the layers of a network then ask for a few sizes that the cache can hand back, instead of
+// one size per shape that it would keep side by side (measured: the SD encoder's peak memory
+// rose by 190 MB with exact sizes).
+template <class T>
+inline Tensor<T> scratch(std::int64_t n) {
+  std::int64_t r = 1;
+  while (r < n) r *= 2;
+  return Tensor<T>::empty({r});
+}
+
+// One transform code for a whole SIMD vector of tiles (X = xsimd::batch<T>) and for one tile (X = T).
+template <class X, class T>
+inline X wg_load(const T* p) {
+  if constexpr (std::is_same_v<X, T>) return *p;
+  else return X::load_unaligned(p);
+}
+template <class X, class T>
+inline void wg_store(T* p, const X& v) {
+  if constexpr (std::is_same_v<X, T>) *p = v;
+  else v.store_unaligned(p);
+}
+// V = B^T d B, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], for the tiles from tx on of one
+// row of tiles. s: its first input row in the slab (rows Wp apart, each split into even padded
+// columns at [0, half) and odd ones at [half, 2 half)): a tile's columns are even[tx], odd[tx],
+// even[tx + 1], odd[tx + 1]. v: V[0][c][first tile of the row], the 16 matrices sv apart.
+template <class X, class T>
+inline void winograd_input(const T* s, std::int64_t Wp, std::int64_t half, std::int64_t tx, T* v, std::int64_t sv) {
+  X e[4][4];  // B^T d: combinations of the four rows
+  for (int q = 0; q < 4; ++q) {
+    const std::int64_t j = (q & 1) * half + tx + (q >> 1);
+    const X d0 = wg_load<X>(s + j), d1 = wg_load<X>(s + Wp + j), d2 = wg_load<X>(s + 2 * Wp + j), d3 = wg_load<X>(s + 3 * Wp + j);
+    e[0][q] = d0 - d2;
+    e[1][q] = d1 + d2;
+    e[2][q] = d2 - d1;
+    e[3][q] = d1 - d3;
+  }
+  for (int i = 0; i < 4; ++i) {  // (B^T d) B: the same combinations of the columns
+    wg_store(v + (4 * i + 0) * sv + tx, X(e[i][0] - e[i][2]));
+    wg_store(v + (4 * i + 1) * sv + tx, X(e[i][1] + e[i][2]));
+    wg_store(v + (4 * i + 2) * sv + tx, X(e[i][2] - e[i][1]));
+    wg_store(v + (4 * i + 3) * sv + tx, X(e[i][1] - e[i][3]));
+  }
+}
+// out = A^T m A + bias, A^T = [1 1 1 0; 0 1 -1 -1]: a tile's 2x2 outputs (row-major) from its
+// 16 products m[a * sm + tx].
+template <class X, class T>
+inline void winograd_output(const T* m, std::int64_t sm, std::int64_t tx, T bias, X out[4]) {
+  X s0[4], s1[4];  // A^T m
+  for (int q = 0; q < 4; ++q) {
+    const X m0 = wg_load<X>(m + q * sm + tx), m1 = wg_load<X>(m + (4 + q) * sm + tx), m2 = wg_load<X>(m + (8 + q) * sm + tx),
+            m3 = wg_load<X>(m + (12 + q) * sm + tx);
+    s0[q] = m0 + m1 + m2;
+    s1[q] = m1 - m2 - m3;
+  }
+  const X b(bias);
+  out[0] = s0[0] + s0[1] + s0[2] + b;
+  out[1] = s0[1] - s0[2] - s0[3] + b;
+  out[2] = s1[0] + s1[1] + s1[2] + b;
+  out[3] = s1[1] - s1[2] - s1[3] + b;
+}
+
+// Winograd F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016):
+// each 2x2 block of outputs comes from a 4x4 block of inputs d as Y = A^T [sum_c U_c . V_c] A,
+// with V = B^T d B per input channel and U = G g G^T per 3x3 kernel g. The sum over channels is
+// 16 matrix products (one per position a of the 4x4 transformed tile), M_a (O, tiles) =
+// U_a (O, C) @ V_a (C, tiles): 16 multiplies per 4 outputs where the direct form needs 36.
+// Its transforms only add, subtract and halve, so it rounds like the direct sum (checked against
+// the direct and im2col paths). Work items are (image, block of tile rows); each thread
+// transforms its block, runs the 16 products serially and transforms back.
+template <class T>
+inline void conv3x3_winograd(const T* x, const T* w, const T* bias, T* y, const ConvGeometry& g, std::int64_t R = 0) {
+  using B = xsimd::batch<T>;
+  constexpr std::int64_t Vw = B::size;
+  const std::int64_t C = g.C, O = g.O, H = g.H, W = g.W, P = H * W;
+  const std::int64_t th = (H + 1) / 2, tw = (W + 1) / 2, half = tw + 1, Wp = 2 * half;  // tiles; slab row: even, odd halves
+#if defined(DITTO_COUNT_FLOPS)
+  gemm_flops.fetch_add(2 * g.N * O * P * C * 9, std::memory_order_relaxed);  // the direct form's work, for comparable GFLOP/s
+#endif
+  // U[a][o][c] = (G g G^T)[a], G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
+  const std::int64_t su = (O * C + 15) / 16 * 16 + 16;
+  Tensor<T> U_store = scratch<T>(16 * su);
+  T* U = U_store.data();
+  parallel_for(O, O * C * 40, [&](std::int64_t lo, std::int64_t hi) {
+    for (std::int64_t o = lo; o < hi; ++o)
+      for (std::int64_t c = 0; c < C; ++c) {
+        const T* k = w + (o * C + c) * 9;
+        T t[4][3], u[4][4];
+        for (int j = 0; j < 3; ++j) {
+          t[0][j] = k[j];
+          t[1][j] = (k[j] + k[3 + j] + k[6 + j]) * T(0.5);
+          t[2][j] = (k[j] - k[3 + j] + k[6 + j]) * T(0.5);
+          t[3][j] = k[6 + j];
+        }
+        for (int i = 0; i < 4; ++i) {
+          u[i][0] = t[i][0];
+          u[i][1] = (t[i][0] + t[i][1] + t[i][2]) * T(0.5);
+          u[i][2] = (t[i][0] - t[i][1] + t[i][2]) * T(0.5);
+          u[i][3] = t[i][2];
+        }
+        for (int a = 0; a < 16; ++a) U[a * su + o * C + c] = u[a / 4][a % 4];
+      }
+  });
+  // rows of tiles per item: V of about 4 MB (16 C tiles values; measured best at 128-512 channels),
+  // and at least two items per thread where the image has that many rows
+  if (R <= 0) {
+    R = std::max<std::int64_t>(1, ((std::int64_t{1} << 16) / C + tw / 2) / tw);
+    const std::int64_t threads = get_num_threads();
+    if (g.N * ((th + R - 1) / R) < 2 * threads) R = std::max<std::int64_t>(1, g.N * th / (2 * threads));
+  }
+  R = std::clamp<std::int64_t>(R, 1, th);
+  const std::int64_t blocks = (th + R - 1) / R, items = g.N * blocks;
+  parallel_for(items, items * 32 * O * C * R * tw, [&](std::int64_t lo, std::int64_t hi) {
+    const std::int64_t Tmax = R * tw, plane = (2 * R + 2) * Wp;
+    Tensor<T> slab_store = scratch<T>(C * plane), V_store = scratch<T>(16 * (C * Tmax + 32)), M_store = scratch<T>(16 * (O * Tmax + 32));
+    T *slab = slab_store.data(), *V = V_store.data(), *M = M_store.data();
+    for (std::int64_t it = lo; it < hi; ++it) {
+      const std::int64_t n = it / blocks, ty0 = (it % blocks) * R, rt = std::min(R, th - ty0), T_ = rt * tw;
+      // the 16 matrices of V and M lie sv / sm apart: an odd number of cache lines more than their
+      // size, so the 16 streams of a transform do not all map to the same cache sets
+      const std::int64_t sv = (C * T_ + 15) / 16 * 16 + 16, sm = (O * T_ + 15) / 16 * 16 + 16;
+      const std::int64_t y0 = 2 * ty0 - 1;  // input row of slab row 0
+      const T* xn = x + n * C * P;
+      // the block's input rows, zero-padded and split by column parity: padded column 2k lands at
+      // slab[c][r][k], column 2k + 1 at slab[c][r][half + k], so a tile's four columns are
+      // unit-stride reads at tx and tx + 1 (padded column j is input column j - 1)
+      for (std::int64_t c = 0; c < C; ++c)
+        for (std::int64_t r = 0; r < 2 * rt + 2; ++r) {
+          T* __restrict ev = slab + c * plane + r * Wp;
+          T* __restrict od = ev + half;
+          const std::int64_t iy = y0 + r;
+          std::fill(ev, ev + Wp, T(0));
+          if (iy < 0 || iy >= H) continue;
+          const T* __restrict src = xn + (c * H + iy) * W;
+          for (std::int64_t k = 0; k < tw; ++k) od[k] = src[2 * k];  // padded 2k + 1 = input 2k
+          for (std::int64_t k = 1; 2 * k - 1 < W; ++k) ev[k] = src[2 * k - 1];
+        }
+      // V[a][c][t] = (B^T d B)[a], whole vectors of tiles, then the rest one by one
+      for (std::int64_t c = 0; c < C; ++c)
+        for (std::int64_t r = 0; r < rt; ++r) {
+          const T* s0 = slab + c * plane + 2 * r * Wp;
+          T* v = V + c * T_ + r * tw;
+          std::int64_t tx = 0;
+          for (; tx + Vw <= tw; tx += Vw) winograd_input<B>(s0, Wp, half, tx, v, sv);
+          for (; tx < tw; ++tx) winograd_input<T>(s0, Wp, half, tx, v, sv);
+        }
+      for (int a = 0; a < 16; ++a)
+        gemm<T>(false, false, O, T_, C, T(1), U + a * su, C, V + a * sv, T_, T(0), M + a * sm, T_);
+      // y = A^T m A + bias; the last row / column of a tile may fall outside
+      for (std::int64_t o = 0; o < O; ++o) {
+        const T bo = bias ? bias[o] : T(0);
+        for (std::int64_t r = 0; r < rt; ++r) {
+          const T* m = M + o * T_ + r * tw;
+          const std::int64_t oy = 2 * (ty0 + r), full = W / 2;  // tiles whose two columns are inside
+          T* yr0 = y + (n * O + o) * P + oy * W;
+          T* yr1 = oy + 1 < H ? yr0 + W : nullptr;
+          std::int64_t tx = 0;
+          for (; tx + Vw <= full; tx += Vw) {
+            B out[4];
+            winograd_output<B>(m, sm, tx, bo, out);
+            alignas(64) T t[4][Vw];
+            for (int i = 0; i < 4; ++i) out[i].store_aligned(t[i]);
+            for (std::int64_t k = 0; k < Vw; ++k) {  // interleave the tiles' columns
+              yr0[2 * (tx + k)] = t[0][k];
+              yr0[2 * (tx + k) + 1] = t[1][k];
+            }
+            if (yr1)
+              for (std::int64_t k = 0; k < Vw; ++k) {
+                yr1[2 * (tx + k)] = t[2][k];
+                yr1[2 * (tx + k) + 1] = t[3][k];
+              }
+          }
+          for (; tx < tw; ++tx) {
+            T out[4];
+            winograd_output<T>(m, sm, tx, bo, out);
+            yr0[2 * tx] = out[0];
+            if (yr1) yr1[2 * tx] = out[2];
+            if (2 * tx + 1 < W) {
+              yr0[2 * tx + 1] = out[1];
+              if (yr1) yr1[2 * tx + 1] = out[3];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
 // The general path: blocked im2col and a matrix product, any kernel, stride, padding, groups.
 template <class T>
 inline void conv_forward_im2col(const T* x, const T* w, const T* bias, T* y, const ConvGeometry& g) {
@@ -256,7 +465,8 @@ inline void conv_forward_im2col(const T* x, const T* w, const T* bias, T* y, con
 // y (N, O, Do, Ho, Wo) = conv(x (N, C, D, H, W), w (O, C/groups, kd, kh, kw)) + bias.
 template <class T>
 inline void conv_forward(const T* x, const T* w, const T* bias, T* y, const ConvGeometry& g) {
-  if (conv3x3_direct_applies<T>(g)) conv3x3_direct(x, w, bias, y, g);
+  if (conv3x3_winograd_applies<T>(g)) conv3x3_winograd(x, w, bias, y, g);
+  else if (conv3x3_direct_applies<T>(g)) conv3x3_direct(x, w, bias, y, g);
   else conv_forward_im2col(x, w, bias, y, g);
 }
 
