@@ -38,9 +38,9 @@ struct ModelFixture {
     return compared;
   }
   template <class Block>
-  void load_case(Block& block, const std::string& c) const {
+  void load_case(Block& block, const std::string& c, bool strict = true) const {
     const std::string prefix = c + ".w.";
-    ditto::nn::load<T>(block, file, /*strict=*/true, [&](const std::string& n) {
+    ditto::nn::load<T>(block, file, strict, [&](const std::string& n) {
       return n.rfind(prefix, 0) == 0 ? n.substr(prefix.size()) : std::string();
     });
   }

@@ -171,6 +171,28 @@ void hash_weights(const std::string& name, Tensor<T>& t) {
     t[i] = static_cast<T>(t.dim() == 1 ? (norm_scale ? 1 + 0.2 * u : 0.1 * u) : u * scale);
   }
 }
+
+// tools/gen_latte_fixtures.py's text case (extras = 78) keeps its two large tensors out of the
+// file: the 77 x 768 -> hidden_size projection is hash_weights', the text embedding (B, 77, 768)
+// hash_weights' values scaled back to [-1, 1) (in float64, then rounded, as the generator does).
+template <class T>
+Tensor<T> latte_text_input(std::int64_t B) {
+  Tensor<double> u({B, 77, 768});
+  hash_weights("text_embedding", u);
+  Tensor<T> text = Tensor<T>::empty({B, 77, 768});
+  for (std::int64_t i = 0; i < u.numel(); ++i) text[i] = static_cast<T>(u[i] * std::pow(77.0 * 768.0, 0.5));
+  return text;
+}
+template <class T>
+void load_latte_text_case(Latte<T>& m, const ModelFixture<T>& fx, const std::string& name) {
+  for (auto& [n, p] : nn::named_parameters<T>(m)) p->fill(std::numeric_limits<T>::quiet_NaN());
+  fx.load_case(m, name, /*strict=*/false);
+  hash_weights("text_embedding_projection.1.weight", m.text_embedding_projection.weight);
+  for (auto& [n, p] : nn::named_parameters<T>(m)) {  // every other parameter came from the file
+    INFO("parameter " << n);
+    REQUIRE(std::none_of(p->begin(), p->end(), [](T v) { return std::isnan(v); }));
+  }
+}
 }  // namespace
 
 TEMPLATE_TEST_CASE("ADM U-Net equals guided-diffusion's UNetModel: names + shapes + forward + every traced block",
@@ -241,14 +263,18 @@ TEMPLATE_TEST_CASE("Latte equals Vchitect/Latte: spatial + temporal blocks, forw
                    "[models][latte]", float, double) {
   using T = TestType;
   const ModelFixture<T> fx("latte");
-  int cases = 0, image_cases = 0;
+  int cases = 0, image_cases = 0, text_cases = 0;
   for (const auto& [name, kwargs] : fx.configs.items()) {
     if (!fx.has_case(name)) continue;
     INFO(name << " " << kwargs.dump());
     ++cases;
     Latte<T> m(LatteConfig::from_json(kwargs));
-    fx.load_case(m, name);
+    const bool text_case = kwargs.value("extras", 1) == 78;
+    if (text_case) load_latte_text_case(m, fx, name);
+    else fx.load_case(m, name);
     const auto x = fx.file.template get<T>(name + ".in.x");
+    std::optional<Tensor<T>> text;
+    if (text_case) text = latte_text_input<T>(x.size(0));
     const auto t = fx.file.template get<T>(name + ".in.t");
     std::optional<Tensor<std::int64_t>> y;
     if (fx.file.contains(name + ".in.y")) y = fx.file.template get<std::int64_t>(name + ".in.y");
@@ -257,25 +283,39 @@ TEMPLATE_TEST_CASE("Latte equals Vchitect/Latte: spatial + temporal blocks, forw
     const std::int64_t images = fx.file.contains(name + ".in.use_image_num") ? fx.file.template get<std::int64_t>(name + ".in.use_image_num")[0] : 0;
     std::map<std::string, Tensor<T>> traces;
     const auto out = m.forward(x, t, y ? &*y : nullptr, [&](const std::string& k, const Tensor<T>& v) { traces[k] = v.clone(); }, images,
-                               y_image ? &*y_image : nullptr);
+                               y_image ? &*y_image : nullptr, text ? &*text : nullptr);
     CHECK_CLOSE(out, fx.file.template get<T>(name + ".out"), fx.tol);
     CHECK(fx.compare_traces(name, traces) >= 5);
+    if (text_case) {
+      ++text_cases;
+      CHECK(traces.count("text_embedding_projection"));
+      // the text matters: another prompt gives another video, and none at all is refused
+      Tensor<T> other = text->clone();
+      for (std::int64_t i = 0; i < other.numel(); ++i) other[i] = -other[i];
+      CHECK(ditto_test::rel_error(m.forward(x, t, nullptr, {}, 0, nullptr, &other), out) > 1e-3);
+      CHECK_THROWS_WITH(m.forward(x, t), Catch::Contains("text-conditioned (extras = 78), so text_embedding (B, 77, 768) is required"));
+      const Tensor<T> short_text({x.size(0), 77, 767});
+      CHECK_THROWS_WITH(m.forward(x, t, nullptr, {}, 0, nullptr, &short_text), Catch::Contains("expected text_embedding (2, 77, 768)"));
+    }
     if (images) {
       ++image_cases;
       continue;
     }
     const double scale = fx.file.template get<T>(name + ".in.cfg_scale")[0];
-    CHECK_CLOSE(m.forward_with_cfg(x, t, y ? &*y : nullptr, scale), fx.file.template get<T>(name + ".cfg_out"), fx.tol);
+    CHECK_CLOSE(m.forward_with_cfg(x, t, y ? &*y : nullptr, scale, {}, text ? &*text : nullptr), fx.file.template get<T>(name + ".cfg_out"),
+                fx.tol);
   }
   CHECK(cases >= 2);
   CHECK(image_cases >= 1);
+  CHECK(text_cases == 1);
 }
 
 TEST_CASE("Latte configs: upstream's arguments + refusals + a one-frame video's temporal blocks", "[models][latte]") {
   auto from = [](const char* text) { return LatteConfig::from_json(nlohmann::json::parse(text)); };
   CHECK(from("{}").num_frames == 16);
   CHECK_THROWS_WITH(from(R"({"depth": 3})"), Catch::Contains("depth must be even"));
-  CHECK_THROWS_WITH(from(R"({"extras": 78})"), Catch::Contains("extras = 78 (text embeddings)"));
+  CHECK(from(R"({"extras": 78})").extras == 78);  // text embeddings
+  CHECK_THROWS_WITH(from(R"({"extras": 3})"), Catch::Contains("extras must be 1 (timestep), 2 (+ class labels) or 78 (+ text embedding), got 3"));
   CHECK_THROWS_WITH(from(R"({"attention_mode": "fast"})"), Catch::Contains("attention_mode must be math, xformers or flash"));
   CHECK_THROWS_WITH(from(R"({"use_image_num": 2})"), Catch::Contains("unknown argument \"use_image_num\""));
   const LatteConfig c = from(R"({"input_size": 8, "patch_size": 4, "in_channels": 2, "hidden_size": 8, "depth": 2, "num_heads": 2,
@@ -299,6 +339,15 @@ TEST_CASE("Latte configs: upstream's arguments + refusals + a one-frame video's 
   CHECK_THROWS_WITH(m.forward(g.normal<double>({2, 2, 2, 8, 8}), t), Catch::Contains("expected x (B, 1, 2, 8, 8)"));
   const Tensor<std::int64_t> y({2});
   CHECK_THROWS_WITH(m.forward(x, t, &y), Catch::Contains("takes no labels (extras = 1)"));
+  const Tensor<double> text({2, 77, 768});
+  CHECK_THROWS_WITH(m.forward(x, t, nullptr, {}, 0, nullptr, &text), Catch::Contains("takes no text (extras = 1), but text_embedding was given"));
+  // text with images is latte_img.py's (another projection): refused
+  LatteConfig tc = c;
+  tc.extras = 78;
+  tc.num_frames = 1;
+  Latte<double> tm(tc);
+  CHECK_THROWS_WITH(tm.forward(g.normal<double>({2, 2, 2, 8, 8}), t, nullptr, {}, 1, nullptr, &text), Catch::Contains("models/latte_img.py"));
+  CHECK(tm.text_embedding_projection.weight.shape() == Shape{8, 77 * 768});
 }
 
 namespace {
@@ -693,6 +742,26 @@ TEST_CASE("ditto-forward runs Latte with and without guidance, and with images",
     save_safetensors(r.path("w.safetensors"), with_prefix<float>(fv.file, c + ".w."));
     save_mixed(r.path("in.safetensors"), {{"x", fv.file.get<float>(c + ".in.x")}, {"t", fv.file.get<float>(c + ".in.t")}});
     check_forward(r, fv.file, c, "latte", "blocks.1");
+  }
+  {  // extras = 78: the text embedding is an input like upstream's forward(..., text_embedding)
+    const std::string c = "text";
+    r.write_json("config.json", fx.configs[c]);
+    Latte<float> m(LatteConfig::from_json(fx.configs[c]));
+    load_latte_text_case(m, fx, c);
+    std::vector<std::pair<std::string, Tensor<float>>> weights;
+    for (auto& [n, p] : nn::named_parameters<float>(m)) weights.emplace_back(n, *p);
+    save_safetensors(r.path("w.safetensors"), weights);
+    const auto x = fx.file.get<float>(c + ".in.x");
+    save_mixed(r.path("in.safetensors"), {{"x", x}, {"t", fx.file.get<float>(c + ".in.t")}, {"text_embedding", latte_text_input<float>(x.size(0))}});
+    const std::string args = check_forward(r, fx.file, c, "latte", "text_embedding_projection");
+    const auto [code, err] = r.run(args + " --cfg-scale " + std::to_string(fx.file.get<float>(c + ".in.cfg_scale")[0]));
+    INFO(err);
+    REQUIRE(code == 0);
+    CHECK_CLOSE(SafetensorsFile(r.path("out.safetensors")).get<float>("out"), fx.file.get<float>(c + ".cfg_out"), 1e-4);
+    save_mixed(r.path("in.safetensors"), {{"x", x}, {"t", fx.file.get<float>(c + ".in.t")}});
+    const auto [code2, err2] = r.run(args);
+    CHECK(code2 == 1);
+    CHECK_THAT(err2, Catch::Contains("text_embedding (B, 77, 768) is required"));
   }
   // latte_img.py's inputs: images after the video, their labels, and how many there are
   const std::string c = "img_class";

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes tests/fixtures/latte_f32.safetensors, latte_f64.safetensors and latte_configs.json:
 Vchitect/Latte's models/latte.py (spatial and temporal blocks interleaved), and models/latte_img.py
-(images beside the video: use_image_num, y_image), on small and odd
+(images beside the video: use_image_num, y_image), and latte.py's text conditioning (extras = 78:
+its 77 x 768 projection and the text input come from hash_weights, not the file), on small and odd
 configs (unconditional and class-conditional, learn_sigma on and off, a size the patch does not
 divide), every parameter randomized, forward and forward_with_cfg on seeded videos
 (B, F, C, H, W). Each case stores `name.w.*`, `name.in.{x,t,y}`, `name.out`, `name.cfg_out` and
@@ -26,7 +27,7 @@ sys.path.insert(0, os.path.join(src, "models"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import latte  # noqa: E402  (models/latte.py alone: models/__init__.py pulls in text models)
 import latte_img  # noqa: E402
-from fixture_common import run_traced, timestep_embedding_f64  # noqa: E402
+from fixture_common import hash_weights, run_traced, timestep_embedding_f64  # noqa: E402
 from safetensors_writer import save  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
@@ -46,6 +47,20 @@ IMG_CASES = {  # name: (constructor kwargs, batch, use_image_num)
     "img_class": (dict(input_size=8, patch_size=4, in_channels=3, hidden_size=24, depth=4, num_heads=3, num_frames=2, extras=2,
                        num_classes=5, learn_sigma=False), 2, 3),
 }
+
+
+TEXT_CASES = {  # name: (constructor kwargs, batch, cfg scale); extras = 78: timestep + a (B, 77, 768) text embedding
+    "text": (dict(input_size=8, patch_size=2, in_channels=4, hidden_size=16, depth=2, num_heads=2, num_frames=3, extras=78), 2, 4.0),
+}
+TEXT_FEATURES = 77 * 768
+
+
+def text_inputs(B, dtype):
+    """The text case's large tensors, from hash_weights rather than stored (the projection alone
+    has 77 * 768 * hidden_size weights): text_embedding_projection.1.weight as hash_weights makes
+    it, and a text embedding (B, 77, 768) with values u in [-1, 1)."""
+    text = hash_weights("text_embedding", [B, 77, 768]) * TEXT_FEATURES ** 0.5
+    return text.to(dtype)
 
 
 def randomize(m, g, dtype):
@@ -121,6 +136,33 @@ for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
             out[f"{name}.out"], traces = run_traced(mods, lambda: m(x, t, y, y_image=y_image, use_image_num=I))
         for k, v in traces.items():
             out[f"{name}.trace.{k}"] = v
+    # extras = 78 (models/latte.py): SiLU + Linear(77 * 768, hidden_size) of the flattened text
+    # embedding joins t in every block's condition (the final layer takes t alone, as upstream).
+    # Its own generator, so the cases above keep their numbers.
+    g = th.Generator().manual_seed(78)
+    for name, (kwargs, B, cfg) in TEXT_CASES.items():
+        configs[name] = kwargs
+        m = latte.Latte(**kwargs).to(dtype).eval()
+        randomize(m, g, dtype)
+        proj = "text_embedding_projection.1.weight"
+        with th.no_grad():
+            m.state_dict()[proj].copy_(hash_weights(proj, list(m.state_dict()[proj].shape)))
+        s, F, C = kwargs["input_size"], kwargs["num_frames"], kwargs["in_channels"]
+        x = th.randn(B, F, C, s, s, generator=g, dtype=th.float64).to(dtype)
+        t = (th.rand(B, generator=g, dtype=th.float64) * 999).to(dtype)
+        text = text_inputs(B, dtype)
+        for k, v in m.state_dict().items():
+            if k != proj:
+                out[f"{name}.w.{k}"] = v
+        out[f"{name}.in.x"], out[f"{name}.in.t"] = x, t
+        mods = [("x_embedder", m.x_embedder), ("t_embedder", m.t_embedder), ("text_embedding_projection", m.text_embedding_projection),
+                ("final_layer", m.final_layer)] + [(f"blocks.{i}", b) for i, b in enumerate(m.blocks)]
+        with th.no_grad():
+            out[f"{name}.out"], traces = run_traced(mods, lambda: m(x, t, text_embedding=text))
+            for k, v in traces.items():
+                out[f"{name}.trace.{k}"] = v
+            out[f"{name}.cfg_out"] = m.forward_with_cfg(x, t, cfg_scale=cfg, text_embedding=text)
+            out[f"{name}.in.cfg_scale"] = th.tensor([cfg], dtype=dtype)
     save(os.path.join(OUT, f"latte_{suffix}.safetensors"), out)
     print(f"{len(out)} tensors -> tests/fixtures/latte_{suffix}.safetensors")
 with open(os.path.join(OUT, "latte_configs.json"), "w") as f:

@@ -6,6 +6,7 @@
 //   models::Latte<float> latte(models::LatteConfig::from_json(kwargs));
 //   nn::load<float>(latte, "latte.safetensors");
 //   auto out = latte.forward(x, t, &y);       // x (B, F, C, H, W) as upstream takes it; y: extras == 2
+//   latte.forward(x, t, nullptr, {}, 0, nullptr, &text);  // extras == 78: text (B, 77, 768)
 //
 // The paper's four model variants (sec. 3.2, fig. 2), chosen by `variant` (a ditto extension;
 // upstream's code is variant 1 only):
@@ -60,7 +61,8 @@ struct LatteConfig {
   double class_dropout_prob = 0.1;
   std::int64_t num_classes = 1000;
   bool learn_sigma = true;
-  std::int64_t extras = 1;             // 1: timestep only; 2: + class labels; 78: + text (not yet)
+  std::int64_t extras = 1;             // 1: timestep only; 2: + class labels; 78: + a (B, 77, 768) text embedding
+  static constexpr std::int64_t text_features = 77 * 768;  // extras == 78: upstream's Linear(77 * 768, hidden_size)
   std::string attention_mode = "math";  // math, xformers or flash: the same attention
   std::int64_t variant = 1;             // the paper's model variants 1-4 (upstream: 1)
   std::string timestep_injection = "adaln";  // or "token"
@@ -117,10 +119,8 @@ struct LatteConfig {
     if (timestep_injection != "adaln" && timestep_injection != "token")
       throw ArgumentError("Latte config: timestep_injection must be \"adaln\" or \"token\", got \"" + timestep_injection + "\"");
     if (num_frames < 1) throw ArgumentError(cat("Latte config: num_frames must be >= 1, got ", num_frames));
-    if (extras == 78)
-      throw ArgumentError("Latte config: extras = 78 (text embeddings) comes with text conditioning and is not supported yet; "
-                          "use 1 (unconditional) or 2 (class labels)");
-    if (extras != 1 && extras != 2) throw ArgumentError(cat("Latte config: extras must be 1, 2 or 78, got ", extras));
+    if (extras != 1 && extras != 2 && extras != 78)
+      throw ArgumentError(cat("Latte config: extras must be 1 (timestep), 2 (+ class labels) or 78 (+ text embedding), got ", extras));
     if (attention_mode != "math" && attention_mode != "xformers" && attention_mode != "flash")
       throw ArgumentError("Latte config: attention_mode must be math, xformers or flash, got \"" + attention_mode + "\"");
   }
@@ -232,6 +232,7 @@ struct Latte {
   nn::PatchEmbed<T> x_embedder;
   TimestepEmbedder<T> t_embedder;
   LabelEmbedder<T> y_embedder;  // extras == 2
+  nn::Linear<T> text_embedding_projection;  // extras == 78: "text_embedding_projection.1" (SiLU is module 0)
   Tensor<T> pos_embed, temp_embed;  // (1, positions, D), (1, num_frames, D): fixed sin-cos, stored in checkpoints
   std::vector<LatteBlock<T>> blocks;
   FinalLayer<T> final_layer;                 // adaLN
@@ -245,6 +246,7 @@ struct Latte {
     x_embedder = nn::PatchEmbed<T>(c.patch_size, c.in_channels, D);
     t_embedder = TimestepEmbedder<T>(D);
     if (c.extras == 2) y_embedder = LabelEmbedder<T>(c.num_classes, D, c.class_dropout_prob);
+    if (c.extras == 78) text_embedding_projection = nn::Linear<T>(LatteConfig::text_features, D);
     pos_embed = nn::sincos_pos_embed_2d<T>(D, g, g).reshape({1, g * g, D});
     temp_embed = nn::sincos_pos_embed_1d<T>(D, c.num_frames).reshape({1, c.num_frames, D});
     for (std::int64_t i = 0; i < c.depth; ++i) blocks.emplace_back(c, attends(i));
@@ -275,6 +277,7 @@ struct Latte {
     v("x_embedder", x_embedder);
     v("t_embedder", t_embedder);
     if (config.extras == 2) v("y_embedder", y_embedder);
+    if (config.extras == 78) v("text_embedding_projection.1", text_embedding_projection);
     v("blocks", blocks);
     if (config.adaln()) v("final_layer", final_layer);
     else v("final_layer", token_final_layer);
@@ -285,9 +288,13 @@ struct Latte {
   // models/latte_img.py: the last use_image_num frames are images, which the temporal blocks
   // leave alone; with extras == 2 their labels are y_image (B, use_image_num), as upstream's
   // training forward takes them (its eval forward cannot combine images and labels).
+  // text_embedding: (B, 77, 768) when extras == 78 (required then, refused otherwise), as
+  // models/latte.py: SiLU + Linear of the flattened embedding joins t in every block's condition,
+  // while the final layer takes t alone, as upstream's does.
   // -> (B, frames, out_channels, H', W').
   Tensor<T> forward(const Tensor<T>& x, const Tensor<T>& t, const Tensor<std::int64_t>* y = nullptr, const Trace<T>& trace = {},
-                    std::int64_t use_image_num = 0, const Tensor<std::int64_t>* y_image = nullptr) const {
+                    std::int64_t use_image_num = 0, const Tensor<std::int64_t>* y_image = nullptr,
+                    const Tensor<T>* text_embedding = nullptr) const {
     using ditto::detail::cat;
     const LatteConfig& c = config;
     const std::int64_t I = use_image_num, F = c.num_frames, Ft = F + I;
@@ -302,6 +309,15 @@ struct Latte {
     if ((c.extras == 2) != static_cast<bool>(y))
       throw ArgumentError(c.extras == 2 ? "Latte: the model is class-conditional (extras = 2), so y is required"
                                         : "Latte: the model takes no labels (extras = 1), but y was given");
+    if ((c.extras == 78) != static_cast<bool>(text_embedding))
+      throw ArgumentError(c.extras == 78 ? "Latte: the model is text-conditioned (extras = 78), so text_embedding (B, 77, 768) is required"
+                                         : cat("Latte: the model takes no text (extras = ", c.extras, "), but text_embedding was given"));
+    if (text_embedding && (text_embedding->dim() < 2 || text_embedding->size(0) != B || text_embedding->numel() != B * LatteConfig::text_features))
+      throw ShapeError(cat("Latte: expected text_embedding (", B, ", 77, 768) (", LatteConfig::text_features, " values per video), got ",
+                           shape_str(text_embedding->shape())));
+    if (text_embedding && I > 0)
+      throw ArgumentError("Latte: text conditioning with images (use_image_num) is models/latte_img.py's, whose projection takes 1024 "
+                          "features, not this model's 77 x 768");
     if (y && (y->dim() != 1 || y->size(0) != B)) throw ShapeError(cat("Latte: expected y of shape (", B, "), got ", shape_str(y->shape())));
     const bool image_labels = c.extras == 2 && I > 0;
     if (image_labels != static_cast<bool>(y_image))
@@ -324,6 +340,11 @@ struct Latte {
       if (trace) trace("y_embedder", ye);
       for (std::int64_t i = 0; i < cond.numel(); ++i) cond[i] += ye[i];
     }
+    if (text_embedding) {
+      const Tensor<T> te = text_embedding_projection.forward(nn::silu(text_embedding->reshape({B, LatteConfig::text_features})));
+      if (trace) trace("text_embedding_projection", te);
+      for (std::int64_t i = 0; i < cond.numel(); ++i) cond[i] += te[i];
+    }
     // Per-frame conditions only when images carry labels of their own: t + y_image for them.
     Tensor<T> frame_cond;
     if (image_labels) {
@@ -335,6 +356,7 @@ struct Latte {
             frame_cond[(b * Ft + f) * D + d] = f < F ? cond[b * D + d] : temb[b * D + d] + yi[(b * I + f - F) * D + d];
     }
     const Tensor<T> silu_c = nn::silu(cond), silu_frame = image_labels ? nn::silu(frame_cond) : Tensor<T>();
+    const Tensor<T> silu_final = text_embedding ? nn::silu(temb) : silu_c;  // upstream's final layer: t (+ y), never the text
 
     // tokens (B Ft, Np, D): [condition token,] patches + pos_embed
     const std::int64_t rows = B * Ft * Np, lead = Np - N;
@@ -384,7 +406,7 @@ struct Latte {
     Tensor<T> out;
     if (c.adaln()) {
       out = image_labels ? final_layer.forward(tokens.data(), B * Ft, N, silu_frame, buffers.h.data())
-                         : final_layer.forward(tokens.data(), B, Ft * N, silu_c, buffers.h.data());
+                         : final_layer.forward(tokens.data(), B, Ft * N, silu_final, buffers.h.data());
       out = out.reshape({B * Ft, N, P});
     } else {  // the patch tokens, without each frame's condition token
       for (std::int64_t bf = 0; bf < B * Ft; ++bf)
@@ -399,10 +421,11 @@ struct Latte {
   }
 
   // Upstream's forward_with_cfg: the first half of x run twice (y's halves: labels, then the
-  // null class), the first 4 channels of dim 2 guided (its output is (B, F, C, H, W)).
+  // null class; a text embedding's: the prompt's, then the empty prompt's, as the caller
+  // passes them), the first 4 channels of dim 2 guided (its output is (B, F, C, H, W)).
   Tensor<T> forward_with_cfg(const Tensor<T>& x, const Tensor<T>& t, const Tensor<std::int64_t>* y, double cfg_scale,
-                             const Trace<T>& trace = {}) const {
-    Tensor<T> out = forward(repeat_first_half(x, "Latte"), t, y, trace);
+                             const Trace<T>& trace = {}, const Tensor<T>* text_embedding = nullptr) const {
+    Tensor<T> out = forward(repeat_first_half(x, "Latte"), t, y, trace, 0, nullptr, text_embedding);
     diffusion::apply_guidance(out, diffusion::Guidance{cfg_scale, std::min<std::int64_t>(4, out.size(2)), 2});
     return out;
   }

@@ -198,14 +198,22 @@ inline NamedTensors run_latte(const ForwardRequest& r) {
     use_image_num = n[0];
   }
   if (in.has("y_image")) y_image = in.labels("y_image", 2, "(B, use_image_num)");
+  std::optional<Tensor<float>> text;  // extras = 78: (B, 77, 768), any shape upstream's reshape(B, -1) takes
+  if (in.has("text_embedding")) {
+    const int rank = static_cast<int>(r.inputs->info("text_embedding").shape.size());
+    if (rank < 2) throw ShapeError(ditto::detail::cat("Latte: input \"text_embedding\" must be (B, 77, 768), got shape ",
+                                                    shape_str(r.inputs->info("text_embedding").shape)));
+    text = in.floats("text_embedding", rank);
+  }
   in.finish();
   if (scale && use_image_num)
     throw ArgumentError("Latte: forward_with_cfg takes no images (use_image_num), as upstream's does not");
   NamedTensors outputs;
   const Trace<float> trace = trace_into(r, outputs);
   const Tensor<std::int64_t>* yp = y ? &*y : nullptr;
-  outputs.emplace_back("out", scale ? latte.forward_with_cfg(x, t, yp, *scale, trace)
-                                    : latte.forward(x, t, yp, trace, use_image_num, y_image ? &*y_image : nullptr));
+  const Tensor<float>* tp = text ? &*text : nullptr;
+  outputs.emplace_back("out", scale ? latte.forward_with_cfg(x, t, yp, *scale, trace, tp)
+                                    : latte.forward(x, t, yp, trace, use_image_num, y_image ? &*y_image : nullptr, tp));
   return outputs;
 }
 
