@@ -368,7 +368,7 @@ TEMPLATE_TEST_CASE("Conv2d 3x3: Winograd F(2x2, 3x3) equals im2col + matrix prod
       set_num_threads(before);
     }
   }
-  // through Conv2d::forward: 128 channels at 32 x 31 (odd width) take the Winograd path
+  // through Conv2d::forward: 128 -> 130 channels at 32 x 31 (odd width) take the Winograd path
   Conv2d<T> m(128, 130, 3, 1, 1);
   m.weight = g.normal<T>(m.weight.shape());
   m.bias = g.normal<T>(m.bias.shape());
@@ -385,7 +385,8 @@ TEMPLATE_TEST_CASE("Conv2d 3x3: Winograd F(2x2, 3x3) equals im2col + matrix prod
   };
   CHECK(applies(256, 256, 16, 16));
   CHECK(applies(512, 128, 64, 64));
-  CHECK(!applies(64, 64, 64, 64));
+  CHECK(applies(64, 64, 64, 64));
+  CHECK(!applies(32, 32, 64, 64));
   CHECK(!applies(128, 128, 16, 16));
   CHECK(!applies(512, 512, 8, 8));
   CHECK(!applies(256, 256, 64, 64, 2));

@@ -7,7 +7,7 @@
 // with stride 1 skips unfolding: it is a matrix product on the input as it lies.
 //
 // 3x3 convolutions with stride 1 and padding 1 take one of two faster paths (conv_forward):
-// Winograd F(2x2, 3x3) at 128 channels and more (conv3x3_winograd), else a direct register-tile
+// Winograd F(2x2, 3x3) from 64 channels (conv3x3_winograd), else a direct register-tile
 // kernel where output rows are whole SIMD vectors (conv3x3_direct). Tests compare both with im2col.
 #pragma once
 
@@ -66,17 +66,18 @@ inline ConvGeometry conv_geometry(const char* what, const Shape& x, std::int64_t
 }
 
 // 3x3 convolutions with stride 1, padding 1 and one group are what U-Nets and autoencoders spend
-// their time in. With at least 128 channels in and out and enough 2x2 output tiles, Winograd's
-// F(2x2, 3x3) does 16 multiplies where the direct form does 36 and measures 1.1-1.6x the direct
-// kernel here (docs/performance.md); below that its transforms cost more than they save.
+// their time in. With at least 64 channels in and out and enough 2x2 output tiles, Winograd's
+// F(2x2, 3x3) does 16 multiplies where the direct form does 36 and measures 1.1-1.9x the direct
+// kernel here (docs/performance.md); on fewer channels or tiles its transforms (and the kernel
+// transform of every call) cost more than they save.
 template <class T>
 inline bool conv3x3_winograd_applies(const ConvGeometry& g) {
   if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
     if (!(g.groups == 1 && g.D == 1 && g.k == std::array<std::int64_t, 3>{1, 3, 3} && g.s == std::array<std::int64_t, 3>{1, 1, 1} &&
           g.pad == std::array<std::int64_t, 6>{0, 0, 1, 1, 1, 1}))
       return false;
-    const std::int64_t ch = std::min(g.C, g.O), tiles = ((g.H + 1) / 2) * ((g.W + 1) / 2);
-    return ch >= 256 ? tiles >= 64 : ch >= 128 && tiles >= 256;
+    const std::int64_t ch = std::min(g.C, g.O), tiles = g.N * ((g.H + 1) / 2) * ((g.W + 1) / 2);  // over the batch
+    return ch >= 64 && tiles >= 64 && ch * tiles >= (std::int64_t{1} << 14);
   } else {
     return false;
   }
@@ -272,6 +273,28 @@ inline void winograd_output(const T* m, std::int64_t sm, std::int64_t tx, T bias
   out[3] = s1[1] - s1[2] - s1[3] + b;
 }
 
+// One register tile of a Winograd product: m (MR rows ld apart) x NV vectors (+)= u @ v over K
+// input channels, u packed [k][MR] (broadcast), v rows ld apart (vector loads). Rows past
+// `valid` are padding: computed, never stored.
+template <class T, int MR, int NV>
+inline void winograd_product(const T* v, std::int64_t ld, std::int64_t K, const T* u, T* m, std::int64_t valid, bool accumulate) {
+  using B = xsimd::batch<T>;
+  constexpr std::int64_t V = B::size;
+  B acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NV; ++j) acc[r][j] = accumulate && r < valid ? B::load_unaligned(m + r * ld + j * V) : B(T(0));
+  for (std::int64_t k = 0; k < K; ++k) {
+    B xv[NV];
+    for (int j = 0; j < NV; ++j) xv[j] = B::load_unaligned(v + k * ld + j * V);
+    for (int r = 0; r < MR; ++r) {
+      const B ub(u[k * MR + r]);
+      for (int j = 0; j < NV; ++j) acc[r][j] = xsimd::fma(ub, xv[j], acc[r][j]);
+    }
+  }
+  for (std::int64_t r = 0; r < valid; ++r)
+    for (int j = 0; j < NV; ++j) acc[r][j].store_unaligned(m + r * ld + j * V);
+}
+
 // Winograd F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016):
 // each 2x2 block of outputs comes from a 4x4 block of inputs d as Y = A^T [sum_c U_c . V_c] A,
 // with V = B^T d B per input channel and U = G g G^T per 3x3 kernel g. The sum over channels is
@@ -279,7 +302,8 @@ inline void winograd_output(const T* m, std::int64_t sm, std::int64_t tx, T bias
 // U_a (O, C) @ V_a (C, tiles): 16 multiplies per 4 outputs where the direct form needs 36.
 // Its transforms only add, subtract and halve, so it rounds like the direct sum (checked against
 // the direct and im2col paths). Work items are (image, block of tile rows); each thread
-// transforms its block, runs the 16 products serially and transforms back.
+// transforms its block, runs the 16 products with its own register tiles (winograd_product:
+// 1.2x Eigen's general GEMM at these shapes, which re-packs U every call) and transforms back.
 template <class T>
 inline void conv3x3_winograd(const T* x, const T* w, const T* bias, T* y, const ConvGeometry& g, std::int64_t R = 0) {
   using B = xsimd::batch<T>;
@@ -289,8 +313,10 @@ inline void conv3x3_winograd(const T* x, const T* w, const T* bias, T* y, const 
 #if defined(DITTO_COUNT_FLOPS)
   gemm_flops.fetch_add(2 * g.N * O * P * C * 9, std::memory_order_relaxed);  // the direct form's work, for comparable GFLOP/s
 #endif
-  // U[a][o][c] = (G g G^T)[a], G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
-  const std::int64_t su = (O * C + 15) / 16 * 16 + 16;
+  // U = G g G^T, G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1], packed for the products' register
+  // tiles: U[a][o / MR][c][o % MR], output channels padded with zeros to a multiple of MR
+  constexpr int MR = 8, NV = sizeof(B) >= 64 ? 3 : 1;
+  const std::int64_t OB = (O + MR - 1) / MR, su = OB * MR * C + 16;
   Tensor<T> U_store = scratch<T>(16 * su);
   T* U = U_store.data();
   parallel_for(O, O * C * 40, [&](std::int64_t lo, std::int64_t hi) {
@@ -310,9 +336,12 @@ inline void conv3x3_winograd(const T* x, const T* w, const T* bias, T* y, const 
           u[i][2] = (t[i][0] - t[i][1] + t[i][2]) * T(0.5);
           u[i][3] = t[i][2];
         }
-        for (int a = 0; a < 16; ++a) U[a * su + o * C + c] = u[a / 4][a % 4];
+        for (int a = 0; a < 16; ++a) U[a * su + ((o / MR) * C + c) * MR + o % MR] = u[a / 4][a % 4];
       }
   });
+  for (std::int64_t o = O; o < OB * MR; ++o)
+    for (int a = 0; a < 16; ++a)
+      for (std::int64_t c = 0; c < C; ++c) U[a * su + ((o / MR) * C + c) * MR + o % MR] = T(0);
   // rows of tiles per item: V of about 4 MB (16 C tiles values; measured best at 128-512 channels),
   // and at least two items per thread where the image has that many rows
   if (R <= 0) {
@@ -324,13 +353,16 @@ inline void conv3x3_winograd(const T* x, const T* w, const T* bias, T* y, const 
   const std::int64_t blocks = (th + R - 1) / R, items = g.N * blocks;
   parallel_for(items, items * 32 * O * C * R * tw, [&](std::int64_t lo, std::int64_t hi) {
     const std::int64_t Tmax = R * tw, plane = (2 * R + 2) * Wp;
-    Tensor<T> slab_store = scratch<T>(C * plane), V_store = scratch<T>(16 * (C * Tmax + 32)), M_store = scratch<T>(16 * (O * Tmax + 32));
+    const std::int64_t ldmax = (Tmax + Vw - 1) / Vw * Vw;
+    Tensor<T> slab_store = scratch<T>(C * plane), V_store = scratch<T>(16 * (C * ldmax + 32)), M_store = scratch<T>(16 * (O * ldmax + 32));
     T *slab = slab_store.data(), *V = V_store.data(), *M = M_store.data();
     for (std::int64_t it = lo; it < hi; ++it) {
       const std::int64_t n = it / blocks, ty0 = (it % blocks) * R, rt = std::min(R, th - ty0), T_ = rt * tw;
       // the 16 matrices of V and M lie sv / sm apart: an odd number of cache lines more than their
       // size, so the 16 streams of a transform do not all map to the same cache sets
-      const std::int64_t sv = (C * T_ + 15) / 16 * 16 + 16, sm = (O * T_ + 15) / 16 * 16 + 16;
+      // rows of V and M are ld apart: the block's tiles, padded to whole vectors (zeros in V)
+      const std::int64_t ld = (T_ + Vw - 1) / Vw * Vw;
+      const std::int64_t sv = (C * ld + 15) / 16 * 16 + 16, sm = (O * ld + 15) / 16 * 16 + 16;
       const std::int64_t y0 = 2 * ty0 - 1;  // input row of slab row 0
       const T* xn = x + n * C * P;
       // the block's input rows, zero-padded and split by column parity: padded column 2k lands at
@@ -351,18 +383,40 @@ inline void conv3x3_winograd(const T* x, const T* w, const T* bias, T* y, const 
       for (std::int64_t c = 0; c < C; ++c)
         for (std::int64_t r = 0; r < rt; ++r) {
           const T* s0 = slab + c * plane + 2 * r * Wp;
-          T* v = V + c * T_ + r * tw;
+          T* v = V + c * ld + r * tw;
           std::int64_t tx = 0;
           for (; tx + Vw <= tw; tx += Vw) winograd_input<B>(s0, Wp, half, tx, v, sv);
           for (; tx < tw; ++tx) winograd_input<T>(s0, Wp, half, tx, v, sv);
         }
-      for (int a = 0; a < 16; ++a)
-        gemm<T>(false, false, O, T_, C, T(1), U + a * su, C, V + a * sv, T_, T(0), M + a * sm, T_);
+      if (ld > T_)
+        for (std::int64_t a = 0; a < 16; ++a)
+          for (std::int64_t c = 0; c < C; ++c) std::fill(V + a * sv + c * ld + T_, V + a * sv + (c + 1) * ld, T(0));
+      // M_a (O, tiles) = U_a (O, C) @ V_a (C, tiles): register tiles of MR output channels x NV
+      // vectors of tiles; KC input channels of a tile's V columns stay in L1 while every block of
+      // output channels runs over them
+      constexpr std::int64_t KC = 128;
+      for (std::int64_t a = 0; a < 16; ++a)
+        for (std::int64_t c0 = 0; c0 < C; c0 += KC) {
+          const std::int64_t kc = std::min(KC, C - c0);
+          for (std::int64_t t0 = 0; t0 < ld;) {
+            const std::int64_t nv = std::min<std::int64_t>(NV, (ld - t0) / Vw);
+            const T* va = V + a * sv + c0 * ld + t0;
+            for (std::int64_t ob = 0; ob < OB; ++ob) {
+              const T* ua = U + a * su + (ob * C + c0) * MR;
+              T* ma = M + a * sm + ob * MR * ld + t0;
+              const std::int64_t valid = std::min<std::int64_t>(MR, O - ob * MR);
+              if (nv == NV) winograd_product<T, MR, NV>(va, ld, kc, ua, ma, valid, c0 > 0);
+              else if (nv == 2) winograd_product<T, MR, 2>(va, ld, kc, ua, ma, valid, c0 > 0);
+              else winograd_product<T, MR, 1>(va, ld, kc, ua, ma, valid, c0 > 0);
+            }
+            t0 += nv * Vw;
+          }
+        }
       // y = A^T m A + bias; the last row / column of a tile may fall outside
       for (std::int64_t o = 0; o < O; ++o) {
         const T bo = bias ? bias[o] : T(0);
         for (std::int64_t r = 0; r < rt; ++r) {
-          const T* m = M + o * T_ + r * tw;
+          const T* m = M + o * ld + r * tw;
           const std::int64_t oy = 2 * (ty0 + r), full = W / 2;  // tiles whose two columns are inside
           T* yr0 = y + (n * O + o) * P + oy * W;
           T* yr1 = oy + 1 < H ? yr0 + W : nullptr;
