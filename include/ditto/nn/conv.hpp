@@ -358,9 +358,9 @@ inline void conv3x3_winograd(const T* x, const T* w, const T* bias, T* y, const 
     T *slab = slab_store.data(), *V = V_store.data(), *M = M_store.data();
     for (std::int64_t it = lo; it < hi; ++it) {
       const std::int64_t n = it / blocks, ty0 = (it % blocks) * R, rt = std::min(R, th - ty0), T_ = rt * tw;
-      // the 16 matrices of V and M lie sv / sm apart: an odd number of cache lines more than their
-      // size, so the 16 streams of a transform do not all map to the same cache sets
-      // rows of V and M are ld apart: the block's tiles, padded to whole vectors (zeros in V)
+      // rows of V and M are ld apart: the block's tiles, padded to whole vectors (zeros in V); their
+      // 16 matrices lie sv / sm apart, a cache line more than their size, so the 16 streams of a
+      // transform do not all map to the same cache sets
       const std::int64_t ld = (T_ + Vw - 1) / Vw * Vw;
       const std::int64_t sv = (C * ld + 15) / 16 * 16 + 16, sm = (O * ld + 15) / 16 * 16 + 16;
       const std::int64_t y0 = 2 * ty0 - 1;  // input row of slab row 0
