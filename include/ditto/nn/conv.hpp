@@ -95,13 +95,15 @@ inline bool conv3x3_direct_applies(const ConvGeometry& g) {
 }
 
 // One output tile: MR output channels x NV vectors of one output row, accumulated in registers
-// over every input channel and the 9 taps. in: the zero-padded input at (channel 0, the output
+// over every input channel and the K x K taps. in: the zero-padded input at (channel 0, the output
 // row's top tap row, the tile's first column); `plane` values per padded channel, rows Wp apart.
-// wp: the tile's weights packed as [c][tap][MR]. out: (MR rows P apart) x NV vectors.
-// bias: start from the bias (the first block of input channels), or null: add to out.
-template <class T, int MR, int NV>
-inline void conv3x3_tile(const T* in, std::int64_t C, std::int64_t plane, std::int64_t Wp, const T* wp, const T* bias, T* out,
-                         std::int64_t P, std::int64_t valid) {
+// wp: the tile's weights packed as [c][tap][MR]. out: (MR rows P apart) x NV vectors; rows past
+// `valid` are padding, computed and never stored. bias: start from the bias (the first block of
+// input channels), or null: add to out. With K = 1 it is a matrix product's register tile
+// (Winograd's products: `in` the rows of V, `plane` apart).
+template <class T, int MR, int NV, int K = 3>
+inline void conv_tile(const T* in, std::int64_t C, std::int64_t plane, std::int64_t Wp, const T* wp, const T* bias, T* out,
+                      std::int64_t P, std::int64_t valid) {
   using B = xsimd::batch<T>;
   constexpr std::int64_t V = B::size;
   B acc[MR][NV];
@@ -109,12 +111,12 @@ inline void conv3x3_tile(const T* in, std::int64_t C, std::int64_t plane, std::i
     for (int v = 0; v < NV; ++v) acc[m][v] = bias ? B(bias[m]) : m < valid ? B::load_unaligned(out + m * P + v * V) : B(T(0));
   for (std::int64_t c = 0; c < C; ++c) {
     const T* ic = in + c * plane;
-    const T* wc = wp + c * 9 * MR;
-    for (int dy = 0; dy < 3; ++dy)
-      for (int dx = 0; dx < 3; ++dx) {
+    const T* wc = wp + c * K * K * MR;
+    for (int dy = 0; dy < K; ++dy)
+      for (int dx = 0; dx < K; ++dx) {
         B xv[NV];
         for (int v = 0; v < NV; ++v) xv[v] = B::load_unaligned(ic + dy * Wp + dx + v * V);
-        const T* wt = wc + (dy * 3 + dx) * MR;
+        const T* wt = wc + (dy * K + dx) * MR;
         for (int m = 0; m < MR; ++m) {
           const B wb(wt[m]);
           for (int v = 0; v < NV; ++v) acc[m][v] = xsimd::fma(wb, xv[v], acc[m][v]);
@@ -199,9 +201,9 @@ inline void conv3x3_direct(const T* x, const T* w, const T* bias, T* y, const Co
               const T* wm = wp.data() + (mb * C + c0) * 9 * MR;
               const T* b0 = c0 == 0 ? bp.data() + mb * MR : nullptr;  // the first channel block starts from the bias
               T* out = y + (n * O + mb * MR) * P + (y0 + r) * W + x0;
-              if (nv == NV) conv3x3_tile<T, MR, NV>(in, cn, plane, Wp, wm, b0, out, P, valid);
-              else if (nv == 2) conv3x3_tile<T, MR, 2>(in, cn, plane, Wp, wm, b0, out, P, valid);
-              else conv3x3_tile<T, MR, 1>(in, cn, plane, Wp, wm, b0, out, P, valid);
+              if (nv == NV) conv_tile<T, MR, NV>(in, cn, plane, Wp, wm, b0, out, P, valid);
+              else if (nv == 2) conv_tile<T, MR, 2>(in, cn, plane, Wp, wm, b0, out, P, valid);
+              else conv_tile<T, MR, 1>(in, cn, plane, Wp, wm, b0, out, P, valid);
             }
           }
           x0 += nv * V;
@@ -273,28 +275,6 @@ inline void winograd_output(const T* m, std::int64_t sm, std::int64_t tx, T bias
   out[3] = s1[1] - s1[2] - s1[3] + b;
 }
 
-// One register tile of a Winograd product: m (MR rows ld apart) x NV vectors (+)= u @ v over K
-// input channels, u packed [k][MR] (broadcast), v rows ld apart (vector loads). Rows past
-// `valid` are padding: computed, never stored.
-template <class T, int MR, int NV>
-inline void winograd_product(const T* v, std::int64_t ld, std::int64_t K, const T* u, T* m, std::int64_t valid, bool accumulate) {
-  using B = xsimd::batch<T>;
-  constexpr std::int64_t V = B::size;
-  B acc[MR][NV];
-  for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < NV; ++j) acc[r][j] = accumulate && r < valid ? B::load_unaligned(m + r * ld + j * V) : B(T(0));
-  for (std::int64_t k = 0; k < K; ++k) {
-    B xv[NV];
-    for (int j = 0; j < NV; ++j) xv[j] = B::load_unaligned(v + k * ld + j * V);
-    for (int r = 0; r < MR; ++r) {
-      const B ub(u[k * MR + r]);
-      for (int j = 0; j < NV; ++j) acc[r][j] = xsimd::fma(ub, xv[j], acc[r][j]);
-    }
-  }
-  for (std::int64_t r = 0; r < valid; ++r)
-    for (int j = 0; j < NV; ++j) acc[r][j].store_unaligned(m + r * ld + j * V);
-}
-
 // Winograd F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016):
 // each 2x2 block of outputs comes from a 4x4 block of inputs d as Y = A^T [sum_c U_c . V_c] A,
 // with V = B^T d B per input channel and U = G g G^T per 3x3 kernel g. The sum over channels is
@@ -302,8 +282,8 @@ inline void winograd_product(const T* v, std::int64_t ld, std::int64_t K, const 
 // U_a (O, C) @ V_a (C, tiles): 16 multiplies per 4 outputs where the direct form needs 36.
 // Its transforms only add, subtract and halve, so it rounds like the direct sum (checked against
 // the direct and im2col paths). Work items are (image, block of tile rows); each thread
-// transforms its block, runs the 16 products with its own register tiles (winograd_product:
-// 1.2x Eigen's general GEMM at these shapes, which re-packs U every call) and transforms back.
+// transforms its block, runs the 16 products on the direct kernel's register tile (conv_tile with
+// one tap: 1.2x Eigen's general GEMM at these shapes, which re-packs U every call) and transforms back.
 template <class T>
 inline void conv3x3_winograd(const T* x, const T* w, const T* bias, T* y, const ConvGeometry& g, std::int64_t R = 0) {
   using B = xsimd::batch<T>;
@@ -395,6 +375,7 @@ inline void conv3x3_winograd(const T* x, const T* w, const T* bias, T* y, const 
       // vectors of tiles; KC input channels of a tile's V columns stay in L1 while every block of
       // output channels runs over them
       constexpr std::int64_t KC = 128;
+      alignas(64) const T zeros[MR] = {};  // the first block of input channels starts from zero
       for (std::int64_t a = 0; a < 16; ++a)
         for (std::int64_t c0 = 0; c0 < C; c0 += KC) {
           const std::int64_t kc = std::min(KC, C - c0);
@@ -405,9 +386,10 @@ inline void conv3x3_winograd(const T* x, const T* w, const T* bias, T* y, const 
               const T* ua = U + a * su + (ob * C + c0) * MR;
               T* ma = M + a * sm + ob * MR * ld + t0;
               const std::int64_t valid = std::min<std::int64_t>(MR, O - ob * MR);
-              if (nv == NV) winograd_product<T, MR, NV>(va, ld, kc, ua, ma, valid, c0 > 0);
-              else if (nv == 2) winograd_product<T, MR, 2>(va, ld, kc, ua, ma, valid, c0 > 0);
-              else winograd_product<T, MR, 1>(va, ld, kc, ua, ma, valid, c0 > 0);
+              const T* start = c0 == 0 ? zeros : nullptr;
+              if (nv == NV) conv_tile<T, MR, NV, 1>(va, kc, ld, 0, ua, start, ma, ld, valid);
+              else if (nv == 2) conv_tile<T, MR, 2, 1>(va, kc, ld, 0, ua, start, ma, ld, valid);
+              else conv_tile<T, MR, 1, 1>(va, kc, ld, 0, ua, start, ma, ld, valid);
             }
             t0 += nv * Vw;
           }
