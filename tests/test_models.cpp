@@ -221,7 +221,7 @@ TEMPLATE_TEST_CASE("ADM U-Net equals guided-diffusion's UNetModel: names + shape
       CHECK(mine.count(n));
     }
     // through a file, strictly, as a checkpoint would load
-    const std::string path = "ditto_test_unet_" + name + ".safetensors";
+    const std::string path = "ditto_test_unet_" + name + (std::is_same_v<T, float> ? "_f32" : "_f64") + ".safetensors";  // ctest -j: one per type
     save_safetensors(path, weights);
     UNet<T> m(UNetConfig::from_json(c["kwargs"]));
     nn::load<T>(m, path);
@@ -370,7 +370,9 @@ void hashed_weights_roundtrip(Model& m, const nlohmann::json& state_dict, const 
     CHECK(mine.count(n));
   }
   for (auto& [n, t] : nn::named_parameters<T>(m)) t->fill(T(0));  // so only the file can give them back
-  const std::string path = "ditto_test_" + tag + ".safetensors";
+  // one file per tag and scalar type: ctest -j runs the float and double cases at once, and one
+  // rewriting the file the other has memory-mapped was a SIGBUS there
+  const std::string path = "ditto_test_" + tag + (std::is_same_v<T, float> ? "_f32" : "_f64") + ".safetensors";
   save_safetensors(path, weights);
   nn::load<T>(m, path);
   std::remove(path.c_str());
