@@ -130,7 +130,7 @@ int main(int argc, char** argv) try {
   getrusage(RUSAGE_SELF, &ru);
   gflops = counted_flops / ms / 1e6;
   std::printf("%-9s B=%lld threads=%d  %9.1f ms  %6.1f GFLOP/s", name.c_str(), static_cast<long long>(B), threads, ms, gflops);
-  std::printf("  peak RSS %6.0f MB (weights %5.0f MB)\n", ru.ru_maxrss / 1024.0, weights * 4 / (1 << 20));
+  std::printf("  peak RSS %6.0f MB (weights %5.0f MB)  [%s]\n", ru.ru_maxrss / 1024.0, weights * 4 / (1 << 20), gemm_backend().c_str());
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "%s\n", e.what());

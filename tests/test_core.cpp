@@ -1,6 +1,7 @@
 // core/: tensor, errors, version, threads, random numbers, matrix products.
 #include <array>
 #include <cmath>
+#include <cstdlib>
 #include <set>
 #include <sstream>
 
@@ -172,6 +173,31 @@ static Tensor<T> naive_matmul(const Tensor<T>& a, const Tensor<T>& b) {
       c(i, j) = static_cast<T>(s);
     }
   return c;
+}
+
+TEST_CASE("matrix products go to OpenBLAS only where its kernels are modern", "[core][matmul]") {
+  // OpenBLAS falls back to old cores on CPUs newer than its build (Prescott on a 2024 Xeon):
+  // those have no AVX2 / FMA kernels, and an FMA-vectorized Eigen is then the faster product.
+  for (const char* old : {"Prescott", "Core2", "Penryn", "Nehalem", "Atom", "Sandybridge", "Barcelona", "Generic", ""})
+    CHECK(detail::openblas_core_lacks_fma(old));
+  for (const char* modern : {"Haswell", "SkylakeX", "Cooperlake", "SapphireRapids", "Zen", "Excavator", "Cortex-A57"})
+    CHECK_FALSE(detail::openblas_core_lacks_fma(modern));
+  // DITTO_GEMM chooses by hand (ctest runs this executable once more with DITTO_GEMM=eigen).
+  const char* env = std::getenv("DITTO_GEMM");
+  const std::string forced = env ? env : "";
+  INFO("gemm_backend(): " << gemm_backend());
+  if (forced == "eigen") CHECK(gemm_backend().rfind("Eigen (DITTO_GEMM=eigen", 0) == 0);
+#if defined(DITTO_USE_CBLAS)
+  if (forced == "openblas") CHECK(gemm_backend().rfind("OpenBLAS", 0) == 0);
+#if defined(__AVX2__) && defined(__FMA__)
+  const bool eigen_instead = detail::openblas_core_lacks_fma(openblas_get_corename());
+#else
+  const bool eigen_instead = false;  // an unvectorized Eigen is no better than an old OpenBLAS core
+#endif
+  if (forced.empty()) CHECK(detail::gemm_choice().openblas == !eigen_instead);
+#else
+  CHECK(gemm_backend().rfind("Eigen", 0) == 0);
+#endif
 }
 
 TEST_CASE("matmul and gemm against a triple loop", "[core][matmul]") {

@@ -1,8 +1,17 @@
 """Shared by the fixture generators: deterministic weights (the same formula in Python, here, and
 C++, tests/test_models.cpp hash_weights, so a fixture can hold a model's outputs without its
-weights), float64 timestep features, and forward hooks that record each module's output."""
+weights), float64 timestep features, forward hooks that record each module's output, and the
+writers of tests/fixtures/<model>_<suffix>.safetensors and <model>_configs.json."""
+import json
+import math
+import os
+
 import numpy as np
 import torch as th
+
+from safetensors_writer import save
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
 
 
 def hash_weights(name, shape):
@@ -50,3 +59,29 @@ def run_traced(modules, fn):
         for h in hooks:
             h.remove()
     return result, traces
+
+
+def qkv_attention_f64(self, qkv, legacy):
+    """guided-diffusion's QKVAttention(Legacy).forward with the softmax in the input's dtype (upstream
+    fixes float32 there), for float64 re-derivations."""
+    bs, width, length = qkv.shape
+    ch = width // (3 * self.n_heads)
+    if legacy:
+        q, k, v = qkv.reshape(bs * self.n_heads, ch * 3, length).split(ch, dim=1)
+    else:
+        q, k, v = (z.reshape(bs * self.n_heads, ch, length) for z in qkv.chunk(3, dim=1))
+    weight = th.softmax(th.einsum("bct,bcs->bts", q, k) / math.sqrt(ch), dim=-1)
+    return th.einsum("bts,bcs->bct", weight, v).reshape(bs, -1, length)
+
+
+def write_fixture(model, suffix, tensors):
+    """tests/fixtures/{model}_{suffix}.safetensors."""
+    save(os.path.join(FIXTURES, f"{model}_{suffix}.safetensors"), tensors)
+    print(f"{len(tensors)} tensors -> tests/fixtures/{model}_{suffix}.safetensors")
+
+
+def write_configs(model, configs):
+    """tests/fixtures/{model}_configs.json, sorted and indented as committed."""
+    with open(os.path.join(FIXTURES, f"{model}_configs.json"), "w") as f:
+        json.dump(configs, f, indent=1, sort_keys=True)
+        f.write("\n")

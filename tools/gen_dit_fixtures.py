@@ -13,7 +13,6 @@ and huggingface_hub's source on PYTHONPATH:
 
     PYTHONPATH=/path/to/timm:/path/to/huggingface_hub/src DIT_SRC=/path/to/DiT /usr/bin/python3 tools/gen_dit_fixtures.py
 """
-import json
 import os
 import sys
 
@@ -25,10 +24,8 @@ if not src:
 sys.path.insert(0, src)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import models  # noqa: E402  (DiT's models.py)
-from fixture_common import run_traced, timestep_embedding_f64  # noqa: E402
-from safetensors_writer import save  # noqa: E402
+from fixture_common import run_traced, timestep_embedding_f64, write_configs, write_fixture  # noqa: E402
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
 upstream_embedding = models.TimestepEmbedder.timestep_embedding
 
 
@@ -41,6 +38,7 @@ CASES = {  # name: (constructor kwargs, batch, cfg scale)
     "odd": (dict(input_size=10, patch_size=4, in_channels=1, hidden_size=36, depth=1, num_heads=3, mlp_ratio=1.5,
                  class_dropout_prob=0.25, num_classes=5), 2, 1.5),
     "defaults_tiny": (dict(input_size=4, hidden_size=8, depth=1, num_heads=1), 2, 2.0),
+    "depth0": (dict(input_size=8, patch_size=4, in_channels=2, hidden_size=16, depth=0, num_heads=2, num_classes=3), 2, 2.0),
 }
 
 configs = {}
@@ -79,8 +77,5 @@ for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
             if cfg is not None:
                 out[f"{name}.cfg_out"] = m.forward_with_cfg(x, t, y, cfg)
                 out[f"{name}.in.cfg_scale"] = th.tensor([cfg], dtype=dtype)
-    save(os.path.join(OUT, f"dit_{suffix}.safetensors"), out)
-    print(f"{len(out)} tensors -> tests/fixtures/dit_{suffix}.safetensors")
-with open(os.path.join(OUT, "dit_configs.json"), "w") as f:
-    json.dump(configs, f, indent=1, sort_keys=True)
-    f.write("\n")
+    write_fixture("dit", suffix, out)
+write_configs("dit", configs)

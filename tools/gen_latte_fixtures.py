@@ -14,7 +14,6 @@ src/) and einops on PYTHONPATH:
 
     PYTHONPATH=/path/to/timm:/path/to/huggingface_hub/src:/path/to/einops LATTE_SRC=/path/to/Latte /usr/bin/python3 tools/gen_latte_fixtures.py
 """
-import json
 import os
 import sys
 
@@ -27,10 +26,8 @@ sys.path.insert(0, os.path.join(src, "models"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import latte  # noqa: E402  (models/latte.py alone: models/__init__.py pulls in text models)
 import latte_img  # noqa: E402
-from fixture_common import hash_weights, run_traced, timestep_embedding_f64  # noqa: E402
-from safetensors_writer import save  # noqa: E402
+from fixture_common import hash_weights, run_traced, timestep_embedding_f64, write_configs, write_fixture  # noqa: E402
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
 upstream_embedding = latte.TimestepEmbedder.timestep_embedding
 
 
@@ -40,6 +37,7 @@ CASES = {  # name: (constructor kwargs, batch, cfg scale)
     "uncond": (dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2, num_frames=3), 2, 3.0),
     "class_patch4_odd": (dict(input_size=10, patch_size=4, in_channels=3, hidden_size=24, depth=4, num_heads=3, mlp_ratio=2.0,
                               num_frames=5, extras=2, num_classes=7, learn_sigma=False, attention_mode="xformers"), 2, 2.5),
+    "depth0": (dict(input_size=4, patch_size=2, in_channels=3, hidden_size=16, depth=0, num_heads=2, num_frames=2), 2, 2.0),
 }
 
 IMG_CASES = {  # name: (constructor kwargs, batch, use_image_num)
@@ -163,8 +161,5 @@ for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
                 out[f"{name}.trace.{k}"] = v
             out[f"{name}.cfg_out"] = m.forward_with_cfg(x, t, cfg_scale=cfg, text_embedding=text)
             out[f"{name}.in.cfg_scale"] = th.tensor([cfg], dtype=dtype)
-    save(os.path.join(OUT, f"latte_{suffix}.safetensors"), out)
-    print(f"{len(out)} tensors -> tests/fixtures/latte_{suffix}.safetensors")
-with open(os.path.join(OUT, "latte_configs.json"), "w") as f:
-    json.dump(configs, f, indent=1, sort_keys=True)
-    f.write("\n")
+    write_fixture("latte", suffix, out)
+write_configs("latte", configs)

@@ -16,7 +16,6 @@ final_layer's.
 
     /usr/bin/python3 tools/gen_latte_variants_fixtures.py
 """
-import json
 import math
 import os
 import sys
@@ -26,10 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as Fn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fixture_common import timestep_embedding_f64  # noqa: E402
-from safetensors_writer import save  # noqa: E402
+from fixture_common import timestep_embedding_f64, write_configs, write_fixture  # noqa: E402
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
 
 
 def attend(q, k, v):  # (..., n, d) each
@@ -237,34 +234,36 @@ def check_against_upstream():
     print(f"variant 1 (adaLN) equals upstream's latte.py to {err:.1e}")
 
 
-check_against_upstream()
-configs = {}
-for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
-    g = th.Generator().manual_seed(0)
-    out = {}
-    for name, (c, B) in CASES.items():
-        configs[name] = c
-        if dtype == th.float64 and name not in ("v3_adaln_odd", "v1_token_class", "v4_token"):
-            continue
-        m = LatteVariant(c).to(dtype).eval()
-        randomize(m, g, dtype)
-        s, F, C = c["input_size"], c["num_frames"], c["in_channels"]
-        x = th.randn(B, F, C, s, s, generator=g, dtype=th.float64).to(dtype)
-        t = (th.rand(B, generator=g, dtype=th.float64) * 999).to(dtype)
-        y = None
-        if c.get("extras", 1) == 2:
-            y = th.randint(0, c["num_classes"], (B,), generator=g)
-            out[f"{name}.in.y"] = y
-        for k, v in m.state_dict().items():
-            out[f"{name}.w.{k}"] = v
-        out[f"{name}.in.x"], out[f"{name}.in.t"] = x, t
-        traces = {}
-        with th.no_grad():
-            out[f"{name}.out"] = m(x, t, y, traces)
-        for k, v in traces.items():
-            out[f"{name}.trace.{k}"] = v
-    save(os.path.join(OUT, f"latte_variants_{suffix}.safetensors"), out)
-    print(f"{len(out)} tensors -> tests/fixtures/latte_variants_{suffix}.safetensors")
-with open(os.path.join(OUT, "latte_variants_configs.json"), "w") as f:
-    json.dump(configs, f, indent=1, sort_keys=True)
-    f.write("\n")
+def main():
+    check_against_upstream()
+    configs = {}
+    for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
+        g = th.Generator().manual_seed(0)
+        out = {}
+        for name, (c, B) in CASES.items():
+            configs[name] = c
+            if dtype == th.float64 and name not in ("v3_adaln_odd", "v1_token_class", "v4_token"):
+                continue
+            m = LatteVariant(c).to(dtype).eval()
+            randomize(m, g, dtype)
+            s, F, C = c["input_size"], c["num_frames"], c["in_channels"]
+            x = th.randn(B, F, C, s, s, generator=g, dtype=th.float64).to(dtype)
+            t = (th.rand(B, generator=g, dtype=th.float64) * 999).to(dtype)
+            y = None
+            if c.get("extras", 1) == 2:
+                y = th.randint(0, c["num_classes"], (B,), generator=g)
+                out[f"{name}.in.y"] = y
+            for k, v in m.state_dict().items():
+                out[f"{name}.w.{k}"] = v
+            out[f"{name}.in.x"], out[f"{name}.in.t"] = x, t
+            traces = {}
+            with th.no_grad():
+                out[f"{name}.out"] = m(x, t, y, traces)
+            for k, v in traces.items():
+                out[f"{name}.trace.{k}"] = v
+        write_fixture("latte_variants", suffix, out)
+    write_configs("latte_variants", configs)
+
+
+if __name__ == "__main__":
+    main()

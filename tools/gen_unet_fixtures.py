@@ -16,8 +16,6 @@ same forward.
 
     GD_SRC=/path/to/guided-diffusion /usr/bin/python3 tools/gen_unet_fixtures.py
 """
-import json
-import math
 import os
 import sys
 
@@ -30,25 +28,11 @@ sys.path.insert(0, src)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from guided_diffusion import nn as gnn  # noqa: E402
 from guided_diffusion import unet  # noqa: E402
-from fixture_common import hash_weights, run_traced, timestep_embedding_f64  # noqa: E402
-from safetensors_writer import save  # noqa: E402
+from fixture_common import hash_weights, qkv_attention_f64, run_traced, timestep_embedding_f64, write_configs, write_fixture  # noqa: E402
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
 upstream_embedding, upstream_gn = unet.timestep_embedding, gnn.GroupNorm32.forward
 
 
-
-
-def qkv_attention_f64(self, qkv, legacy):
-    """QKVAttention(Legacy).forward with the softmax in the input's dtype."""
-    bs, width, length = qkv.shape
-    ch = width // (3 * self.n_heads)
-    if legacy:
-        q, k, v = qkv.reshape(bs * self.n_heads, ch * 3, length).split(ch, dim=1)
-    else:
-        q, k, v = (z.reshape(bs * self.n_heads, ch, length) for z in qkv.chunk(3, dim=1))
-    weight = th.softmax(th.einsum("bct,bcs->bts", q, k) / math.sqrt(ch), dim=-1)
-    return th.einsum("bts,bcs->bct", weight, v).reshape(bs, -1, length)
 
 
 upstream_attention = unet.QKVAttention.forward, unet.QKVAttentionLegacy.forward
@@ -102,8 +86,5 @@ for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
             out[f"{name}.out"], traces = run_traced(mods, lambda: m(x, t, y))
         for k, v in traces.items():
             out[f"{name}.trace.{k}"] = v
-    save(os.path.join(OUT, f"unet_{suffix}.safetensors"), out)
-    print(f"{len(out)} tensors -> tests/fixtures/unet_{suffix}.safetensors")
-with open(os.path.join(OUT, "unet_configs.json"), "w") as f:
-    json.dump(configs, f, indent=1, sort_keys=True)
-    f.write("\n")
+    write_fixture("unet", suffix, out)
+write_configs("unet", configs)

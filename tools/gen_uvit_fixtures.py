@@ -10,7 +10,6 @@ in float32, which a double model cannot take): a float64 re-derivation of the sa
 
     PYTHONPATH=/path/to/einops UVIT_SRC=/path/to/U-ViT /usr/bin/python3 tools/gen_uvit_fixtures.py
 """
-import json
 import os
 import sys
 
@@ -22,11 +21,9 @@ if not src:
 sys.path.insert(0, src)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from libs import uvit  # noqa: E402
-from fixture_common import run_traced, timestep_embedding_f64  # noqa: E402
-from safetensors_writer import save  # noqa: E402
+from fixture_common import run_traced, timestep_embedding_f64, write_configs, write_fixture  # noqa: E402
 
 uvit.ATTENTION_MODE = "math"  # the contract: qk_scale is honoured only there
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
 upstream_embedding = uvit.timestep_embedding
 
 
@@ -75,8 +72,5 @@ for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
             out[f"{name}.out"], traces = run_traced(mods, lambda: m(x, t, y))
         for k, v in traces.items():
             out[f"{name}.trace.{k}"] = v
-    save(os.path.join(OUT, f"uvit_{suffix}.safetensors"), out)
-    print(f"{len(out)} tensors -> tests/fixtures/uvit_{suffix}.safetensors")
-with open(os.path.join(OUT, "uvit_configs.json"), "w") as f:
-    json.dump(configs, f, indent=1, sort_keys=True)
-    f.write("\n")
+    write_fixture("uvit", suffix, out)
+write_configs("uvit", configs)

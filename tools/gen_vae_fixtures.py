@@ -11,7 +11,6 @@ shapes; the test rebuilds the weights). Each case stores `name.in.x` (images in 
 """
 import contextlib
 import io
-import json
 import os
 import sys
 
@@ -23,10 +22,8 @@ if not src:
 sys.path.insert(0, src)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from libs import autoencoder as ae  # noqa: E402
-from fixture_common import hash_weights, run_traced  # noqa: E402
-from safetensors_writer import save  # noqa: E402
+from fixture_common import hash_weights, run_traced, write_configs, write_fixture  # noqa: E402
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
 def tiled_decode(m, z, tile_latent, overlap):
     """diffusers' AutoencoderKL.tiled_decode (blend_v / blend_h in place, crop to the stride),
     re-implemented here on U-ViT's decoder: diffusers' own model has other key names."""
@@ -107,8 +104,5 @@ for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
             if name == "attn_nonsquare":  # tiles of 4 latent pixels, a quarter overlapping, on a 9x7 latent
                 z_big = th.randn(1, 4, 9, 7, generator=g, dtype=th.float64).to(dtype)
                 out[f"{name}.in.z_big"], out[f"{name}.tiled"] = z_big, tiled_decode(m, z_big, 4, 0.25)
-    save(os.path.join(OUT, f"vae_{suffix}.safetensors"), out)
-    print(f"{len(out)} tensors -> tests/fixtures/vae_{suffix}.safetensors")
-with open(os.path.join(OUT, "vae_configs.json"), "w") as f:
-    json.dump(configs, f, indent=1, sort_keys=True)
-    f.write("\n")
+    write_fixture("vae", suffix, out)
+write_configs("vae", configs)

@@ -7,7 +7,6 @@ a size the patch does not divide, no head, images of other sizes with dynamic_im
 
     PYTHONPATH=/path/to/timm:/path/to/huggingface_hub/src /usr/bin/python3 tools/gen_vit_fixtures.py
 """
-import json
 import os
 import sys
 
@@ -18,10 +17,8 @@ try:
     from timm.models.vision_transformer import VisionTransformer
 except ImportError as e:
     sys.exit(f"cannot import timm ({e}); put timm 0.9.x and huggingface_hub's src/ on PYTHONPATH")
-from fixture_common import run_traced  # noqa: E402
-from safetensors_writer import save  # noqa: E402
+from fixture_common import run_traced, write_configs, write_fixture  # noqa: E402
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
 CASES = {  # name: (constructor kwargs, batch)
     "token": (dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=10), 2),
     "avg_ls_reg_rect": (dict(img_size=[24, 40], patch_size=[8, 4], embed_dim=24, depth=2, num_heads=3, global_pool="avg",
@@ -67,8 +64,5 @@ for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
             out[f"{name}.out"], traces = run_traced(mods, lambda: m(x))
         for k, v in traces.items():
             out[f"{name}.trace.{k}"] = v
-    save(os.path.join(OUT, f"vit_{suffix}.safetensors"), out)
-    print(f"{len(out)} tensors -> tests/fixtures/vit_{suffix}.safetensors")
-with open(os.path.join(OUT, "vit_configs.json"), "w") as f:
-    json.dump(configs, f, indent=1, sort_keys=True)
-    f.write("\n")
+    write_fixture("vit", suffix, out)
+write_configs("vit", configs)

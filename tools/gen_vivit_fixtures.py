@@ -10,20 +10,16 @@ per-module traces `name.trace.*`.
 
     /usr/bin/python3 tools/gen_vivit_fixtures.py
 """
-import json
 import os
 import re
 import sys
 
 import torch as th
 import torch.nn as nn
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fixture_common import run_traced  # noqa: E402
-from safetensors_writer import save  # noqa: E402
+from fixture_common import run_traced, write_configs, write_fixture  # noqa: E402
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
 
 
 def attention(q, k, v):
@@ -232,31 +228,33 @@ CASES = {  # name: (config, batch)
                                 embed_dim=16, depth=1, num_heads=2, num_classes=2, classifier="gap"), 1),
 }
 
-configs = {}
-for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
-    g = th.Generator().manual_seed(0)
-    out = {}
-    for name, (c, B) in CASES.items():
-        configs[name] = c
-        m = ViViT(c).to(dtype).eval()
-        with th.no_grad():
-            for k, p in m.named_parameters():
-                fan_in = p[0].numel() if p.dim() >= 2 and p.dim() != 3 else 1
-                scale = 0.5 if p.dim() == 3 else (0.1 if p.dim() == 1 else fan_in ** -0.5)  # tokens / biases / weights
-                p.copy_(th.randn(p.shape, generator=g, dtype=th.float64).to(dtype) * scale)
-        H, W = (c["img_size"],) * 2 if isinstance(c["img_size"], int) else c["img_size"]
-        x = th.randn(B, c.get("in_chans", 3), c["num_frames"], H, W, generator=g, dtype=th.float64).to(dtype)
-        for k, v in m.state_dict().items():
-            out[f"{name}.w.{k}"] = v
-        out[f"{name}.in.x"] = x
-        traced = re.compile(r"^((spatial\.|temporal\.)?blocks\.\d+|head)$")  # each block's output, the logits
-        mods = [(k, mod) for k, mod in m.named_modules() if traced.match(k)]
-        with th.no_grad():
-            out[f"{name}.out"], traces = run_traced(mods, lambda: m(x))
-        for k, v in traces.items():
-            out[f"{name}.trace.{k}"] = v
-    save(os.path.join(OUT, f"vivit_{suffix}.safetensors"), out)
-    print(f"{len(out)} tensors -> tests/fixtures/vivit_{suffix}.safetensors")
-with open(os.path.join(OUT, "vivit_configs.json"), "w") as f:
-    json.dump(configs, f, indent=1, sort_keys=True)
-    f.write("\n")
+def main():
+    configs = {}
+    for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
+        g = th.Generator().manual_seed(0)
+        out = {}
+        for name, (c, B) in CASES.items():
+            configs[name] = c
+            m = ViViT(c).to(dtype).eval()
+            with th.no_grad():
+                for k, p in m.named_parameters():
+                    fan_in = p[0].numel() if p.dim() >= 2 and p.dim() != 3 else 1
+                    scale = 0.5 if p.dim() == 3 else (0.1 if p.dim() == 1 else fan_in ** -0.5)  # tokens / biases / weights
+                    p.copy_(th.randn(p.shape, generator=g, dtype=th.float64).to(dtype) * scale)
+            H, W = (c["img_size"],) * 2 if isinstance(c["img_size"], int) else c["img_size"]
+            x = th.randn(B, c.get("in_chans", 3), c["num_frames"], H, W, generator=g, dtype=th.float64).to(dtype)
+            for k, v in m.state_dict().items():
+                out[f"{name}.w.{k}"] = v
+            out[f"{name}.in.x"] = x
+            traced = re.compile(r"^((spatial\.|temporal\.)?blocks\.\d+|head)$")  # each block's output, the logits
+            mods = [(k, mod) for k, mod in m.named_modules() if traced.match(k)]
+            with th.no_grad():
+                out[f"{name}.out"], traces = run_traced(mods, lambda: m(x))
+            for k, v in traces.items():
+                out[f"{name}.trace.{k}"] = v
+        write_fixture("vivit", suffix, out)
+    write_configs("vivit", configs)
+
+
+if __name__ == "__main__":
+    main()

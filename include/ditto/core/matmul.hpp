@@ -12,9 +12,20 @@
 // (docs/performance.md). Inside a parallel region they stay on Eigen, which then runs serially,
 // so OpenBLAS's own threads never oversubscribe the cores — unless OpenBLAS is Debian's OpenMP
 // build (DITTO_CBLAS_OPENMP), which itself runs serially there.
+//
+// OpenBLAS picks its kernels from the CPU model when it loads. On a CPU newer than the OpenBLAS
+// build it falls back to an old core: Debian 12's OpenBLAS 0.3.21 runs Prescott's SSE3 kernels
+// on a recent Intel Xeon (32 GFLOP/s on a core whose AVX-512 does 200; docs/performance.md).
+// Where that happens and this build targets AVX2 + FMA or better, the products go to Eigen
+// instead (gemm_backend() says which and why). DITTO_GEMM=eigen or DITTO_GEMM=openblas in the
+// environment overrides the choice; OPENBLAS_CORETYPE=SkylakeX (or Haswell) makes OpenBLAS
+// itself use its modern kernels, which is faster still.
 #pragma once
 
+#include <cctype>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #if defined(DITTO_COUNT_FLOPS)
@@ -38,6 +49,59 @@ namespace ditto {
 inline std::atomic<std::int64_t> gemm_flops{0};
 #endif
 
+namespace detail {
+// OpenBLAS cores without AVX2 + FMA kernels (openblas_get_corename(), lower case).
+inline bool openblas_core_lacks_fma(std::string core) {
+  for (auto& ch : core) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  for (const char* old : {"prescott", "core2", "penryn", "dunnington", "nehalem", "atom", "katmai", "coppermine", "northwood",
+                          "banias", "athlon", "opteron", "barcelona", "bobcat", "nano", "sandybridge", "generic", "unknown"})
+    if (core.rfind(old, 0) == 0) return true;
+  return core.empty();
+}
+
+struct GemmChoice {
+  bool openblas = false;
+  std::string why;
+};
+
+// Decided once per program (a function-local static: one instance, also in an interpreter).
+inline const GemmChoice& gemm_choice() {
+  static const GemmChoice choice = [] {
+    GemmChoice c;
+#if defined(DITTO_USE_CBLAS)
+    const char* name = openblas_get_corename();
+    const std::string core = name ? name : "";
+    const char* env = std::getenv("DITTO_GEMM");
+    const std::string forced = env ? env : "";
+#if defined(__AVX2__) && defined(__FMA__)
+    constexpr bool eigen_vectorized = true;  // Eigen compiled for AVX2 + FMA or wider
+#else
+    constexpr bool eigen_vectorized = false;
+#endif
+    if (forced == "eigen") {
+      c.why = "Eigen (DITTO_GEMM=eigen; OpenBLAS core " + core + ")";
+    } else if (forced == "openblas") {
+      c.openblas = true, c.why = "OpenBLAS, core " + core + " (DITTO_GEMM=openblas)";
+    } else if (eigen_vectorized && openblas_core_lacks_fma(core)) {
+      c.why = "Eigen (OpenBLAS chose its " + core + " kernels, which have no AVX2/FMA, for this CPU; OPENBLAS_CORETYPE=SkylakeX "
+              "or Haswell makes OpenBLAS use its modern ones)";
+    } else {
+      c.openblas = true, c.why = "OpenBLAS, core " + core;
+    }
+    if (!forced.empty() && forced != "eigen" && forced != "openblas")  // no throw: the first gemm may run in a parallel region
+      c.why += " (DITTO_GEMM=\"" + forced + "\" ignored: expected eigen or openblas)";
+#else
+    c.why = "Eigen (built without OpenBLAS)";
+#endif
+    return c;
+  }();
+  return choice;
+}
+}  // namespace detail
+
+// Which library runs ditto's matrix products, and why: "OpenBLAS, core SkylakeX", "Eigen (...)".
+inline const std::string& gemm_backend() { return detail::gemm_choice().why; }
+
 template <class T>
 inline void gemm(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K, T alpha, const T* A,
                  std::int64_t lda, const T* B, std::int64_t ldb, T beta, T* C, std::int64_t ldc) {
@@ -55,7 +119,7 @@ inline void gemm(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std
 #else
     constexpr bool anywhere = false;
 #endif
-    if (K > 0 && (anywhere || !detail::in_parallel_region())) {
+    if (K > 0 && (anywhere || !detail::in_parallel_region()) && detail::gemm_choice().openblas) {
       const auto ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
       if constexpr (std::is_same_v<T, float>)
         cblas_sgemm(CblasRowMajor, ta, tb, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), alpha, A,

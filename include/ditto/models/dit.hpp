@@ -76,8 +76,9 @@ struct DiTConfig {
     using ditto::detail::cat;
     for (auto [name, v] : {std::pair{"input_size", input_size}, std::pair{"patch_size", patch_size},
                            std::pair{"in_channels", in_channels}, std::pair{"hidden_size", hidden_size},
-                           std::pair{"depth", depth}, std::pair{"num_heads", num_heads}, std::pair{"num_classes", num_classes}})
+                           std::pair{"num_heads", num_heads}, std::pair{"num_classes", num_classes}})
       if (v < 1) throw ArgumentError(cat("DiT config: ", name, " must be >= 1, got ", v));
+    if (depth < 0) throw ArgumentError(cat("DiT config: depth must be >= 0, got ", depth));  // 0: embedder + final layer, as upstream
     if (input_size < patch_size)
       throw ArgumentError(cat("DiT config: input_size ", input_size, " is smaller than patch_size ", patch_size));
     if (hidden_size % num_heads)

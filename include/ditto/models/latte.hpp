@@ -78,7 +78,7 @@ struct LatteConfig {
   DiTConfig as_dit() const {
     DiTConfig d;
     d.input_size = input_size, d.patch_size = patch_size, d.in_channels = in_channels, d.hidden_size = hidden_size;
-    d.depth = std::max<std::int64_t>(depth, 1), d.num_heads = num_heads, d.mlp_ratio = mlp_ratio;
+    d.depth = depth, d.num_heads = num_heads, d.mlp_ratio = mlp_ratio;
     d.class_dropout_prob = class_dropout_prob, d.num_classes = std::max<std::int64_t>(num_classes, 1), d.learn_sigma = learn_sigma;
     return d;
   }
@@ -112,8 +112,8 @@ struct LatteConfig {
     if (variant < 1 || variant > 4)
       throw ArgumentError(cat("Latte config: variant must be 1 (interleaved, upstream), 2 (late fusion), 3 (factorized self-attention) "
                               "or 4 (factorized dot-product attention), got ", variant));
-    if ((variant == 1 || variant == 2) && (depth < 2 || depth % 2))
-      throw ArgumentError(cat("Latte config: depth must be even (spatial and temporal blocks in pairs) for variant ", variant, ", got ", depth));
+    if ((variant == 1 || variant == 2) && (depth < 0 || depth % 2))
+      throw ArgumentError(cat("Latte config: depth must be even and >= 0 (spatial and temporal blocks in pairs) for variant ", variant, ", got ", depth));
     if (variant == 4 && num_heads % 2)
       throw ArgumentError(cat("Latte config: variant 4 splits the heads in half (spatial, temporal), so num_heads must be even, got ", num_heads));
     if (timestep_injection != "adaln" && timestep_injection != "token")

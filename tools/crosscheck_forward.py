@@ -1,0 +1,493 @@
+#!/usr/bin/env python3
+"""Differential check of ditto-forward against the upstream PyTorch code on random configs.
+
+Each case draws a config of the upstream constructor at random (odd sizes, every option),
+builds the upstream module, randomizes all its parameters, draws inputs, runs upstream's
+forward, then runs `ditto-forward` on the same config / weights / inputs and compares `out`
+(relative error max|got - ref| / max|ref|, limit 1e-4). Past the limit, upstream runs again in
+float64: a case where ditto is no farther from that than upstream's own float32 result (within 2x,
+or under the limit) is reported as ill-conditioned (random weights can make a GroupNorm divide a
+cancellation by a tiny variance), anything else fails. A config upstream refuses (an exception
+while building or running) must be refused by ditto-forward too (exit status 1).
+This is how the ports are judged from outside; the committed fixtures hold a few such cases,
+this script draws as many as you like.
+
+    PYTHONPATH=/path/to/timm:/path/to/huggingface_hub/src:/path/to/einops \
+    DIT_SRC=... UVIT_SRC=... GD_SRC=... LATTE_SRC=... \
+    /usr/bin/python3 tools/crosscheck_forward.py --ditto build/ditto-forward --cases 20 [--models dit,unet] [--seed 0]
+
+Writes nothing into the repository: cases live in a temporary folder (--keep DIR keeps failing ones).
+"""
+import argparse
+import contextlib
+import inspect
+import json
+import os
+import random
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import traceback
+
+import numpy as np
+import torch as th
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from safetensors_writer import save  # noqa: E402
+
+LIMIT = 1e-4
+
+
+def load_safetensors(path):
+    """The few lines of reading this script needs (F32, F64, I64)."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    kinds = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "F16": np.float16}
+    out = {}
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        a, b = v["data_offsets"]
+        out[k] = np.frombuffer(data[a:b], dtype=kinds[v["dtype"]]).reshape(v["shape"])
+    return out
+
+
+def randomize(m, rng):
+    """Every parameter (and float buffer) drawn at a scale that keeps activations O(1):
+    weights ~ fan_in^-1/2, biases 0.1, 1-D scales 1 + 0.2 u. Upstream's zero inits (adaLN-Zero,
+    zero_module) would hide whole branches."""
+    g = th.Generator().manual_seed(rng.randrange(2**31))
+    with th.no_grad():
+        for k, p in list(m.named_parameters()) + [(k, b) for k, b in m.named_buffers() if b.is_floating_point()]:
+            if k.endswith("pos_embed") and not p.requires_grad:
+                continue  # fixed sin-cos tables stay as upstream builds them
+            u = th.randn(p.shape, generator=g, dtype=th.float64)
+            if p.dim() == 1:
+                v = 1 + 0.2 * u if k.endswith("weight") else 0.1 * u
+            elif p.dim() >= 2 and k.endswith("weight"):
+                v = u * float(np.prod(p.shape[1:])) ** -0.5
+            else:
+                v = 0.5 * u  # tokens, position tables
+            p.copy_(v.to(p.dtype))
+
+
+@contextlib.contextmanager
+def patched(pairs):
+    """Temporarily replaces attributes: [(object, name, value), ...]."""
+    saved = [(o, n, inspect.getattr_static(o, n)) for o, n, _ in pairs]  # a staticmethod stays one
+    for o, n, v in pairs:
+        setattr(o, n, v)
+    try:
+        yield
+    finally:
+        for o, n, v in saved:
+            setattr(o, n, v)
+
+
+def f64_timesteps(x):
+    """Upstream computes timestep features in float32; a float64 run needs them in float64."""
+    from fixture_common import timestep_embedding_f64
+    return x.dtype == th.float64, timestep_embedding_f64
+
+
+def pick(rng, *xs):
+    return rng.choice(xs)
+
+
+# ---- one generator per model: returns (ditto model name, kwargs, build(), inputs, run(model, inputs), extra flags)
+
+def case_dit(rng):
+    import models as dit  # DiT's models.py
+    p = pick(rng, 1, 2, 2, 4, 3)
+    heads = pick(rng, 1, 2, 3, 4)
+    kw = dict(input_size=p * rng.randint(1, 5), patch_size=p, in_channels=rng.randint(1, 5),
+              hidden_size=heads * pick(rng, 4, 8, 12, 16), depth=rng.randint(0, 3), num_heads=heads,
+              mlp_ratio=pick(rng, 4.0, 1.0, 2.5, 1.7), class_dropout_prob=pick(rng, 0.1, 0.0, 0.3),
+              num_classes=rng.randint(1, 12), learn_sigma=pick(rng, True, False))
+    kw = {k: v for k, v in kw.items() if rng.random() < 0.85 or k in ("input_size", "hidden_size", "num_heads")}
+    B = rng.randint(1, 3) * (2 if rng.random() < 0.5 else 1)
+    cfg = pick(rng, None, 1.0, 4.0, 1.5) if B % 2 == 0 else None
+
+    def build():
+        return dit.DiT(**kw)
+
+    def inputs(m):
+        g = th.Generator().manual_seed(rng.randrange(2**31))
+        s, c = kw.get("input_size", 32), kw.get("in_channels", 4)
+        rows = m.y_embedder.embedding_table.weight.shape[0]
+        return dict(x=th.randn(B, c, s, s, generator=g), t=th.rand(B, generator=g) * 999,
+                    y=th.randint(0, rows, (B,), generator=g))
+
+    def run(m, i):
+        f64, emb = f64_timesteps(i["x"])
+        with patched([(dit.TimestepEmbedder, "timestep_embedding", staticmethod(emb))] if f64 else []):
+            return m.forward_with_cfg(i["x"], i["t"], i["y"], cfg) if cfg is not None else m(i["x"], i["t"], i["y"])
+    return "dit", kw, build, inputs, run, (["--cfg-scale", str(cfg)] if cfg is not None else [])
+
+
+def case_uvit(rng):
+    from libs import uvit
+    uvit.ATTENTION_MODE = "math"
+    p = pick(rng, 1, 2, 4, 3)
+    heads = pick(rng, 1, 2, 3, 4)
+    kw = dict(img_size=p * rng.randint(1, 5), patch_size=p, in_chans=rng.randint(1, 4),
+              embed_dim=heads * pick(rng, 4, 8, 12), depth=rng.randint(0, 5), num_heads=heads,
+              mlp_ratio=pick(rng, 4.0, 2.0, 1.5), qkv_bias=pick(rng, False, True),
+              qk_scale=pick(rng, None, 0.3), mlp_time_embed=pick(rng, False, True),
+              num_classes=pick(rng, -1, 5, 11), conv=pick(rng, True, False), skip=pick(rng, True, False))
+    kw = {k: v for k, v in kw.items() if rng.random() < 0.85 or k in ("img_size", "patch_size", "embed_dim", "num_heads")}
+    B = rng.randint(1, 3)
+
+    def build():
+        return uvit.UViT(**kw)
+
+    def inputs(m):
+        g = th.Generator().manual_seed(rng.randrange(2**31))
+        s, c = kw.get("img_size", 224), kw.get("in_chans", 3)
+        i = dict(x=th.randn(B, c, s, s, generator=g), timesteps=th.rand(B, generator=g) * 999)
+        if kw.get("num_classes", -1) > 0:
+            i["y"] = th.randint(0, kw["num_classes"], (B,), generator=g)
+        return i
+
+    def run(m, i):
+        f64, emb = f64_timesteps(i["x"])
+        with patched([(uvit, "timestep_embedding", emb)] if f64 else []):
+            return m(i["x"], i["timesteps"], i.get("y"))
+    return "uvit", kw, build, inputs, run, []
+
+
+def case_unet(rng):
+    from guided_diffusion import unet
+    levels = rng.randint(1, 3)
+    mc = pick(rng, 32, 64)
+    mult = [pick(rng, 1, 2, 1, 0.5, 1.5) for _ in range(levels)]
+    mult = [m if int(m * mc) % 32 == 0 else 1 for m in mult]
+    res = rng.randint(0, 2)
+    kw = dict(image_size=8, in_channels=rng.randint(1, 4), model_channels=mc, out_channels=rng.randint(1, 6),
+              num_res_blocks=rng.randint(1, 2), attention_resolutions=sorted(rng.sample([1, 2, 4, 8], res)),
+              channel_mult=mult, conv_resample=pick(rng, True, False), num_classes=pick(rng, None, 7),
+              num_heads=pick(rng, 1, 2, 4), num_head_channels=pick(rng, -1, -1, 16, 32),
+              num_heads_upsample=pick(rng, -1, 1, 2), use_scale_shift_norm=pick(rng, False, True),
+              resblock_updown=pick(rng, False, True), use_new_attention_order=pick(rng, False, True))
+    req = ("image_size", "in_channels", "model_channels", "out_channels", "num_res_blocks", "attention_resolutions")
+    kw = {k: v for k, v in kw.items() if rng.random() < 0.85 or k in req}
+    f = 2 ** (len(kw.get("channel_mult", [1, 2, 4, 8])) - 1)
+    # >= 2 x 2 pixels at the bottom: a GroupNorm of 32 channels in 32 groups over 1 or 2 pixels
+    # divides float32 rounding by a near-zero deviation, and any two float32 codes then differ by 1e-3
+    H, W = f * rng.randint(2, 3), f * rng.randint(2, 3)
+    B = rng.randint(1, 2)
+
+    def build():
+        return unet.UNetModel(**{**kw, "attention_resolutions": tuple(kw["attention_resolutions"]),
+                                 **({"channel_mult": tuple(kw["channel_mult"])} if "channel_mult" in kw else {})})
+
+    def inputs(m):
+        g = th.Generator().manual_seed(rng.randrange(2**31))
+        i = dict(x=th.randn(B, kw["in_channels"], H, W, generator=g), timesteps=th.rand(B, generator=g) * 999)
+        if kw.get("num_classes"):
+            i["y"] = th.randint(0, kw["num_classes"], (B,), generator=g)
+        return i
+
+    def run(m, i):
+        f64, emb = f64_timesteps(i["x"])
+        if not f64:
+            return m(i["x"], i["timesteps"], i.get("y"))
+        # upstream also fixes float32 in GroupNorm32 and the attention softmax: float64 there too,
+        # as tools/gen_unet_fixtures.py does
+        from fixture_common import qkv_attention_f64
+        from guided_diffusion import nn as gnn
+        m.dtype = th.float64  # upstream casts the input to this
+        with patched([(unet, "timestep_embedding", emb), (gnn.GroupNorm32, "forward", th.nn.GroupNorm.forward),
+                      (unet.QKVAttention, "forward", lambda self, qkv: qkv_attention_f64(self, qkv, False)),
+                      (unet.QKVAttentionLegacy, "forward", lambda self, qkv: qkv_attention_f64(self, qkv, True))]):
+            return m(i["x"], i["timesteps"], i.get("y"))
+    return "unet", kw, build, inputs, run, []
+
+
+def case_latte(rng):
+    import latte
+    p = pick(rng, 1, 2, 2, 4)
+    heads = pick(rng, 1, 2, 3, 4)
+    extras = pick(rng, 1, 2, 2, 78)
+    kw = dict(input_size=p * rng.randint(1, 4), patch_size=p, in_channels=rng.randint(1, 5),
+              hidden_size=heads * pick(rng, 4, 8, 12, 16), depth=2 * rng.randint(0, 2), num_heads=heads,
+              mlp_ratio=pick(rng, 4.0, 1.5), num_frames=rng.randint(1, 5), class_dropout_prob=pick(rng, 0.1, 0.0),
+              num_classes=rng.randint(1, 9), learn_sigma=pick(rng, True, False), extras=extras)
+    kw = {k: v for k, v in kw.items() if rng.random() < 0.85 or k in ("input_size", "hidden_size", "num_heads", "num_frames", "extras")}
+    B = rng.randint(1, 2) * (2 if rng.random() < 0.4 else 1)
+    cfg = pick(rng, None, 3.0) if B % 2 == 0 and extras != 78 else None
+
+    def build():
+        return latte.Latte(**kw)
+
+    def inputs(m):
+        g = th.Generator().manual_seed(rng.randrange(2**31))
+        s, c, F = kw.get("input_size", 32), kw.get("in_channels", 4), kw["num_frames"]
+        i = dict(x=th.randn(B, F, c, s, s, generator=g), t=th.rand(B, generator=g) * 999)
+        if extras == 2:
+            rows = m.y_embedder.embedding_table.weight.shape[0]
+            i["y"] = th.randint(0, rows, (B,), generator=g)
+        if extras == 78:
+            i["text_embedding"] = th.randn(B, 77, 768, generator=g)
+        return i
+
+    def run(m, i):
+        f64, emb = f64_timesteps(i["x"])
+        with patched([(latte.TimestepEmbedder, "timestep_embedding", staticmethod(emb))] if f64 else []):
+            if cfg is not None:
+                return m.forward_with_cfg(i["x"], i["t"], i.get("y"), cfg)
+            return m(i["x"], i["t"], y=i.get("y"), text_embedding=i.get("text_embedding"))
+    return "latte", kw, build, inputs, run, (["--cfg-scale", str(cfg)] if cfg is not None else [])
+
+
+def case_vit(rng):
+    from timm.models.vision_transformer import VisionTransformer
+    ph, pw = pick(rng, 2, 4, 3), pick(rng, 2, 4, 3)
+    heads = pick(rng, 1, 2, 3)
+    class_token = pick(rng, True, True, False)
+    pool = pick(rng, "token", "avg", "map", "") if class_token else pick(rng, "avg", "map", "")
+    dyn = rng.random() < 0.3
+    kw = dict(img_size=[ph * rng.randint(1, 4) + rng.randint(0, 1), pw * rng.randint(1, 4)], patch_size=[ph, pw],
+              in_chans=rng.randint(1, 4), num_classes=pick(rng, 0, 5, 10), global_pool=pool,
+              embed_dim=heads * pick(rng, 4, 8, 16), depth=rng.randint(0, 3), num_heads=heads,
+              mlp_ratio=pick(rng, 4.0, 2.0, 1.5), qkv_bias=pick(rng, True, False), qk_norm=pick(rng, False, True),
+              init_values=pick(rng, None, 0.1), class_token=class_token, no_embed_class=pick(rng, False, True),
+              reg_tokens=pick(rng, 0, 0, 1, 3), pre_norm=pick(rng, False, True), fc_norm=pick(rng, None, True, False),
+              dynamic_img_size=dyn, dynamic_img_pad=dyn and rng.random() < 0.5,
+              act_layer=pick(rng, None, "gelu", "gelu_tanh", "silu"))
+    if dyn:  # timm's resampling takes the stored table as a square grid (a non-square one gives garbage or fails)
+        kw["img_size"], kw["patch_size"] = ph * rng.randint(1, 4), ph
+    kw = {k: v for k, v in kw.items() if rng.random() < 0.85 or k in ("img_size", "patch_size", "embed_dim", "num_heads", "dynamic_img_size",
+                                                                        "class_token", "global_pool")}
+    B = rng.randint(1, 3)
+    size = kw["img_size"] if isinstance(kw["img_size"], list) else [kw["img_size"]] * 2
+    if dyn:
+        size = [ph * rng.randint(1, 5) + (rng.randint(0, 2) if kw.get("dynamic_img_pad") else 0),
+                ph * rng.randint(1, 5) + (rng.randint(0, 2) if kw.get("dynamic_img_pad") else 0)]
+
+    def build():
+        return VisionTransformer(**kw)
+
+    def inputs(m):
+        g = th.Generator().manual_seed(rng.randrange(2**31))
+        return dict(x=th.randn(B, kw.get("in_chans", 3), *size, generator=g))
+
+    def run(m, i):
+        return m(i["x"])
+    return "vit", kw, build, inputs, run, []
+
+
+def case_vae(rng):
+    from libs import autoencoder as ae
+    levels = rng.randint(1, 3)
+    ch = pick(rng, 32, 64)
+    ddconfig = dict(double_z=True, z_channels=pick(rng, 4, 3, 8), resolution=pick(rng, 16, 32), in_channels=3,
+                    out_ch=3, ch=ch, ch_mult=[pick(rng, 1, 2) for _ in range(levels)], num_res_blocks=rng.randint(1, 2),
+                    attn_resolutions=pick(rng, [], [8], [16, 8], [4]), dropout=0.0)
+    if rng.random() < 0.3:
+        ddconfig["resamp_with_conv"] = False
+    if rng.random() < 0.2:
+        ddconfig["attn_type"] = pick(rng, "none", "vanilla")
+    kw = dict(ddconfig=ddconfig, embed_dim=pick(rng, 4, 3), scale_factor=pick(rng, 0.18215, 1.0, 0.5))
+    encode = rng.random() < 0.5
+    f = 2 ** (levels - 1)
+    H, W = f * rng.randint(2, 4), f * rng.randint(2, 4)  # >= 2 x 2 at the bottom, as for the U-Net
+    B = rng.randint(1, 2)
+
+    def build():
+        import io
+        probe = th.nn.Module()
+        with contextlib.redirect_stdout(io.StringIO()):  # upstream prints what it builds
+            probe.encoder, probe.decoder = ae.Encoder(**ddconfig), ae.Decoder(**ddconfig)
+        probe.quant_conv = th.nn.Conv2d(2 * ddconfig["z_channels"], 2 * kw["embed_dim"], 1)
+        probe.post_quant_conv = th.nn.Conv2d(kw["embed_dim"], ddconfig["z_channels"], 1)
+        load, th.load = th.load, lambda *a, **k: probe.state_dict()  # FrozenAutoencoderKL loads weights in __init__
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                return ae.FrozenAutoencoderKL(**kw, pretrained_path="unused")
+        finally:
+            th.load = load
+
+    def inputs(m):
+        g = th.Generator().manual_seed(rng.randrange(2**31))
+        if encode:
+            return dict(x=th.rand(B, 3, H, W, generator=g) * 2 - 1, noise=th.randn(B, kw["embed_dim"], H // f, W // f, generator=g))
+        return dict(z=th.randn(B, kw["embed_dim"], H // f, W // f, generator=g))
+
+    def run(m, i):
+        if encode:
+            mean, _ = th.chunk(m.encode_moments(i["x"]), 2, dim=1)
+            return mean
+        return m.decode(i["z"])
+    return ("vae-encode" if encode else "vae-decode"), kw, build, inputs, run, []
+
+
+def case_vivit(rng):
+    """ViViT has no PyTorch upstream: the reference is ditto's own re-implementation of the paper
+    (tools/gen_vivit_fixtures.py), under ditto's config keys."""
+    import gen_vivit_fixtures as ref
+    model = pick(rng, "spatio_temporal", "factorized_encoder", "factorized_self_attention", "factorized_dot_product")
+    uniform = rng.random() < 0.3
+    heads = pick(rng, 2, 4) if model == "factorized_dot_product" else pick(rng, 1, 2, 3)
+    tt = 1 if uniform else pick(rng, 1, 2, 3)
+    ph, pw = pick(rng, 2, 4, 3), pick(rng, 2, 4)
+    c = dict(model=model, embedding="uniform" if uniform else "tubelet", num_frames=tt * rng.randint(1, 3),
+             img_size=[ph * rng.randint(1, 3), pw * rng.randint(1, 3)], patch_size=[ph, pw], in_chans=rng.randint(1, 3),
+             embed_dim=heads * pick(rng, 4, 8), depth=rng.randint(0, 2), temporal_depth=rng.randint(0, 2), num_heads=heads,
+             mlp_ratio=pick(rng, 4.0, 2.0), qkv_bias=pick(rng, True, False), num_classes=pick(rng, 0, 3, 7),
+             classifier=pick(rng, "token", "gap") if model in ("spatio_temporal", "factorized_encoder") else "gap",
+             act_layer=pick(rng, "gelu", "gelu_tanh"))
+    if not uniform:
+        c["tubelet_size"] = tt
+    if model not in ("factorized_encoder",):
+        del c["temporal_depth"]
+    B = rng.randint(1, 2)
+
+    def build():
+        return ref.ViViT(c)
+
+    def inputs(m):
+        g = th.Generator().manual_seed(rng.randrange(2**31))
+        return dict(x=th.randn(B, c["in_chans"], c["num_frames"], *c["img_size"], generator=g))
+
+    def run(m, i):
+        return m(i["x"])
+    return "vivit", c, build, inputs, run, []
+
+
+def case_latte_variant(rng):
+    """Latte's variants 2-4 and the timestep token: the reference is ditto's own re-implementation
+    (tools/gen_latte_variants_fixtures.py), whose variant 1 equals upstream's latte.py."""
+    import gen_latte_variants_fixtures as ref
+    variant = pick(rng, 1, 2, 3, 4)
+    heads = pick(rng, 2, 4) if variant == 4 else pick(rng, 1, 2, 3)
+    p = pick(rng, 1, 2, 4)
+    c = dict(input_size=p * rng.randint(1, 3), patch_size=p, in_channels=rng.randint(1, 4), hidden_size=heads * pick(rng, 4, 8),
+             depth=2 * rng.randint(1, 2) if variant in (1, 2) else rng.randint(1, 3), num_heads=heads,
+             num_frames=rng.randint(1, 4), learn_sigma=pick(rng, True, False), mlp_ratio=pick(rng, 4.0, 2.0),
+             extras=pick(rng, 1, 2), num_classes=rng.randint(1, 6), class_dropout_prob=pick(rng, 0.1, 0.0),
+             variant=variant, timestep_injection=pick(rng, "adaln", "token"))
+    B = rng.randint(1, 2)
+
+    def build():
+        return ref.LatteVariant(c)
+
+    def inputs(m):
+        g = th.Generator().manual_seed(rng.randrange(2**31))
+        i = dict(x=th.randn(B, c["num_frames"], c["in_channels"], c["input_size"], c["input_size"], generator=g),
+                 t=th.rand(B, generator=g) * 999)
+        if c["extras"] == 2:
+            i["y"] = th.randint(0, c["num_classes"], (B,), generator=g)
+        return i
+
+    def run(m, i):
+        return m(i["x"], i["t"], i.get("y"))
+    return "latte", c, build, inputs, run, []
+
+
+CASES = {"dit": case_dit, "uvit": case_uvit, "unet": case_unet, "latte": case_latte, "vit": case_vit, "vae": case_vae,
+         "vivit": case_vivit, "latte_variant": case_latte_variant}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ditto", default="build/ditto-forward")
+    ap.add_argument("--cases", type=int, default=10, help="cases per model")
+    ap.add_argument("--models", default=",".join(CASES))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", help="copy failing cases into this folder")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--limit", type=float, default=LIMIT, help="relative error allowed (default 1e-4)")
+    a = ap.parse_args()
+    for var, folder in (("DIT_SRC", ""), ("UVIT_SRC", ""), ("GD_SRC", ""), ("LATTE_SRC", "models")):
+        if os.environ.get(var):
+            sys.path.insert(0, os.path.join(os.environ[var], folder))
+    failures, worst = 0, {}
+    for model in a.models.split(","):
+        for n in range(a.cases):
+            rng = random.Random(f"{a.seed}/{model}/{n}")
+            name, kw, build, make_inputs, run, flags = CASES[model](rng)
+            th.manual_seed(0)
+            with tempfile.TemporaryDirectory() as tmp:
+                status, detail = check_case(a, tmp, name, kw, build, make_inputs, run, flags, rng)
+                worst[model] = max(worst.get(model, 0.0), detail if isinstance(detail, float) else 0.0)
+                line = f"{model}#{n} {status}: {detail if not isinstance(detail, float) else f'{detail:.2e}'}"
+                if status not in ("ok", "both refuse", "ill-conditioned"):
+                    failures += 1
+                    print(line, "\n   config:", json.dumps(kw), flush=True)
+                    if a.keep:
+                        dst = os.path.join(a.keep, f"{model}-{n}")
+                        shutil.copytree(tmp, dst, dirs_exist_ok=True)
+                else:
+                    print(line, flush=True)
+    print("worst relative error per model:", {k: f"{v:.1e}" for k, v in worst.items()})
+    print(f"{failures} failing case(s)")
+    sys.exit(1 if failures else 0)
+
+
+def check_case(a, tmp, name, kw, build, make_inputs, run, flags, rng):
+    try:
+        m = build().eval()
+        randomize(m, rng)
+        i = make_inputs(m)
+        with th.no_grad():
+            ref = run(m, i).numpy()
+        upstream_error = None
+    except Exception as e:  # upstream refuses this config or input
+        upstream_error = f"{type(e).__name__}: {e}"
+        m, i = None, None
+    config = {k: v for k, v in kw.items()}
+    paths = {k: os.path.join(tmp, f"{k}.json" if k == "config" else f"{k}.safetensors") for k in ("config", "weights", "inputs", "out")}
+    with open(paths["config"], "w") as f:
+        json.dump(config, f)
+    if upstream_error is not None:
+        # ditto must refuse as well: build it again with default weights just to have a file
+        try:
+            m = build()
+            i = make_inputs(m)
+        except Exception:
+            return "both refuse", upstream_error.splitlines()[0][:100]
+    save(paths["weights"], {k: v.float() if v.is_floating_point() else v for k, v in m.state_dict().items()})
+    save(paths["inputs"], {k: v for k, v in i.items()})
+    cmd = [a.ditto, "--model", name, "--config", paths["config"], "--weights", paths["weights"], "--inputs", paths["inputs"],
+           "--output", paths["out"], "--threads", str(a.threads)] + flags
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if upstream_error is not None:
+        if p.returncode == 1:
+            return "both refuse", upstream_error.splitlines()[0][:100] + " / " + p.stderr.strip()[:100]
+        return "UPSTREAM REFUSES, DITTO RUNS", f"{upstream_error[:200]} (ditto exit {p.returncode})"
+    if p.returncode != 0:
+        return "DITTO REFUSES", p.stderr.strip()[:300]
+    got = load_safetensors(paths["out"])["out"]
+    if got.shape != ref.shape:
+        return "SHAPE", f"ditto {got.shape}, upstream {ref.shape}"
+    err = float(np.abs(got.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-30))
+    if not np.isfinite(err) or err > a.limit:
+        # Who is off? Upstream again in float64 on the same weights and inputs: if float32
+        # upstream is as far from it as ditto, the case is ill-conditioned, not wrong.
+        try:
+            with th.no_grad():
+                m64 = m.double()
+                i64 = {k: v.double() if v.is_floating_point() else v for k, v in i.items()}
+                ref64 = run(m64, i64).numpy()
+            scale = np.abs(ref64).max()
+            mine, theirs = np.abs(got - ref64).max() / scale, np.abs(ref - ref64).max() / scale
+            status = "ill-conditioned" if mine <= max(2 * theirs, a.limit) else "MISMATCH"
+            return status, f"{err:.2e}; against upstream in float64: ditto {mine:.2e}, upstream float32 {theirs:.2e}"
+        except Exception as e:  # some upstream code fixes float32 inside
+            return "MISMATCH", f"{err:.2e} (no float64 run: {e})"
+    return "ok", err
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception:
+        traceback.print_exc()
+        sys.exit(2)
