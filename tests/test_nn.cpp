@@ -194,6 +194,50 @@ TEST_CASE("packed attention equals attention on each sequence alone", "[nn][atte
   CHECK_THROWS_WITH(packed_attention(q, k, v, {0, 5, 200}, {0, 5, 200}), Catch::Contains("must rise from 0 to 206"));
 }
 
+// The register-tiled products against the plain path (each block's products through gemm), on
+// shapes that leave partial tiles everywhere: query and key counts off the 64-blocks and the
+// 4-row tiles, head dims that are not whole vectors for q/k, strided rows, masks with rows that
+// see nothing (NaN in both), several threads.
+TEMPLATE_TEST_CASE("tiled attention equals the plain gemm path", "[nn][attention]", float, double) {
+  using T = TestType;
+  constexpr std::int64_t W = ditto::nn::detail::attn_simd_width<T>();
+  const int before = get_num_threads();
+  Generator g(11);
+  struct Case {
+    std::int64_t nq, nk, d, dv, pad;  // pad: extra row stride beyond the head dims
+    bool mask;
+  };
+  for (const Case& c : {Case{1, 1, 3, W, 0, false}, Case{5, 7, 13, W, 3, false}, Case{67, 130, 64, 64, 0, false},
+                        Case{129, 65, 17, 2 * W, 5, true}, Case{200, 3, 8, 3 * W, 0, true}, Case{64, 64, 1, W, 1, false}}) {
+    INFO("nq " << c.nq << " nk " << c.nk << " d " << c.d << " dv " << c.dv);
+    const std::int64_t sq = c.d + c.pad, sv = c.dv + c.pad, so = c.dv + c.pad;
+    auto q = g.normal<T>({c.nq, sq}), k = g.normal<T>({c.nk, sq}), v = g.normal<T>({c.nk, sv});
+    Tensor<std::uint8_t> mask({c.nq, c.nk});
+    for (std::int64_t i = 0; i < mask.numel(); ++i) mask[i] = (i * 7 + i / c.nk) % 5 != 0;
+    if (c.mask)
+      for (std::int64_t j = 0; j < c.nk; ++j) mask[2 * c.nk + j] = 0;  // row 2 attends to nothing
+    for (int threads : {1, 3}) {
+      set_num_threads(threads);
+      Tensor<T> tiled({c.nq, so}), plain({c.nq, so});
+      for (auto [out, use_tiles] : {std::pair{&tiled, true}, std::pair{&plain, false}}) {
+        std::vector<AttentionProblem<T>> problems{{q.data(), k.data(), v.data(), out->data(), c.nq, c.nk, c.mask ? mask.data() : nullptr}};
+        attention_kernel(problems, AttentionLayout{c.d, c.dv, sq, sq, sv, so, c.nk}, static_cast<T>(0.3), use_tiles);
+      }
+      for (std::int64_t i = 0; i < c.nq; ++i)
+        for (std::int64_t j = 0; j < c.dv; ++j) {
+          const T a = tiled[i * so + j], b = plain[i * so + j];
+          if (c.mask && i == 2) {
+            CHECK(std::isnan(a));
+            CHECK(std::isnan(b));
+          } else {
+            CHECK(std::abs(a - b) <= (std::is_same_v<T, float> ? 2e-6 : 1e-14) * (1 + std::abs(b)));
+          }
+        }
+    }
+  }
+  set_num_threads(before);
+}
+
 // 4096 tokens: many key blocks, no N x N matrix; sampled rows against a direct computation.
 TEST_CASE("long-sequence attention equals the direct softmax on sampled rows", "[nn][attention]") {
   Generator g(6);

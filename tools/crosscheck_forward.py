@@ -430,10 +430,20 @@ def main():
 
 
 def check_case(a, tmp, name, kw, build, make_inputs, run, flags, rng):
+    # the file's weights may be stored in any float dtype upstream checkpoints use; upstream then
+    # computes in float32 from the same (rounded) values that ditto converts
+    wdtype = rng.choice([th.float32, th.float32, th.float16, th.bfloat16, th.float64])
     try:
         m = build().eval()
         randomize(m, rng)
+        with th.no_grad():
+            for v in m.state_dict().values():
+                if v.is_floating_point():
+                    v.copy_(v.to(wdtype).float())
         i = make_inputs(m)
+        for key in ("t", "timesteps"):  # integer timesteps are what samplers pass
+            if key in i and rng.random() < 0.3:
+                i[key] = i[key].round().long()
         with th.no_grad():
             ref = run(m, i).numpy()
         upstream_error = None
@@ -451,7 +461,7 @@ def check_case(a, tmp, name, kw, build, make_inputs, run, flags, rng):
             i = make_inputs(m)
         except Exception:
             return "both refuse", upstream_error.splitlines()[0][:100]
-    save(paths["weights"], {k: v.float() if v.is_floating_point() else v for k, v in m.state_dict().items()})
+    save(paths["weights"], {k: v.to(wdtype) if v.is_floating_point() else v for k, v in m.state_dict().items()})
     save(paths["inputs"], {k: v for k, v in i.items()})
     cmd = [a.ditto, "--model", name, "--config", paths["config"], "--weights", paths["weights"], "--inputs", paths["inputs"],
            "--output", paths["out"], "--threads", str(a.threads)] + flags
