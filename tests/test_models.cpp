@@ -468,6 +468,28 @@ TEST_CASE("AutoencoderKL configs + input errors", "[models][vae]") {
   CHECK_THROWS_WITH(vae.decode(Tensor<float>({1, 3, 4, 4})), Catch::Contains("expected z (B, 4, h, w)"));
 }
 
+// Hostile sizes (what tools/crosscheck_forward.py --hostile throws at ditto-forward): refused
+// at once with a message, never an overflow, a hang or the system's out-of-memory kill.
+TEST_CASE("configs refuse sizes no machine can hold, before allocating anything", "[models][config]") {
+  auto dit = [](const char* text) { return DiTConfig::from_json(nlohmann::json::parse(text)); };
+  CHECK_THROWS_WITH(dit(R"({"input_size": 1099511627776})"), Catch::Contains("\"input_size\" = 1099511627776 is out of range (integer arguments are at most 2^31"));
+  CHECK_THROWS_WITH(dit(R"({"depth": 18446744073709551615})"), Catch::Contains("\"depth\" = 18446744073709551615 is out of range"));
+  CHECK_THROWS_WITH(dit(R"({"num_classes": 1e300})"), Catch::Contains("is out of range"));
+  CHECK_THROWS_WITH(dit(R"({"mlp_ratio": 1e300})"), Catch::Contains("hidden_size * mlp_ratio must be a width from 1 to 2^31, got mlp_ratio 1e+300"));
+  // 2^31 blocks of DiT-XL's width: 10^16 weights, refused by their count (the config alone
+  // is cheap; building it block by block would run until the system kills the process)
+  CHECK_THROWS_AS(dit(R"({"depth": 2147483648})"), MemoryError);
+  CHECK_THROWS_WITH(dit(R"({"depth": 2147483648})"), Catch::Contains("DiT config: its weights alone would take at least"));
+  CHECK_THROWS_AS(UNetConfig::from_json(nlohmann::json::parse(R"({"image_size": 8, "in_channels": 3, "model_channels": 64, "out_channels": 3,
+      "num_res_blocks": 2147483648, "attention_resolutions": []})")), MemoryError);
+  CHECK_THROWS_WITH(UNetConfig::from_json(nlohmann::json::parse(R"({"image_size": 8, "in_channels": 3, "model_channels": 64, "out_channels": 3,
+      "num_res_blocks": 1, "attention_resolutions": [], "channel_mult": [1e300]})")), Catch::Contains("must be a width from 1 to 2^31"));
+  // a position table too large fails before its 1-D parts are computed (which took minutes)
+  volatile std::int64_t big = std::int64_t{1} << 31;  // volatile: GCC would otherwise warn about the loops it never reaches
+  CHECK_THROWS(nn::sincos_pos_embed_2d<float>(16, big / 2, big / 2));
+  CHECK_THROWS(nn::sincos_pos_embed_3d<float>(16, big, big, big));
+}
+
 TEST_CASE("DiT configs: named sizes + upstream's arguments + clear errors", "[models][dit]") {
   const DiTConfig xl = dit_config("DiT-XL/2");
   CHECK((xl.depth == 28 && xl.hidden_size == 1152 && xl.num_heads == 16 && xl.patch_size == 2));

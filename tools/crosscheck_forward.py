@@ -402,10 +402,15 @@ def main():
     ap.add_argument("--keep", help="copy failing cases into this folder")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=float, default=LIMIT, help="relative error allowed (default 1e-4)")
+    ap.add_argument("--hostile", action="store_true",
+                    help="instead: break one thing of a valid case (a config value, an input, a weight) and require "
+                         "a clean answer: exit 0, or exit 1 with one line on stderr; never a crash or a hang")
     a = ap.parse_args()
     for var, folder in (("DIT_SRC", ""), ("UVIT_SRC", ""), ("GD_SRC", ""), ("LATTE_SRC", "models")):
         if os.environ.get(var):
             sys.path.insert(0, os.path.join(os.environ[var], folder))
+    if a.hostile:
+        sys.exit(hostile(a))
     failures, worst = 0, {}
     for model in a.models.split(","):
         for n in range(a.cases):
@@ -427,6 +432,81 @@ def main():
     print("worst relative error per model:", {k: f"{v:.1e}" for k, v in worst.items()})
     print(f"{failures} failing case(s)")
     sys.exit(1 if failures else 0)
+
+
+HOSTILE_VALUES = [-1, 0, 2**20, 2**31, 2**40, 2**62, 2**64, 1e300, 0.5, -0.5, "x", None, [], {}, True, [3, -2], float("nan")]
+
+
+def hostile(a):
+    """--hostile: one broken thing per case; a clean error or a clean answer, within 60 s."""
+    failures = 0
+    for model in a.models.split(","):
+        for n in range(a.cases):
+            rng = random.Random(f"hostile/{a.seed}/{model}/{n}")
+            name, kw, build, make_inputs, run, flags = CASES[model](rng)
+            try:
+                m = build().eval()
+                i = make_inputs(m)
+            except Exception:
+                continue  # upstream refuses the valid case already: nothing to break
+            config, weights = json.loads(json.dumps(kw)), dict(m.state_dict())
+            what = rng.choice(["config", "config", "input", "weight"])
+            if what == "config":
+                key = rng.choice(sorted(config)) if config and rng.random() < 0.8 else "no_such_argument"
+                if isinstance(config.get(key), dict):  # the autoencoder's ddconfig
+                    config[key] = dict(config[key])
+                    key2 = rng.choice(sorted(config[key]))
+                    config[key][key2] = rng.choice(HOSTILE_VALUES)
+                    change = f"config {key}.{key2} = {config[key][key2]!r}"
+                else:
+                    config[key] = rng.choice(HOSTILE_VALUES)
+                    change = f"config {key} = {config[key]!r}"
+            elif what == "input":
+                key = rng.choice(sorted(i))
+                v = i[key]
+                kind = rng.choice(["nan", "shape", "dtype", "huge", "drop", "extra"])
+                if kind == "nan" and v.is_floating_point():
+                    v = v.clone().reshape(-1)
+                    v[0] = float("nan")
+                    i[key] = v.reshape(i[key].shape)
+                elif kind == "shape":
+                    i[key] = v.reshape(-1)[: max(v.numel() - 1, 0)]
+                elif kind == "dtype":
+                    i[key] = v.to(th.bool) if not v.is_floating_point() else v.to(th.int64)
+                elif kind == "huge" and not v.is_floating_point():
+                    i[key] = v * 0 + 2**40
+                elif kind == "drop":
+                    del i[key]
+                else:
+                    i["unexpected"] = v
+                change = f"input {key}: {kind}"
+            else:
+                key = rng.choice(sorted(weights))
+                if rng.random() < 0.5:
+                    del weights[key]
+                    change = f"weight {key} missing"
+                else:
+                    weights[key] = th.zeros(*[d + 1 for d in weights[key].shape]) if weights[key].dim() else th.zeros(2)
+                    change = f"weight {key} of shape {list(weights[key].shape)}"
+            with tempfile.TemporaryDirectory() as tmp:
+                paths = {k: os.path.join(tmp, f"{k}.json" if k == "config" else f"{k}.safetensors") for k in ("config", "weights", "inputs", "out")}
+                with open(paths["config"], "w") as f:
+                    f.write(json.dumps(config).replace("NaN", "NaN"))
+                save(paths["weights"], {k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
+                save(paths["inputs"], i)
+                cmd = [a.ditto, "--model", name, "--config", paths["config"], "--weights", paths["weights"], "--inputs",
+                       paths["inputs"], "--output", paths["out"], "--threads", str(a.threads)] + flags
+                try:
+                    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+                    lines = p.stderr.strip().splitlines()
+                    ok = p.returncode == 0 or (p.returncode == 1 and len(lines) == 1 and lines[0].startswith("ditto-forward: "))
+                    verdict = f"exit {p.returncode}: {p.stderr.strip()[:160]}"
+                except subprocess.TimeoutExpired:
+                    ok, verdict = False, "no answer within 60 s"
+            print(f"{model}#{n} {'ok' if ok else 'FAIL'}: {change} -> {verdict}", flush=True)
+            failures += not ok
+    print(f"{failures} failing case(s)")
+    return 1 if failures else 0
 
 
 def check_case(a, tmp, name, kw, build, make_inputs, run, flags, rng):

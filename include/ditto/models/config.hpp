@@ -8,6 +8,7 @@
 //   kw.finish();   // throws ArgumentError naming any key the constructor does not accept
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <set>
@@ -16,9 +17,43 @@
 
 #include <nlohmann/json.hpp>
 
+#if defined(__linux__)
+#include <sys/sysinfo.h>
+#endif
+
 #include "../core/error.hpp"
 
 namespace ditto::models {
+
+namespace detail {
+// int(width * ratio), as Python computes a hidden width, without the undefined behaviour of
+// casting an out-of-range double: NaN, infinities, negative products and products beyond 2^31
+// (the bound of every integer argument, Kwargs below) come back as -1, which every config refuses.
+inline std::int64_t scaled_width(std::int64_t width, double ratio) {
+  const double v = static_cast<double>(width) * ratio;
+  if (!(v >= 0 && v <= 2147483648.0)) return -1;
+  return static_cast<std::int64_t>(v);
+}
+
+// This machine's memory in bytes (physical + swap), or 0 where it cannot be asked.
+inline double machine_memory_bytes() {
+#if defined(__linux__)
+  struct sysinfo info {};
+  if (sysinfo(&info) == 0) return (static_cast<double>(info.totalram) + static_cast<double>(info.totalswap)) * info.mem_unit;
+#endif
+  return 0;
+}
+
+// A config whose float32 weights alone (a lower bound, from the largest matrices) would not fit
+// in this machine's memory is refused before anything is allocated: built block by block, it
+// would otherwise run until the system kills the process (e.g. depth = 2^40).
+inline void check_weights_fit(const std::string& model, double params) {
+  const double memory = machine_memory_bytes();
+  if (memory > 0 && params * 4 > memory)
+    throw MemoryError(ditto::detail::cat(model, " config: its weights alone would take at least ", params * 4 / 1e9,
+                                         " GB, more than this machine's ", memory / 1e9, " GB of memory"));
+}
+}  // namespace detail
 
 class Kwargs {
  public:
@@ -82,10 +117,12 @@ class Kwargs {
       if (v.is_number_integer() && (v.get<std::int64_t>() == 0 || v.get<std::int64_t>() == 1)) return v.get<std::int64_t>() == 1;
       return fail("true or false");
     } else if constexpr (std::is_integral_v<V>) {
-      if (v.is_number_integer()) return v.get<V>();
-      if (v.is_number_float() && v.get<double>() == static_cast<double>(static_cast<std::int64_t>(v.get<double>())) &&
-          std::abs(v.get<double>()) < 1e15)
-        return static_cast<V>(v.get<double>());
+      if (v.is_number_unsigned() && v.get<std::uint64_t>() > static_cast<std::uint64_t>(kMaxSize)) out_of_range(key, v);
+      if (v.is_number_integer()) return static_cast<V>(bounded(key, v, v.get<std::int64_t>()));
+      if (v.is_number_float() && std::abs(v.get<double>()) < 1e15 &&  // the range first: casting 1e300 is undefined
+          v.get<double>() == static_cast<double>(static_cast<std::int64_t>(v.get<double>())))
+        return static_cast<V>(bounded(key, v, static_cast<std::int64_t>(v.get<double>())));
+      if (v.is_number_float() && v.get<double>() == std::floor(v.get<double>())) out_of_range(key, v);
       return fail("an integer");
     } else if constexpr (std::is_floating_point_v<V>) {
       if (v.is_number()) return v.get<V>();
@@ -98,12 +135,25 @@ class Kwargs {
       std::vector<std::int64_t> out;
       for (const auto& e : v) {
         if (!e.is_number_integer()) return fail("a list of integers");
-        out.push_back(e.get<std::int64_t>());
+        if (e.is_number_unsigned() && e.get<std::uint64_t>() > static_cast<std::uint64_t>(kMaxSize)) out_of_range(key, v);
+        out.push_back(bounded(key, v, e.get<std::int64_t>()));
       }
       return out;
     } else {
       static_assert(sizeof(V) == 0, "Kwargs: unsupported type");
     }
+  }
+
+  // Every integer argument is a size, a count or a small flag: none is beyond 2^31 in any real
+  // model, and bounding them here keeps every product of two of them (a grid of patches, a weight
+  // matrix) inside 64 bits, so no later arithmetic can overflow.
+  static constexpr std::int64_t kMaxSize = std::int64_t{1} << 31;
+  std::int64_t bounded(const std::string& key, const nlohmann::json& v, std::int64_t x) const {
+    if (x > kMaxSize || x < -kMaxSize) out_of_range(key, v);
+    return x;
+  }
+  [[noreturn]] void out_of_range(const std::string& key, const nlohmann::json& v) const {
+    throw ArgumentError(ditto::detail::cat(model_, " config: \"", key, "\" = ", v.dump(), " is out of range (integer arguments are at most 2^31 in size)"));
   }
 
   const nlohmann::json& j_;

@@ -50,7 +50,7 @@ struct DiTConfig {
 
   std::int64_t out_channels() const { return learn_sigma ? 2 * in_channels : in_channels; }
   std::int64_t grid() const { return input_size / patch_size; }
-  std::int64_t mlp_hidden() const { return static_cast<std::int64_t>(static_cast<double>(hidden_size) * mlp_ratio); }
+  std::int64_t mlp_hidden() const { return detail::scaled_width(hidden_size, mlp_ratio); }
 
   // From upstream's keyword arguments (JSON); unknown keys are an error.
   static DiTConfig from_json(const nlohmann::json& j) {
@@ -85,8 +85,11 @@ struct DiTConfig {
       throw ArgumentError(cat("DiT config: hidden_size ", hidden_size, " must be divisible by num_heads ", num_heads));
     if (hidden_size % 4)  // get_2d_sincos_pos_embed splits D in halves, each into sin and cos
       throw ArgumentError(cat("DiT config: hidden_size ", hidden_size, " must be divisible by 4 (the 2-D sin-cos position table)"));
-    if (mlp_hidden() < 1) throw ArgumentError(cat("DiT config: hidden_size * mlp_ratio must be >= 1, got ", mlp_ratio));
+    if (mlp_hidden() < 1) throw ArgumentError(cat("DiT config: hidden_size * mlp_ratio must be a width from 1 to 2^31, got mlp_ratio ", mlp_ratio));
     if (class_dropout_prob < 0) throw ArgumentError(cat("DiT config: class_dropout_prob must be >= 0, got ", class_dropout_prob));
+    const double h = static_cast<double>(hidden_size);  // per block: qkv, proj, fc1, fc2, adaLN_modulation
+    detail::check_weights_fit("DiT", static_cast<double>(depth) * (10 * h * h + 2 * h * static_cast<double>(mlp_hidden())) +
+                                         static_cast<double>(num_classes) * h);
   }
 };
 

@@ -69,7 +69,7 @@ struct LatteConfig {
 
   std::int64_t out_channels() const { return learn_sigma ? 2 * in_channels : in_channels; }
   std::int64_t grid() const { return input_size / patch_size; }
-  std::int64_t mlp_hidden() const { return static_cast<std::int64_t>(static_cast<double>(hidden_size) * mlp_ratio); }
+  std::int64_t mlp_hidden() const { return detail::scaled_width(hidden_size, mlp_ratio); }
   bool adaln() const { return timestep_injection == "adaln"; }
   // tokens of one frame: the patches, and the condition token when it is one
   std::int64_t frame_tokens() const { return grid() * grid() + (adaln() ? 0 : 1); }

@@ -47,7 +47,7 @@ struct UNetConfig {
   bool use_scale_shift_norm = false, resblock_updown = false, use_new_attention_order = false;
 
   std::int64_t time_embed_dim() const { return 4 * model_channels; }
-  std::int64_t mult_channels(double m) const { return static_cast<std::int64_t>(m * static_cast<double>(model_channels)); }
+  std::int64_t mult_channels(double m) const { return detail::scaled_width(model_channels, m); }
   bool attention_at(std::int64_t ds) const {
     for (auto r : attention_resolutions)
       if (r == ds) return true;
@@ -100,7 +100,8 @@ struct UNetConfig {
     if (num_res_blocks < 0) throw ArgumentError(cat("UNetModel config: num_res_blocks must be >= 0, got ", num_res_blocks));
     if (channel_mult.empty()) throw ArgumentError("UNetModel config: channel_mult is empty");
     for (double m : channel_mult)
-      if (mult_channels(m) < 1) throw ArgumentError(cat("UNetModel config: channel_mult ", m, " gives no channels"));
+      if (mult_channels(m) < 1)
+        throw ArgumentError(cat("UNetModel config: channel_mult ", m, " x model_channels ", model_channels, " must be a width from 1 to 2^31"));
     if (num_classes && *num_classes < 1) throw ArgumentError(cat("UNetModel config: num_classes must be >= 1 or null, got ", *num_classes));
     if (num_heads < 1 && num_head_channels == -1) throw ArgumentError(cat("UNetModel config: num_heads must be >= 1, got ", num_heads));
     // GroupNorm32: every normalized width must be a multiple of 32, as torch requires
@@ -108,6 +109,10 @@ struct UNetConfig {
       if (mult_channels(m) % 32)
         throw ArgumentError(cat("UNetModel config: channel width ", mult_channels(m), " (model_channels ", model_channels, " x ", m,
                                 ") is not divisible by 32, which GroupNorm32 needs"));
+    double weights = static_cast<double>(num_classes.value_or(0)) * 4 * static_cast<double>(model_channels);  // label_emb
+    for (double m : channel_mult)  // each level's ResBlocks: two 3x3 convolutions, down and up
+      weights += 2 * static_cast<double>(num_res_blocks) * 18 * std::pow(static_cast<double>(mult_channels(m)), 2);
+    detail::check_weights_fit("UNetModel", weights);
   }
 };
 

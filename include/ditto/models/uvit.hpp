@@ -48,7 +48,7 @@ struct UViTConfig {
 
   std::int64_t grid() const { return img_size / patch_size; }
   std::int64_t extras() const { return num_classes > 0 ? 2 : 1; }
-  std::int64_t mlp_hidden() const { return static_cast<std::int64_t>(static_cast<double>(embed_dim) * mlp_ratio); }
+  std::int64_t mlp_hidden() const { return detail::scaled_width(embed_dim, mlp_ratio); }
   double scale() const {  // upstream: qk_scale or head_dim ** -0.5 (so 0 and None both mean the default)
     return qk_scale && *qk_scale != 0 ? *qk_scale : 1.0 / std::sqrt(static_cast<double>(embed_dim / num_heads));
   }
@@ -88,7 +88,9 @@ struct UViTConfig {
     if (depth < 0) throw ArgumentError(cat("UViT config: depth must be >= 0, got ", depth));
     if (img_size < patch_size) throw ArgumentError(cat("UViT config: img_size ", img_size, " is smaller than patch_size ", patch_size));
     if (embed_dim % num_heads) throw ArgumentError(cat("UViT config: embed_dim ", embed_dim, " must be divisible by num_heads ", num_heads));
-    if (mlp_hidden() < 1) throw ArgumentError(cat("UViT config: embed_dim * mlp_ratio must be >= 1, got ", mlp_ratio));
+    if (mlp_hidden() < 1) throw ArgumentError(cat("UViT config: embed_dim * mlp_ratio must be a width from 1 to 2^31, got mlp_ratio ", mlp_ratio));
+    const double h = static_cast<double>(embed_dim);  // per block: qkv, proj, fc1, fc2
+    detail::check_weights_fit("UViT", static_cast<double>(depth) * (4 * h * h + 2 * h * static_cast<double>(mlp_hidden())));
   }
 };
 

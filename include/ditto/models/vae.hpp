@@ -92,10 +92,16 @@ struct VAEConfig {
                            std::pair{"ch", ch}, std::pair{"embed_dim", embed_dim}, std::pair{"resolution", resolution}})
       if (v < 1) throw ArgumentError(cat("FrozenAutoencoderKL config: ", name, " must be >= 1, got ", v));
     if (ch_mult.empty() || num_res_blocks < 0) throw ArgumentError("FrozenAutoencoderKL config: ch_mult is empty or num_res_blocks < 0");
-    for (auto m : ch_mult)
-      if (m < 1 || (ch * m) % 32)
+    double weights = 0;
+    for (auto m : ch_mult) {
+      if (m < 1 || static_cast<double>(ch) * static_cast<double>(m) > 1e15)  // the product below must not overflow
+        throw ArgumentError(cat("FrozenAutoencoderKL config: ch_mult entries must be from 1 to 1e15 / ch, got ", m));
+      if ((ch * m) % 32)
         throw ArgumentError(cat("FrozenAutoencoderKL config: width ch * ch_mult = ", ch * m, " must be a positive multiple of 32 (GroupNorm 32)"));
+      weights += 2 * static_cast<double>(num_res_blocks) * 18 * std::pow(static_cast<double>(ch * m), 2);  // encoder + decoder ResBlocks
+    }
     if (ch % 32) throw ArgumentError(cat("FrozenAutoencoderKL config: ch ", ch, " must be a multiple of 32 (GroupNorm 32)"));
+    detail::check_weights_fit("FrozenAutoencoderKL", weights);
   }
 };
 

@@ -58,7 +58,7 @@ struct ViTConfig {
   std::int64_t prefix_tokens() const { return (class_token ? 1 : 0) + reg_tokens; }
   std::int64_t embed_len() const { return grid_h() * grid_w() + (no_embed_class ? 0 : prefix_tokens()); }
   bool use_fc_norm() const { return fc_norm ? *fc_norm : global_pool == "avg"; }
-  std::int64_t mlp_hidden() const { return static_cast<std::int64_t>(static_cast<double>(embed_dim) * mlp_ratio); }
+  std::int64_t mlp_hidden() const { return detail::scaled_width(embed_dim, mlp_ratio); }
 
   static ViTConfig from_json(const nlohmann::json& j) {
     Kwargs kw(j, "VisionTransformer");
@@ -126,7 +126,10 @@ struct ViTConfig {
     if (embed_dim % num_heads)
       throw ArgumentError(cat("VisionTransformer config: embed_dim ", embed_dim, " must be divisible by num_heads ", num_heads));
     if (grid_h() < 1 || grid_w() < 1) throw ArgumentError("VisionTransformer config: img_size is smaller than patch_size");
-    if (mlp_hidden() < 1) throw ArgumentError(cat("VisionTransformer config: embed_dim * mlp_ratio must be >= 1, got ", mlp_ratio));
+    if (mlp_hidden() < 1) throw ArgumentError(cat("VisionTransformer config: embed_dim * mlp_ratio must be a width from 1 to 2^31, got mlp_ratio ", mlp_ratio));
+    const double h = static_cast<double>(embed_dim);  // per block: qkv, proj, fc1, fc2; the head
+    detail::check_weights_fit("VisionTransformer", static_cast<double>(depth) * (4 * h * h + 2 * h * static_cast<double>(mlp_hidden())) +
+                                                       static_cast<double>(num_classes) * h);
   }
 };
 

@@ -70,7 +70,7 @@ struct ViViTConfig {
   std::int64_t nt() const { return num_frames / tubelet_size; }
   std::int64_t ns() const { return (img_size[0] / patch_size[0]) * (img_size[1] / patch_size[1]); }
   bool cls() const { return classifier == "token"; }
-  std::int64_t mlp_hidden() const { return static_cast<std::int64_t>(static_cast<double>(embed_dim) * mlp_ratio); }
+  std::int64_t mlp_hidden() const { return detail::scaled_width(embed_dim, mlp_ratio); }
 
   // The ViT whose blocks these are (depth and tokens aside).
   ViTConfig block_config() const {
@@ -147,7 +147,10 @@ struct ViViTConfig {
     if (model == "factorized_dot_product" && num_heads % 2)
       throw ArgumentError(cat("ViViT config: factorized_dot_product splits the heads in half (spatial, temporal), so num_heads must be "
                               "even, got ", num_heads));
-    if (mlp_hidden() < 1) throw ArgumentError(cat("ViViT config: embed_dim * mlp_ratio must be >= 1, got ", mlp_ratio));
+    if (mlp_hidden() < 1) throw ArgumentError(cat("ViViT config: embed_dim * mlp_ratio must be a width from 1 to 2^31, got mlp_ratio ", mlp_ratio));
+    const double h = static_cast<double>(embed_dim);  // per block: qkv, proj, fc1, fc2; the head
+    detail::check_weights_fit("ViViT", static_cast<double>(depth + temporal_depth) * (4 * h * h + 2 * h * static_cast<double>(mlp_hidden())) +
+                                           static_cast<double>(num_classes) * h);
   }
 };
 

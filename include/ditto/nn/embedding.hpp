@@ -61,8 +61,9 @@ template <class T = float>
 inline Tensor<T> sincos_pos_embed_2d(std::int64_t embed_dim, std::int64_t grid_h, std::int64_t grid_w) {
   if (embed_dim % 4 != 0) throw ArgumentError(ditto::detail::cat("sincos_pos_embed_2d: embed_dim must be divisible by 4, got ", embed_dim));
   const std::int64_t q = embed_dim / 2;
+  // first, and shaped (h, w, D) so the size check sees every factor: a table too large fails before any work
+  Tensor<T> out = Tensor<T>::empty({grid_h, grid_w, embed_dim}).reshape({grid_h * grid_w, embed_dim});
   const Tensor<T> col = sincos_pos_embed_1d<T>(q, grid_w), row = sincos_pos_embed_1d<T>(q, grid_h);
-  Tensor<T> out = Tensor<T>::empty({grid_h * grid_w, embed_dim});
   for (std::int64_t y = 0; y < grid_h; ++y)
     for (std::int64_t x = 0; x < grid_w; ++x)
       for (std::int64_t i = 0; i < q; ++i) {
@@ -80,8 +81,9 @@ inline Tensor<T> sincos_pos_embed_3d(std::int64_t embed_dim, std::int64_t t, std
   if (embed_dim % 16 != 0)
     throw ArgumentError(ditto::detail::cat("sincos_pos_embed_3d: embed_dim must be divisible by 16, got ", embed_dim));
   const std::int64_t dt = embed_dim / 4, ds = embed_dim / 4 * 3;
+  // first, and shaped (t, h, w, D) so the size check sees every factor: a table too large fails before any work
+  Tensor<T> out = Tensor<T>::empty({t, grid_h, grid_w, embed_dim}).reshape({t * grid_h * grid_w, embed_dim});
   const Tensor<T> temporal = sincos_pos_embed_1d<T>(dt, t), spatial = sincos_pos_embed_2d<T>(ds, grid_h, grid_w);
-  Tensor<T> out = Tensor<T>::empty({t * grid_h * grid_w, embed_dim});
   for (std::int64_t i = 0; i < t; ++i)
     for (std::int64_t p = 0; p < grid_h * grid_w; ++p) {
       T* row = out.data() + (i * grid_h * grid_w + p) * embed_dim;
