@@ -465,7 +465,9 @@ def hostile(a):
                 key = rng.choice(sorted(i))
                 v = i[key]
                 kind = rng.choice(["nan", "shape", "dtype", "huge", "drop", "extra"])
-                if kind == "nan" and v.is_floating_point():
+                if kind == ("huge" if v.is_floating_point() else "nan"):
+                    kind = "extra"  # NaN needs a float tensor, a huge label an integer one
+                if kind == "nan":
                     v = v.clone().reshape(-1)
                     v[0] = float("nan")
                     i[key] = v.reshape(i[key].shape)
@@ -473,7 +475,7 @@ def hostile(a):
                     i[key] = v.reshape(-1)[: max(v.numel() - 1, 0)]
                 elif kind == "dtype":
                     i[key] = v.to(th.bool) if not v.is_floating_point() else v.to(th.int64)
-                elif kind == "huge" and not v.is_floating_point():
+                elif kind == "huge":
                     i[key] = v * 0 + 2**40
                 elif kind == "drop":
                     del i[key]
@@ -491,7 +493,7 @@ def hostile(a):
             with tempfile.TemporaryDirectory() as tmp:
                 paths = {k: os.path.join(tmp, f"{k}.json" if k == "config" else f"{k}.safetensors") for k in ("config", "weights", "inputs", "out")}
                 with open(paths["config"], "w") as f:
-                    f.write(json.dumps(config).replace("NaN", "NaN"))
+                    json.dump(config, f)  # a NaN value is written as Python does (NaN: not JSON, to be refused)
                 save(paths["weights"], {k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
                 save(paths["inputs"], i)
                 cmd = [a.ditto, "--model", name, "--config", paths["config"], "--weights", paths["weights"], "--inputs",
@@ -530,10 +532,9 @@ def check_case(a, tmp, name, kw, build, make_inputs, run, flags, rng):
     except Exception as e:  # upstream refuses this config or input
         upstream_error = f"{type(e).__name__}: {e}"
         m, i = None, None
-    config = {k: v for k, v in kw.items()}
     paths = {k: os.path.join(tmp, f"{k}.json" if k == "config" else f"{k}.safetensors") for k in ("config", "weights", "inputs", "out")}
     with open(paths["config"], "w") as f:
-        json.dump(config, f)
+        json.dump(kw, f)
     if upstream_error is not None:
         # ditto must refuse as well: build it again with default weights just to have a file
         try:

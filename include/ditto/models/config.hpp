@@ -53,6 +53,13 @@ inline void check_weights_fit(const std::string& model, double params) {
     throw MemoryError(ditto::detail::cat(model, " config: its weights alone would take at least ", params * 4 / 1e9,
                                          " GB, more than this machine's ", memory / 1e9, " GB of memory"));
 }
+
+// The weights of `blocks` transformer blocks of `width` (a lower bound): `squares` width x width
+// matrices each (qkv and proj: 4; DiT's adaLN modulation adds 6) and the MLP's two.
+inline double transformer_weights(std::int64_t blocks, std::int64_t width, std::int64_t mlp_hidden, int squares) {
+  const double h = static_cast<double>(width);
+  return static_cast<double>(blocks) * (squares * h * h + 2 * h * static_cast<double>(mlp_hidden));
+}
 }  // namespace detail
 
 class Kwargs {
@@ -119,10 +126,10 @@ class Kwargs {
     } else if constexpr (std::is_integral_v<V>) {
       if (v.is_number_unsigned() && v.get<std::uint64_t>() > static_cast<std::uint64_t>(kMaxSize)) out_of_range(key, v);
       if (v.is_number_integer()) return static_cast<V>(bounded(key, v, v.get<std::int64_t>()));
-      if (v.is_number_float() && std::abs(v.get<double>()) < 1e15 &&  // the range first: casting 1e300 is undefined
-          v.get<double>() == static_cast<double>(static_cast<std::int64_t>(v.get<double>())))
-        return static_cast<V>(bounded(key, v, static_cast<std::int64_t>(v.get<double>())));
-      if (v.is_number_float() && v.get<double>() == std::floor(v.get<double>())) out_of_range(key, v);
+      if (v.is_number_float() && v.get<double>() == std::floor(v.get<double>())) {  // 16.0 as Python's 16
+        if (std::abs(v.get<double>()) > static_cast<double>(kMaxSize)) out_of_range(key, v);  // before the cast: 1e300 is undefined
+        return static_cast<V>(v.get<double>());
+      }
       return fail("an integer");
     } else if constexpr (std::is_floating_point_v<V>) {
       if (v.is_number()) return v.get<V>();

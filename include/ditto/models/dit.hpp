@@ -87,9 +87,8 @@ struct DiTConfig {
       throw ArgumentError(cat("DiT config: hidden_size ", hidden_size, " must be divisible by 4 (the 2-D sin-cos position table)"));
     if (mlp_hidden() < 1) throw ArgumentError(cat("DiT config: hidden_size * mlp_ratio must be a width from 1 to 2^31, got mlp_ratio ", mlp_ratio));
     if (class_dropout_prob < 0) throw ArgumentError(cat("DiT config: class_dropout_prob must be >= 0, got ", class_dropout_prob));
-    const double h = static_cast<double>(hidden_size);  // per block: qkv, proj, fc1, fc2, adaLN_modulation
-    detail::check_weights_fit("DiT", static_cast<double>(depth) * (10 * h * h + 2 * h * static_cast<double>(mlp_hidden())) +
-                                         static_cast<double>(num_classes) * h);
+    detail::check_weights_fit("DiT", detail::transformer_weights(depth, hidden_size, mlp_hidden(), 10) +
+                                         static_cast<double>(num_classes * hidden_size));
   }
 };
 

@@ -89,8 +89,7 @@ struct UViTConfig {
     if (img_size < patch_size) throw ArgumentError(cat("UViT config: img_size ", img_size, " is smaller than patch_size ", patch_size));
     if (embed_dim % num_heads) throw ArgumentError(cat("UViT config: embed_dim ", embed_dim, " must be divisible by num_heads ", num_heads));
     if (mlp_hidden() < 1) throw ArgumentError(cat("UViT config: embed_dim * mlp_ratio must be a width from 1 to 2^31, got mlp_ratio ", mlp_ratio));
-    const double h = static_cast<double>(embed_dim);  // per block: qkv, proj, fc1, fc2
-    detail::check_weights_fit("UViT", static_cast<double>(depth) * (4 * h * h + 2 * h * static_cast<double>(mlp_hidden())));
+    detail::check_weights_fit("UViT", detail::transformer_weights(depth, embed_dim, mlp_hidden(), 4));
   }
 };
 

@@ -127,9 +127,8 @@ struct ViTConfig {
       throw ArgumentError(cat("VisionTransformer config: embed_dim ", embed_dim, " must be divisible by num_heads ", num_heads));
     if (grid_h() < 1 || grid_w() < 1) throw ArgumentError("VisionTransformer config: img_size is smaller than patch_size");
     if (mlp_hidden() < 1) throw ArgumentError(cat("VisionTransformer config: embed_dim * mlp_ratio must be a width from 1 to 2^31, got mlp_ratio ", mlp_ratio));
-    const double h = static_cast<double>(embed_dim);  // per block: qkv, proj, fc1, fc2; the head
-    detail::check_weights_fit("VisionTransformer", static_cast<double>(depth) * (4 * h * h + 2 * h * static_cast<double>(mlp_hidden())) +
-                                                       static_cast<double>(num_classes) * h);
+    detail::check_weights_fit("VisionTransformer", detail::transformer_weights(depth, embed_dim, mlp_hidden(), 4) +
+                                                       static_cast<double>(num_classes * embed_dim));
   }
 };
 

@@ -148,9 +148,8 @@ struct ViViTConfig {
       throw ArgumentError(cat("ViViT config: factorized_dot_product splits the heads in half (spatial, temporal), so num_heads must be "
                               "even, got ", num_heads));
     if (mlp_hidden() < 1) throw ArgumentError(cat("ViViT config: embed_dim * mlp_ratio must be a width from 1 to 2^31, got mlp_ratio ", mlp_ratio));
-    const double h = static_cast<double>(embed_dim);  // per block: qkv, proj, fc1, fc2; the head
-    detail::check_weights_fit("ViViT", static_cast<double>(depth + temporal_depth) * (4 * h * h + 2 * h * static_cast<double>(mlp_hidden())) +
-                                           static_cast<double>(num_classes) * h);
+    detail::check_weights_fit("ViViT", detail::transformer_weights(depth + temporal_depth, embed_dim, mlp_hidden(), 4) +
+                                           static_cast<double>(num_classes * embed_dim));
   }
 };
 

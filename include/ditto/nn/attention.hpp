@@ -107,17 +107,18 @@ struct AttnTile {
       for (int c = 0; c < CC; ++c) acc[r][c].store_unaligned(o + r * dv + c * W);
   }
 
-  // Tiles over a bq x (nv vectors) area: full R x CV tiles, then the row and vector tails.
-  template <class F4, class F1>
-  static void tiles(std::int64_t bq, std::int64_t nv, F4&& full, F1&& one) {
+  // Covers a bq x (nv vectors) area with tile(r, c) calls of compile-time sizes: full R x CV tiles,
+  // then the vector tail (R x 1) and the row tail (1 x 1).
+  template <class F>
+  static void tiles(std::int64_t bq, std::int64_t nv, F&& tile) {
     std::int64_t r = 0;
     for (; r + R <= bq; r += R) {
       std::int64_t c = 0;
-      for (; c + CV <= nv; c += CV) full(r, c);
-      for (; c < nv; ++c) one(r, c, R);
+      for (; c + CV <= nv; c += CV) tile.template operator()<R, CV>(r, c);
+      for (; c < nv; ++c) tile.template operator()<R, 1>(r, c);
     }
     for (; r < bq; ++r)
-      for (std::int64_t c = 0; c < nv; ++c) one(r, c, 1);
+      for (std::int64_t c = 0; c < nv; ++c) tile.template operator()<1, 1>(r, c);
   }
 };
 }  // namespace detail
@@ -142,6 +143,7 @@ inline void attention_kernel(const std::vector<AttentionProblem<T>>& problems, c
   const std::int64_t n_items = static_cast<std::int64_t>(items.size());
   constexpr bool simd_type = std::is_same_v<T, float> || std::is_same_v<T, double>;
   constexpr std::int64_t W = detail::attn_simd_width<T>();
+  using Tile = detail::AttnTile<T>;  // only instantiated (used) for float and double
   const bool use_tiles = tiled && simd_type && L.dv % W == 0;
   const std::int64_t kw = (kAttnBlockK + W - 1) / W * W;  // a score row: whole vectors
 #if defined(DITTO_COUNT_FLOPS)
@@ -175,24 +177,14 @@ inline void attention_kernel(const std::vector<AttentionProblem<T>>& problems, c
         const std::int64_t bk = std::min(kAttnBlockK, P.nk - k0);
         const std::int64_t ss = use_tiles ? kw : bk;  // row stride of s
         // s = scale * q_blk k_blk^T   (bq x bk)
-        if constexpr (simd_type) {
-          using Tile = detail::AttnTile<T>;
-          if (use_tiles) {
-            const T* kb = kt.data() + (k0 / kAttnBlockK) * L.d * kw;  // this block's transposed keys
-            Tile::tiles(
-                bq, (bk + W - 1) / W,
-                [&](std::int64_t r, std::int64_t c) {
-                  Tile::template qk<Tile::R, Tile::CV>(q + r * L.sq, L.sq, kb + c * W, kw, L.d, scale, s.data() + r * kw + c * W, kw);
-                },
-                [&](std::int64_t r, std::int64_t c, int rows) {
-                  if (rows == Tile::R)
-                    Tile::template qk<Tile::R, 1>(q + r * L.sq, L.sq, kb + c * W, kw, L.d, scale, s.data() + r * kw + c * W, kw);
-                  else
-                    Tile::template qk<1, 1>(q + r * L.sq, L.sq, kb + c * W, kw, L.d, scale, s.data() + r * kw + c * W, kw);
-                });
-          }
+        if (!use_tiles) {
+          gemm<T>(false, true, bq, bk, L.d, scale, q, L.sq, P.k + k0 * L.sk, L.sk, T(0), s.data(), bk);
+        } else if constexpr (simd_type) {
+          const T* kb = kt.data() + (k0 / kAttnBlockK) * L.d * kw;  // this block's transposed keys
+          Tile::tiles(bq, (bk + W - 1) / W, [&]<int RR, int CC>(std::int64_t r, std::int64_t c) {
+            Tile::template qk<RR, CC>(q + r * L.sq, L.sq, kb + c * W, kw, L.d, scale, s.data() + r * kw + c * W, kw);
+          });
         }
-        if (!use_tiles) gemm<T>(false, true, bq, bk, L.d, scale, q, L.sq, P.k + k0 * L.sk, L.sk, T(0), s.data(), bk);
         for (std::int64_t i = 0; i < bq; ++i) {
           T* si = s.data() + i * ss;
           if (P.mask) {
@@ -215,24 +207,14 @@ inline void attention_kernel(const std::vector<AttentionProblem<T>>& problems, c
           }
         }
         // acc += p v_blk   (bq x dv)
-        if constexpr (simd_type) {
-          using Tile = detail::AttnTile<T>;
-          if (use_tiles) {
-            const T* vb = P.v + k0 * L.sv;
-            Tile::tiles(
-                bq, L.dv / W,
-                [&](std::int64_t r, std::int64_t c) {
-                  Tile::template pv<Tile::R, Tile::CV>(s.data() + r * kw, kw, bk, vb + c * W, L.sv, acc.data() + r * L.dv + c * W, L.dv);
-                },
-                [&](std::int64_t r, std::int64_t c, int rows) {
-                  if (rows == Tile::R)
-                    Tile::template pv<Tile::R, 1>(s.data() + r * kw, kw, bk, vb + c * W, L.sv, acc.data() + r * L.dv + c * W, L.dv);
-                  else
-                    Tile::template pv<1, 1>(s.data() + r * kw, kw, bk, vb + c * W, L.sv, acc.data() + r * L.dv + c * W, L.dv);
-                });
-          }
+        if (!use_tiles) {
+          gemm<T>(false, false, bq, L.dv, bk, T(1), s.data(), bk, P.v + k0 * L.sv, L.sv, T(1), acc.data(), L.dv);
+        } else if constexpr (simd_type) {
+          const T* vb = P.v + k0 * L.sv;
+          Tile::tiles(bq, L.dv / W, [&]<int RR, int CC>(std::int64_t r, std::int64_t c) {
+            Tile::template pv<RR, CC>(s.data() + r * kw, kw, bk, vb + c * W, L.sv, acc.data() + r * L.dv + c * W, L.dv);
+          });
         }
-        if (!use_tiles) gemm<T>(false, false, bq, L.dv, bk, T(1), s.data(), bk, P.v + k0 * L.sv, L.sv, T(1), acc.data(), L.dv);
       }
       for (std::int64_t i = 0; i < bq; ++i) {
         // a row that may attend to nothing gets NaN, as PyTorch's softmax of all -inf does
