@@ -35,9 +35,8 @@ long parse_int(const std::string& flag, const std::string& text, long lo, long h
   return v;
 }
 nlohmann::json read_json(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) throw IoError("generate_video: cannot open \"" + path + "\"");
-  return nlohmann::json::parse(f);
+  const std::string what = "generate_video: \"" + path + "\"";
+  return parse_json(read_file(path, what, 16 << 20), what);
 }
 }  // namespace
 

@@ -99,9 +99,8 @@ int main(int argc, char** argv) try {
   // the model
   models::DiTConfig config;
   if (checkpoint) {
-    std::ifstream f(a["--config"]);
-    if (!f) throw IoError("sample_dit: cannot open --config \"" + a["--config"] + "\"");
-    config = models::DiTConfig::from_json(nlohmann::json::parse(f));
+    const std::string what = "sample_dit: --config \"" + a["--config"] + "\"";
+    config = models::DiTConfig::from_json(parse_json(read_file(a["--config"], what, 16 << 20), what));
   } else {
     config = models::dit_config("DiT-S/2", 32);
     config.in_channels = 3;
@@ -169,9 +168,8 @@ int main(int argc, char** argv) try {
   // the picture
   Tensor<float> pictures = samples;
   if (a.count("--vae")) {
-    std::ifstream f(a["--vae-config"]);
-    if (!f) throw IoError("sample_dit: cannot open --vae-config \"" + a["--vae-config"] + "\"");
-    models::AutoencoderKL<float> vae(models::VAEConfig::from_json(nlohmann::json::parse(f)));
+    const std::string what = "sample_dit: --vae-config \"" + a["--vae-config"] + "\"";
+    models::AutoencoderKL<float> vae(models::VAEConfig::from_json(parse_json(read_file(a["--vae-config"], what, 16 << 20), what)));
     nn::load<float>(vae, a["--vae"]);
     if (samples.size(1) != vae.config.embed_dim)
       throw ArgumentError(detail::cat("sample_dit: the DiT makes ", samples.size(1), "-channel latents, the autoencoder takes ",

@@ -109,6 +109,13 @@ TEST_CASE("safetensors: hostile files are refused with a message naming the prob
        "more than 2^62"},
       {file_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"extra":1}})", d8), "unknown key \"extra\""},
       {file_bytes(R"({"__metadata__":{"k":1},)" + ok_entry + "}", d8), "must be a string"},
+      // the reference reader (serde_json) refuses these; nlohmann alone would take the last key
+      // and stop at the NUL
+      {file_bytes(R"({"a":{"dtype":"F16","dtype":"F32","shape":[2],"data_offsets":[0,8]}})", d8),
+       "repeats an entry's key \"dtype\" inside one object"},
+      {file_bytes(R"({"__metadata__":{"k":"1","k":"2"},)" + ok_entry + "}", d8), "repeats an entry's key \"k\""},
+      {file_bytes("{" + ok_entry + std::string("}\0\0\0", 4), d8), "NUL byte at offset"},
+      {file_bytes("{" + ok_entry + std::string("}\0   ", 5), d8), "NUL byte at offset"},
   };
   for (const auto& c : cases) {
     INFO("expecting: " << c.expect);

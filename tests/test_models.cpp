@@ -522,6 +522,7 @@ TEST_CASE("DiT configs: named sizes + upstream's arguments + clear errors", "[mo
 }
 
 #ifdef DITTO_FORWARD
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <cstdlib>
@@ -642,12 +643,33 @@ TEST_CASE("ditto-forward runs DiT on upstream weights and inputs", "[models][dit
   {
     std::ofstream(r.path("truncated.safetensors"), std::ios::binary) << std::string("\x10\x00\x00\x00", 4);
   }
+  // hostile files (issue 13): a FIFO that would block, JSON nested 100,000 deep (a recursive
+  // printer would overflow the stack), a config whose model the weights file cannot hold (refused
+  // before gigabytes are zero-filled), an empty batch, outputs that cannot be written
+  REQUIRE(::mkfifo(r.path("fifo").c_str(), 0600) == 0);
+  std::ofstream(r.path("deep.json")) << "{\"depth\": " << std::string(100000, '[') << std::string(100000, ']') << "}";
+  r.write_json("wide_config.json", nlohmann::json{{"input_size", 8}, {"hidden_size", 32}, {"depth", 2}, {"num_heads", 2},
+                                                  {"num_classes", 10}, {"in_channels", 1 << 20}});
+  save_mixed(r.path("in_empty.safetensors"), {{"x", Tensor<float>({0, 4, 8, 8})}, {"t", Tensor<float>({0})}},
+             {{"y", Tensor<std::int64_t>({0})}});
+  std::filesystem::create_directories(r.path("a_folder"));
   const std::string in = " --inputs " + r.path("in.safetensors") + " --output " + r.path("o.safetensors");
+  const std::string weights = " --weights " + r.path("w.safetensors");
   for (const Bad& b : {Bad{"", 2, "missing --model"},
+                       Bad{"--model dit --config " + r.path("fifo") + weights + in, 1, "is not a regular file"},
+                       Bad{"--model dit --config " + r.path("config.json") + " --weights " + r.path("fifo") + in, 1,
+                           "is not a regular file"},
+                       Bad{common + " --inputs " + r.path("fifo") + " --output " + r.path("o.safetensors"), 1, "is not a regular file"},
+                       Bad{"--model dit --config " + r.path("deep.json") + weights + in, 1, "nests 100001 levels deep"},
+                       Bad{"--model dit --config " + r.path("wide_config.json") + weights + in, 1, "does not describe these weights"},
+                       Bad{common + " --inputs " + r.path("in_empty.safetensors") + " --output " + r.path("o.safetensors"), 1,
+                           "the batch is empty"},
+                       Bad{common + " --inputs " + r.path("in.safetensors") + " --output /dev/full", 1, "write failed"},
+                       Bad{common + " --inputs " + r.path("in.safetensors") + " --output " + r.path("a_folder"), 1, "is a directory"},
                        Bad{common + in + " --threads 0", 2, "--threads expects a whole number"},
                        Bad{common + in + " --cfg-scale abc", 2, "--cfg-scale expects a finite number, got \"abc\""},
                        Bad{common + in + " --bogus", 2, "unknown argument \"--bogus\""},
-                       Bad{"--model gan --config " + r.path("config.json") + " --weights " + r.path("w.safetensors") + in, 1,
+                       Bad{"--model gan --config " + r.path("config.json") + weights + in, 1,
                            "unknown --model \"gan\""},
                        Bad{"--model dit --config " + r.path("bad_config.json") + " --weights " + r.path("w.safetensors") + in, 1,
                            "unknown argument \"window\""},

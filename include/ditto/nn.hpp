@@ -2,6 +2,7 @@
 #pragma once
 
 #include "nn/activation.hpp"
+#include "nn/adaln.hpp"
 #include "nn/attention.hpp"
 #include "nn/conv.hpp"
 #include "nn/embedding.hpp"

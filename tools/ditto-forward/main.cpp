@@ -10,13 +10,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
-#include <fstream>
 #include <map>
 #include <optional>
 #include <set>
 #include <string>
 
 #include <ditto/core/threading.hpp>
+#include <ditto/io/file.hpp>
+#include <ditto/io/json.hpp>
 #include <ditto/io/safetensors.hpp>
 #include <ditto/models/runner.hpp>
 
@@ -82,13 +83,8 @@ int main(int argc, char** argv) {
         throw UsageError(ditto::detail::cat("--seed expects a whole number from 0 to 10^19 - 1, got \"", text, "\""));
       r.seed = std::stoull(text);
     }
-    std::ifstream cf(args["--config"]);
-    if (!cf) throw ditto::IoError(ditto::detail::cat("cannot open --config \"", args["--config"], "\""));
-    try {
-      r.config = nlohmann::json::parse(cf);
-    } catch (const nlohmann::json::exception& e) {
-      throw ditto::IoError(ditto::detail::cat("--config \"", args["--config"], "\" is not valid JSON: ", e.what()));
-    }
+    const std::string config_what = ditto::detail::cat("--config \"", args["--config"], "\"");
+    r.config = ditto::parse_json(ditto::read_file(args["--config"], config_what, 16 << 20), config_what);
     const ditto::SafetensorsFile weights(args["--weights"]), inputs(args["--inputs"]);
     r.weights = &weights;
     r.inputs = &inputs;

@@ -48,6 +48,8 @@ inline std::array<double, 2> philox_uniform2(std::uint64_t seed, std::uint64_t c
 class Generator {
  public:
   explicit Generator(std::uint64_t seed = 0) : seed_(seed) {}
+  // A generator resumed where another stood (a checkpoint's seed() and offset()).
+  Generator(std::uint64_t seed, std::uint64_t offset) : seed_(seed), offset_(offset) {}
 
   std::uint64_t seed() const noexcept { return seed_; }
   // How many counters earlier draws used; a draw of n values advances it by ceil(n / 2).

@@ -70,7 +70,7 @@ inline Labeled<T> unique_axes(const Tensor<T>& t, const std::vector<std::string>
   std::vector<std::int64_t> strides(axes.size());
   for (std::size_t i = axes.size(); i-- > 0;) {
     strides[i] = s;
-    s *= t.shape()[i];
+    if (__builtin_mul_overflow(s, t.shape()[i], &s)) throw ShapeError(where + ": the operand's axis lengths overflow int64");
   }
   for (std::size_t i = 0; i < axes.size(); ++i) {
     auto it = std::find(names.begin(), names.end(), axes[i]);
@@ -202,7 +202,9 @@ inline Tensor<T> einsum(const std::vector<Tensor<T>>& xs, std::string_view patte
       if (!has(cur.axes, a)) free_b.push_back(a);
     auto len_of = [&](const std::vector<std::string>& v) {
       std::int64_t n = 1;
-      for (const auto& a : v) n *= all_len[static_cast<std::size_t>(std::find(all.begin(), all.end(), a) - all.begin())];
+      for (const auto& a : v)  // an empty tensor can have axes whose product overflows
+        if (__builtin_mul_overflow(n, all_len[static_cast<std::size_t>(std::find(all.begin(), all.end(), a) - all.begin())], &n))
+          throw ShapeError("einsum: a product of axis lengths overflows int64 (an empty operand with huge axes)");
       return n;
     };
     auto concat = [](std::vector<std::string> x, const std::vector<std::string>& y, const std::vector<std::string>& z) {

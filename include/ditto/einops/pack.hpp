@@ -126,12 +126,15 @@ inline std::vector<Tensor<T>> unpack(const Tensor<T>& x, const std::vector<Shape
       else if (d < 0)
         throw EinopsError(cat("unpack(..., \"", pattern, "\"): packed shape #", i, " ", shape_str(packed_shapes[i]),
                               " has a negative length"));
-      else n *= d;
+      else if (__builtin_mul_overflow(n, d, &n))
+        throw EinopsError(cat("unpack(..., \"", pattern, "\"): packed shape #", i, " ", shape_str(packed_shapes[i]),
+                              " has more elements than fit in int64"));
     }
     if (minus > 1 || (minus == 1 && unknown >= 0))
       throw EinopsError(cat("unpack(..., \"", pattern, "\"): more than one -1 in the packed shapes; cannot infer"));
     if (minus) unknown = static_cast<int>(i);
-    else known += n;
+    else if (__builtin_add_overflow(known, n, &known))
+      throw EinopsError(cat("unpack(..., \"", pattern, "\"): the packed shapes total more elements than fit in int64"));
     lens.push_back(n);  // for the -1 entry: the product of its known lengths
   }
   const std::int64_t axis_len = s[static_cast<std::size_t>(p.before)];

@@ -9,7 +9,9 @@
 // input, as einops does; otherwise one strided pass writes a new contiguous tensor.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <string_view>
 #include <vector>
 
@@ -26,23 +28,34 @@ namespace einops::detail {
 template <class T>
 inline void run(const Tensor<T>& x, Tensor<T>& out, const Cooked& c, std::string_view pattern, Op op, Reduction red,
                 const AxisLengths& lengths) {
-  const StridedPlan plan = make_plan(c.out_len, c.out_stride, c.red_len, c.red_stride);
   if (out.numel() == 0) return;
+  // From here the output is not empty, so neither is the input unless a reduced axis is: every
+  // product of lengths the plan forms is then at most an element count, and cannot overflow.
   if (op == Op::reduce) {
-    std::int64_t reduced = 1;
-    for (auto l : c.red_len) reduced *= l;
-    if (reduced == 0 && (red == Reduction::max || red == Reduction::min))
+    const bool empty = std::find(c.red_len.begin(), c.red_len.end(), 0) != c.red_len.end();
+    if (empty && (red == Reduction::max || red == Reduction::min))
       throw EinopsError(where(op, red, pattern, lengths, &x.shape()) + "cannot take max or min over an empty axis");
     if constexpr (!std::is_floating_point_v<T>) {
       if (red == Reduction::mean)
         throw EinopsError(where(op, red, pattern, lengths, &x.shape()) +
                           "mean of an integer tensor is not defined; convert with .to<float>() first");
     }
+    if (empty) {  // an empty axis: the reduction's identity, as einops (numpy, torch) gives
+      const T identity = red == Reduction::prod ? T(1) : red == Reduction::mean ? std::numeric_limits<T>::quiet_NaN() : T(0);
+      std::fill(out.data(), out.data() + out.numel(), identity);
+      return;
+    }
+    const StridedPlan plan = make_plan(c.out_len, c.out_stride, c.red_len, c.red_stride);
     const int kind = red == Reduction::sum ? 0 : red == Reduction::mean ? 1 : red == Reduction::max ? 2
                      : red == Reduction::min ? 3 : 4;
-    strided_reduce(x.data(), out.data(), out.numel(), plan, kind);
+    // numpy promotes an integer sum to int64; ditto keeps the input's type and refuses a result
+    // that does not fit in it (or in int64) instead of returning a wrapped number.
+    if (!strided_reduce(x.data(), out.data(), out.numel(), plan, kind))
+      throw EinopsError(where(op, red, pattern, lengths, &x.shape()) +
+                        ditto::detail::cat("the ", reduction_name(red), " does not fit in the input's integer type (",
+                                           sizeof(T) * 8, "-bit); convert with .to<std::int64_t>() first"));
   } else {
-    strided_copy(x.data(), out.data(), plan);
+    strided_copy(x.data(), out.data(), make_plan(c.out_len, c.out_stride, c.red_len, c.red_stride));
   }
 }
 

@@ -239,6 +239,14 @@ inline Cooked cook(const Recipe& r, const Shape& shape, const AxisLengths& lengt
   auto fail = [&](const std::string& why) -> EinopsError {
     return EinopsError(detail::where(r.op, red, r.pattern, lengths, &shape) + why);
   };
+  // Every product of lengths is checked: a wrapped product could match a real length and send
+  // the kernels outside the input (einops, on Python integers, simply never matches).
+  // (`what` makes the message only on failure: cook runs on every call.)
+  auto times = [&](std::int64_t a, std::int64_t b, auto&& what) {
+    std::int64_t p;
+    if (__builtin_mul_overflow(a, b, &p)) throw fail(cat(what(), " overflows int64"));
+    return p;
+  };
   Cooked c;
   const std::size_t n = r.names.size();
   c.length.assign(n, 0);
@@ -260,9 +268,13 @@ inline Cooked cook(const Recipe& r, const Shape& shape, const AxisLengths& lengt
     for (int id : r.input_groups[g]) {
       group += (group.empty() ? "" : " ") + r.names[static_cast<std::size_t>(id)];
       if (c.length[static_cast<std::size_t>(id)] < 0) unknown = id;
-      else known *= c.length[static_cast<std::size_t>(id)];
     }
     if (r.input_groups[g].size() != 1) group = "(" + group + ")";
+    for (int id : r.input_groups[g])
+      if (c.length[static_cast<std::size_t>(id)] >= 0)
+        known = times(known, c.length[static_cast<std::size_t>(id)], [&] {
+          return cat("input axis ", g, " (length ", len, "): the product of the known lengths in ", group);
+        });
     if (unknown < 0) {
       if (known != len)
         throw fail(cat("input axis ", g, " has length ", len, " but ", group, " = ", known));
@@ -278,12 +290,14 @@ inline Cooked cook(const Recipe& r, const Shape& shape, const AxisLengths& lengt
   std::int64_t s = 1;
   for (int id = r.n_left - 1; id >= 0; --id) {
     stride[static_cast<std::size_t>(id)] = s;
-    s *= c.length[static_cast<std::size_t>(id)];
+    // (a product of the input's lengths: its element count when it is not empty; an empty
+    // input's strides are never used, so there they may wrap, without undefined behaviour)
+    s = static_cast<std::int64_t>(static_cast<std::uint64_t>(s) * static_cast<std::uint64_t>(c.length[static_cast<std::size_t>(id)]));
   }
-  for (const auto& g : r.output_groups) {
+  for (std::size_t g = 0; g < r.output_groups.size(); ++g) {
     std::int64_t len = 1;
-    for (int id : g) {
-      len *= c.length[static_cast<std::size_t>(id)];
+    for (int id : r.output_groups[g]) {
+      len = times(len, c.length[static_cast<std::size_t>(id)], [&] { return cat("the length of output axis ", g); });
       c.out_len.push_back(c.length[static_cast<std::size_t>(id)]);
       c.out_stride.push_back(id < r.n_left ? stride[static_cast<std::size_t>(id)] : 0);
     }

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -239,10 +240,13 @@ template <class T>
 using accumulator_t = std::conditional_t<std::is_floating_point_v<T>, double, std::int64_t>;
 
 // out[i] = reduce over the reduced axes of in[offset(i) + reduced offset], for each output element.
-// Kind: 0 sum, 1 mean, 2 max, 3 min, 4 prod.
+// Kind: 0 sum, 1 mean, 2 max, 3 min, 4 prod. The reduced axes must not be empty (the caller fills
+// the identity then). Returns false when an integer sum or product does not fit in T (or in the
+// int64 accumulator): the caller refuses it rather than hand back a wrapped number.
 template <class T>
-inline void strided_reduce(const T* in, T* out, std::int64_t out_count, const StridedPlan& p, int kind) {
+inline bool strided_reduce(const T* in, T* out, std::int64_t out_count, const StridedPlan& p, int kind) {
   using Acc = accumulator_t<T>;
+  std::atomic<bool> fits{true};  // set from inside the parallel region, which must not throw
   std::int64_t red_count = 1;
   for (int d = 0; d < p.red_rank; ++d) red_count *= p.red_len[d];
   const int rr = p.red_rank;
@@ -262,7 +266,7 @@ inline void strided_reduce(const T* in, T* out, std::int64_t out_count, const St
       else if (kind == 3) acc = static_cast<Acc>(std::numeric_limits<T>::max());
       else if (kind == 4) acc = Acc(1);
       else acc = Acc(0);
-      bool nan = false;
+      bool nan = false, over = false;
       std::fill(ridx, ridx + std::max(rr - 1, 0), 0);
       std::int64_t roff = off;
       for (std::int64_t j = 0; j < outer_red; ++j) {
@@ -270,7 +274,12 @@ inline void strided_reduce(const T* in, T* out, std::int64_t out_count, const St
         switch (kind) {
           case 0:
           case 1:
-            for (std::int64_t k = 0; k < inner_len; ++k) acc += static_cast<Acc>(src[k * inner_stride]);
+            if constexpr (std::is_floating_point_v<T>) {
+              for (std::int64_t k = 0; k < inner_len; ++k) acc += static_cast<Acc>(src[k * inner_stride]);
+            } else {
+              for (std::int64_t k = 0; k < inner_len; ++k)
+                over |= __builtin_add_overflow(acc, static_cast<Acc>(src[k * inner_stride]), &acc);
+            }
             break;
           case 2:
             for (std::int64_t k = 0; k < inner_len; ++k) {
@@ -287,7 +296,12 @@ inline void strided_reduce(const T* in, T* out, std::int64_t out_count, const St
             }
             break;
           default:
-            for (std::int64_t k = 0; k < inner_len; ++k) acc *= static_cast<Acc>(src[k * inner_stride]);
+            if constexpr (std::is_floating_point_v<T>) {
+              for (std::int64_t k = 0; k < inner_len; ++k) acc *= static_cast<Acc>(src[k * inner_stride]);
+            } else {
+              for (std::int64_t k = 0; k < inner_len; ++k)
+                over |= __builtin_mul_overflow(acc, static_cast<Acc>(src[k * inner_stride]), &acc);
+            }
         }
         for (int d = rr - 2; d >= 0; --d) {
           roff += p.red_stride[d];
@@ -299,6 +313,10 @@ inline void strided_reduce(const T* in, T* out, std::int64_t out_count, const St
       if constexpr (std::is_floating_point_v<T>) {
         if (nan) acc = std::numeric_limits<Acc>::quiet_NaN();  // max/min propagate NaN, as torch does
         if (kind == 1) acc /= static_cast<Acc>(red_count);
+      } else {
+        if (over || acc < static_cast<Acc>(std::numeric_limits<T>::lowest()) ||
+            acc > static_cast<Acc>(std::numeric_limits<T>::max()))
+          fits.store(false, std::memory_order_relaxed);
       }
       out[i] = static_cast<T>(acc);
       for (int d = p.rank - 1; d >= 0; --d) {
@@ -309,6 +327,7 @@ inline void strided_reduce(const T* in, T* out, std::int64_t out_count, const St
       }
     }
   });
+  return fits.load();
 }
 
 }  // namespace ditto::einops

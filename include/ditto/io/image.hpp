@@ -6,7 +6,7 @@
 
 #include <algorithm>
 #include <array>
-#include <fstream>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -15,6 +15,7 @@
 
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
+#include "file.hpp"
 
 #if !defined(DITTO_STB_INCLUDED)
 #define DITTO_STB_INCLUDED
@@ -37,15 +38,71 @@
 
 namespace ditto {
 
-// Reads a PNG, JPEG, BMP, ... file into a (C, H, W) tensor in [-1, 1]; C = 3 (RGB) unless
-// `channels` asks for 1 (gray) or 4 (RGBA).
-inline Tensor<float> read_image(const std::string& path, int channels = 3) {
+// The largest picture read_image decodes by default: 2^26 pixels (8192 x 8192), 1 GB as float RGBA.
+inline constexpr std::int64_t kMaxImagePixels = std::int64_t{1} << 26;
+
+namespace detail {
+// Whether a PNG or JPEG file is complete: stb_image decodes a truncated JPEG (the missing part
+// comes back gray) and some truncated PNGs without a word, so the end is checked here. A PNG
+// must hold its IEND chunk; a JPEG an end-of-image marker after its first scan.
+inline bool image_is_complete(const std::string& bytes, bool png) {
+  if (png) {  // the whole IEND chunk, its CRC included (stb stops reading before the CRC)
+    const auto at = bytes.find(std::string("\0\0\0\0IEND", 8), 8);
+    return at != std::string::npos && at + 12 <= bytes.size();
+  }
+  const auto sos = bytes.find("\xFF\xDA", 2);
+  return sos != std::string::npos && bytes.find("\xFF\xD9", sos) != std::string::npos;
+}
+}  // namespace detail
+
+// Reads a PNG or JPEG file into a (C, H, W) tensor in [-1, 1]; C = 3 (RGB) unless `channels`
+// asks for 1 (gray) or 4 (RGBA). Other formats (which stb_image would also take, with weaker
+// checks) are refused, so are truncated files and pictures of more than `max_pixels` pixels
+// (checked from the header, before anything is decoded).
+inline Tensor<float> read_image(const std::string& path, int channels = 3, std::int64_t max_pixels = kMaxImagePixels) {
+  const std::string what = detail::cat("read_image(\"", path, "\")");
   if (channels != 1 && channels != 3 && channels != 4)
-    throw ArgumentError(detail::cat("read_image(\"", path, "\"): channels must be 1, 3 or 4, got ", channels));
+    throw ArgumentError(detail::cat(what, ": channels must be 1, 3 or 4, got ", channels));
+  // A compressed file is far smaller than its pixels; 1 GB is beyond any picture ditto reads.
+  const std::string bytes = read_file(path, what, std::uint64_t{1} << 30);
+  const bool png = bytes.size() >= 8 && bytes.compare(0, 8, "\x89PNG\r\n\x1a\n") == 0;
+  const bool jpeg = bytes.size() >= 3 && bytes.compare(0, 3, "\xFF\xD8\xFF") == 0;
+  if (!png && !jpeg) {
+    std::string head;
+    for (std::size_t i = 0; i < std::min<std::size_t>(bytes.size(), 8); ++i)
+      head += detail::cat(i ? " " : "", "0123456789abcdef"[static_cast<unsigned char>(bytes[i]) >> 4],
+                          "0123456789abcdef"[static_cast<unsigned char>(bytes[i]) & 15]);
+    throw IoError(detail::cat(what, ": not a PNG or JPEG file (it starts with bytes [", head,
+                              "]); ditto reads only these two formats"));
+  }
+  const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
+  const int len = static_cast<int>(bytes.size());
+  auto too_large = [&](std::int64_t w, std::int64_t h) {
+    if (w > 0 && h > 0 && w * h <= max_pixels) return;
+    throw IoError(detail::cat(what, ": the ", png ? "PNG" : "JPEG", " claims ", w, " x ", h, " pixels; at most ",
+                              max_pixels, " are read (raise max_pixels to read it)"));
+  };
+  if (png && bytes.size() >= 24 && bytes.compare(12, 4, "IHDR") == 0) {  // IHDR's size first: stb refuses some as "too large"
+    auto be32 = [&](std::size_t at) {
+      std::int64_t v = 0;
+      for (std::size_t i = 0; i < 4; ++i) v = v << 8 | static_cast<unsigned char>(bytes[at + i]);
+      return v;
+    };
+    too_large(be32(16), be32(20));
+  }
   int w = 0, h = 0, c = 0;
-  std::unique_ptr<unsigned char, void (*)(void*)> pixels(stbi_load(path.c_str(), &w, &h, &c, channels),
+  if (!stbi_info_from_memory(data, len, &w, &h, &c))
+    throw IoError(detail::cat(what, ": cannot read the ", png ? "PNG" : "JPEG", " header"));
+  too_large(w, h);
+  if (!detail::image_is_complete(bytes, png))
+    throw IoError(detail::cat(what, ": the ", png ? "PNG" : "JPEG", " is truncated (no ",
+                              png ? "IEND chunk" : "end-of-image marker after its scan", ")"));
+  std::unique_ptr<unsigned char, void (*)(void*)> pixels(stbi_load_from_memory(data, len, &w, &h, &c, channels),
                                                           stbi_image_free);
-  if (!pixels) throw IoError(detail::cat("read_image(\"", path, "\"): ", stbi_failure_reason()));
+  if (!pixels) {
+    const char* why = stbi_failure_reason();
+    throw IoError(detail::cat(what, ": cannot decode: ", why && *why ? why : "corrupt or truncated data"));
+  }
   Tensor<float> out = Tensor<float>::empty({channels, h, w});
   for (int ch = 0; ch < channels; ++ch)
     for (std::int64_t i = 0, n = std::int64_t{h} * w; i < n; ++i)
@@ -54,20 +111,27 @@ inline Tensor<float> read_image(const std::string& path, int channels = 3) {
 }
 
 // Writes a (C, H, W) tensor in [-1, 1] (C = 1, 3 or 4) as a PNG; values outside are clipped.
+// Atomic where the target is a regular file (io/file.hpp): a failed write leaves no partial PNG.
 inline void write_png(const std::string& path, const Tensor<float>& image) {
+  const std::string what = detail::cat("write_png(\"", path, "\")");
   if (image.dim() != 3 || (image.size(0) != 1 && image.size(0) != 3 && image.size(0) != 4))
-    throw ShapeError(detail::cat("write_png(\"", path, "\"): expected a (C, H, W) tensor with C = 1, 3 or 4, got shape ",
+    throw ShapeError(detail::cat(what, ": expected a (C, H, W) tensor with C = 1, 3 or 4, got shape ",
                                  shape_str(image.shape())));
   const auto c = image.size(0), h = image.size(1), w = image.size(2);
+  if (h < 1 || w < 1 || h > (1 << 24) || w > (1 << 24) || w * c > INT32_MAX)
+    throw ShapeError(detail::cat(what, ": a PNG needs 1 to 2^24 rows and columns, got ", h, " x ", w));
   std::vector<unsigned char> pixels(static_cast<std::size_t>(c * h * w));
   for (std::int64_t ch = 0; ch < c; ++ch)
     for (std::int64_t i = 0; i < h * w; ++i) {
       const float v = std::clamp((image[ch * h * w + i] + 1.0f) * 127.5f, 0.0f, 255.0f);
       pixels[static_cast<std::size_t>(i * c + ch)] = static_cast<unsigned char>(std::lround(v));
     }
-  if (!stbi_write_png(path.c_str(), static_cast<int>(w), static_cast<int>(h), static_cast<int>(c), pixels.data(),
-                      static_cast<int>(w * c)))
-    throw IoError(detail::cat("write_png(\"", path, "\"): could not write the file"));
+  std::string png;
+  auto append = [](void* ctx, void* data, int size) { static_cast<std::string*>(ctx)->append(static_cast<const char*>(data), static_cast<std::size_t>(size)); };
+  if (!stbi_write_png_to_func(append, &png, static_cast<int>(w), static_cast<int>(h), static_cast<int>(c), pixels.data(),
+                              static_cast<int>(w * c)))
+    throw IoError(what + ": could not encode the PNG");
+  write_file(path, png.data(), png.size(), what);
 }
 
 // torchvision.utils.make_grid: images (B, C, H, W) laid out nrow per row, `padding` pixels of
@@ -75,8 +139,10 @@ inline void write_png(const std::string& path, const Tensor<float>& image) {
 // does. Values are not rescaled (ditto images are already in [-1, 1]).
 inline Tensor<float> make_grid(const Tensor<float>& images, std::int64_t nrow = 8, std::int64_t padding = 2,
                                float pad_value = 0.0f) {
-  if (images.dim() != 4 || images.size(0) == 0 || nrow < 1 || padding < 0)
-    throw ShapeError(detail::cat("make_grid: expected (B, C, H, W) with B >= 1, nrow >= 1, padding >= 0; got shape ",
+  // (padding is bounded so that no size below can overflow; the grid's element count is checked
+  // when it is allocated)
+  if (images.dim() != 4 || images.size(0) == 0 || nrow < 1 || padding < 0 || padding > (1 << 20))
+    throw ShapeError(detail::cat("make_grid: expected (B, C, H, W) with B >= 1, nrow >= 1, 0 <= padding <= 2^20; got shape ",
                                  shape_str(images.shape()), ", nrow ", nrow, ", padding ", padding));
   const std::int64_t B = images.size(0), C0 = images.size(1), H = images.size(2), W = images.size(3);
   const std::int64_t C = C0 == 1 ? 3 : C0;
@@ -213,9 +279,7 @@ inline void write_gif(const std::string& path, const Tensor<float>& video, doubl
     detail::gif_lzw(pixels, out);
   }
   out.push_back(0x3B);
-  std::ofstream f(path, std::ios::binary);
-  if (!f || !f.write(reinterpret_cast<const char*>(out.data()), static_cast<std::streamsize>(out.size())))
-    throw IoError(detail::cat("write_gif(\"", path, "\"): could not write the file"));
+  write_file(path, out.data(), out.size(), detail::cat("write_gif(\"", path, "\")"));  // atomic, as write_png
 }
 
 // A video (T, C, H, W) as one PNG: its frames in a grid of nrow per row (make_grid).

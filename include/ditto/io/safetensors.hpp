@@ -7,16 +7,17 @@
 //
 // A file is untrusted input: every length, offset, dtype and shape is checked before any byte is
 // read, as the reference implementation (huggingface/safetensors) does: the header must fit in
-// the file and be at most 100 MB, be one JSON object without duplicate names, and its byte
+// the file and be at most 100 MB, be one JSON object without duplicate names (or duplicate keys
+// inside an entry) and without NUL bytes, and its byte
 // ranges must tile the data section exactly (no gaps, no overlaps); each range must hold exactly
-// shape x dtype bytes. A violation throws IoError naming the tensor and what is wrong.
+// shape x dtype bytes. A violation throws IoError naming the tensor and what is wrong. Opening
+// never blocks (a FIFO is refused), and saving is atomic (io/file.hpp).
 #pragma once
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <set>
@@ -33,6 +34,8 @@
 
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
+#include "file.hpp"
+#include "json.hpp"
 
 namespace ditto {
 
@@ -116,13 +119,8 @@ class SafetensorsFile {
 
   // Memory-maps and validates a file: a 2.7 GB checkpoint costs no copy until tensors are read.
   explicit SafetensorsFile(const std::string& path) : path_(path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw IoError(detail::cat("safetensors \"", path, "\": cannot open: ", std::strerror(errno)));
     struct stat st {};
-    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-      ::close(fd);
-      throw IoError(detail::cat("safetensors \"", path, "\": not a regular file"));
-    }
+    const int fd = detail::open_regular_file(path, detail::cat("safetensors \"", path, "\""), &st);  // never blocks
     size_ = static_cast<std::uint64_t>(st.st_size);
     if (size_ < 8) {
       ::close(fd);
@@ -227,35 +225,30 @@ class SafetensorsFile {
       fail(detail::cat("the header claims ", n, " bytes but the file has only ", size_ - 8, " after the length field"));
     const char* h = reinterpret_cast<const char*>(b + 8);
     // Nesting deeper than the format needs (object > entry > shape array) is refused before the
-    // JSON parser sees it.
-    int depth = 0, max_depth = 0;
-    bool in_str = false;
-    for (std::uint64_t i = 0; i < n; ++i) {
-      const char c = h[i];
-      if (in_str) {
-        if (c == '\\') ++i;
-        else if (c == '"') in_str = false;
-      } else if (c == '"') {
-        in_str = true;
-      } else if (c == '{' || c == '[') {
-        max_depth = std::max(max_depth, ++depth);
-      } else if (c == '}' || c == ']') {
-        --depth;
-      }
-    }
+    // JSON parser sees it. A NUL byte is refused too: nlohmann's parser reads it as the end of
+    // the input, so NUL padding would pass where the reference reader (serde_json) refuses it.
+    if (const void* z = std::memchr(h, 0, static_cast<std::size_t>(n)))
+      fail(detail::cat("the header holds a NUL byte at offset ", static_cast<const char*>(z) - h,
+                       " (padding must be spaces)"));
+    const int max_depth = json_nesting_depth(std::string_view(h, static_cast<std::size_t>(n)));
     if (max_depth > 3) fail(detail::cat("the header nests ", max_depth, " levels deep; the format has at most 3"));
-    std::set<std::string> seen;
+    // Duplicate keys, at the top (tensor names) and inside an entry or __metadata__: JSON
+    // parsers differ on which one wins, so the reference reader refuses them.
+    std::set<std::string> seen, seen_inner;
     std::string duplicate;
     auto cb = [&](int d, nlohmann::json::parse_event_t ev, nlohmann::json& parsed) {
-      if (ev == nlohmann::json::parse_event_t::key && d == 1) {
+      if (ev == nlohmann::json::parse_event_t::object_start && d == 1) seen_inner.clear();
+      if (ev == nlohmann::json::parse_event_t::key && (d == 1 || d == 2) && duplicate.empty()) {
         const auto key = parsed.get<std::string>();
-        if (!seen.insert(key).second && duplicate.empty()) duplicate = key;
+        if (!(d == 1 ? seen : seen_inner).insert(key).second) duplicate = d == 1 ? key : "an entry's key \"" + key + "\"";
       }
       return true;
     };
     nlohmann::json j = nlohmann::json::parse(h, h + n, cb, /*allow_exceptions=*/false);
     if (j.is_discarded()) fail("the header is not valid JSON");
-    if (!duplicate.empty()) fail(detail::cat("the header names \"", duplicate, "\" twice"));
+    if (!duplicate.empty())
+      fail(duplicate.rfind("an entry", 0) == 0 ? detail::cat("the header repeats ", duplicate, " inside one object")
+                                               : detail::cat("the header names \"", duplicate, "\" twice"));
     if (!j.is_object()) fail(detail::cat("the header must be a JSON object, found ", j.type_name()));
     data_start_ = 8 + n;
     const std::uint64_t data_len = size_ - data_start_;
@@ -364,15 +357,15 @@ inline void save_safetensors(const std::string& path, const std::vector<std::pai
   }
   std::string h = header.dump();
   h.append((8 - h.size() % 8) % 8, ' ');
-  std::ofstream f(path, std::ios::binary);
-  if (!f) throw IoError(detail::cat("save_safetensors(\"", path, "\"): cannot open for writing"));
+  // Atomic where the target is a regular file: a failed save leaves the previous file whole.
+  FileWriter f(path, detail::cat("save_safetensors(\"", path, "\")"));
   unsigned char len[8];
   for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(static_cast<std::uint64_t>(h.size()) >> (8 * i));
-  f.write(reinterpret_cast<const char*>(len), 8);
-  f.write(h.data(), static_cast<std::streamsize>(h.size()));
+  f.write(len, 8);
+  f.write(h);
   for (const auto& [name, t] : sorted)
-    f.write(reinterpret_cast<const char*>(t->data()), static_cast<std::streamsize>(t->numel() * sizeof(T)));
-  if (!f) throw IoError(detail::cat("save_safetensors(\"", path, "\"): write failed"));
+    if (t->numel()) f.write(t->data(), static_cast<std::size_t>(t->numel()) * sizeof(T));
+  f.commit();
 }
 
 }  // namespace ditto

@@ -22,6 +22,8 @@
 #endif
 
 #include "../core/error.hpp"
+#include "../core/tensor.hpp"
+#include "../io/json.hpp"
 
 namespace ditto::models {
 
@@ -59,6 +61,13 @@ inline void check_weights_fit(const std::string& model, double params) {
 inline double transformer_weights(std::int64_t blocks, std::int64_t width, std::int64_t mlp_hidden, int squares) {
   const double h = static_cast<double>(width);
   return static_cast<double>(blocks) * (squares * h * h + 2 * h * static_cast<double>(mlp_hidden));
+}
+// Every model refuses an empty batch, the same way: its kernels split work per sample, and an
+// empty batch beside huge spatial sizes would plan tables for inputs that hold nothing.
+inline void require_samples(const char* model, std::int64_t batch, const Shape& shape) {
+  if (batch < 1)
+    throw ShapeError(ditto::detail::cat(model, ": the batch is empty (input of shape ", shape_str(shape),
+                                        "); at least one sample is needed"));
 }
 }  // namespace detail
 
@@ -117,7 +126,7 @@ class Kwargs {
   template <class V>
   V convert(const std::string& key, const nlohmann::json& v) const {
     auto fail = [&](const char* want) -> V {
-      throw ArgumentError(ditto::detail::cat(model_, " config: \"", key, "\" must be ", want, ", got ", v.dump()));
+      throw ArgumentError(ditto::detail::cat(model_, " config: \"", key, "\" must be ", want, ", got ", brief_json(v)));
     };
     if constexpr (std::is_same_v<V, bool>) {
       if (v.is_boolean()) return v.get<bool>();
@@ -135,8 +144,9 @@ class Kwargs {
       if (v.is_number()) return v.get<V>();
       return fail("a number");
     } else if constexpr (std::is_same_v<V, std::string>) {
-      if (v.is_string()) return v.get<std::string>();
-      return fail("a string");
+      // (no string argument of any constructor is long; a bounded one is safe to quote in messages)
+      if (v.is_string() && v.get_ref<const std::string&>().size() <= 256) return v.get<std::string>();
+      return fail("a string of at most 256 characters");
     } else if constexpr (std::is_same_v<V, std::vector<std::int64_t>>) {
       if (!v.is_array()) return fail("a list of integers");
       std::vector<std::int64_t> out;
@@ -160,7 +170,7 @@ class Kwargs {
     return x;
   }
   [[noreturn]] void out_of_range(const std::string& key, const nlohmann::json& v) const {
-    throw ArgumentError(ditto::detail::cat(model_, " config: \"", key, "\" = ", v.dump(), " is out of range (integer arguments are at most 2^31 in size)"));
+    throw ArgumentError(ditto::detail::cat(model_, " config: \"", key, "\" = ", brief_json(v), " is out of range (integer arguments are at most 2^31 in size)"));
   }
 
   const nlohmann::json& j_;

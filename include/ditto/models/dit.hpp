@@ -31,10 +31,12 @@
 #include "../core/threading.hpp"
 #include "../diffusion/guidance.hpp"
 #include "../nn/activation.hpp"
+#include "../nn/adaln.hpp"
 #include "../nn/attention.hpp"
 #include "../nn/embedding.hpp"
 #include "../nn/linear.hpp"
 #include "../nn/mlp.hpp"
+#include "../nn/module.hpp"
 #include "../nn/norm.hpp"
 #include "../nn/patch.hpp"
 #include "config.hpp"
@@ -87,8 +89,14 @@ struct DiTConfig {
       throw ArgumentError(cat("DiT config: hidden_size ", hidden_size, " must be divisible by 4 (the 2-D sin-cos position table)"));
     if (mlp_hidden() < 1) throw ArgumentError(cat("DiT config: hidden_size * mlp_ratio must be a width from 1 to 2^31, got mlp_ratio ", mlp_ratio));
     if (class_dropout_prob < 0) throw ArgumentError(cat("DiT config: class_dropout_prob must be >= 0, got ", class_dropout_prob));
-    detail::check_weights_fit("DiT", detail::transformer_weights(depth, hidden_size, mlp_hidden(), 10) +
-                                         static_cast<double>(num_classes * hidden_size));
+    detail::check_weights_fit("DiT", min_weights());
+  }
+  // A lower bound on the parameter count: the blocks' matrices, the patch embedding, the final
+  // layer and the label table (every one of them is in a checkpoint).
+  double min_weights() const {
+    const double D = static_cast<double>(hidden_size), pp = static_cast<double>(patch_size * patch_size);
+    return detail::transformer_weights(depth, hidden_size, mlp_hidden(), 10) + static_cast<double>(num_classes) * D +
+           pp * static_cast<double>(in_channels + out_channels()) * D;
   }
 };
 
@@ -139,44 +147,8 @@ inline Tensor<T> repeat_first_half(const Tensor<T>& x, const char* model) {
   return combined;
 }
 
-// Called with (upstream module name, its output) after each top-level submodule, when given.
-template <class T>
-using Trace = std::function<void(const std::string&, const Tensor<T>&)>;
-
-namespace detail {
-// y[r] = LayerNorm(x[r]) * (1 + scale[b]) + shift[b] for rows r of batch entry b = r / n:
-// DiT's modulate(norm(x), shift, scale) in one pass. LayerNorm without affine, eps as given.
-template <class T>
-inline void norm_modulate(const T* x, T* y, std::int64_t rows, std::int64_t n_per_batch, std::int64_t d, const T* shift,
-                          const T* scale, std::int64_t mod_stride, double eps) {
-  parallel_for(rows, rows * d * 6, [&](std::int64_t lo, std::int64_t hi) {
-    for (auto r = lo; r < hi; ++r) {
-      const T* xr = x + r * d;
-      T* yr = y + r * d;
-      const std::int64_t b = r / n_per_batch;
-      const T* sh = shift + b * mod_stride;
-      const T* sc = scale + b * mod_stride;
-      const T mean = nn::detail::row_sum(xr, d, T(0), false) / static_cast<T>(d);
-      const T var = nn::detail::row_sum(xr, d, mean, true) / static_cast<T>(d);
-      const T rstd = static_cast<T>(1.0 / std::sqrt(static_cast<double>(var) + eps));
-      for (std::int64_t i = 0; i < d; ++i) yr[i] = (xr[i] - mean) * rstd * (T(1) + sc[i]) + sh[i];
-    }
-  });
-}
-// x[r] += gate[b] * y[r]: the adaLN-Zero gated residual.
-template <class T>
-inline void gated_add(T* x, const T* y, std::int64_t rows, std::int64_t n_per_batch, std::int64_t d, const T* gate,
-                      std::int64_t mod_stride) {
-  parallel_for(rows, rows * d, [&](std::int64_t lo, std::int64_t hi) {
-    for (auto r = lo; r < hi; ++r) {
-      const T* g = gate + (r / n_per_batch) * mod_stride;
-      T* xr = x + r * d;
-      const T* yr = y + r * d;
-      for (std::int64_t i = 0; i < d; ++i) xr[i] += g[i] * yr[i];
-    }
-  });
-}
-}  // namespace detail
+// The adaLN pieces (norm_modulate, gated_add, their backwards) and Trace live in nn/adaln.hpp.
+using nn::Trace;
 
 // DiT's TimestepEmbedder: 256 sinusoidal features (cos first), then Linear, SiLU, Linear.
 template <class T = float>
@@ -200,6 +172,23 @@ struct TimestepEmbedder {
     nn::activate(h.data(), h.numel(), nn::Activation::silu);
     return mlp2.forward(h);
   }
+
+  // Training: keeps the sinusoidal features and mlp.0's output (before SiLU). No gradient for t.
+  struct Acts {
+    Tensor<T> freq, pre;
+  };
+  Tensor<T> forward_train(const Tensor<T>& t, Acts& a) const {
+    a.freq = nn::timestep_embedding(t, frequency_embedding_size);
+    a.pre = mlp0.forward(a.freq);
+    return mlp2.forward(nn::silu(a.pre));
+  }
+  void backward(TimestepEmbedder& g, const Acts& a, const Tensor<T>& dout) const {
+    const std::int64_t B = a.pre.size(0), D = a.pre.size(1);
+    Tensor<T> dh({B, D}), dpre({B, D});
+    mlp2.backward_into(dh.data(), g.mlp2, dout.data(), nn::silu(a.pre).data(), B);
+    nn::activate_backward(dpre.data(), dh.data(), a.pre.data(), B * D, nn::Activation::silu);
+    mlp0.backward_into(nullptr, g.mlp0, dpre.data(), a.freq.data(), B);
+  }
 };
 
 // DiT's LabelEmbedder: a table of num_classes rows, plus the null class (row num_classes) used
@@ -208,10 +197,11 @@ template <class T = float>
 struct LabelEmbedder {
   std::int64_t num_classes = 0;
   nn::Embedding<T> embedding_table;
+  const char* owner = "DiT";  // the model its messages name
 
   LabelEmbedder() = default;
-  LabelEmbedder(std::int64_t classes, std::int64_t hidden, double dropout_prob)
-      : num_classes(classes), embedding_table(classes + (dropout_prob > 0 ? 1 : 0), hidden) {}
+  LabelEmbedder(std::int64_t classes, std::int64_t hidden, double dropout_prob, const char* owner_model = "DiT")
+      : num_classes(classes), embedding_table(classes + (dropout_prob > 0 ? 1 : 0), hidden), owner(owner_model) {}
 
   template <class V>
   void visit(V& v) {
@@ -221,7 +211,7 @@ struct LabelEmbedder {
   Tensor<T> forward(const Tensor<std::int64_t>& y) const {
     for (std::int64_t i = 0; i < y.numel(); ++i)
       if (y[i] < 0 || y[i] >= embedding_table.num_embeddings)
-        throw ShapeError(ditto::detail::cat("DiT: label ", y[i], " is outside [0, ", embedding_table.num_embeddings, ")",
+        throw ShapeError(ditto::detail::cat(owner, ": label ", y[i], " is outside [0, ", embedding_table.num_embeddings, ")",
                                             embedding_table.num_embeddings > num_classes ? " (the last is the null class)"
                                                                                          : " (no null class: class_dropout_prob is 0)"));
     return embedding_table.forward(y);
@@ -268,12 +258,12 @@ struct DiTBlock {
   template <class Attend>
   void forward_with(T* x, std::int64_t rows, std::int64_t rows_per_cond, const T* mod, DiTBuffers<T>& buf, Attend&& attend) const {
     const std::int64_t D = hidden_size, S = 6 * D, n = rows_per_cond;
-    detail::norm_modulate(x, buf.h.data(), rows, n, D, mod + 0 * D, mod + 1 * D, S, 1e-6);
+    nn::norm_modulate(x, buf.h.data(), rows, n, D, mod + 0 * D, mod + 1 * D, S, 1e-6);
     attend(buf.h.data(), buf.y.data());
-    detail::gated_add(x, buf.y.data(), rows, n, D, mod + 2 * D, S);
-    detail::norm_modulate(x, buf.h.data(), rows, n, D, mod + 3 * D, mod + 4 * D, S, 1e-6);
+    nn::gated_add(x, buf.y.data(), rows, n, D, mod + 2 * D, S);
+    nn::norm_modulate(x, buf.h.data(), rows, n, D, mod + 3 * D, mod + 4 * D, S, 1e-6);
     mlp.forward_into(buf.h.data(), buf.y.data(), rows, buf.hidden.data());
-    detail::gated_add(x, buf.y.data(), rows, n, D, mod + 5 * D, S);
+    nn::gated_add(x, buf.y.data(), rows, n, D, mod + 5 * D, S);
   }
 
   // x: B * n token rows of D (sequences cu), updated in place. mod: (B, 6D).
@@ -281,6 +271,50 @@ struct DiTBlock {
                        DiTBuffers<T>& buf) const {
     forward_with(x, B * n, n, mod, buf,
                  [&](const T* h, T* y) { attn.forward_packed_into(h, cu, y, buf.qkv.data(), buf.o.data()); });
+  }
+
+  // Training. What backward reads, per token row (rows = B * n, D wide): the block's input, both
+  // LayerNorms' mean and rstd, the modulated rows the products consume (h1, h2), the attention's
+  // qkv, output before proj and logsumexp, both branch outputs before their gates, and the MLP's
+  // pre-activation (its GELU is recomputed in backward).
+  struct Acts {
+    Tensor<T> x_in, mean1, rstd1, h1, qkv, o, lse, y_attn, x_mid, mean2, rstd2, h2, pre, y_mlp;
+  };
+  // x: B * n rows of D updated in place (as forward_inplace); mod: (B, 6D); cu: B sequences of n.
+  void forward_train(T* x, std::int64_t B, std::int64_t n, const T* mod, const std::vector<std::int64_t>& cu, Acts& a) const {
+    const std::int64_t D = hidden_size, S = 6 * D, rows = B * n, H = attn.num_heads;
+    a.x_in = Tensor<T>::empty({rows, D}), a.h1 = Tensor<T>::empty({rows, D}), a.h2 = Tensor<T>::empty({rows, D});
+    a.mean1 = Tensor<T>::empty({rows}), a.rstd1 = Tensor<T>::empty({rows}), a.mean2 = Tensor<T>::empty({rows}), a.rstd2 = Tensor<T>::empty({rows});
+    a.qkv = Tensor<T>::empty({rows, 3 * D}), a.o = Tensor<T>::empty({rows, D}), a.lse = Tensor<T>::empty({rows * H});
+    a.y_attn = Tensor<T>::empty({rows, D}), a.x_mid = Tensor<T>::empty({rows, D}), a.y_mlp = Tensor<T>::empty({rows, D});
+    a.pre = Tensor<T>::empty({rows, mlp.fc1.out_features});
+    std::copy(x, x + rows * D, a.x_in.data());
+    nn::norm_modulate(x, a.h1.data(), rows, n, D, mod + 0 * D, mod + 1 * D, S, 1e-6, a.mean1.data(), a.rstd1.data());
+    attn.forward_packed_train(a.h1.data(), cu, a.y_attn.data(), a.qkv.data(), a.o.data(), a.lse.data());
+    nn::gated_add(x, a.y_attn.data(), rows, n, D, mod + 2 * D, S);
+    std::copy(x, x + rows * D, a.x_mid.data());
+    nn::norm_modulate(x, a.h2.data(), rows, n, D, mod + 3 * D, mod + 4 * D, S, 1e-6, a.mean2.data(), a.rstd2.data());
+    Tensor<T> hidden = Tensor<T>::empty({rows, mlp.fc1.out_features});
+    mlp.forward_train(a.h2.data(), a.y_mlp.data(), rows, a.pre.data(), hidden.data());
+    nn::gated_add(x, a.y_mlp.data(), rows, n, D, mod + 5 * D, S);
+  }
+  // dx: (rows, D), the gradient of the block's output, replaced by the gradient of its input.
+  // Accumulates g (this block's gradient tree) and dmod (B, 6D), the gradient of mod.
+  void backward(T* dx, DiTBlock& g, T* dmod, const T* mod, const std::vector<std::int64_t>& cu, const Acts& a) const {
+    const std::int64_t D = hidden_size, S = 6 * D, rows = a.x_in.size(0), n = cu[1] - cu[0];
+    Tensor<T> dy({rows, D}), dh({rows, D});
+    // x_out = x_mid + gate2 * mlp(modulate(norm(x_mid)))
+    nn::gated_add_backward(dy.data(), dmod + 5 * D, dx, a.y_mlp.data(), mod + 5 * D, rows, n, D, S);
+    mlp.backward_into(dh.data(), g.mlp, dy.data(), a.h2.data(), a.pre.data(), rows);
+    nn::norm_modulate_backward(dx, dmod + 3 * D, dmod + 4 * D, dh.data(), a.x_mid.data(), a.mean2.data(), a.rstd2.data(),
+                               mod + 4 * D, rows, n, D, S);
+    // x_mid = x_in + gate1 * attn(modulate(norm(x_in)))
+    std::fill(dy.begin(), dy.end(), T(0));
+    std::fill(dh.begin(), dh.end(), T(0));
+    nn::gated_add_backward(dy.data(), dmod + 2 * D, dx, a.y_attn.data(), mod + 2 * D, rows, n, D, S);
+    attn.backward_packed(dh.data(), g.attn, dy.data(), a.h1.data(), cu, a.qkv.data(), a.o.data(), a.lse.data());
+    nn::norm_modulate_backward(dx, dmod + 0 * D, dmod + 1 * D, dh.data(), a.x_in.data(), a.mean1.data(), a.rstd1.data(),
+                               mod + 1 * D, rows, n, D, S);
   }
 
   // The block alone (allocating): x (B, N, D), c (B, D).
@@ -318,10 +352,34 @@ struct FinalLayer {
   // x: B * n rows of D; silu_c: (B, D) -> (B, n, p*p*out)
   Tensor<T> forward(const T* x, std::int64_t B, std::int64_t n, const Tensor<T>& silu_c, T* scratch) const {
     const Tensor<T> mod = adaLN_modulation.forward(silu_c);  // shift, scale
-    detail::norm_modulate(x, scratch, B * n, n, hidden_size, mod.data(), mod.data() + hidden_size, 2 * hidden_size, 1e-6);
+    nn::norm_modulate(x, scratch, B * n, n, hidden_size, mod.data(), mod.data() + hidden_size, 2 * hidden_size, 1e-6);
     Tensor<T> out = Tensor<T>::empty({B, n, linear.out_features});
     linear.forward_into(scratch, out.data(), B * n);
     return out;
+  }
+
+  // Training: keeps its input rows, the LayerNorm statistics, the modulated rows and mod.
+  struct Acts {
+    Tensor<T> x, mean, rstd, h, mod;
+  };
+  Tensor<T> forward_train(const T* x, std::int64_t B, std::int64_t n, const Tensor<T>& silu_c, Acts& a) const {
+    const std::int64_t rows = B * n, D = hidden_size;
+    a.mod = adaLN_modulation.forward(silu_c);
+    a.x = Tensor<T>::empty({rows, D}), a.h = Tensor<T>::empty({rows, D}), a.mean = Tensor<T>::empty({rows}), a.rstd = Tensor<T>::empty({rows});
+    std::copy(x, x + rows * D, a.x.data());
+    nn::norm_modulate(x, a.h.data(), rows, n, D, a.mod.data(), a.mod.data() + D, 2 * D, 1e-6, a.mean.data(), a.rstd.data());
+    Tensor<T> out = Tensor<T>::empty({B, n, linear.out_features});
+    linear.forward_into(a.h.data(), out.data(), rows);
+    return out;
+  }
+  // dout: (B, n, p*p*out). Accumulates g, dx (rows, D) and dsilu_c (B, D).
+  void backward(T* dx, FinalLayer& g, T* dsilu_c, const Tensor<T>& silu_c, const Tensor<T>& dout, const Acts& a) const {
+    const std::int64_t rows = a.x.size(0), D = hidden_size, B = silu_c.size(0);
+    Tensor<T> dh({rows, D}), dmod({B, 2 * D});
+    linear.backward_into(dh.data(), g.linear, dout.data(), a.h.data(), rows);
+    nn::norm_modulate_backward(dx, dmod.data(), dmod.data() + D, dh.data(), a.x.data(), a.mean.data(), a.rstd.data(),
+                               a.mod.data() + D, rows, rows / B, D, 2 * D);
+    adaLN_modulation.backward_into(dsilu_c, g.adaLN_modulation, dmod.data(), silu_c.data(), B);
   }
 };
 
@@ -349,7 +407,7 @@ struct DiT {
 
   template <class V>
   void visit(V& v) {
-    v("pos_embed", pos_embed);
+    v("pos_embed", pos_embed, nn::fixed);  // requires_grad=False upstream: in checkpoints, never trained
     v("x_embedder", x_embedder);
     v("t_embedder", t_embedder);
     v("y_embedder", y_embedder);
@@ -365,6 +423,7 @@ struct DiT {
     if (x.dim() != 4 || x.size(1) != c.in_channels || x.size(2) != c.input_size || x.size(3) != c.input_size)
       throw ShapeError(cat("DiT: expected x (B, ", c.in_channels, ", ", c.input_size, ", ", c.input_size, "), got ", shape_str(x.shape())));
     const std::int64_t B = x.size(0), g = c.grid(), n = g * g, D = c.hidden_size;
+    detail::require_samples("DiT", B, x.shape());
     if (t.dim() != 1 || t.size(0) != B)
       throw ShapeError(cat("DiT: expected t of shape (", B, "), one timestep per batch entry, got ", shape_str(t.shape())));
     if (y.dim() != 1 || y.size(0) != B)
@@ -394,6 +453,88 @@ struct DiT {
     const Tensor<T> out = final_layer.forward(tokens.data(), B, n, silu_c, buffers.h.data());
     if (trace) trace("final_layer", out);
     return nn::unpatchify(out, c.out_channels(), c.patch_size, g, g);
+  }
+
+  // Training (docs/training.md): what backward reads, kept by forward_train. Label dropout is
+  // the caller's (upstream draws it in LabelEmbedder; give y with the null class where dropped).
+  struct Acts {
+    std::int64_t B = 0;
+    Tensor<T> patches;                   // (B * n, C p p): x_embedder's input rows
+    Tensor<std::int64_t> y;              // the labels
+    typename TimestepEmbedder<T>::Acts t_acts;
+    Tensor<T> c, silu_c;                 // (B, D): the condition, before and after SiLU
+    std::vector<Tensor<T>> mods;         // per block: (B, 6D) = adaLN_modulation(SiLU(c))
+    std::vector<typename DiTBlock<T>::Acts> blocks;
+    typename FinalLayer<T>::Acts final_layer;
+  };
+
+  // As forward (eval semantics), keeping what backward needs in a.
+  Tensor<T> forward_train(const Tensor<T>& x, const Tensor<T>& t, const Tensor<std::int64_t>& y, Acts& a) const {
+    using ditto::detail::cat;
+    const DiTConfig& c = config;
+    if (x.dim() != 4 || x.size(1) != c.in_channels || x.size(2) != c.input_size || x.size(3) != c.input_size)
+      throw ShapeError(cat("DiT.forward_train: expected x (B, ", c.in_channels, ", ", c.input_size, ", ", c.input_size, "), got ", shape_str(x.shape())));
+    const std::int64_t B = x.size(0), g = c.grid(), n = g * g, D = c.hidden_size, p = c.patch_size;
+    detail::require_samples("DiT", B, x.shape());
+    if (t.dim() != 1 || t.size(0) != B || y.dim() != 1 || y.size(0) != B)
+      throw ShapeError(cat("DiT.forward_train: expected t and y of shape (", B, "), got ", shape_str(t.shape()), " and ", shape_str(y.shape())));
+    a.B = B;
+    a.y = y;
+    a.patches = rearrange(crop_to_patches(x, p), "b c (h p1) (w p2) -> (b h w) (c p1 p2)", {{"p1", p}, {"p2", p}});
+    Tensor<T> tokens = Tensor<T>::empty({B * n, D});
+    x_embedder.proj_rows(a.patches.data(), B * n, tokens.data());
+    for (std::int64_t b = 0; b < B; ++b)
+      for (std::int64_t i = 0; i < n * D; ++i) tokens[b * n * D + i] += pos_embed[i];
+    a.c = t_embedder.forward_train(t, a.t_acts);
+    const Tensor<T> ye = y_embedder.forward(y);
+    for (std::int64_t i = 0; i < a.c.numel(); ++i) a.c[i] += ye[i];
+    a.silu_c = nn::silu(a.c);
+    std::vector<std::int64_t> cu;
+    for (std::int64_t b = 0; b <= B; ++b) cu.push_back(b * n);
+    a.mods.assign(blocks.size(), Tensor<T>());
+    a.blocks.assign(blocks.size(), typename DiTBlock<T>::Acts{});
+    for (std::size_t i = 0; i < blocks.size(); ++i) {
+      a.mods[i] = blocks[i].adaLN_modulation.forward(a.silu_c);
+      blocks[i].forward_train(tokens.data(), B, n, a.mods[i].data(), cu, a.blocks[i]);
+    }
+    const Tensor<T> out = final_layer.forward_train(tokens.data(), B, n, a.silu_c, a.final_layer);
+    return nn::unpatchify(out, c.out_channels(), p, g, g);
+  }
+
+  // dout: the gradient of forward_train's output. Accumulates g (a gradient tree of this model,
+  // nn::zeros_like) for every trainable parameter, and dx (x's shape) when given.
+  void backward(DiT& g, const Acts& a, const Tensor<T>& dout, Tensor<T>* dx = nullptr) const {
+    const DiTConfig& c = config;
+    const std::int64_t B = a.B, gr = c.grid(), n = gr * gr, D = c.hidden_size, p = c.patch_size, rows = B * n;
+    if (dout.shape() != Shape{B, c.out_channels(), gr * p, gr * p})
+      throw ShapeError(ditto::detail::cat("DiT.backward: expected dout of shape ", shape_str(Shape{B, c.out_channels(), gr * p, gr * p}),
+                                          ", got ", shape_str(dout.shape())));
+    std::vector<std::int64_t> cu;
+    for (std::int64_t b = 0; b <= B; ++b) cu.push_back(b * n);
+    const Tensor<T> dtok_out = rearrange(dout, "b c (h p) (w q) -> b (h w) (p q c)", {{"p", p}, {"q", p}});  // unpatchify's inverse
+    Tensor<T> dtokens({rows, D}), dsilu_c({B, D});
+    final_layer.backward(dtokens.data(), g.final_layer, dsilu_c.data(), a.silu_c, dtok_out, a.final_layer);
+    for (std::size_t i = blocks.size(); i-- > 0;) {
+      Tensor<T> dmod({B, 6 * D});
+      blocks[i].backward(dtokens.data(), g.blocks[i], dmod.data(), a.mods[i].data(), cu, a.blocks[i]);
+      blocks[i].adaLN_modulation.backward_into(dsilu_c.data(), g.blocks[i].adaLN_modulation, dmod.data(), a.silu_c.data(), B);
+    }
+    Tensor<T> dcond({B, D});
+    nn::activate_backward(dcond.data(), dsilu_c.data(), a.c.data(), B * D, nn::Activation::silu);
+    y_embedder.embedding_table.backward(g.y_embedder.embedding_table, a.y, dcond.data());
+    t_embedder.backward(g.t_embedder, a.t_acts, dcond);
+    // pos_embed is fixed: no gradient. The patch embedding, and x through it.
+    Tensor<T> dpatches;
+    if (dx) dpatches = Tensor<T>(a.patches.shape());
+    x_embedder.proj_rows_backward(dx ? dpatches.data() : nullptr, g.x_embedder, dtokens.data(), a.patches.data(), rows);
+    if (dx) {
+      const Tensor<T> dimg = rearrange(dpatches, "(b h w) (c p1 p2) -> b c (h p1) (w p2)", {{"b", B}, {"h", gr}, {"p1", p}, {"p2", p}});
+      *dx = Tensor<T>({B, c.in_channels, c.input_size, c.input_size});  // rows and columns cut by crop_to_patches get 0
+      const std::int64_t kept = gr * p, S = c.input_size;
+      for (std::int64_t bc = 0; bc < B * c.in_channels; ++bc)
+        for (std::int64_t r = 0; r < kept; ++r)
+          std::copy(dimg.data() + (bc * kept + r) * kept, dimg.data() + (bc * kept + r + 1) * kept, dx->data() + (bc * S + r) * S);
+    }
   }
 
   // Upstream's forward_with_cfg: the first half of x is run twice (with the labels of y's two

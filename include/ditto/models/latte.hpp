@@ -106,6 +106,14 @@ struct LatteConfig {
     return c;
   }
 
+  // A lower bound on the parameter count: the blocks' matrices (with adaLN: 10 D x D each), the
+  // patch embedding, the final projection and, for extras == 2, the label table.
+  double min_weights() const {
+    const double D = static_cast<double>(hidden_size), pp = static_cast<double>(patch_size * patch_size);
+    return detail::transformer_weights(depth, hidden_size, as_dit().mlp_hidden(), adaln() ? 10 : 4) +
+           (extras == 2 ? static_cast<double>(num_classes) * D : 0.0) + pp * static_cast<double>(in_channels + out_channels()) * D;
+  }
+
   void validate() const {
     using ditto::detail::cat;
     as_dit().validate();
@@ -195,9 +203,9 @@ struct LatteBlock {
     auto branch = [&](const nn::LayerNorm<T>& norm, auto&& f) {
       if (adaln) {
         const std::int64_t S = chunks() * D;
-        detail::norm_modulate(x, buf.h.data(), rows, rows_per_cond, D, mod + chunk * D, mod + (chunk + 1) * D, S, 1e-6);
+        nn::norm_modulate(x, buf.h.data(), rows, rows_per_cond, D, mod + chunk * D, mod + (chunk + 1) * D, S, 1e-6);
         f(buf.h.data(), buf.y.data());
-        detail::gated_add(x, buf.y.data(), rows, rows_per_cond, D, mod + (chunk + 2) * D, S);
+        nn::gated_add(x, buf.y.data(), rows, rows_per_cond, D, mod + (chunk + 2) * D, S);
         chunk += 3;
       } else {
         norm.forward_into(x, buf.h.data(), rows);
@@ -245,7 +253,7 @@ struct Latte {
     const std::int64_t D = c.hidden_size, g = c.grid();
     x_embedder = nn::PatchEmbed<T>(c.patch_size, c.in_channels, D);
     t_embedder = TimestepEmbedder<T>(D);
-    if (c.extras == 2) y_embedder = LabelEmbedder<T>(c.num_classes, D, c.class_dropout_prob);
+    if (c.extras == 2) y_embedder = LabelEmbedder<T>(c.num_classes, D, c.class_dropout_prob, "Latte");
     if (c.extras == 78) text_embedding_projection = nn::Linear<T>(LatteConfig::text_features, D);
     pos_embed = nn::sincos_pos_embed_2d<T>(D, g, g).reshape({1, g * g, D});
     temp_embed = nn::sincos_pos_embed_1d<T>(D, c.num_frames).reshape({1, c.num_frames, D});
@@ -272,8 +280,8 @@ struct Latte {
 
   template <class V>
   void visit(V& v) {
-    v("pos_embed", pos_embed);
-    v("temp_embed", temp_embed);
+    v("pos_embed", pos_embed, nn::fixed);  // requires_grad=False upstream: in checkpoints, never trained
+    v("temp_embed", temp_embed, nn::fixed);
     v("x_embedder", x_embedder);
     v("t_embedder", t_embedder);
     if (config.extras == 2) v("y_embedder", y_embedder);
@@ -297,14 +305,16 @@ struct Latte {
                     const Tensor<T>* text_embedding = nullptr) const {
     using ditto::detail::cat;
     const LatteConfig& c = config;
-    const std::int64_t I = use_image_num, F = c.num_frames, Ft = F + I;
-    if (I < 0) throw ArgumentError(cat("Latte: use_image_num must be >= 0, got ", I));
+    const std::int64_t I = use_image_num, F = c.num_frames;
+    if (I < 0 || I > (std::int64_t{1} << 31)) throw ArgumentError(cat("Latte: use_image_num must be from 0 to 2^31, got ", I));
+    const std::int64_t Ft = F + I;
     if (I > 0 && (c.variant != 1 || !c.adaln()))
       throw ArgumentError("Latte: images beside the video (use_image_num) exist for variant 1 with adaLN, as models/latte_img.py has them");
     if (x.dim() != 5 || x.size(1) != Ft || x.size(2) != c.in_channels || x.size(3) != c.input_size || x.size(4) != c.input_size)
       throw ShapeError(cat("Latte: expected x (B, ", Ft, ", ", c.in_channels, ", ", c.input_size, ", ", c.input_size, ") (num_frames ", F,
                            I ? cat(" + use_image_num ", I) : std::string(), " frames), got ", shape_str(x.shape())));
     const std::int64_t B = x.size(0), g = c.grid(), N = g * g, Np = c.frame_tokens(), D = c.hidden_size;
+    detail::require_samples("Latte", B, x.shape());
     if (t.dim() != 1 || t.size(0) != B) throw ShapeError(cat("Latte: expected t of shape (", B, "), got ", shape_str(t.shape())));
     if ((c.extras == 2) != static_cast<bool>(y))
       throw ArgumentError(c.extras == 2 ? "Latte: the model is class-conditional (extras = 2), so y is required"

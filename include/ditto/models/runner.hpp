@@ -117,6 +117,23 @@ inline std::optional<double> guidance_scale(const ForwardRequest& r, Inputs& in,
   return scale;
 }
 
+// Before a model is built: a weights file with far fewer values than the config's model has
+// parameters (a lower bound) cannot load, so it is refused before gigabytes are allocated and
+// zero-filled for a model whose weights were never there. A smaller gap (under 2^26 values,
+// 256 MB) is left to the load, whose report names each missing or mis-shaped tensor.
+inline void check_weights_cover(const char* model, double min_weights, const SafetensorsFile& weights) {
+  double values = 0;
+  for (const auto& [name, info] : weights.tensors()) {
+    double n = 1;
+    for (auto d : info.shape) n *= static_cast<double>(d);
+    values += n;
+  }
+  if (min_weights - values > static_cast<double>(std::int64_t{1} << 26))
+    throw IoError(ditto::detail::cat(model, ": the weights file \"", weights.path(), "\" holds ", values,
+                                     " values, but the config's model has at least ", min_weights,
+                                     " parameters: the config does not describe these weights"));
+}
+
 template <class Model>
 inline void load_weights(Model& m, const SafetensorsFile& weights) {
   nn::load<float>(m, weights, /*strict=*/true);
@@ -129,7 +146,9 @@ inline Trace<float> trace_into(const ForwardRequest& r, NamedTensors& outputs) {
 }
 
 inline NamedTensors run_dit(const ForwardRequest& r) {
-  DiT<float> dit(DiTConfig::from_json(r.config));
+  const DiTConfig config = DiTConfig::from_json(r.config);
+  check_weights_cover("DiT", config.min_weights(), *r.weights);
+  DiT<float> dit(config);
   load_weights(dit, *r.weights);
   Inputs in{*r.inputs, "DiT", {}};
   const Tensor<float> x = in.floats("x", 4), t = in.floats("t", 1);
@@ -153,7 +172,9 @@ inline void refuse_guidance(const ForwardRequest& r, const std::string& model) {
 template <class Model, class Config>
 inline NamedTensors run_classifier(const ForwardRequest& r, const char* upstream, std::int64_t rank) {
   refuse_guidance(r, upstream);
-  Model model(Config::from_json(r.config));
+  const Config config = Config::from_json(r.config);
+  check_weights_cover(upstream, config.min_weights(), *r.weights);
+  Model model(config);
   load_weights(model, *r.weights);
   Inputs in{*r.inputs, upstream, {}};
   const Tensor<float> x = in.floats("x", rank);
@@ -168,7 +189,9 @@ inline NamedTensors run_classifier(const ForwardRequest& r, const char* upstream
 template <class Model, class Config>
 inline NamedTensors run_x_timesteps_y(const ForwardRequest& r, const char* upstream) {
   refuse_guidance(r, upstream);
-  Model model(Config::from_json(r.config));
+  const Config config = Config::from_json(r.config);
+  check_weights_cover(upstream, config.min_weights(), *r.weights);
+  Model model(config);
   load_weights(model, *r.weights);
   Inputs in{*r.inputs, upstream, {}};
   const Tensor<float> x = in.floats("x", 4), t = in.floats("timesteps", 1);
@@ -182,7 +205,9 @@ inline NamedTensors run_x_timesteps_y(const ForwardRequest& r, const char* upstr
 }
 
 inline NamedTensors run_latte(const ForwardRequest& r) {
-  Latte<float> latte(LatteConfig::from_json(r.config));
+  const LatteConfig config = LatteConfig::from_json(r.config);
+  check_weights_cover("Latte", config.min_weights(), *r.weights);
+  Latte<float> latte(config);
   load_weights(latte, *r.weights);
   Inputs in{*r.inputs, "Latte", {}};
   const Tensor<float> x = in.floats("x", 5), t = in.floats("t", 1);
@@ -221,7 +246,9 @@ inline NamedTensors run_latte(const ForwardRequest& r) {
 // vae-decode: z (scaled) -> out.
 inline NamedTensors run_vae(const ForwardRequest& r, bool encode) {
   refuse_guidance(r, "FrozenAutoencoderKL");
-  AutoencoderKL<float> vae(VAEConfig::from_json(r.config));
+  const VAEConfig config = VAEConfig::from_json(r.config);
+  check_weights_cover("FrozenAutoencoderKL", config.min_weights(), *r.weights);
+  AutoencoderKL<float> vae(config);
   if (has_diffusers_vae_names(*r.weights)) load_diffusers(vae, *r.weights);  // either naming loads
   else load_weights(vae, *r.weights);
   Inputs in{*r.inputs, encode ? "vae-encode" : "vae-decode", {}};

@@ -66,16 +66,16 @@ struct UNetConfig {
     if (kw.has("channel_mult")) {
       const auto& v = j.at("channel_mult");
       if (!v.is_array() || v.empty())
-        throw ArgumentError("UNetModel config: \"channel_mult\" must be a list of numbers, got " + v.dump());
+        throw ArgumentError("UNetModel config: \"channel_mult\" must be a list of numbers, got " + brief_json(v));
       c.channel_mult.clear();
       for (const auto& e : v) {
-        if (!e.is_number()) throw ArgumentError("UNetModel config: \"channel_mult\" must be a list of numbers, got " + v.dump());
+        if (!e.is_number()) throw ArgumentError("UNetModel config: \"channel_mult\" must be a list of numbers, got " + brief_json(v));
         c.channel_mult.push_back(e.get<double>());
       }
     }
     c.conv_resample = kw.get("conv_resample", c.conv_resample);
     if (kw.get<std::int64_t>("dims", 2) != 2)
-      throw ArgumentError("UNetModel config: only dims = 2 (images) is supported, got dims = " + j.at("dims").dump());
+      throw ArgumentError("UNetModel config: only dims = 2 (images) is supported, got dims = " + brief_json(j.at("dims")));
     c.num_classes = kw.get_optional<std::int64_t>("num_classes");
     if (kw.get<bool>("use_fp16", false))
       throw ArgumentError("UNetModel config: use_fp16 = true is not supported; ditto runs the U-Net in float32 (set it to false)");
@@ -98,7 +98,9 @@ struct UNetConfig {
                            std::pair{"out_channels", out_channels}})
       if (v < 1) throw ArgumentError(cat("UNetModel config: ", name, " must be >= 1, got ", v));
     if (num_res_blocks < 0) throw ArgumentError(cat("UNetModel config: num_res_blocks must be >= 0, got ", num_res_blocks));
-    if (channel_mult.empty()) throw ArgumentError("UNetModel config: channel_mult is empty");
+    // (each level halves H and W: 32 levels need 2^31-pixel sides, and bound every 2^level)
+    if (channel_mult.empty() || channel_mult.size() > 32)
+      throw ArgumentError(cat("UNetModel config: channel_mult must have 1 to 32 entries, got ", channel_mult.size()));
     for (double m : channel_mult)
       if (mult_channels(m) < 1)
         throw ArgumentError(cat("UNetModel config: channel_mult ", m, " x model_channels ", model_channels, " must be a width from 1 to 2^31"));
@@ -109,10 +111,15 @@ struct UNetConfig {
       if (mult_channels(m) % 32)
         throw ArgumentError(cat("UNetModel config: channel width ", mult_channels(m), " (model_channels ", model_channels, " x ", m,
                                 ") is not divisible by 32, which GroupNorm32 needs"));
-    double weights = static_cast<double>(num_classes.value_or(0)) * 4 * static_cast<double>(model_channels);  // label_emb
-    for (double m : channel_mult)  // each level's ResBlocks: two 3x3 convolutions, down and up
+    detail::check_weights_fit("UNetModel", min_weights());
+  }
+  // A lower bound on the parameter count: label_emb, each level's ResBlocks (two 3x3
+  // convolutions, down and up), the first and the last convolution.
+  double min_weights() const {
+    double weights = static_cast<double>(num_classes.value_or(0)) * 4 * static_cast<double>(model_channels);
+    for (double m : channel_mult)
       weights += 2 * static_cast<double>(num_res_blocks) * 18 * std::pow(static_cast<double>(mult_channels(m)), 2);
-    detail::check_weights_fit("UNetModel", weights);
+    return weights + 9 * static_cast<double>(model_channels) * static_cast<double>(in_channels + out_channels);
   }
 };
 
@@ -407,6 +414,7 @@ struct UNet {
     if (x.dim() != 4 || x.size(1) != c.in_channels)
       throw ShapeError(cat("UNetModel: expected x (B, ", c.in_channels, ", H, W), got ", shape_str(x.shape())));
     const std::int64_t B = x.size(0), steps = static_cast<std::int64_t>(c.channel_mult.size()) - 1;
+    detail::require_samples("UNetModel", B, x.shape());
     if ((x.size(2) % (std::int64_t{1} << steps)) || (x.size(3) % (std::int64_t{1} << steps)))
       throw ShapeError(cat("UNetModel: H and W must be divisible by ", std::int64_t{1} << steps, " (", steps,
                            " downsamplings and back), got ", shape_str(x.shape())));

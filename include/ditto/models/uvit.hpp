@@ -71,10 +71,10 @@ struct UViTConfig {
     c.skip = kw.get("skip", c.skip);
     kw.ignore("use_checkpoint");  // gradient checkpointing: no effect on the forward
     if (kw.has("norm_layer") && !kw.is_null("norm_layer"))
-      throw ArgumentError("UViT config: \"norm_layer\" other than its default (nn.LayerNorm) is not supported, got " + j.at("norm_layer").dump());
+      throw ArgumentError("UViT config: \"norm_layer\" other than its default (nn.LayerNorm) is not supported, got " + brief_json(j.at("norm_layer")));
     kw.ignore("name");  // the "name" key of U-ViT's config.nnet (always "uvit" here)
     if (j.contains("name") && j.at("name") != "uvit")
-      throw ArgumentError("UViT config: name " + j.at("name").dump() + " is not \"uvit\" (uvit_t2i is a different model)");
+      throw ArgumentError("UViT config: name " + brief_json(j.at("name")) + " is not \"uvit\" (uvit_t2i is a different model)");
     kw.finish();
     c.validate();
     return c;
@@ -89,7 +89,12 @@ struct UViTConfig {
     if (img_size < patch_size) throw ArgumentError(cat("UViT config: img_size ", img_size, " is smaller than patch_size ", patch_size));
     if (embed_dim % num_heads) throw ArgumentError(cat("UViT config: embed_dim ", embed_dim, " must be divisible by num_heads ", num_heads));
     if (mlp_hidden() < 1) throw ArgumentError(cat("UViT config: embed_dim * mlp_ratio must be a width from 1 to 2^31, got mlp_ratio ", mlp_ratio));
-    detail::check_weights_fit("UViT", detail::transformer_weights(depth, embed_dim, mlp_hidden(), 4));
+    detail::check_weights_fit("UViT", min_weights());
+  }
+  // A lower bound on the parameter count: the blocks' matrices, patch_embed and decoder_pred.
+  double min_weights() const {
+    return detail::transformer_weights(depth, embed_dim, mlp_hidden(), 4) +
+           2 * static_cast<double>(patch_size * patch_size * in_chans) * static_cast<double>(embed_dim);
   }
 };
 
@@ -226,6 +231,7 @@ struct UViT {
     if (x.dim() != 4 || x.size(1) != c.in_chans || x.size(2) != g * p || x.size(3) != g * p)
       throw ShapeError(cat("UViT: expected x (B, ", c.in_chans, ", ", g * p, ", ", g * p, "), got ", shape_str(x.shape())));
     const std::int64_t B = x.size(0), N = g * g, E = c.extras(), L = E + N;
+    detail::require_samples("UViT", B, x.shape());
     if (timesteps.dim() != 1 || timesteps.size(0) != B)
       throw ShapeError(cat("UViT: expected timesteps of shape (", B, "), got ", shape_str(timesteps.shape())));
     if (c.num_classes > 0 && !y)

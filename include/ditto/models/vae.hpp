@@ -91,17 +91,24 @@ struct VAEConfig {
     for (auto [name, v] : {std::pair{"z_channels", z_channels}, std::pair{"in_channels", in_channels}, std::pair{"out_ch", out_ch},
                            std::pair{"ch", ch}, std::pair{"embed_dim", embed_dim}, std::pair{"resolution", resolution}})
       if (v < 1) throw ArgumentError(cat("FrozenAutoencoderKL config: ", name, " must be >= 1, got ", v));
-    if (ch_mult.empty() || num_res_blocks < 0) throw ArgumentError("FrozenAutoencoderKL config: ch_mult is empty or num_res_blocks < 0");
-    double weights = 0;
+    if (ch_mult.empty() || ch_mult.size() > 32 || num_res_blocks < 0)  // 32 levels: 2^31-pixel sides; bounds every 2^level
+      throw ArgumentError(cat("FrozenAutoencoderKL config: ch_mult must have 1 to 32 entries and num_res_blocks be >= 0, got ",
+                              ch_mult.size(), " entries and ", num_res_blocks));
     for (auto m : ch_mult) {
       if (m < 1 || static_cast<double>(ch) * static_cast<double>(m) > 1e15)  // the product below must not overflow
         throw ArgumentError(cat("FrozenAutoencoderKL config: ch_mult entries must be from 1 to 1e15 / ch, got ", m));
       if ((ch * m) % 32)
         throw ArgumentError(cat("FrozenAutoencoderKL config: width ch * ch_mult = ", ch * m, " must be a positive multiple of 32 (GroupNorm 32)"));
-      weights += 2 * static_cast<double>(num_res_blocks) * 18 * std::pow(static_cast<double>(ch * m), 2);  // encoder + decoder ResBlocks
     }
     if (ch % 32) throw ArgumentError(cat("FrozenAutoencoderKL config: ch ", ch, " must be a multiple of 32 (GroupNorm 32)"));
-    detail::check_weights_fit("FrozenAutoencoderKL", weights);
+    detail::check_weights_fit("FrozenAutoencoderKL", min_weights());
+  }
+  // A lower bound on the parameter count: the encoder's and decoder's ResBlocks and their first
+  // and last convolutions.
+  double min_weights() const {
+    double weights = 9 * static_cast<double>(ch) * static_cast<double>(in_channels + out_ch);
+    for (auto m : ch_mult) weights += 2 * static_cast<double>(num_res_blocks) * 18 * std::pow(static_cast<double>(ch * m), 2);
+    return weights;
   }
 };
 
@@ -347,6 +354,7 @@ struct AutoencoderKL {
     if (x.dim() != 4 || x.size(1) != config.in_channels || x.size(2) % f || x.size(3) % f)
       throw ShapeError(cat("AutoencoderKL.encode: expected images (B, ", config.in_channels, ", H, W) with H and W divisible by ", f,
                            ", got ", shape_str(x.shape())));
+    detail::require_samples("AutoencoderKL.encode", x.size(0), x.shape());
     const Tensor<T> h = encoder.forward(x);
     if (trace) trace("encoder", h);
     const Tensor<T> moments = quant_conv.forward(h);
@@ -377,6 +385,7 @@ struct AutoencoderKL {
   Tensor<T> decode(const Tensor<T>& z, const Trace<T>& trace = {}) const {
     if (z.dim() != 4 || z.size(1) != config.embed_dim)
       throw ShapeError(ditto::detail::cat("AutoencoderKL.decode: expected z (B, ", config.embed_dim, ", h, w), got ", shape_str(z.shape())));
+    detail::require_samples("AutoencoderKL.decode", z.size(0), z.shape());
     Tensor<T> unscaled = Tensor<T>::empty(z.shape());
     const T inv = static_cast<T>(1.0 / config.scale_factor);
     for (std::int64_t i = 0; i < z.numel(); ++i) unscaled[i] = inv * z[i];
@@ -399,6 +408,7 @@ struct AutoencoderKL {
       throw ArgumentError(cat("AutoencoderKL.decode_tiled: expected tile_latent >= 1 and overlap in [0, 1), got ", tile_latent, " and ", overlap));
     if (z.dim() != 4 || z.size(1) != config.embed_dim)
       throw ShapeError(cat("AutoencoderKL.decode_tiled: expected z (B, ", config.embed_dim, ", h, w), got ", shape_str(z.shape())));
+    detail::require_samples("AutoencoderKL.decode_tiled", z.size(0), z.shape());
     const std::int64_t f = std::int64_t{1} << (config.ch_mult.size() - 1), tile_px = tile_latent * f;
     const std::int64_t stride = std::max<std::int64_t>(static_cast<std::int64_t>(static_cast<double>(tile_latent) * (1 - overlap)), 1);
     const std::int64_t blend = static_cast<std::int64_t>(static_cast<double>(tile_px) * overlap), keep = tile_px - blend;
@@ -515,6 +525,7 @@ inline nn::LoadReport load_diffusers(AutoencoderKL<T>& vae, const SafetensorsFil
   nn::LoadReport report;
   std::vector<std::string> wrong;
   std::set<std::string> used;
+  std::vector<std::pair<Tensor<T>*, std::string>> to_read;  // read once nothing is wrong: a failed load changes nothing
   for (auto& [name, t] : nn::named_parameters<T>(vae)) {
     std::string found;
     for (const auto& candidate : diffusers_vae_names(name, vae.config.ch_mult.size()))
@@ -534,11 +545,12 @@ inline nn::LoadReport load_diffusers(AutoencoderKL<T>& vae, const SafetensorsFil
       wrong.push_back(ditto::detail::cat(found, ": file ", shape_str(shape), ", model ", shape_str(t->shape())));
       continue;
     }
-    *t = file.get<T>(found).reshape(t->shape());
+    to_read.emplace_back(t, found);
   }
   for (const auto& n : file.names())
     if (!used.count(n)) report.unexpected.push_back(n);
   nn::detail::throw_if_problems(file.path(), report, wrong, strict);
+  for (auto& [t, found] : to_read) *t = file.get<T>(found).reshape(t->shape());
   return report;
 }
 

@@ -68,7 +68,7 @@ struct ViTConfig {
       const auto& v = j.at(key);
       if (v.is_array()) {
         const auto l = kw.get<std::vector<std::int64_t>>(key, {});
-        if (l.size() != 2) throw ArgumentError(ditto::detail::cat("VisionTransformer config: \"", key, "\" must be an integer or a pair, got ", v.dump()));
+        if (l.size() != 2) throw ArgumentError(ditto::detail::cat("VisionTransformer config: \"", key, "\" must be an integer or a pair, got ", brief_json(v)));
         return std::array<std::int64_t, 2>{l[0], l[1]};
       }
       const auto n = kw.get<std::int64_t>(key, 0);
@@ -106,7 +106,7 @@ struct ViTConfig {
     for (const char* k : {"norm_layer", "embed_layer", "block_fn", "mlp_layer"})
       if (kw.has(k) && !kw.is_null(k))
         throw ArgumentError(ditto::detail::cat("VisionTransformer config: \"", k, "\" other than its default (null) is not supported, got ",
-                                               j.at(k).dump()));
+                                               brief_json(j.at(k))));
     kw.finish();
     c.validate();
     return c;
@@ -127,8 +127,12 @@ struct ViTConfig {
       throw ArgumentError(cat("VisionTransformer config: embed_dim ", embed_dim, " must be divisible by num_heads ", num_heads));
     if (grid_h() < 1 || grid_w() < 1) throw ArgumentError("VisionTransformer config: img_size is smaller than patch_size");
     if (mlp_hidden() < 1) throw ArgumentError(cat("VisionTransformer config: embed_dim * mlp_ratio must be a width from 1 to 2^31, got mlp_ratio ", mlp_ratio));
-    detail::check_weights_fit("VisionTransformer", detail::transformer_weights(depth, embed_dim, mlp_hidden(), 4) +
-                                                       static_cast<double>(num_classes * embed_dim));
+    detail::check_weights_fit("VisionTransformer", min_weights());
+  }
+  // A lower bound on the parameter count: the blocks' matrices, the patch embedding and the head.
+  double min_weights() const {
+    return detail::transformer_weights(depth, embed_dim, mlp_hidden(), 4) +
+           static_cast<double>(num_classes + patch_size[0] * patch_size[1] * in_chans) * static_cast<double>(embed_dim);
   }
 };
 
@@ -322,6 +326,7 @@ struct ViT {
     if (c.dynamic_img_size && !c.dynamic_img_pad && (x.size(2) % ph || x.size(3) % pw))
       throw ShapeError(cat("ViT: with dynamic_img_size, the image's height and width must be divisible by the patch size ", ph, "x", pw,
                            " (or set dynamic_img_pad), got ", shape_str(x.shape())));
+    detail::require_samples("ViT", x.size(0), x.shape());
     // timm's PatchEmbed: a stride-p convolution drops a remainder; dynamic_img_pad pads it instead
     const std::int64_t H = c.dynamic_img_pad ? (x.size(2) + ph - 1) / ph * ph : x.size(2) / ph * ph;
     const std::int64_t W = c.dynamic_img_pad ? (x.size(3) + pw - 1) / pw * pw : x.size(3) / pw * pw;

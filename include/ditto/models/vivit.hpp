@@ -86,7 +86,7 @@ struct ViViTConfig {
       if (!kw.has(key)) return fallback;
       if (j.at(key).is_array()) {
         const auto l = kw.get<std::vector<std::int64_t>>(key, {});
-        if (l.size() != 2) throw ArgumentError(ditto::detail::cat("ViViT config: \"", key, "\" must be an integer or a pair, got ", j.at(key).dump()));
+        if (l.size() != 2) throw ArgumentError(ditto::detail::cat("ViViT config: \"", key, "\" must be an integer or a pair, got ", brief_json(j.at(key))));
         return std::array<std::int64_t, 2>{l[0], l[1]};
       }
       const auto n = kw.get<std::int64_t>(key, 0);
@@ -148,8 +148,13 @@ struct ViViTConfig {
       throw ArgumentError(cat("ViViT config: factorized_dot_product splits the heads in half (spatial, temporal), so num_heads must be "
                               "even, got ", num_heads));
     if (mlp_hidden() < 1) throw ArgumentError(cat("ViViT config: embed_dim * mlp_ratio must be a width from 1 to 2^31, got mlp_ratio ", mlp_ratio));
-    detail::check_weights_fit("ViViT", detail::transformer_weights(depth + temporal_depth, embed_dim, mlp_hidden(), 4) +
-                                           static_cast<double>(num_classes * embed_dim));
+    detail::check_weights_fit("ViViT", min_weights());
+  }
+  // A lower bound on the parameter count: the blocks' matrices, the embedding and the head.
+  double min_weights() const {
+    const std::int64_t blocks = depth + (model == "factorized_encoder" ? temporal_depth : 0);  // only model 2 has temporal blocks
+    return detail::transformer_weights(blocks, embed_dim, mlp_hidden(), 4) +
+           static_cast<double>(num_classes + tubelet_size * patch_size[0] * patch_size[1] * in_chans) * static_cast<double>(embed_dim);
   }
 };
 
@@ -394,6 +399,7 @@ struct ViViT {
     if (x.dim() != 5 || x.size(1) != c.in_chans || x.size(2) != c.num_frames || x.size(3) != c.img_size[0] || x.size(4) != c.img_size[1])
       throw ShapeError(ditto::detail::cat("ViViT: expected x (B, ", c.in_chans, ", ", c.num_frames, ", ", c.img_size[0], ", ", c.img_size[1],
                                           ") (batch, channels, frames, height, width), got ", shape_str(x.shape())));
+    detail::require_samples("ViViT", x.size(0), x.shape());
     if (c.embedding == "tubelet") return tubelet_embed.forward(x);
     const std::int64_t B = x.size(0);
     const Tensor<T> frames = rearrange(x, "b c t h w -> (b t) c h w");

@@ -115,6 +115,37 @@ inline Tensor<T> activate(const Tensor<T>& x, Activation a) {
   activate(x.data(), y.data(), x.numel(), a);
   return y;
 }
+// The derivatives, at the pre-activation x (what a training forward keeps).
+template <class T>
+inline T gelu_grad(T x) {  // Phi(x) + x phi(x)
+  return T(0.5) * (T(1) + std::erf(x * T(0.70710678118654752440))) + x * T(0.39894228040143267794) * std::exp(T(-0.5) * x * x);
+}
+template <class T>
+inline T gelu_tanh_grad(T x) {
+  const T k = T(0.79788456080286535588), c = T(0.044715);
+  const T th = std::tanh(k * (x + c * x * x * x));
+  return T(0.5) * (T(1) + th) + T(0.5) * x * (T(1) - th * th) * k * (T(1) + T(3) * c * x * x);
+}
+template <class T>
+inline T silu_grad(T x) {  // s(x) (1 + x (1 - s(x)))
+  const T s = T(1) / (T(1) + std::exp(-x));
+  return s * (T(1) + x * (T(1) - s));
+}
+
+// dx += dy * act'(x) over n values, x the pre-activation. Each value on its own, so any split
+// over threads gives the same bits. (A scalar loop: the backward's products dominate its time.)
+template <class T>
+inline void activate_backward(T* dx, const T* dy, const T* x, std::int64_t n, Activation a) {
+  parallel_for(n, n * 30, [&](std::int64_t lo, std::int64_t hi) {
+    switch (a) {
+      case Activation::gelu: for (auto i = lo; i < hi; ++i) dx[i] += dy[i] * gelu_grad(x[i]); break;
+      case Activation::gelu_tanh: for (auto i = lo; i < hi; ++i) dx[i] += dy[i] * gelu_tanh_grad(x[i]); break;
+      case Activation::silu: for (auto i = lo; i < hi; ++i) dx[i] += dy[i] * silu_grad(x[i]); break;
+      default: for (auto i = lo; i < hi; ++i) dx[i] += dy[i];
+    }
+  });
+}
+
 template <class T> inline Tensor<T> gelu(const Tensor<T>& x) { return activate(x, Activation::gelu); }
 template <class T> inline Tensor<T> gelu_tanh(const Tensor<T>& x) { return activate(x, Activation::gelu_tanh); }
 template <class T> inline Tensor<T> silu(const Tensor<T>& x) { return activate(x, Activation::silu); }
@@ -179,6 +210,14 @@ inline Tensor<T> softmax(const Tensor<T>& x) {
     for (auto r = lo; r < hi; ++r) softmax_row(x.data() + r * n, y.data() + r * n, n);
   });
   return y;
+}
+
+// Backward of softmax_row from its output y: dx += y * (dy - dy . y).
+template <class T>
+inline void softmax_row_backward(T* dx, const T* dy, const T* y, std::int64_t n) {
+  T s = 0;
+  for (std::int64_t k = 0; k < n; ++k) s += dy[k] * y[k];
+  for (std::int64_t k = 0; k < n; ++k) dx[k] += y[k] * (dy[k] - s);
 }
 
 }  // namespace ditto::nn

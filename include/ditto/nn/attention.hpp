@@ -39,6 +39,7 @@ struct AttentionProblem {
   T* o;
   std::int64_t nq, nk;
   const std::uint8_t* mask = nullptr;  // (nq, nk) rows of mask_stride; nonzero = may attend
+  T* lse = nullptr;  // training: nq values, each row's log-sum-exp of its scaled scores (what the backward needs)
 };
 
 struct AttentionLayout {
@@ -221,9 +222,157 @@ inline void attention_kernel(const std::vector<AttentionProblem<T>>& problems, c
         const T inv = l[i] > 0 ? T(1) / l[i] : std::numeric_limits<T>::quiet_NaN();
         T* oi = P.o + (q0 + i) * L.so;
         for (std::int64_t c = 0; c < L.dv; ++c) oi[c] = acc[static_cast<std::size_t>(i * L.dv + c)] * inv;
+        if (P.lse) P.lse[q0 + i] = l[i] > 0 ? m[i] + std::log(l[i]) : -std::numeric_limits<T>::infinity();
       }
     }
   });
+}
+
+// The backward of one problem: the forward's q, k, v, o and lse, the output's gradient dout (rows
+// of stride so, as o), and where the gradients accumulate (+=): dq, dk, dv in the layout of q, k,
+// v (strides sq, sk, sv), so a fused qkv buffer gets a fused dqkv. Problems must not share key
+// rows (each problem's dk and dv are written by one thread), as no forward here shares them.
+template <class T>
+struct AttentionGradProblem {
+  const T* q;
+  const T* k;
+  const T* v;
+  const T* o;
+  const T* dout;
+  const T* lse;
+  T* dq;
+  T* dk;
+  T* dv;
+  std::int64_t nq, nk;
+  const std::uint8_t* mask = nullptr;
+};
+
+// Attention's backward, blocked like its forward, in O(N) memory: the probabilities of each
+// (query block, key block) pair are recomputed from q, k and lse (p = exp(s - lse)), never
+// stored whole. With D_i = dout_i . o_i (the softmax's Jacobian term):
+//   dv += p^T dout,  dp = dout v^T,  ds = p (dp - D),  dq += scale ds k,  dk += scale ds^T q.
+// Two passes, so no two threads write one gradient row: over key blocks (dk, dv), then over query
+// blocks (dq). Each gradient row is summed in the same order for any thread count.
+template <class T>
+inline void attention_backward(const std::vector<AttentionGradProblem<T>>& problems, const AttentionLayout& L, T scale) {
+  using detail::kAttnBlockK;
+  using detail::kAttnBlockQ;
+  // D_i for every query row of every problem
+  std::vector<std::int64_t> d_at(problems.size() + 1, 0);
+  for (std::size_t p = 0; p < problems.size(); ++p) d_at[p + 1] = d_at[p] + problems[p].nq;
+  std::vector<T> Dv(static_cast<std::size_t>(d_at.back()));
+  std::int64_t flops = 0;
+  for (const auto& P : problems) flops += P.nq * P.nk * (L.d + L.dv);
+  parallel_for(static_cast<std::int64_t>(problems.size()), d_at.back() * L.dv, [&](std::int64_t lo, std::int64_t hi) {
+    for (auto p = lo; p < hi; ++p) {
+      const auto& P = problems[static_cast<std::size_t>(p)];
+      for (std::int64_t i = 0; i < P.nq; ++i) {
+        T s = 0;
+        for (std::int64_t c = 0; c < L.dv; ++c) s += P.dout[i * L.so + c] * P.o[i * L.so + c];
+        Dv[static_cast<std::size_t>(d_at[static_cast<std::size_t>(p)] + i)] = s;
+      }
+    }
+  });
+  // ds (bq x bk) for one block pair, from scratch s and dp: p = exp(scale q k^T - lse), masked.
+  auto block_ds = [&](const AttentionGradProblem<T>& P, const T* D, std::int64_t q0, std::int64_t bq, std::int64_t k0, std::int64_t bk,
+                      T* s, T* dp) {
+    gemm<T>(false, true, bq, bk, L.d, scale, P.q + q0 * L.sq, L.sq, P.k + k0 * L.sk, L.sk, T(0), s, bk);
+    gemm<T>(false, true, bq, bk, L.dv, T(1), P.dout + q0 * L.so, L.so, P.v + k0 * L.sv, L.sv, T(0), dp, bk);
+    for (std::int64_t i = 0; i < bq; ++i) {
+      const T lse = P.lse[q0 + i];
+      const std::uint8_t* mi = P.mask ? P.mask + (q0 + i) * L.mask_stride + k0 : nullptr;
+      for (std::int64_t j = 0; j < bk; ++j) {
+        const bool visible = (!mi || mi[j]) && lse != -std::numeric_limits<T>::infinity();
+        const T pij = visible ? std::exp(s[i * bk + j] - lse) : T(0);
+        s[i * bk + j] = pij;                             // s now holds p
+        dp[i * bk + j] = pij * (dp[i * bk + j] - D[q0 + i]);  // dp now holds ds
+      }
+    }
+  };
+  struct Item {
+    std::size_t p;
+    std::int64_t at;
+  };
+  std::vector<Item> kitems, qitems;
+  for (std::size_t p = 0; p < problems.size(); ++p) {
+    for (std::int64_t k0 = 0; k0 < problems[p].nk; k0 += kAttnBlockK) kitems.push_back({p, k0});
+    for (std::int64_t q0 = 0; q0 < problems[p].nq; q0 += kAttnBlockQ) qitems.push_back({p, q0});
+  }
+  // pass 1: each key block's dk, dv over every query block
+  parallel_for(static_cast<std::int64_t>(kitems.size()), 2 * flops, [&](std::int64_t lo, std::int64_t hi) {
+    std::vector<T> s(kAttnBlockQ * kAttnBlockK), ds(kAttnBlockQ * kAttnBlockK), dk(kAttnBlockK * L.d), dv(kAttnBlockK * L.dv);
+    for (auto it = lo; it < hi; ++it) {
+      const auto& P = problems[kitems[static_cast<std::size_t>(it)].p];
+      const T* D = Dv.data() + d_at[kitems[static_cast<std::size_t>(it)].p];
+      const std::int64_t k0 = kitems[static_cast<std::size_t>(it)].at, bk = std::min(kAttnBlockK, P.nk - k0);
+      std::fill(dk.begin(), dk.end(), T(0));
+      std::fill(dv.begin(), dv.end(), T(0));
+      for (std::int64_t q0 = 0; q0 < P.nq; q0 += kAttnBlockQ) {
+        const std::int64_t bq = std::min(kAttnBlockQ, P.nq - q0);
+        block_ds(P, D, q0, bq, k0, bk, s.data(), ds.data());
+        gemm<T>(true, false, bk, L.dv, bq, T(1), s.data(), bk, P.dout + q0 * L.so, L.so, T(1), dv.data(), L.dv);
+        gemm<T>(true, false, bk, L.d, bq, scale, ds.data(), bk, P.q + q0 * L.sq, L.sq, T(1), dk.data(), L.d);
+      }
+      for (std::int64_t j = 0; j < bk; ++j) {
+        for (std::int64_t c = 0; c < L.d; ++c) P.dk[(k0 + j) * L.sk + c] += dk[static_cast<std::size_t>(j * L.d + c)];
+        for (std::int64_t c = 0; c < L.dv; ++c) P.dv[(k0 + j) * L.sv + c] += dv[static_cast<std::size_t>(j * L.dv + c)];
+      }
+    }
+  });
+  // pass 2: each query block's dq over every key block
+  parallel_for(static_cast<std::int64_t>(qitems.size()), 2 * flops, [&](std::int64_t lo, std::int64_t hi) {
+    std::vector<T> s(kAttnBlockQ * kAttnBlockK), ds(kAttnBlockQ * kAttnBlockK), dq(kAttnBlockQ * L.d);
+    for (auto it = lo; it < hi; ++it) {
+      const auto& P = problems[qitems[static_cast<std::size_t>(it)].p];
+      const T* D = Dv.data() + d_at[qitems[static_cast<std::size_t>(it)].p];
+      const std::int64_t q0 = qitems[static_cast<std::size_t>(it)].at, bq = std::min(kAttnBlockQ, P.nq - q0);
+      std::fill(dq.begin(), dq.end(), T(0));
+      for (std::int64_t k0 = 0; k0 < P.nk; k0 += kAttnBlockK) {
+        const std::int64_t bk = std::min(kAttnBlockK, P.nk - k0);
+        block_ds(P, D, q0, bq, k0, bk, s.data(), ds.data());
+        gemm<T>(false, false, bq, L.d, bk, scale, ds.data(), bk, P.k + k0 * L.sk, L.sk, T(1), dq.data(), L.d);
+      }
+      for (std::int64_t i = 0; i < bq; ++i)
+        for (std::int64_t c = 0; c < L.d; ++c) P.dq[(q0 + i) * L.sq + c] += dq[static_cast<std::size_t>(i * L.d + c)];
+    }
+  });
+}
+
+// The plain reference of attention_backward (tests): the whole softmax of each problem, held.
+template <class T>
+inline void attention_backward_reference(const std::vector<AttentionGradProblem<T>>& problems, const AttentionLayout& L, T scale) {
+  for (const auto& P : problems) {
+    std::vector<T> p(static_cast<std::size_t>(P.nq * P.nk)), dp(p.size());
+    for (std::int64_t i = 0; i < P.nq; ++i) {
+      T mx = -std::numeric_limits<T>::infinity();
+      for (std::int64_t j = 0; j < P.nk; ++j) {
+        T s = 0;
+        for (std::int64_t c = 0; c < L.d; ++c) s += P.q[i * L.sq + c] * P.k[j * L.sk + c];
+        s *= scale;
+        if (P.mask && !P.mask[i * L.mask_stride + j]) s = -std::numeric_limits<T>::infinity();
+        p[static_cast<std::size_t>(i * P.nk + j)] = s;
+        mx = std::max(mx, s);
+      }
+      T sum = 0;
+      for (std::int64_t j = 0; j < P.nk; ++j) sum += (p[static_cast<std::size_t>(i * P.nk + j)] = mx == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(p[static_cast<std::size_t>(i * P.nk + j)] - mx));
+      for (std::int64_t j = 0; j < P.nk; ++j) p[static_cast<std::size_t>(i * P.nk + j)] = sum > 0 ? p[static_cast<std::size_t>(i * P.nk + j)] / sum : T(0);
+      T D = 0;
+      for (std::int64_t j = 0; j < P.nk; ++j) {
+        T g = 0;
+        for (std::int64_t c = 0; c < L.dv; ++c) g += P.dout[i * L.so + c] * P.v[j * L.sv + c];
+        dp[static_cast<std::size_t>(i * P.nk + j)] = g;
+        D += g * p[static_cast<std::size_t>(i * P.nk + j)];
+      }
+      for (std::int64_t j = 0; j < P.nk; ++j) {
+        const T pij = p[static_cast<std::size_t>(i * P.nk + j)], ds = pij * (dp[static_cast<std::size_t>(i * P.nk + j)] - D);
+        for (std::int64_t c = 0; c < L.dv; ++c) P.dv[j * L.sv + c] += pij * P.dout[i * L.so + c];
+        for (std::int64_t c = 0; c < L.d; ++c) {
+          P.dq[i * L.sq + c] += scale * ds * P.k[j * L.sk + c];
+          P.dk[j * L.sk + c] += scale * ds * P.q[i * L.sq + c];
+        }
+      }
+    }
+  }
 }
 
 // q: (B, H, N, D), k: (B, H, M, D), v: (B, H, M, Dv) -> (B, H, N, Dv), like
@@ -425,6 +574,43 @@ struct Attention {
     const std::int64_t mask_stride = mask ? cu[1] - cu[0] : 0;
     attention_kernel(problems, AttentionLayout{D, D, 3 * C, 3 * C, 3 * C, C, mask_stride}, static_cast<T>(scale));
     proj.forward_into(o_buf, out, Tn);
+  }
+
+  // Training: forward_packed_into (no qk_norm, no mask yet) that keeps what backward_packed reads:
+  // qkv_buf, o_buf (the attention output before proj) and lse (cu.back() x H values, sequence s
+  // and head h at cu[s] * H + h * n). out must not alias x (the backward reads x).
+  void forward_packed_train(const T* x, const std::vector<std::int64_t>& cu, T* out, T* qkv_buf, T* o_buf, T* lse) const {
+    if (qk_norm) throw ArgumentError("Attention: training with qk_norm is not supported yet");
+    const std::int64_t Tn = cu.back(), H = num_heads, D = dim / num_heads, C = dim;
+    qkv.forward_into(x, qkv_buf, Tn);
+    std::vector<AttentionProblem<T>> problems;
+    for (std::size_t s = 0; s + 1 < cu.size(); ++s)
+      for (std::int64_t h = 0; h < H; ++h) {
+        const T* base = qkv_buf + cu[s] * 3 * C + h * D;
+        const std::int64_t n = cu[s + 1] - cu[s];
+        problems.push_back({base, base + C, base + 2 * C, o_buf + cu[s] * C + h * D, n, n, nullptr, lse + cu[s] * H + h * n});
+      }
+    attention_kernel(problems, AttentionLayout{D, D, 3 * C, 3 * C, 3 * C, C, 0}, static_cast<T>(scale));
+    proj.forward_into(o_buf, out, Tn);
+  }
+
+  // dout (T, dim): the gradient of out. Accumulates g.qkv, g.proj and dx (T, dim; null: not
+  // needed), reading x and what forward_packed_train kept.
+  void backward_packed(T* dx, Attention& g, const T* dout, const T* x, const std::vector<std::int64_t>& cu, const T* qkv_buf,
+                       const T* o_buf, const T* lse) const {
+    const std::int64_t Tn = cu.back(), H = num_heads, D = dim / num_heads, C = dim;
+    Tensor<T> d_o({Tn, C}), dqkv({Tn, 3 * C});
+    proj.backward_into(d_o.data(), g.proj, dout, o_buf, Tn);
+    std::vector<AttentionGradProblem<T>> problems;
+    for (std::size_t s = 0; s + 1 < cu.size(); ++s)
+      for (std::int64_t h = 0; h < H; ++h) {
+        const std::int64_t at = cu[s] * 3 * C + h * D, n = cu[s + 1] - cu[s];
+        problems.push_back({qkv_buf + at, qkv_buf + at + C, qkv_buf + at + 2 * C, o_buf + cu[s] * C + h * D,
+                            d_o.data() + cu[s] * C + h * D, lse + cu[s] * H + h * n, dqkv.data() + at, dqkv.data() + at + C,
+                            dqkv.data() + at + 2 * C, n, n, nullptr});
+      }
+    attention_backward(problems, AttentionLayout{D, D, 3 * C, 3 * C, 3 * C, C, 0}, static_cast<T>(scale));
+    qkv.backward_into(dx, g.qkv, dqkv.data(), x, Tn);
   }
 };
 

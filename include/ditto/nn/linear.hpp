@@ -1,6 +1,7 @@
 // Linear and Embedding, as torch.nn.Linear / torch.nn.Embedding (same parameter names and layout).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -29,6 +30,34 @@ inline void linear_rows(const T* x, std::int64_t rows, std::int64_t in, std::int
   if (bias)
     for (std::int64_t r = 0; r < rows; ++r) std::copy(bias, bias + out, y + r * out);
   gemm<T>(false, true, rows, out, in, T(1), x, in, weight, in, bias ? T(1) : T(0), y, out);
+}
+
+// out[c] += sum over rows r of y[r * cols + c]: columns split over threads, rows summed in order.
+template <class T>
+inline void column_sums_into(T* out, const T* y, std::int64_t rows, std::int64_t cols) {
+  constexpr std::int64_t kChunk = 64;  // columns per task: contiguous reads along a row
+  parallel_for((cols + kChunk - 1) / kChunk, rows * cols, [&](std::int64_t lo, std::int64_t hi) {
+    for (std::int64_t ch = lo; ch < hi; ++ch) {
+      const std::int64_t c0 = ch * kChunk, c1 = std::min(cols, c0 + kChunk);
+      T acc[kChunk] = {};
+      for (std::int64_t r = 0; r < rows; ++r)
+        for (std::int64_t c = c0; c < c1; ++c) acc[c - c0] += y[r * cols + c];
+      for (std::int64_t c = c0; c < c1; ++c) out[c] += acc[c - c0];
+    }
+  });
+}
+
+// Backward of linear_rows. dy: (rows, out); x: (rows, in), the forward's input (what it keeps).
+// Accumulates dW (out, in) += dy^T x, db (out) += column sums of dy, dx (rows, in) += dy W; any
+// of dw, db, dx may be null (not needed). The column sums run rows in order for each column, so
+// they are the same for any thread count.
+template <class T>
+inline void linear_rows_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* weight, std::int64_t rows,
+                                 std::int64_t in, std::int64_t out) {
+  if (rows == 0) return;
+  if (dw) gemm<T>(true, false, out, in, rows, T(1), dy, out, x, in, T(1), dw, in);
+  if (dx) gemm<T>(false, false, rows, in, out, T(1), dy, out, weight, in, T(1), dx, in);
+  if (db) column_sums_into(db, dy, rows, out);
 }
 
 // y = x W^T + b.  x: (..., in_features), weight: (out_features, in_features), bias: (out_features).
@@ -67,6 +96,13 @@ struct Linear {
   void forward_into(const T* x, T* y, std::int64_t rows) const {
     linear_rows(x, rows, in_features, out_features, weight.data(), has_bias ? bias.data() : nullptr, y);
   }
+
+  // Backward of forward_into: x (rows, in) as the forward saw it, dy (rows, out). Accumulates
+  // g.weight, g.bias (g: this layer's gradient tree) and dx (rows, in; null: not needed).
+  void backward_into(T* dx, Linear& g, const T* dy, const T* x, std::int64_t rows) const {
+    linear_rows_backward(dx, g.weight.data(), has_bias ? g.bias.data() : nullptr, dy, x, weight.data(), rows, in_features,
+                         out_features);
+  }
 };
 
 // A lookup table: idx (any shape, integer) -> (idx.shape..., embedding_dim).
@@ -102,6 +138,16 @@ struct Embedding {
                 y.data() + i * embedding_dim);
     }
     return y;
+  }
+
+  // dy: (idx.shape..., embedding_dim). g.weight's rows += dy's rows, in index order (a label used
+  // twice sums both, the same for any thread count).
+  template <class I>
+  void backward(Embedding& g, const Tensor<I>& idx, const T* dy) const {
+    for (std::int64_t i = 0; i < idx.numel(); ++i) {
+      T* row = g.weight.data() + static_cast<std::int64_t>(idx[i]) * embedding_dim;
+      for (std::int64_t c = 0; c < embedding_dim; ++c) row[c] += dy[i * embedding_dim + c];
+    }
   }
 };
 

@@ -38,6 +38,24 @@ struct Mlp {
     activate(hidden, rows * fc1.out_features, act);
     fc2.forward_into(hidden, y, rows);
   }
+
+  // Training: as forward_into, keeping pre (rows x hidden), fc1's output before the activation,
+  // for the backward; `hidden` is scratch (the activation is recomputed in backward).
+  void forward_train(const T* x, T* y, std::int64_t rows, T* pre, T* hidden) const {
+    fc1.forward_into(x, pre, rows);
+    activate(pre, hidden, rows * fc1.out_features, act);
+    fc2.forward_into(hidden, y, rows);
+  }
+
+  // dy (rows, out); x and pre as forward_train kept them. Accumulates g's fc1 / fc2 and dx.
+  void backward_into(T* dx, Mlp& g, const T* dy, const T* x, const T* pre, std::int64_t rows) const {
+    const std::int64_t n = rows * fc1.out_features;
+    Tensor<T> hidden = Tensor<T>::empty({rows, fc1.out_features}), dhidden({rows, fc1.out_features}), dpre({rows, fc1.out_features});
+    activate(pre, hidden.data(), n, act);
+    fc2.backward_into(dhidden.data(), g.fc2, dy, hidden.data(), rows);
+    activate_backward(dpre.data(), dhidden.data(), pre, n, act);
+    fc1.backward_into(dx, g.fc1, dpre.data(), x, rows);
+  }
 };
 
 }  // namespace ditto::nn

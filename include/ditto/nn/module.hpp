@@ -7,7 +7,9 @@
 //
 // and everything else is built on that: named_parameters(block) yields ("fc1.weight", tensor),
 // ..., exactly PyTorch's state_dict() keys; load() and save() read and write .safetensors under
-// those names; counting and (later) optimizers walk the same list. No string lookups at run time.
+// those names; counting, gradients and optimizers walk the same list. No string lookups at run
+// time. A tensor upstream keeps with requires_grad=False (a fixed sin-cos table) is listed as
+// v("pos_embed", pos_embed, nn::fixed): in the state dict, but not trainable.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +17,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -25,16 +28,21 @@
 
 namespace ditto::nn {
 
+// The tag of a fixed (non-trainable) tensor in a visit: v("pos_embed", pos_embed, nn::fixed).
+struct Fixed {};
+inline constexpr Fixed fixed{};
+
 namespace detail {
 template <class B, class V>
 concept Visitable = requires(B& b, V& v) { b.visit(v); };
 
-// Walks a block tree, calling f(full_name, tensor) for every tensor.
+// Walks a block tree, calling f(full_name, tensor, trainable) for every tensor.
 template <class T, class F>
 struct Walker {
   F& f;
   std::string prefix;
-  void operator()(const std::string& name, Tensor<T>& t) { f(prefix + name, t); }
+  void operator()(const std::string& name, Tensor<T>& t) { f(prefix + name, t, true); }
+  void operator()(const std::string& name, Tensor<T>& t, Fixed) { f(prefix + name, t, false); }
   template <class B>
   void operator()(const std::string& name, B& block) {
     Walker sub{f, prefix + name + "."};
@@ -52,9 +60,56 @@ struct Walker {
 template <class T, class Block>
 inline std::vector<std::pair<std::string, Tensor<T>*>> named_parameters(Block& block) {
   std::vector<std::pair<std::string, Tensor<T>*>> out;
-  auto collect = [&](const std::string& name, Tensor<T>& t) { out.emplace_back(name, &t); };
+  auto collect = [&](const std::string& name, Tensor<T>& t, bool) { out.emplace_back(name, &t); };
   detail::Walker<T, decltype(collect)> w{collect, ""};
   block.visit(w);
+  return out;
+}
+
+// The trainable ones only: what torch's named_parameters() yields with requires_grad=True.
+template <class T, class Block>
+inline std::vector<std::pair<std::string, Tensor<T>*>> trainable_parameters(Block& block) {
+  std::vector<std::pair<std::string, Tensor<T>*>> out;
+  auto collect = [&](const std::string& name, Tensor<T>& t, bool trainable) {
+    if (trainable) out.emplace_back(name, &t);
+  };
+  detail::Walker<T, decltype(collect)> w{collect, ""};
+  block.visit(w);
+  return out;
+}
+
+// A gradient (or optimizer-moment) tree: a copy of the block whose trainable tensors are new
+// zero tensors of the same shapes (fixed ones are left empty: they have no gradient). Names,
+// and so checkpoints and optimizers, line up with the block's own.
+template <class T, class Block>
+inline Block zeros_like(const Block& block) {
+  Block g = block;  // tensors are shared handles: every one is replaced below
+  auto reset = [](const std::string&, Tensor<T>& t, bool trainable) { t = trainable ? Tensor<T>(t.shape()) : Tensor<T>(); };
+  detail::Walker<T, decltype(reset)> w{reset, ""};
+  g.visit(w);
+  return g;
+}
+
+// Sets every trainable tensor of a gradient tree to zero (backwards accumulate into it).
+template <class T, class Block>
+inline void zero_grad(Block& grads) {
+  for (auto& [name, t] : trainable_parameters<T>(grads)) std::fill(t->begin(), t->end(), T(0));
+}
+
+// Two trees of the same model side by side: (name, a's tensor, b's tensor) for every trainable
+// tensor. Trees whose names or shapes differ (an optimizer handed another model's gradients)
+// are refused with the first difference.
+template <class T, class BlockA, class BlockB>
+inline std::vector<std::tuple<std::string, Tensor<T>*, Tensor<T>*>> zip_parameters(BlockA& a, BlockB& b, const char* what = "zip_parameters") {
+  auto pa = trainable_parameters<T>(a), pb = trainable_parameters<T>(b);
+  std::vector<std::tuple<std::string, Tensor<T>*, Tensor<T>*>> out;
+  for (std::size_t i = 0; i < std::max(pa.size(), pb.size()); ++i) {
+    if (i >= pa.size() || i >= pb.size() || pa[i].first != pb[i].first || pa[i].second->shape() != pb[i].second->shape())
+      throw ShapeError(ditto::detail::cat(what, ": the two trees differ at trainable tensor #", i, ": ",
+                                          i < pa.size() ? pa[i].first + " " + shape_str(pa[i].second->shape()) : std::string("(none)"), " vs ",
+                                          i < pb.size() ? pb[i].first + " " + shape_str(pb[i].second->shape()) : std::string("(none)")));
+    out.emplace_back(pa[i].first, pa[i].second, pb[i].second);
+  }
   return out;
 }
 
@@ -99,7 +154,9 @@ inline void throw_if_problems(const std::string& path, const LoadReport& report,
 
 // Loads a block's tensors from a safetensors file by name, converting dtypes. A wrongly shaped
 // tensor is always an error; with strict (the default, as load_state_dict) so is any missing or
-// unexpected name. All problems are reported together in one IoError.
+// unexpected name. All problems are reported together in one IoError, and a load that throws
+// leaves the block as it was (names and shapes, all in the file's header, are checked before
+// any tensor is read, so no more than one copy of the weights is held at a time).
 // `rename` maps a file's name to the block's name ("" drops it): one conversion table per
 // foreign layout of the same weights (e.g. diffusers' names), applied here, at load time.
 template <class T, class Block>
@@ -115,6 +172,7 @@ inline LoadReport load(Block& block, const SafetensorsFile& file, bool strict = 
   }
   std::vector<std::string> wrong;
   std::set<std::string> used;
+  std::vector<std::pair<Tensor<T>*, std::string>> to_read;
   for (auto& [name, t] : params) {
     auto it = file_names.find(name);
     if (it == file_names.end()) {
@@ -127,11 +185,12 @@ inline LoadReport load(Block& block, const SafetensorsFile& file, bool strict = 
       wrong.push_back(ditto::detail::cat(name, ": file ", shape_str(info.shape), ", model ", shape_str(t->shape())));
       continue;
     }
-    *t = file.get<T>(it->second);
+    to_read.emplace_back(t, it->second);
   }
   for (const auto& [mine, theirs] : file_names)
     if (!used.count(mine)) report.unexpected.push_back(theirs);
   detail::throw_if_problems(file.path(), report, wrong, strict);
+  for (auto& [t, source] : to_read) *t = file.get<T>(source);
   return report;
 }
 template <class T, class Block>
@@ -175,6 +234,7 @@ inline LoadReport load(Block& block, const SafetensorsFile& file, const Conversi
   LoadReport report;
   std::vector<std::string> wrong;
   std::set<std::string> used;
+  std::vector<std::tuple<Tensor<T>*, Shape, std::vector<std::string>>> to_read;  // read once nothing is wrong
   for (auto& [name, t] : named_parameters<T>(block)) {
     std::vector<std::string> sources{name};
     for (const auto& rule : table) {
@@ -207,6 +267,12 @@ inline LoadReport load(Block& block, const SafetensorsFile& file, const Conversi
                                          ", model ", shape_str(t->shape())));
       continue;
     }
+    to_read.emplace_back(t, shape, std::move(sources));
+  }
+  for (const auto& name : file.names())
+    if (!used.count(name)) report.unexpected.push_back(name);
+  detail::throw_if_problems(file.path(), report, wrong, strict);
+  for (auto& [t, shape, sources] : to_read) {
     if (sources.size() == 1) {
       *t = file.get<T>(sources[0]);
       continue;
@@ -220,9 +286,6 @@ inline LoadReport load(Block& block, const SafetensorsFile& file, const Conversi
     }
     *t = std::move(fused);
   }
-  for (const auto& name : file.names())
-    if (!used.count(name)) report.unexpected.push_back(name);
-  detail::throw_if_problems(file.path(), report, wrong, strict);
   return report;
 }
 

@@ -91,6 +91,47 @@ struct LayerNorm {
       }
     });
   }
+
+  // Training: forward_into keeping each row's mean and rstd (rows values each) for backward.
+  void forward_train(const T* x, T* y, std::int64_t rows, T* mean, T* rstd) const {
+    const std::int64_t n = normalized_shape;
+    parallel_for(rows, rows * n * 4, [&](std::int64_t lo, std::int64_t hi) {
+      for (auto r = lo; r < hi; ++r) {
+        const T* xr = x + r * n;
+        mean[r] = detail::row_sum(xr, n, T(0), false) / static_cast<T>(n);
+        const T var = detail::row_sum(xr, n, mean[r], true) / static_cast<T>(n);
+        rstd[r] = static_cast<T>(1.0 / std::sqrt(static_cast<double>(var) + eps));
+        for (std::int64_t i = 0; i < n; ++i) {
+          const T xh = (xr[i] - mean[r]) * rstd[r];
+          y[r * n + i] = elementwise_affine ? xh * weight[i] + bias[i] : xh;
+        }
+      }
+    });
+  }
+  // dy (rows, n); x, mean, rstd as forward_train kept them. Accumulates dx and g.weight, g.bias
+  // (summed over rows in order, by column: the same bits for any thread count).
+  void backward_into(T* dx, LayerNorm& g, const T* dy, const T* x, const T* mean, const T* rstd, std::int64_t rows) const {
+    const std::int64_t n = normalized_shape;
+    parallel_for(rows, rows * n * 8, [&](std::int64_t lo, std::int64_t hi) {
+      for (auto r = lo; r < hi; ++r) {
+        T sg = 0, sgx = 0;
+        for (std::int64_t i = 0; i < n; ++i) {
+          const T gi = dy[r * n + i] * (elementwise_affine ? weight[i] : T(1)), xh = (x[r * n + i] - mean[r]) * rstd[r];
+          sg += gi, sgx += gi * xh;
+        }
+        for (std::int64_t i = 0; i < n; ++i) {
+          const T gi = dy[r * n + i] * (elementwise_affine ? weight[i] : T(1)), xh = (x[r * n + i] - mean[r]) * rstd[r];
+          dx[r * n + i] += rstd[r] * (gi - sg / static_cast<T>(n) - xh * sgx / static_cast<T>(n));
+        }
+      }
+    });
+    if (!elementwise_affine) return;
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t i = 0; i < n; ++i) {
+        g.weight[i] += dy[r * n + i] * (x[r * n + i] - mean[r]) * rstd[r];
+        g.bias[i] += dy[r * n + i];
+      }
+  }
 };
 
 // x: (..., dim). y = x / sqrt(mean(x^2) + eps) * weight.

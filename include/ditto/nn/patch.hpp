@@ -46,9 +46,19 @@ struct PatchEmbed {
                                           ", H, W) with H divisible by ", ph, " and W by ", pw, ", got ", shape_str(x.shape())));
     auto tokens = rearrange(x, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", {{"p1", ph}, {"p2", pw}});
     Tensor<T> out = Tensor<T>::empty({x.size(0), tokens.size(1), embed_dim});
-    linear_rows(tokens.data(), tokens.size(0) * tokens.size(1), tokens.size(2), embed_dim, proj.weight.data(),
-                proj.has_bias ? proj.bias.data() : nullptr, out.data());
+    proj_rows(tokens.data(), tokens.size(0) * tokens.size(1), out.data());
     return out;
+  }
+
+  // The projection alone, on patch rows (rows, C ph pw) -> (rows, embed_dim), and its backward
+  // (accumulates g.proj and dpatches, when given). The convolution's weight (D, C, ph, pw) is the
+  // matrix (D, C ph pw).
+  void proj_rows(const T* patches, std::int64_t rows, T* out) const {
+    linear_rows(patches, rows, in_chans * patch[0] * patch[1], embed_dim, proj.weight.data(), proj.has_bias ? proj.bias.data() : nullptr, out);
+  }
+  void proj_rows_backward(T* dpatches, PatchEmbed& g, const T* dout, const T* patches, std::int64_t rows) const {
+    linear_rows_backward(dpatches, g.proj.weight.data(), proj.has_bias ? g.proj.bias.data() : nullptr, dout, patches, proj.weight.data(), rows,
+                         in_chans * patch[0] * patch[1], embed_dim);
   }
 };
 

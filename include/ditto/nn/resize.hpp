@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <new>
 #include <vector>
 
 #include "../core/error.hpp"
@@ -70,8 +71,19 @@ inline Tensor<T> interpolate_bicubic_antialias(const Tensor<T>& x, std::int64_t 
     throw ShapeError(ditto::detail::cat("interpolate_bicubic_antialias: expected x (N, C, H, W) and a size >= 1, got ", shape_str(x.shape()),
                                         " and ", out_h, " x ", out_w));
   const std::int64_t NC = x.size(0) * x.size(1), H = x.size(2), W = x.size(3);
-  const auto th = detail::antialias_bicubic_taps(W, out_w), tv = detail::antialias_bicubic_taps(H, out_h);
-  std::vector<float> mid(static_cast<std::size_t>(NC * H * out_w));
+  // Every buffer is sized by the request, so each goes through a tensor's checked allocation
+  // (MemoryError naming the size), the output first; an empty input plans nothing.
+  Tensor<T> out = Tensor<T>::empty({x.size(0), x.size(1), out_h, out_w});
+  if (out.numel() == 0) return out;
+  if (H == 0 || W == 0)
+    throw ShapeError(ditto::detail::cat("interpolate_bicubic_antialias: cannot resize an empty image, got ", shape_str(x.shape())));
+  Tensor<float> mid = Tensor<float>::empty({NC, H, out_w});
+  detail::AntialiasTaps th, tv;
+  try {
+    th = detail::antialias_bicubic_taps(W, out_w), tv = detail::antialias_bicubic_taps(H, out_h);
+  } catch (const std::bad_alloc&) {
+    throw MemoryError(ditto::detail::cat("interpolate_bicubic_antialias: no memory for the taps of a resize to ", out_h, " x ", out_w));
+  }
   for (std::int64_t p = 0; p < NC * H; ++p)  // rows: the width first
     for (std::int64_t o = 0; o < out_w; ++o) {
       const T* src = x.data() + p * W + th.first[o];
@@ -80,7 +92,6 @@ inline Tensor<T> interpolate_bicubic_antialias(const Tensor<T>& x, std::int64_t 
       for (std::int64_t j = 0; j < th.count[o]; ++j) acc += static_cast<float>(src[j]) * w[j];
       mid[p * out_w + o] = acc;
     }
-  Tensor<T> out = Tensor<T>::empty({x.size(0), x.size(1), out_h, out_w});
   for (std::int64_t p = 0; p < NC; ++p)  // then the height
     for (std::int64_t o = 0; o < out_h; ++o) {
       const float* w = tv.weights.data() + o * tv.width;

@@ -1,0 +1,600 @@
+// Training: every backward against central differences in double (L = sum(out * gout), a
+// sample of coordinates of every tensor), the fast kernels against their plain references, the
+// training forward against the inference forward, and gradients at 1 and 3 threads.
+#include <functional>
+#include <tuple>
+
+#include <ditto/ditto.hpp>
+#include <ditto/train/optim.hpp>
+
+#include "helpers.hpp"
+
+using namespace ditto;
+
+namespace {
+using Checked = std::vector<std::tuple<std::string, Tensor<double>*, const Tensor<double>*>>;
+
+// The worst relative error, over the tensors, of `analytic` against central differences of L at
+// up to `per` coordinates of each (spread over the tensor): max |fd - analytic| / max |analytic|.
+double worst_fd_error(const std::function<double()>& L, const Checked& checked, int per = 10, double h = 1e-6) {
+  double worst = 0;
+  for (const auto& [name, x, g] : checked) {
+    REQUIRE(x->shape() == g->shape());
+    double scale = 0, diff = 0;
+    for (double v : *g) scale = std::max(scale, std::abs(v));
+    const std::int64_t n = x->numel(), step = std::max<std::int64_t>(1, n / per);
+    for (std::int64_t i = 0; i < n; i += step) {
+      const double keep = (*x)[i];
+      (*x)[i] = keep + h;
+      const double up = L();
+      (*x)[i] = keep - h;
+      const double down = L();
+      (*x)[i] = keep;
+      diff = std::max(diff, std::abs((up - down) / (2 * h) - (*g)[i]));
+    }
+    const double rel = scale > 0 ? diff / scale : diff;
+    INFO(name << ": relative error " << rel << " (max |grad| " << scale << ")");
+    CHECK(rel <= 1e-6);
+    worst = std::max(worst, rel);
+  }
+  return worst;
+}
+
+double dot(const Tensor<double>& a, const Tensor<double>& b) {
+  REQUIRE(a.shape() == b.shape());
+  double s = 0;
+  for (std::int64_t i = 0; i < a.numel(); ++i) s += a[i] * b[i];
+  return s;
+}
+
+// Every tensor of a block drawn from N(0, scale^2) (adaLN-Zero's zeros would hide gradients).
+template <class T, class Block>
+void randomize(Block& block, Generator& gen, double scale = 0.3) {
+  for (auto& [name, t] : nn::named_parameters<T>(block)) {
+    const Tensor<T> r = gen.normal<T>(t->shape());
+    for (std::int64_t i = 0; i < t->numel(); ++i) (*t)[i] = static_cast<T>(scale) * r[i];
+  }
+}
+
+// The block's trainable tensors and their gradients, paired for worst_fd_error.
+template <class Block>
+Checked params_of(Block& block, Block& grads, const std::string& prefix = "") {
+  Checked out;
+  for (auto& [name, p, g] : nn::zip_parameters<double>(block, grads)) out.emplace_back(prefix + name, p, g);
+  return out;
+}
+}  // namespace
+
+TEST_CASE("linear and activation backwards equal central differences", "[train][grad]") {
+  Generator gen(1);
+  nn::Linear<double> lin(7, 5);
+  randomize<double>(lin, gen);
+  Tensor<double> x = gen.normal<double>({6, 7}), gout = gen.normal<double>({6, 5});
+  auto g = nn::zeros_like<double>(lin);
+  Tensor<double> dx({6, 7});
+  lin.backward_into(dx.data(), g, gout.data(), x.data(), 6);
+  auto checked = params_of(lin, g);
+  checked.emplace_back("x", &x, &dx);
+  worst_fd_error([&] { return dot(lin.forward(x), gout); }, checked);
+  for (auto act : {nn::Activation::gelu, nn::Activation::gelu_tanh, nn::Activation::silu}) {
+    Tensor<double> a = gen.normal<double>({40}), ga = gen.normal<double>({40}), da({40});
+    a[0] = 0, a[1] = 8, a[2] = -8;  // the flat ends and the middle
+    nn::activate_backward(da.data(), ga.data(), a.data(), 40, act);
+    worst_fd_error([&] { return dot(nn::activate(a, act), ga); }, {{"act", &a, &da}}, 40);
+  }
+}
+
+TEST_CASE("adaLN modulation and gate backwards equal central differences", "[train][grad]") {
+  Generator gen(2);
+  const std::int64_t B = 2, n = 3, D = 8, S = 6 * D, rows = B * n;
+  Tensor<double> x = gen.normal<double>({rows, D}), mod = gen.normal<double>({B, S}), y = gen.normal<double>({rows, D});
+  Tensor<double> gout = gen.normal<double>({rows, D});
+  auto L_norm = [&] {
+    Tensor<double> h({rows, D});
+    nn::norm_modulate(x.data(), h.data(), rows, n, D, mod.data() + D, mod.data() + 2 * D, S, 1e-6);
+    return dot(h, gout);
+  };
+  Tensor<double> h({rows, D}), mean({rows}), rstd({rows}), dx({rows, D}), dmod({B, S});
+  nn::norm_modulate(x.data(), h.data(), rows, n, D, mod.data() + D, mod.data() + 2 * D, S, 1e-6, mean.data(), rstd.data());
+  nn::norm_modulate_backward(dx.data(), dmod.data() + D, dmod.data() + 2 * D, gout.data(), x.data(), mean.data(), rstd.data(),
+                             mod.data() + 2 * D, rows, n, D, S);
+  worst_fd_error(L_norm, {{"x", &x, &dx}, {"mod", &mod, &dmod}}, 48);
+  // x_out = x + gate * y
+  auto L_gate = [&] {
+    Tensor<double> xo = x.clone();
+    nn::gated_add(xo.data(), y.data(), rows, n, D, mod.data() + 5 * D, S);
+    return dot(xo, gout);
+  };
+  Tensor<double> dy({rows, D}), dmod2({B, S});
+  nn::gated_add_backward(dy.data(), dmod2.data() + 5 * D, gout.data(), y.data(), mod.data() + 5 * D, rows, n, D, S);
+  worst_fd_error(L_gate, {{"y", &y, &dy}, {"mod", &mod, &dmod2}}, 48);
+}
+
+TEST_CASE("attention backward: blocked equals the plain reference and central differences", "[train][grad][attention]") {
+  Generator gen(3);
+  // 150 queries and 70 keys: several 64-row blocks and ragged tails; d 5, dv 3; with a mask
+  for (bool masked : {false, true}) {
+    const std::int64_t nq = 150, nk = 70, d = 5, dv = 3;
+    Tensor<double> q = gen.normal<double>({nq, d}), k = gen.normal<double>({nk, d}), v = gen.normal<double>({nk, dv});
+    Tensor<double> gout = gen.normal<double>({nq, dv});
+    Tensor<std::uint8_t> mask({nq, nk});
+    for (std::int64_t i = 0; i < nq * nk; ++i) mask[i] = (i * 7919 % 5) != 0 || i % nk == 0;  // every row sees key 0
+    const double scale = 0.45;
+    const nn::AttentionLayout L{d, dv, d, d, dv, dv, masked ? nk : 0};
+    auto forward = [&](Tensor<double>& o, Tensor<double>* lse) {
+      nn::attention_kernel<double>({{q.data(), k.data(), v.data(), o.data(), nq, nk, masked ? mask.data() : nullptr,
+                                     lse ? lse->data() : nullptr}}, L, scale);
+    };
+    Tensor<double> o({nq, dv}), lse({nq});
+    forward(o, &lse);
+    Tensor<double> dq({nq, d}), dk({nk, d}), dvv({nk, dv}), rq({nq, d}), rk({nk, d}), rv({nk, dv});
+    const std::uint8_t* mk = masked ? mask.data() : nullptr;
+    nn::attention_backward<double>({{q.data(), k.data(), v.data(), o.data(), gout.data(), lse.data(), dq.data(), dk.data(), dvv.data(), nq, nk, mk}},
+                                   L, scale);
+    nn::attention_backward_reference<double>(
+        {{q.data(), k.data(), v.data(), o.data(), gout.data(), lse.data(), rq.data(), rk.data(), rv.data(), nq, nk, mk}}, L, scale);
+    CHECK_CLOSE(dq, rq, 1e-12);
+    CHECK_CLOSE(dk, rk, 1e-12);
+    CHECK_CLOSE(dvv, rv, 1e-12);
+    worst_fd_error([&] {
+      Tensor<double> out({nq, dv});
+      forward(out, nullptr);
+      return dot(out, gout);
+    }, {{"q", &q, &dq}, {"k", &k, &dk}, {"v", &v, &dvv}});
+  }
+}
+
+TEST_CASE("timm Attention and Mlp backwards equal central differences", "[train][grad]") {
+  Generator gen(4);
+  nn::Attention<double> attn(12, 3);
+  randomize<double>(attn, gen);
+  const std::vector<std::int64_t> cu = {0, 5, 12};  // two sequences of different lengths
+  Tensor<double> x = gen.normal<double>({12, 12}), gout = gen.normal<double>({12, 12});
+  Tensor<double> out({12, 12}), qkv({12, 36}), o({12, 12}), lse({12 * 3}), dx({12, 12});
+  attn.forward_packed_train(x.data(), cu, out.data(), qkv.data(), o.data(), lse.data());
+  CHECK_CLOSE(out, attn.forward_packed(x, cu), 1e-14);
+  auto g = nn::zeros_like<double>(attn);
+  attn.backward_packed(dx.data(), g, gout.data(), x.data(), cu, qkv.data(), o.data(), lse.data());
+  auto checked = params_of(attn, g);
+  checked.emplace_back("x", &x, &dx);
+  worst_fd_error([&] { return dot(attn.forward_packed(x, cu), gout); }, checked);
+
+  nn::Mlp<double> mlp(12, 20);
+  randomize<double>(mlp, gen);
+  Tensor<double> y({12, 12}), pre({12, 20}), hidden({12, 20}), dxm({12, 12});
+  mlp.forward_train(x.data(), y.data(), 12, pre.data(), hidden.data());
+  CHECK_CLOSE(y, mlp.forward(x), 1e-14);
+  auto gm = nn::zeros_like<double>(mlp);
+  mlp.backward_into(dxm.data(), gm, gout.data(), x.data(), pre.data(), 12);
+  auto checked_m = params_of(mlp, gm);
+  checked_m.emplace_back("x", &x, &dxm);
+  worst_fd_error([&] { return dot(mlp.forward(x), gout); }, checked_m);
+}
+
+TEST_CASE("DiT backward equals central differences on every parameter and x", "[train][grad][dit]") {
+  // odd sizes: input 10 cropped to 8 by patch 4 (x's cut rows get zero gradient), 3 heads,
+  // learn_sigma, label dropout's null class
+  Generator gen(5);
+  auto config = models::DiTConfig::from_json({{"input_size", 10}, {"patch_size", 4}, {"in_channels", 2}, {"hidden_size", 12},
+                                              {"depth", 2}, {"num_heads", 3}, {"mlp_ratio", 1.5}, {"num_classes", 4}});
+  models::DiT<double> dit(config);
+  randomize<double>(dit, gen, 0.4);
+  dit.pos_embed = nn::sincos_pos_embed_2d<double>(12, 2, 2).reshape({1, 4, 12});
+  Tensor<double> x = gen.normal<double>({3, 2, 10, 10});
+  const Tensor<double> t({3}, std::vector<double>{1.5, 400, 999});
+  const Tensor<std::int64_t> y({3}, std::vector<std::int64_t>{0, 4, 2});
+  models::DiT<double>::Acts acts;
+  const Tensor<double> out = dit.forward_train(x, t, y, acts);
+  CHECK_CLOSE(out, dit.forward(x, t, y), 1e-13);
+  const Tensor<double> gout = gen.normal<double>(out.shape());
+  auto g = nn::zeros_like<double>(dit);
+  Tensor<double> dx;
+  dit.backward(g, acts, gout, &dx);
+  CHECK(dx(0, 0, 9, 9) == 0.0);  // cropped away
+  auto checked = params_of(dit, g);
+  CHECK(checked.size() == nn::named_parameters<double>(dit).size() - 1);  // all but pos_embed
+  checked.emplace_back("x", &x, &dx);
+  worst_fd_error([&] { return dot(dit.forward(x, t, y), gout); }, checked, 6);
+}
+
+TEST_CASE("DiT gradients at 1 and 3 threads agree to 1e-5 and optimizer steps to the bit", "[train][dit][threads]") {
+  // The products' libraries (OpenBLAS, Eigen) sum in another order when they run threaded, so
+  // gradients move in the last bits across thread counts (documented in docs/training.md); every
+  // reduction ditto writes itself, and every optimizer step, is the same for any thread count.
+  Generator gen(6);
+  auto config = models::DiTConfig::from_json({{"input_size", 16}, {"patch_size", 2}, {"in_channels", 4}, {"hidden_size", 64},
+                                              {"depth", 2}, {"num_heads", 4}, {"num_classes", 10}});
+  models::DiT<float> dit(config);
+  randomize<float>(dit, gen, 0.1);
+  const Tensor<float> x = gen.normal<float>({4, 4, 16, 16}), t({4}, std::vector<float>{3, 50, 500, 900});
+  const Tensor<std::int64_t> y({4}, std::vector<std::int64_t>{1, 2, 3, 10});
+  auto grads_at = [&](int threads) {
+    set_num_threads(threads);
+    models::DiT<float>::Acts acts;
+    const Tensor<float> out = dit.forward_train(x, t, y, acts);
+    Generator g2(7);
+    auto g = nn::zeros_like<float>(dit);
+    Tensor<float> dx;
+    dit.backward(g, acts, g2.normal<float>(out.shape()), &dx);
+    return std::pair{g, dx};
+  };
+  const int before = get_num_threads();
+  auto [g1, dx1] = grads_at(1);
+  auto [g3, dx3] = grads_at(3);
+  double worst = ditto_test::rel_error(dx3, dx1);
+  for (auto& [name, a, b] : nn::zip_parameters<float>(g1, g3)) worst = std::max(worst, ditto_test::rel_error(*b, *a));
+  INFO("worst relative difference of a gradient between 1 and 3 threads: " << worst);
+  CHECK(worst <= 1e-5);
+  // one AdamW step from the same gradients: bitwise equal
+  auto step_at = [&](int threads) {
+    set_num_threads(threads);
+    models::DiT<float> m = dit;
+    for (auto& [name, p] : nn::named_parameters<float>(m)) *p = p->clone();
+    train::AdamW<float, models::DiT<float>> opt(m, {.lr = 1e-3, .weight_decay = 0.01});
+    auto g = g1;
+    opt.step(m, g);
+    opt.step(m, g);
+    return m;
+  };
+  auto m1 = step_at(1), m3 = step_at(3);
+  set_num_threads(before);
+  for (auto& [name, a, b] : nn::zip_parameters<float>(m1, m3)) ditto_test::require_equal(*a, *b);
+}
+
+TEST_CASE("gradient trees line up with their model and refuse another model's", "[train]") {
+  auto small = models::DiTConfig::from_json({{"input_size", 8}, {"hidden_size", 16}, {"depth", 1}, {"num_heads", 2}, {"num_classes", 3}});
+  models::DiT<float> a(small), b(small);
+  auto other = small;
+  other.depth = 2;
+  models::DiT<float> c(other);
+  auto g = nn::zeros_like<float>(a);
+  CHECK(g.pos_embed.numel() == 0);  // fixed: no gradient
+  CHECK(a.pos_embed.numel() == 16 * 16);  // the model's own table is untouched
+  CHECK(nn::zip_parameters<float>(a, g).size() == nn::trainable_parameters<float>(a).size());
+  CHECK_NOTHROW(nn::zip_parameters<float>(a, b));
+  CHECK_THROWS_WITH(nn::zip_parameters<float>(a, c), Catch::Contains("the two trees differ at trainable tensor"));
+  for (auto& [name, p] : nn::trainable_parameters<float>(g)) (*p)[0] = 1;
+  nn::zero_grad<float>(g);
+  for (auto& [name, p] : nn::trainable_parameters<float>(g)) CHECK((*p)[0] == 0);
+}
+
+namespace {
+// tests/fixtures/grad_{nn,dit}_{f32,f64}.safetensors (tools/gen_grad_fixtures.py: PyTorch autograd
+// on upstream's modules, L = sum(out * grad_out)): "case.w.*", "case.in.*", "case.grad_out",
+// "case.out", "case.grad.*".
+template <class T>
+struct GradFixture {
+  SafetensorsFile file;
+  std::string c;
+  GradFixture(const std::string& which, std::string case_name)
+      : file(std::string(DITTO_FIXTURES) + "/grad_" + which + (std::is_same_v<T, float> ? "_f32" : "_f64") + ".safetensors"),
+        c(std::move(case_name)) {}
+  Tensor<T> in(const std::string& n) const { return file.get<T>(c + ".in." + n); }
+  Tensor<T> grad(const std::string& n) const { return file.get<T>(c + ".grad." + n); }
+  Tensor<T> grad_out() const { return file.get<T>(c + ".grad_out"); }
+  Tensor<T> out() const { return file.get<T>(c + ".out"); }
+  template <class Block>
+  void load(Block& b) const {
+    const std::string prefix = c + ".w.";
+    nn::load<T>(b, file, true, [&](const std::string& n) { return n.rfind(prefix, 0) == 0 ? n.substr(prefix.size()) : std::string(); });
+  }
+  // every trainable tensor of g against "case.grad.<name>"
+  template <class Block>
+  void check_grads(Block& g, double tol) const {
+    int n = 0;
+    for (auto& [name, t] : nn::trainable_parameters<T>(g)) {
+      INFO(c << ": grad." << name);
+      CHECK_CLOSE(*t, grad(name), tol);
+      ++n;
+    }
+    CHECK(n > 0);
+  }
+};
+template <class T>
+constexpr double block_tol() { return std::is_same_v<T, float> ? 1e-5 : 1e-10; }
+}  // namespace
+
+TEMPLATE_TEST_CASE("block gradients equal PyTorch autograd on upstream's modules", "[train][grad][fixtures]", float, double) {
+  using T = TestType;
+  const double tol = block_tol<T>();
+  for (const char* name : {"linear", "linear_nobias"}) {
+    const GradFixture<T> fx("nn", name);
+    nn::Linear<T> m(7, 5, std::string(name) == "linear");
+    fx.load(m);
+    const Tensor<T> x = fx.in("x");
+    CHECK_CLOSE(m.forward(x), fx.out(), tol);
+    auto g = nn::zeros_like<T>(m);
+    Tensor<T> dx(x.shape());
+    m.backward_into(dx.data(), g, fx.grad_out().data(), x.data(), x.numel() / 7);
+    fx.check_grads(g, tol);
+    CHECK_CLOSE(dx, fx.grad("x"), tol);
+  }
+  for (const char* name : {"layernorm", "layernorm_noaffine"}) {
+    const GradFixture<T> fx("nn", name);
+    nn::LayerNorm<T> m(6, 1e-6, std::string(name) == "layernorm");
+    if (m.elementwise_affine) fx.load(m);
+    const Tensor<T> x = fx.in("x");
+    Tensor<T> y(x.shape()), mean({4}), rstd({4}), dx(x.shape());
+    m.forward_train(x.data(), y.data(), 4, mean.data(), rstd.data());
+    CHECK_CLOSE(y, fx.out(), tol);
+    auto g = nn::zeros_like<T>(m);
+    m.backward_into(dx.data(), g, fx.grad_out().data(), x.data(), mean.data(), rstd.data(), 4);
+    if (m.elementwise_affine) fx.check_grads(g, tol);
+    CHECK_CLOSE(dx, fx.grad("x"), tol);
+  }
+  for (auto [name, act] : {std::pair{"gelu", nn::Activation::gelu}, std::pair{"gelu_tanh", nn::Activation::gelu_tanh},
+                           std::pair{"silu", nn::Activation::silu}}) {
+    const GradFixture<T> fx("nn", name);
+    const Tensor<T> x = fx.in("x");
+    Tensor<T> dx(x.shape());
+    nn::activate_backward(dx.data(), fx.grad_out().data(), x.data(), x.numel(), act);
+    INFO(name);
+    CHECK_CLOSE(dx, fx.grad("x"), tol);
+  }
+  {
+    const GradFixture<T> fx("nn", "softmax");
+    const Tensor<T> x = fx.in("x"), y = nn::softmax(x), dy = fx.grad_out();
+    Tensor<T> dx(x.shape());
+    const std::int64_t n = x.size(-1);
+    for (std::int64_t r = 0; r < x.numel() / n; ++r) nn::softmax_row_backward(dx.data() + r * n, dy.data() + r * n, y.data() + r * n, n);
+    CHECK_CLOSE(dx, fx.grad("x"), tol);
+  }
+  for (const char* name : {"attention_math", "attention_masked"}) {
+    const GradFixture<T> fx("nn", name);
+    const Tensor<T> q = fx.in("q"), k = fx.in("k"), v = fx.in("v"), dout = fx.grad_out();
+    const std::int64_t B = q.size(0), H = q.size(1), N = q.size(2), D = q.size(3), M = k.size(2), Dv = v.size(3);
+    Tensor<std::uint8_t> mask({N, M});
+    const bool masked = fx.file.contains(fx.c + ".in.mask");
+    if (masked) mask = fx.in("mask").template to<std::uint8_t>();
+    Tensor<T> o({B, H, N, Dv}), lse({B * H * N}), dq(q.shape()), dk(k.shape()), dv(v.shape());
+    std::vector<nn::AttentionProblem<T>> fwd;
+    std::vector<nn::AttentionGradProblem<T>> bwd;
+    for (std::int64_t bh = 0; bh < B * H; ++bh) {
+      fwd.push_back({q.data() + bh * N * D, k.data() + bh * M * D, v.data() + bh * M * Dv, o.data() + bh * N * Dv, N, M,
+                     masked ? mask.data() : nullptr, lse.data() + bh * N});
+      bwd.push_back({q.data() + bh * N * D, k.data() + bh * M * D, v.data() + bh * M * Dv, o.data() + bh * N * Dv, dout.data() + bh * N * Dv,
+                     lse.data() + bh * N, dq.data() + bh * N * D, dk.data() + bh * M * D, dv.data() + bh * M * Dv, N, M,
+                     masked ? mask.data() : nullptr});
+    }
+    const nn::AttentionLayout L{D, Dv, D, D, Dv, Dv, masked ? M : 0};
+    const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(D)));
+    nn::attention_kernel(fwd, L, scale);
+    CHECK_CLOSE(o, fx.out(), tol);
+    nn::attention_backward(bwd, L, scale);
+    INFO(name);
+    CHECK_CLOSE(dq, fx.grad("q"), tol);
+    CHECK_CLOSE(dk, fx.grad("k"), tol);
+    CHECK_CLOSE(dv, fx.grad("v"), tol);
+  }
+  {
+    const GradFixture<T> fx("nn", "timm_attention");
+    nn::Attention<T> m(12, 3);
+    fx.load(m);
+    const Tensor<T> x = fx.in("x").reshape({10, 12});
+    const std::vector<std::int64_t> cu = {0, 5, 10};
+    Tensor<T> out({10, 12}), qkv({10, 36}), o({10, 12}), lse({30}), dx({10, 12});
+    m.forward_packed_train(x.data(), cu, out.data(), qkv.data(), o.data(), lse.data());
+    CHECK_CLOSE(out.reshape({2, 5, 12}), fx.out(), tol);
+    auto g = nn::zeros_like<T>(m);
+    m.backward_packed(dx.data(), g, fx.grad_out().data(), x.data(), cu, qkv.data(), o.data(), lse.data());
+    fx.check_grads(g, tol);
+    CHECK_CLOSE(dx.reshape({2, 5, 12}), fx.grad("x"), tol);
+  }
+  {
+    const GradFixture<T> fx("nn", "timm_mlp");
+    nn::Mlp<T> m(12, 20);
+    fx.load(m);
+    const Tensor<T> x = fx.in("x");
+    Tensor<T> y(x.shape()), pre({10, 20}), hidden({10, 20}), dx(x.shape());
+    m.forward_train(x.data(), y.data(), 10, pre.data(), hidden.data());
+    CHECK_CLOSE(y, fx.out(), tol);
+    auto g = nn::zeros_like<T>(m);
+    m.backward_into(dx.data(), g, fx.grad_out().data(), x.data(), pre.data(), 10);
+    fx.check_grads(g, tol);
+    CHECK_CLOSE(dx, fx.grad("x"), tol);
+  }
+  {
+    const GradFixture<T> fx("nn", "patch_embed");
+    nn::PatchEmbed<T> m(2, 3, 16);
+    fx.load(m);
+    const Tensor<T> x = fx.in("x");
+    const Tensor<T> patches = rearrange(x, "b c (h p1) (w p2) -> (b h w) (c p1 p2)", {{"p1", 2}, {"p2", 2}});
+    CHECK_CLOSE(m.forward(x), fx.out(), tol);
+    auto g = nn::zeros_like<T>(m);
+    Tensor<T> dpatches(patches.shape());
+    m.proj_rows_backward(dpatches.data(), g, fx.grad_out().data(), patches.data(), 32);
+    fx.check_grads(g, tol);
+    CHECK_CLOSE(rearrange(dpatches, "(b h w) (c p1 p2) -> b c (h p1) (w p2)", {{"b", 2}, {"h", 4}, {"p1", 2}, {"p2", 2}}), fx.grad("x"), tol);
+  }
+  {
+    const GradFixture<T> fx("nn", "timestep_embedder");
+    models::TimestepEmbedder<T> m(16, 32);
+    fx.load(m);
+    typename models::TimestepEmbedder<T>::Acts a;
+    CHECK_CLOSE(m.forward_train(fx.in("t"), a), fx.out(), tol);
+    auto g = nn::zeros_like<T>(m);
+    m.backward(g, a, fx.grad_out());
+    fx.check_grads(g, tol);
+  }
+  {
+    const GradFixture<T> fx("nn", "label_embedder");
+    models::LabelEmbedder<T> m(5, 8, 0.1);
+    fx.load(m);
+    const Tensor<std::int64_t> y = fx.file.template get<std::int64_t>(fx.c + ".in.y");
+    CHECK_CLOSE(m.forward(y), fx.out(), tol);
+    auto g = nn::zeros_like<T>(m);
+    m.embedding_table.backward(g.embedding_table, y, fx.grad_out().data());
+    fx.check_grads(g, tol);
+  }
+  {
+    const GradFixture<T> fx("nn", "dit_block");
+    models::DiTBlock<T> m(16, 2, 48);
+    fx.load(m);
+    const Tensor<T> x = fx.in("x"), c = fx.in("c"), silu_c = nn::silu(c);
+    const Tensor<T> mod = m.adaLN_modulation.forward(silu_c);
+    const std::vector<std::int64_t> cu = {0, 5, 10};
+    typename models::DiTBlock<T>::Acts a;
+    Tensor<T> tokens = x.clone().reshape({10, 16});
+    m.forward_train(tokens.data(), 2, 5, mod.data(), cu, a);
+    CHECK_CLOSE(tokens.reshape({2, 5, 16}), fx.out(), tol);
+    auto g = nn::zeros_like<T>(m);
+    Tensor<T> dx = fx.grad_out().clone().reshape({10, 16}), dmod({2, 96}), dsilu({2, 16}), dc({2, 16});
+    m.backward(dx.data(), g, dmod.data(), mod.data(), cu, a);
+    m.adaLN_modulation.backward_into(dsilu.data(), g.adaLN_modulation, dmod.data(), silu_c.data(), 2);
+    nn::activate_backward(dc.data(), dsilu.data(), c.data(), 32, nn::Activation::silu);
+    fx.check_grads(g, tol);
+    CHECK_CLOSE(dx.reshape({2, 5, 16}), fx.grad("x"), tol);
+    CHECK_CLOSE(dc, fx.grad("c"), tol);
+  }
+  {
+    const GradFixture<T> fx("nn", "final_layer");
+    models::FinalLayer<T> m(16, 2, 6);
+    fx.load(m);
+    const Tensor<T> x = fx.in("x"), c = fx.in("c"), silu_c = nn::silu(c);
+    typename models::FinalLayer<T>::Acts a;
+    CHECK_CLOSE(m.forward_train(x.data(), 2, 5, silu_c, a), fx.out(), tol);
+    auto g = nn::zeros_like<T>(m);
+    Tensor<T> dx({10, 16}), dsilu({2, 16}), dc({2, 16});
+    m.backward(dx.data(), g, dsilu.data(), silu_c, fx.grad_out(), a);
+    nn::activate_backward(dc.data(), dsilu.data(), c.data(), 32, nn::Activation::silu);
+    fx.check_grads(g, tol);
+    CHECK_CLOSE(dx.reshape({2, 5, 16}), fx.grad("x"), tol);
+    CHECK_CLOSE(dc, fx.grad("c"), tol);
+  }
+}
+
+TEMPLATE_TEST_CASE("DiT gradients equal PyTorch autograd on upstream's DiT", "[train][grad][fixtures][dit]", float, double) {
+  using T = TestType;
+  const auto configs = ditto_test::load_json("grad_dit_configs.json");
+  int cases = 0;
+  for (const auto& [name, kwargs] : configs.items()) {
+    const GradFixture<T> fx("dit", name);
+    if (!fx.file.contains(name + ".out")) continue;  // float64 holds a subset
+    INFO(name);
+    models::DiT<T> dit(models::DiTConfig::from_json(kwargs));
+    fx.load(dit);
+    const Tensor<T> x = fx.in("x"), t = fx.in("t");
+    const Tensor<std::int64_t> y = fx.file.template get<std::int64_t>(name + ".in.y");
+    typename models::DiT<T>::Acts acts;
+    const double tol = std::is_same_v<T, float> ? 1e-4 : 1e-10;
+    CHECK_CLOSE(dit.forward_train(x, t, y, acts), fx.out(), tol);
+    auto g = nn::zeros_like<T>(dit);
+    Tensor<T> dx;
+    dit.backward(g, acts, fx.grad_out(), &dx);
+    fx.check_grads(g, tol);
+    CHECK_CLOSE(dx, fx.grad("x"), tol);
+    ++cases;
+  }
+  CHECK(cases >= (std::is_same_v<T, float> ? 3 : 2));
+}
+
+namespace {
+// Three tensors as the optimizer fixtures have them (a (3, 4), b (5), c (2, 2, 3)).
+struct ThreeParams {
+  Tensor<double> a, b, c;
+  template <class V>
+  void visit(V& v) {
+    v("a", a);
+    v("b", b);
+    v("c", c);
+  }
+};
+struct OptimFixture {
+  SafetensorsFile file{std::string(DITTO_FIXTURES) + "/optim_f64.safetensors"};
+  nlohmann::json cases = ditto_test::load_json("optim_cases.json");
+  ThreeParams params(const std::string& prefix) const {
+    return {file.get<double>(prefix + ".a"), file.get<double>(prefix + ".b"), file.get<double>(prefix + ".c")};
+  }
+  void check(ThreeParams& got, const std::string& prefix, double tol = 1e-12) const {
+    const ThreeParams ref = params(prefix);
+    INFO(prefix);
+    CHECK_CLOSE(got.a, ref.a, tol);
+    CHECK_CLOSE(got.b, ref.b, tol);
+    CHECK_CLOSE(got.c, ref.c, tol);
+  }
+};
+// 10 steps of `opt` on the fixture's gradients, each compared with torch.optim's parameters.
+template <class Opt, class Factor>
+void run_steps(const OptimFixture& fx, const std::string& c, Opt& opt, ThreeParams& p, Factor&& factor) {
+  for (int s = 0; s < 10; ++s) {
+    ThreeParams g = fx.params(ditto::detail::cat(c, ".grad.", s));
+    opt.step(p, g, factor(s));
+    fx.check(p, ditto::detail::cat(c, ".p.", s));
+  }
+}
+train::AdamOptions adam_options(const nlohmann::json& a) {
+  return {a["lr"], a["betas"][0], a["betas"][1], a["eps"], a["weight_decay"]};
+}
+}  // namespace
+
+TEST_CASE("AdamW Adam and SGD take torch.optim's 10 steps", "[train][optim]") {
+  const OptimFixture fx;
+  for (const char* c : {"adamw", "adamw_dit", "adam", "adamw_cosine", "adamw_groups"}) {
+    INFO(c);
+    const auto& spec = fx.cases[c];
+    ThreeParams p = fx.params(std::string(c) + ".p0");
+    std::vector<train::ParamGroup> groups;
+    if (spec.contains("param_groups"))
+      for (const auto& g : spec["param_groups"]) {
+        const auto names = g["params"].get<std::vector<std::string>>();
+        groups.push_back({[names](const std::string& n) { return std::find(names.begin(), names.end(), n) != names.end(); }, g["lr"], g["weight_decay"]});
+      }
+    const train::WarmupCosine cosine{3, 10, 0.0};
+    auto factor = [&](int s) { return std::string(c) == "adamw_cosine" ? cosine(s) : 1.0; };
+    if (spec["optimizer"] == "Adam") {
+      train::Adam<double, ThreeParams> opt(p, adam_options(spec["args"]), groups);
+      run_steps(fx, c, opt, p, factor);
+      ThreeParams m = opt.exp_avg, v = opt.exp_avg_sq;
+      fx.check(m, std::string(c) + ".exp_avg.9");
+      fx.check(v, std::string(c) + ".exp_avg_sq.9");
+    } else {
+      train::AdamW<double, ThreeParams> opt(p, adam_options(spec["args"]), groups);
+      run_steps(fx, c, opt, p, factor);
+      fx.check(opt.exp_avg, std::string(c) + ".exp_avg.9");
+      fx.check(opt.exp_avg_sq, std::string(c) + ".exp_avg_sq.9");
+    }
+    if (std::string(c) == "adamw_cosine") {
+      const Tensor<double> lr = fx.file.get<double>("adamw_cosine.lr");
+      for (int s = 0; s < 10; ++s) CHECK(std::abs(0.01 * cosine(s) - lr[s]) < 1e-15);
+    }
+  }
+  for (const char* c : {"sgd", "sgd_momentum", "sgd_nesterov"}) {
+    INFO(c);
+    const auto& a = fx.cases[c]["args"];
+    ThreeParams p = fx.params(std::string(c) + ".p0");
+    train::SGD<double, ThreeParams> opt(p, {a["lr"], a.value("momentum", 0.0), a.value("dampening", 0.0), a.value("weight_decay", 0.0),
+                                            a.value("nesterov", false)});
+    run_steps(fx, c, opt, p, [](int) { return 1.0; });
+    if (fx.file.contains(std::string(c) + ".momentum_buffer.9.a")) fx.check(opt.momentum_buffer, std::string(c) + ".momentum_buffer.9");
+  }
+  // refusals: bad hyperparameters, another model's gradients
+  ThreeParams p = fx.params("adamw.p0");
+  CHECK_THROWS_AS((train::AdamW<double, ThreeParams>(p, {.lr = -1})), ArgumentError);
+  CHECK_THROWS_AS((train::SGD<double, ThreeParams>(p, {.lr = 0.1, .momentum = 0, .dampening = 0, .weight_decay = 0, .nesterov = true})),
+                  ArgumentError);
+  train::AdamW<double, ThreeParams> opt(p, {});
+  ThreeParams wrong = p;
+  wrong.b = Tensor<double>({6});
+  CHECK_THROWS_WITH(opt.step(p, wrong), Catch::Contains("AdamW: the two trees differ at trainable tensor #1: b [5] vs b [6]"));
+}
+
+TEST_CASE("clipping by global norm and DiT's EMA equal torch's", "[train][optim]") {
+  const OptimFixture fx;
+  for (auto [c, max_norm, type] : {std::tuple{"clip", 0.5, 2.0}, std::tuple{"clip_inf", 0.1, std::numeric_limits<double>::infinity()}}) {
+    ThreeParams g = fx.params(std::string(c) + ".in");
+    const double norm = train::clip_grad_norm<double>(g, max_norm, type);
+    CHECK(std::abs(norm - fx.file.get<double>(std::string(c) + ".total_norm")[0]) < 1e-12);
+    fx.check(g, std::string(c) + ".grad");
+  }
+  ThreeParams p = fx.params("ema.p0");
+  ThreeParams ema = p;                       // shares storage until the first update copies
+  train::update_ema<double>(ema, p, 0.0);    // as train.py: a copy
+  CHECK(ema.a.data() != p.a.data());
+  train::SGD<double, ThreeParams> opt(p, {.lr = 0.1});
+  for (int s = 0; s < 10; ++s) {
+    ThreeParams g = fx.params(ditto::detail::cat("ema.grad.", s));
+    opt.step(p, g);
+    train::update_ema<double>(ema, p, 0.9);
+    fx.check(ema, ditto::detail::cat("ema.p.", s));
+  }
+}
