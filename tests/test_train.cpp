@@ -1,10 +1,17 @@
 // Training: every backward against central differences in double (L = sum(out * gout), a
 // sample of coordinates of every tensor), the fast kernels against their plain references, the
 // training forward against the inference forward, and gradients at 1 and 3 threads.
+#include <csignal>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <tuple>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <ditto/ditto.hpp>
+#include <ditto/train/checkpoint.hpp>
 #include <ditto/train/optim.hpp>
 
 #include "helpers.hpp"
@@ -597,4 +604,147 @@ TEST_CASE("clipping by global norm and DiT's EMA equal torch's", "[train][optim]
     train::update_ema<double>(ema, p, 0.9);
     fx.check(ema, ditto::detail::cat("ema.p.", s));
   }
+}
+
+namespace {
+// A tiny DiT trained on the simple loss (eps MSE), as a reader's loop would: draw data, t and
+// noise from one generator, forward_train, the loss's gradient, backward, clip, AdamW, EMA.
+struct TinyRun {
+  nlohmann::json config = {{"input_size", 8}, {"patch_size", 2}, {"in_channels", 2}, {"hidden_size", 16}, {"depth", 2},
+                           {"num_heads", 2}, {"num_classes", 3}, {"learn_sigma", false}};
+  nlohmann::json args = {{"lr", 1e-3}, {"batch", 4}};
+  models::DiT<float> model{models::DiTConfig::from_json(config)};
+  models::DiT<float> ema = model;
+  train::AdamW<float, models::DiT<float>> opt{model, {.lr = 1e-3, .weight_decay = 0.01}};
+  diffusion::Schedule schedule{diffusion::linear_betas(1000)};
+  Generator gen{11};
+  std::int64_t step = 0;
+  TinyRun() {
+    Generator init(3);
+    for (auto& [name, p] : nn::trainable_parameters<float>(model)) {
+      const Tensor<float> r = init.normal<float>(p->shape());
+      for (std::int64_t i = 0; i < p->numel(); ++i) (*p)[i] = 0.2f * r[i];
+    }
+    train::update_ema<float>(ema, model, 0.0);
+  }
+  train::TrainState<models::DiT<float>, train::AdamW<float, models::DiT<float>>> state() {
+    return {model, &ema, opt, step, gen, config, args};
+  }
+  float run(int steps) {
+    float loss = 0;
+    auto grads = nn::zeros_like<float>(model);
+    for (int s = 0; s < steps; ++s, ++step) {
+      const Tensor<float> x0 = gen.normal<float>({4, 2, 8, 8}), noise = gen.normal<float>({4, 2, 8, 8});
+      const auto t = diffusion::sample_timesteps(gen, 4, 1000);
+      const Tensor<float> x_t = diffusion::q_sample(schedule, x0, t, noise);
+      Tensor<float> tf({4});
+      for (int b = 0; b < 4; ++b) tf[b] = static_cast<float>(t[static_cast<std::size_t>(b)]);
+      const Tensor<std::int64_t> y({4}, std::vector<std::int64_t>{0, 1, 2, static_cast<std::int64_t>(step % 3)});
+      models::DiT<float>::Acts acts;
+      const Tensor<float> out = model.forward_train(x_t, tf, y, acts);
+      Tensor<float> dout(out.shape());
+      loss = 0;
+      for (std::int64_t i = 0; i < out.numel(); ++i) {
+        const float d = out[i] - noise[i];
+        loss += d * d / static_cast<float>(out.numel());
+        dout[i] = 2 * d / static_cast<float>(out.numel());
+      }
+      nn::zero_grad<float>(grads);
+      model.backward(grads, acts, dout);
+      train::clip_grad_norm<float>(grads, 1.0);
+      opt.step(model, grads);
+      train::update_ema<float>(ema, model, 0.99);
+    }
+    return loss;
+  }
+};
+template <class Model>
+void require_same_tensors(Model& a, Model& b) {
+  auto pa = nn::named_parameters<float>(a), pb = nn::named_parameters<float>(b);
+  REQUIRE(pa.size() == pb.size());
+  for (std::size_t i = 0; i < pa.size(); ++i) ditto_test::require_equal(*pa[i].second, *pb[i].second);
+}
+}  // namespace
+
+TEST_CASE("a resumed run continues bit for bit: 5 steps then save then resume then 5 equals 10", "[train][checkpoint]") {
+  const std::string path = (std::filesystem::temp_directory_path() / ("ditto_ckpt_" + std::to_string(::getpid()) + ".safetensors")).string();
+  TinyRun straight;
+  straight.run(10);
+  TinyRun first;
+  first.run(5);
+  train::save_checkpoint<float>(path, first.state());
+  TinyRun resumed;  // fresh weights, moments, generator: all must come from the file
+  const auto args = train::load_checkpoint<float>(path, resumed.state());
+  CHECK(args == first.args);
+  CHECK(resumed.step == 5);
+  CHECK(resumed.opt.steps == 5);
+  resumed.run(5);
+  require_same_tensors(straight.model, resumed.model);
+  require_same_tensors(straight.ema, resumed.ema);
+  require_same_tensors(straight.opt.exp_avg_sq, resumed.opt.exp_avg_sq);
+  CHECK(straight.gen.offset() == resumed.gen.offset());
+  std::filesystem::remove(path);
+}
+
+TEST_CASE("bad checkpoints are refused and change nothing", "[train][checkpoint]") {
+  const auto dir = std::filesystem::temp_directory_path() / ("ditto_ckpt_bad_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / "ckpt.safetensors").string();
+  TinyRun a;
+  a.run(2);
+  train::save_checkpoint<float>(path, a.state());
+  std::string bytes;
+  {
+    std::ifstream f(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  }
+  TinyRun b;
+  const Tensor<float> before = b.model.blocks[0].attn.qkv.weight.clone();
+  auto refused = [&](const std::string& file_bytes, const std::string& says) {
+    std::ofstream((dir / "bad.safetensors").string(), std::ios::binary) << file_bytes;
+    INFO(says);
+    CHECK_THROWS_WITH(train::load_checkpoint<float>((dir / "bad.safetensors").string(), b.state()), Catch::Contains(says));
+    ditto_test::require_equal(b.model.blocks[0].attn.qkv.weight, before);
+    CHECK(b.step == 0);
+  };
+  refused(bytes.substr(0, bytes.size() - 100), "go past the data section");  // truncated
+  std::string flipped = bytes;
+  flipped[flipped.size() - 7] ^= 0x10;  // one bit of one weight
+  refused(flipped, "checksum does not match");
+  // another config: named
+  TinyRun c;
+  c.config["hidden_size"] = 24;
+  c.model = models::DiT<float>(models::DiTConfig::from_json(c.config));
+  CHECK_THROWS_WITH(train::load_checkpoint<float>(path, c.state()), Catch::Contains("another model config (hidden_size: 16 in the checkpoint, 24 here)"));
+  // not a checkpoint at all
+  save_safetensors<float>((dir / "weights.safetensors").string(), {{"w", Tensor<float>({2})}});
+  CHECK_THROWS_WITH(train::load_checkpoint<float>((dir / "weights.safetensors").string(), b.state()), Catch::Contains("not a ditto checkpoint"));
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("a process killed during a save leaves the previous checkpoint loadable", "[train][checkpoint]") {
+  const auto dir = std::filesystem::temp_directory_path() / ("ditto_ckpt_kill_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / "ckpt.safetensors").string();
+  TinyRun a;
+  train::save_checkpoint<float>(path, a.state());
+  for (int delay_us : {300, 2000, 8000}) {
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {  // saves over and over until killed
+      for (;;) {
+        a.step += 1;
+        train::save_checkpoint<float>(path, a.state());
+      }
+    }
+    ::usleep(static_cast<useconds_t>(delay_us));
+    ::kill(pid, SIGKILL);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    CHECK(WIFSIGNALED(status));
+    TinyRun b;
+    CHECK_NOTHROW(train::load_checkpoint<float>(path, b.state()));  // a whole checkpoint: the old one or a newer
+    require_same_tensors(a.model, b.model);
+  }
+  std::filesystem::remove_all(dir);
 }
