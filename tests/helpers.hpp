@@ -56,4 +56,23 @@ inline void require_equal(const ditto::Tensor<T>& got, const ditto::Tensor<T>& r
   }
 }
 
+// One safetensors file holding F32 and I64 tensors (inputs as a user writes them: x and t as
+// floats, labels as integers).
+inline void save_mixed(const std::string& path, const std::vector<std::pair<std::string, ditto::Tensor<float>>>& floats,
+                       const std::vector<std::pair<std::string, ditto::Tensor<std::int64_t>>>& ints = {}) {
+  nlohmann::ordered_json h = nlohmann::ordered_json::object();
+  std::string data;
+  auto add = [&](const std::string& n, const char* dtype, const ditto::Shape& shape, const void* p, std::size_t bytes) {
+    h[n] = {{"dtype", dtype}, {"shape", shape}, {"data_offsets", {data.size(), data.size() + bytes}}};
+    data.append(static_cast<const char*>(p), bytes);
+  };
+  for (const auto& [n, v] : floats) add(n, "F32", v.shape(), v.data(), static_cast<std::size_t>(v.numel()) * 4);
+  for (const auto& [n, v] : ints) add(n, "I64", v.shape(), v.data(), static_cast<std::size_t>(v.numel()) * 8);
+  std::string header = h.dump();
+  header.append((8 - header.size() % 8) % 8, ' ');
+  std::ofstream f(path, std::ios::binary);
+  const std::uint64_t n = header.size();
+  f.write(reinterpret_cast<const char*>(&n), 8);
+  f << header << data;
+}
 }  // namespace ditto_test

@@ -558,25 +558,6 @@ std::vector<std::pair<std::string, Tensor<T>>> with_prefix(const SafetensorsFile
   return out;
 }
 
-// One safetensors file holding F32 and I64 tensors (inputs as a user writes them: x and t as
-// floats, labels as integers).
-void save_mixed(const std::string& path, const std::vector<std::pair<std::string, Tensor<float>>>& floats,
-                const std::vector<std::pair<std::string, Tensor<std::int64_t>>>& ints = {}) {
-  nlohmann::ordered_json h = nlohmann::ordered_json::object();
-  std::string data;
-  auto add = [&](const std::string& n, const char* dtype, const Shape& shape, const void* p, std::size_t bytes) {
-    h[n] = {{"dtype", dtype}, {"shape", shape}, {"data_offsets", {data.size(), data.size() + bytes}}};
-    data.append(static_cast<const char*>(p), bytes);
-  };
-  for (const auto& [n, v] : floats) add(n, "F32", v.shape(), v.data(), static_cast<std::size_t>(v.numel()) * 4);
-  for (const auto& [n, v] : ints) add(n, "I64", v.shape(), v.data(), static_cast<std::size_t>(v.numel()) * 8);
-  std::string header = h.dump();
-  header.append((8 - header.size() % 8) % 8, ' ');
-  std::ofstream f(path, std::ios::binary);
-  const std::uint64_t n = header.size();
-  f.write(reinterpret_cast<const char*>(&n), 8);
-  f << header << data;
-}
 }  // namespace
 
 TEST_CASE("ditto-forward runs DiT on upstream weights and inputs", "[models][dit][forward]") {
@@ -597,7 +578,7 @@ TEST_CASE("ditto-forward runs DiT on upstream weights and inputs", "[models][dit
     else ints.emplace_back("y", y);
     if (with_cfg) floats.emplace_back("cfg_scale", fx.file.get<float>(c + ".in.cfg_scale"));
     if (!extra.empty()) floats.emplace_back(extra, x);
-    save_mixed(r.path(name), floats, ints);
+    ditto_test::save_mixed(r.path(name), floats, ints);
   };
   write_inputs("in.safetensors", false, false);
   write_inputs("in_cfg.safetensors", false, true);
@@ -650,7 +631,7 @@ TEST_CASE("ditto-forward runs DiT on upstream weights and inputs", "[models][dit
   std::ofstream(r.path("deep.json")) << "{\"depth\": " << std::string(100000, '[') << std::string(100000, ']') << "}";
   r.write_json("wide_config.json", nlohmann::json{{"input_size", 8}, {"hidden_size", 32}, {"depth", 2}, {"num_heads", 2},
                                                   {"num_classes", 10}, {"in_channels", 1 << 20}});
-  save_mixed(r.path("in_empty.safetensors"), {{"x", Tensor<float>({0, 4, 8, 8})}, {"t", Tensor<float>({0})}},
+  ditto_test::save_mixed(r.path("in_empty.safetensors"), {{"x", Tensor<float>({0, 4, 8, 8})}, {"t", Tensor<float>({0})}},
              {{"y", Tensor<std::int64_t>({0})}});
   std::filesystem::create_directories(r.path("a_folder"));
   const std::string in = " --inputs " + r.path("in.safetensors") + " --output " + r.path("o.safetensors");
@@ -720,7 +701,7 @@ static void check_x_timesteps_y_forward(const ForwardRun& r, const SafetensorsFi
                                         const std::string& trace, const std::string& upstream) {
   std::vector<std::pair<std::string, Tensor<std::int64_t>>> labels;
   if (fx.contains(c + ".in.y")) labels.emplace_back("y", fx.get<std::int64_t>(c + ".in.y"));
-  save_mixed(r.path("in.safetensors"), {{"x", fx.get<float>(c + ".in.x")}, {"timesteps", fx.get<float>(c + ".in.timesteps")}}, labels);
+  ditto_test::save_mixed(r.path("in.safetensors"), {{"x", fx.get<float>(c + ".in.x")}, {"timesteps", fx.get<float>(c + ".in.timesteps")}}, labels);
   check_refuses_guidance(r, check_forward(r, fx, c, model, trace), upstream);
 }
 
@@ -761,8 +742,8 @@ TEST_CASE("ditto-forward runs Latte with and without guidance, and with images",
     save_safetensors(r.path("w.safetensors"), with_prefix<float>(fx.file, c + ".w."));
     std::vector<std::pair<std::string, Tensor<std::int64_t>>> labels;
     if (fx.file.contains(c + ".in.y")) labels.emplace_back("y", fx.file.get<std::int64_t>(c + ".in.y"));
-    save_mixed(r.path("in.safetensors"), {{"x", fx.file.get<float>(c + ".in.x")}, {"t", fx.file.get<float>(c + ".in.t")}}, labels);
-    save_mixed(r.path("in_cfg.safetensors"),
+    ditto_test::save_mixed(r.path("in.safetensors"), {{"x", fx.file.get<float>(c + ".in.x")}, {"t", fx.file.get<float>(c + ".in.t")}}, labels);
+    ditto_test::save_mixed(r.path("in_cfg.safetensors"),
                {{"x", fx.file.get<float>(c + ".in.x")}, {"t", fx.file.get<float>(c + ".in.t")},
                 {"cfg_scale", fx.file.get<float>(c + ".in.cfg_scale")}},
                labels);
@@ -786,7 +767,7 @@ TEST_CASE("ditto-forward runs Latte with and without guidance, and with images",
     const std::string c = "v3_token";
     r.write_json("config.json", fv.configs[c]);
     save_safetensors(r.path("w.safetensors"), with_prefix<float>(fv.file, c + ".w."));
-    save_mixed(r.path("in.safetensors"), {{"x", fv.file.get<float>(c + ".in.x")}, {"t", fv.file.get<float>(c + ".in.t")}});
+    ditto_test::save_mixed(r.path("in.safetensors"), {{"x", fv.file.get<float>(c + ".in.x")}, {"t", fv.file.get<float>(c + ".in.t")}});
     check_forward(r, fv.file, c, "latte", "blocks.1");
   }
   {  // extras = 78: the text embedding is an input like upstream's forward(..., text_embedding)
@@ -798,13 +779,13 @@ TEST_CASE("ditto-forward runs Latte with and without guidance, and with images",
     for (auto& [n, p] : nn::named_parameters<float>(m)) weights.emplace_back(n, *p);
     save_safetensors(r.path("w.safetensors"), weights);
     const auto x = fx.file.get<float>(c + ".in.x");
-    save_mixed(r.path("in.safetensors"), {{"x", x}, {"t", fx.file.get<float>(c + ".in.t")}, {"text_embedding", latte_text_input<float>(x.size(0))}});
+    ditto_test::save_mixed(r.path("in.safetensors"), {{"x", x}, {"t", fx.file.get<float>(c + ".in.t")}, {"text_embedding", latte_text_input<float>(x.size(0))}});
     const std::string args = check_forward(r, fx.file, c, "latte", "text_embedding_projection");
     const auto [code, err] = r.run(args + " --cfg-scale " + std::to_string(fx.file.get<float>(c + ".in.cfg_scale")[0]));
     INFO(err);
     REQUIRE(code == 0);
     CHECK_CLOSE(SafetensorsFile(r.path("out.safetensors")).get<float>("out"), fx.file.get<float>(c + ".cfg_out"), 1e-4);
-    save_mixed(r.path("in.safetensors"), {{"x", x}, {"t", fx.file.get<float>(c + ".in.t")}});
+    ditto_test::save_mixed(r.path("in.safetensors"), {{"x", x}, {"t", fx.file.get<float>(c + ".in.t")}});
     const auto [code2, err2] = r.run(args);
     CHECK(code2 == 1);
     CHECK_THAT(err2, Catch::Contains("text_embedding (B, 77, 768) is required"));
@@ -816,7 +797,7 @@ TEST_CASE("ditto-forward runs Latte with and without guidance, and with images",
   std::vector<std::pair<std::string, Tensor<std::int64_t>>> labels = {
       {"y", fx.file.get<std::int64_t>(c + ".in.y")}, {"y_image", fx.file.get<std::int64_t>(c + ".in.y_image")},
       {"use_image_num", fx.file.get<std::int64_t>(c + ".in.use_image_num")}};
-  save_mixed(r.path("in.safetensors"), {{"x", fx.file.get<float>(c + ".in.x")}, {"t", fx.file.get<float>(c + ".in.t")}}, labels);
+  ditto_test::save_mixed(r.path("in.safetensors"), {{"x", fx.file.get<float>(c + ".in.x")}, {"t", fx.file.get<float>(c + ".in.t")}}, labels);
   const std::string args = "--model latte --config " + r.path("config.json") + " --weights " + r.path("w.safetensors") + " --inputs " +
                            r.path("in.safetensors") + " --output " + r.path("out.safetensors");
   const auto [code, err] = r.run(args);
@@ -827,7 +808,7 @@ TEST_CASE("ditto-forward runs Latte with and without guidance, and with images",
   CHECK(code2 == 1);
   CHECK_THAT(err2, Catch::Contains("forward_with_cfg takes no images"));
   labels.pop_back();  // without use_image_num the frames do not add up
-  save_mixed(r.path("in.safetensors"), {{"x", fx.file.get<float>(c + ".in.x")}, {"t", fx.file.get<float>(c + ".in.t")}}, labels);
+  ditto_test::save_mixed(r.path("in.safetensors"), {{"x", fx.file.get<float>(c + ".in.x")}, {"t", fx.file.get<float>(c + ".in.t")}}, labels);
   const auto [code3, err3] = r.run(args);
   CHECK(code3 == 1);
   CHECK_THAT(err3, Catch::Contains("expected x (B, 2, 3, 8, 8)"));

@@ -2,6 +2,7 @@
 // sample of coordinates of every tensor), the fast kernels against their plain references, the
 // training forward against the inference forward, and gradients at 1 and 3 threads.
 #include <csignal>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -747,4 +748,115 @@ TEST_CASE("a process killed during a save leaves the previous checkpoint loadabl
     require_same_tensors(a.model, b.model);
   }
   std::filesystem::remove_all(dir);
+}
+
+#ifdef DITTO_FORWARD
+TEST_CASE("ditto-forward --backward gives DiT's gradients as PyTorch autograd does", "[train][forward][dit]") {
+  const auto dir = std::filesystem::temp_directory_path() / ("ditto_backward_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  auto path = [&](const std::string& n) { return (dir / n).string(); };
+  auto run = [&](const std::string& args) {
+    const int status = std::system((std::string(DITTO_FORWARD) + " " + args + " 2> " + path("err.txt")).c_str());
+    std::ifstream f(path("err.txt"));
+    return std::pair{WIFEXITED(status) ? WEXITSTATUS(status) : -1, std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>())};
+  };
+  const GradFixture<float> fx("dit", "small");
+  const auto configs = ditto_test::load_json("grad_dit_configs.json");
+  std::ofstream(path("config.json")) << configs["small"].dump();
+  std::vector<std::pair<std::string, Tensor<float>>> w;
+  for (const auto& n : fx.file.names())
+    if (n.rfind("small.w.", 0) == 0) w.emplace_back(n.substr(8), fx.file.get<float>(n));
+  save_safetensors<float>(path("w.safetensors"), w);
+  const Tensor<std::int64_t> y = fx.file.get<std::int64_t>("small.in.y");
+  ditto_test::save_mixed(path("in.safetensors"), {{"x", fx.in("x")}, {"t", fx.in("t")}, {"grad_out", fx.grad_out()}}, {{"y", y}});
+  ditto_test::save_mixed(path("in_nograd.safetensors"), {{"x", fx.in("x")}, {"t", fx.in("t")}}, {{"y", y}});
+  const std::string common = "--model dit --config " + path("config.json") + " --weights " + path("w.safetensors");
+  const auto [code, err] = run(common + " --inputs " + path("in.safetensors") + " --output " + path("out.safetensors") + " --backward");
+  INFO(err);
+  REQUIRE(code == 0);
+  const SafetensorsFile out(path("out.safetensors"));
+  CHECK_CLOSE(out.get<float>("out"), fx.out(), 1e-4);
+  CHECK_CLOSE(out.get<float>("grad.x"), fx.grad("x"), 1e-4);
+  int grads = 0;
+  for (const auto& n : fx.file.names())
+    if (n.rfind("small.grad.", 0) == 0) {
+      INFO(n);
+      CHECK_CLOSE(out.get<float>(n.substr(6)), fx.file.get<float>(n), 1e-4);
+      ++grads;
+    }
+  CHECK(out.tensors().size() == static_cast<std::size_t>(grads) + 1);  // out and one grad.* per fixture gradient: no pos_embed, t, y
+  CHECK(!out.contains("grad.pos_embed"));
+  CHECK(!out.contains("grad.t"));
+  for (const auto& [args, says] : std::vector<std::pair<std::string, std::string>>{
+           {common + " --inputs " + path("in.safetensors") + " --output " + path("o.safetensors") + " --backward --cfg-scale 2", "takes no guidance"},
+           {common + " --inputs " + path("in_nograd.safetensors") + " --output " + path("o.safetensors") + " --backward", "no tensor named \"grad_out\""},
+           {common + " --inputs " + path("in.safetensors") + " --output " + path("o.safetensors"), "unexpected input \"grad_out\""},
+           {"--model vit --config " + path("config.json") + " --weights " + path("w.safetensors") + " --inputs " + path("in.safetensors") +
+                " --output " + path("o.safetensors") + " --backward", "vit has no backward in ditto yet"}}) {
+    INFO(args);
+    const auto [c2, e2] = run(args);
+    CHECK(c2 == 1);
+    CHECK_THAT(e2, Catch::Contains(says));
+  }
+  std::filesystem::remove_all(dir);
+}
+#endif
+
+TEST_CASE("the hybrid loss's gradient equals central differences with the mean detached in vb", "[train][grad][loss]") {
+  Generator gen(12);
+  const diffusion::Schedule s(diffusion::linear_betas(1000));
+  const std::int64_t B = 3;
+  const Tensor<double> x0 = gen.uniform<double>({B, 2, 4, 4}, -1, 1), noise = gen.normal<double>({B, 2, 4, 4});
+  const std::vector<std::int64_t> t = {0, 300, 999};
+  const Tensor<double> x_t = diffusion::q_sample(s, x0, t, noise);
+  Tensor<double> out = gen.normal<double>({B, 4, 4, 4}, 0.0, 0.5);
+  for (std::int64_t i = 0; i < 16 * 2; ++i) out[i] = x0[i] * 0.1;  // t = 0: a plausible mean keeps the decoder NLL away from its floor
+  for (auto type : {diffusion::LossType::mse, diffusion::LossType::rescaled_mse}) {
+    diffusion::LossOptions o;
+    o.loss_type = type;
+    const Tensor<double> frozen = out.clone();
+    // upstream's objective: mse on the current mean, vb on the frozen mean and the current variance
+    auto L = [&] {
+      Tensor<double> mix = out.clone();
+      for (std::int64_t b = 0; b < B; ++b)
+        for (std::int64_t i = 0; i < 32; ++i) mix[b * 64 + i] = frozen[b * 64 + i];
+      const auto terms_mse = diffusion::training_losses(s, out, x0, x_t, t, noise, o);
+      const auto terms_vb = diffusion::training_losses(s, mix, x0, x_t, t, noise, o);
+      double sum = 0;
+      for (std::int64_t b = 0; b < B; ++b) sum += (terms_mse.mse[b] + terms_vb.vb[b]) / B;
+      return sum;
+    };
+    Tensor<double> g = diffusion::training_losses_grad(s, out, x0, x_t, t, noise, o);
+    worst_fd_error(L, {{"model_output", &out, &g}}, 192);
+  }
+}
+
+TEMPLATE_TEST_CASE("DiT's training loss and its parameter gradients equal upstream's", "[train][grad][loss][fixtures]", float, double) {
+  using T = TestType;
+  const GradFixture<T> fx("dit", "small");
+  const auto configs = ditto_test::load_json("grad_dit_configs.json");
+  models::DiT<T> dit(models::DiTConfig::from_json(configs["small"]));
+  fx.load(dit);
+  const diffusion::Schedule s(diffusion::linear_betas(1000));
+  const Tensor<T> x0 = fx.file.template get<T>("small.loss.x_start"), noise = fx.file.template get<T>("small.loss.noise");
+  const Tensor<std::int64_t> tl = fx.file.template get<std::int64_t>("small.loss.t"), y = fx.file.template get<std::int64_t>("small.loss.y");
+  const std::vector<std::int64_t> t(tl.begin(), tl.end());
+  const double tol = std::is_same_v<T, float> ? 1e-4 : 1e-10;
+  const Tensor<T> x_t = diffusion::q_sample(s, x0, t, noise);
+  CHECK_CLOSE(x_t, fx.file.template get<T>("small.loss.x_t"), tol);
+  Tensor<T> tf({3});
+  for (int b = 0; b < 3; ++b) tf[b] = static_cast<T>(t[static_cast<std::size_t>(b)]);
+  typename models::DiT<T>::Acts acts;
+  const Tensor<T> out = dit.forward_train(x_t, tf, y, acts);
+  CHECK_CLOSE(out, fx.file.template get<T>("small.loss.model_out"), tol);
+  const auto terms = diffusion::training_losses(s, out, x0, x_t, t, noise);
+  T mean = 0;
+  for (T v : terms.loss) mean += v / 3;
+  CHECK(std::abs(mean - fx.file.template get<T>("small.loss.value")[0]) <= tol * std::abs(fx.file.template get<T>("small.loss.value")[0]));
+  auto g = nn::zeros_like<T>(dit);
+  dit.backward(g, acts, diffusion::training_losses_grad(s, out, x0, x_t, t, noise));
+  for (auto& [name, p] : nn::trainable_parameters<T>(g)) {
+    INFO("loss.grad." << name);
+    CHECK_CLOSE(*p, fx.file.template get<T>("small.loss.grad." + name), tol);
+  }
 }

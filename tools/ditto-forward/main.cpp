@@ -25,7 +25,9 @@ namespace {
 const char* kUsage =
     "usage: ditto-forward --model {vit,vivit,dit,uvit,unet,latte,vae-encode,vae-decode} --config CONFIG.json\n"
     "                     --weights W.safetensors --inputs IN.safetensors --output OUT.safetensors\n"
-    "                     [--cfg-scale S] [--threads N] [--seed N] [--trace]\n";
+    "                     [--cfg-scale S] [--threads N] [--seed N] [--trace] [--backward]\n"
+    "  --backward: the inputs also hold grad_out (out's shape); OUT adds grad.<parameter> and grad.<input>,\n"
+    "              the gradients of sum(out * grad_out) (DiT; docs/forward.md)\n";
 
 struct UsageError : ditto::ArgumentError {
   using ditto::ArgumentError::ArgumentError;
@@ -48,7 +50,7 @@ double parse_number(const std::string& flag, const std::string& text) {
 int main(int argc, char** argv) {
   try {
     std::map<std::string, std::string> args;
-    bool trace = false;
+    bool trace = false, backward = false;
     const std::set<std::string> valued = {"--model", "--config", "--weights", "--inputs", "--output", "--cfg-scale", "--threads", "--seed"};
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
@@ -58,6 +60,10 @@ int main(int argc, char** argv) {
       }
       if (a == "--trace") {
         trace = true;
+        continue;
+      }
+      if (a == "--backward") {
+        backward = true;
         continue;
       }
       if (!valued.count(a)) throw UsageError(ditto::detail::cat("unknown argument \"", a, "\""));
@@ -77,6 +83,7 @@ int main(int argc, char** argv) {
     r.model = args["--model"];
     if (args.count("--cfg-scale")) r.cfg_scale = parse_number("--cfg-scale", args["--cfg-scale"]);
     r.trace = trace;
+    r.backward = backward;
     if (args.count("--seed")) {
       const std::string& text = args["--seed"];
       if (text.empty() || text.size() > 19 || text.find_first_not_of("0123456789") != std::string::npos)

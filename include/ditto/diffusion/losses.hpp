@@ -146,6 +146,89 @@ inline LossTerms<T> training_losses(const Schedule& s, const Tensor<T>& model_ou
   return r;
 }
 
+namespace detail {
+// d/d log_scale of discretized_gaussian_log_likelihood (0 where its 1e-12 floor holds).
+template <class T>
+inline T discretized_gaussian_log_likelihood_dlogscale(T x, T mean, T log_scale) {
+  const T inv_stdv = std::exp(-log_scale), centered = x - mean, k = static_cast<T>(0.7978845608028654), c = T(0.044715);
+  auto cdf_and_slope = [&](T u, T& slope) {  // the tanh CDF and its derivative in log_scale (du/dls = -u)
+    const T th = std::tanh(k * (u + c * u * u * u));
+    slope = T(0.5) * (T(1) - th * th) * k * (T(1) + T(3) * c * u * u) * -u;
+    return T(0.5) * (T(1) + th);
+  };
+  T s_plus, s_min;
+  const T cdf_plus = cdf_and_slope(inv_stdv * (centered + T(1) / T(255)), s_plus);
+  const T cdf_min = cdf_and_slope(inv_stdv * (centered - T(1) / T(255)), s_min);
+  if (x < T(-0.999)) return cdf_plus > T(1e-12) ? s_plus / cdf_plus : T(0);
+  if (x > T(0.999)) return T(1) - cdf_min > T(1e-12) ? -s_min / (T(1) - cdf_min) : T(0);
+  return cdf_plus - cdf_min > T(1e-12) ? (s_plus - s_min) / (cdf_plus - cdf_min) : T(0);
+}
+}  // namespace detail
+
+// The gradient of sum_b weight[b] * loss[b] (default weight 1/B: the batch mean DiT trains on)
+// with respect to the model's output, for the mse and rescaled_mse losses. As upstream, the vb
+// term sees the mean channels detached: it reaches only the variance channels, and the mse only
+// the mean channels. (The kl losses, where vb trains the mean too, are refused.)
+template <class T>
+inline Tensor<T> training_losses_grad(const Schedule& s, const Tensor<T>& model_output, const Tensor<T>& x_start, const Tensor<T>& x_t,
+                                      const std::vector<std::int64_t>& t, const Tensor<T>& noise, const LossOptions& o = {},
+                                      std::vector<T> weight = {}) {
+  detail::check_step("training_losses_grad", s, x_t, t);
+  detail::check_same("training_losses_grad(x_start, x_t)", x_start, x_t);
+  detail::check_same("training_losses_grad(x_start, noise)", x_start, noise);
+  if (o.loss_type != LossType::mse && o.loss_type != LossType::rescaled_mse)
+    throw ArgumentError("training_losses_grad: only the mse and rescaled_mse losses have a gradient here (the kl losses train the mean through vb)");
+  const bool learned = o.var_type == ModelVarType::learned || o.var_type == ModelVarType::learned_range;
+  const auto [pred, var_values] = detail::split_output("training_losses_grad", model_output, x_t, learned, o.channel_dim);
+  const std::int64_t B = x_t.size(0), per = x_t.numel() / B;
+  if (weight.empty()) weight.assign(static_cast<std::size_t>(B), T(1) / static_cast<T>(B));
+  if (static_cast<std::int64_t>(weight.size()) != B)
+    throw ShapeError(ditto::detail::cat("training_losses_grad: expected ", B, " weights, got ", weight.size()));
+  const Tensor<T> target = o.mean_type == ModelMeanType::epsilon ? noise
+                           : o.mean_type == ModelMeanType::start_x ? x_start
+                                                                   : v_from_eps_xstart(s, noise, t, x_start);
+  Tensor<T> dmean(x_t.shape()), dvar(learned ? x_t.shape() : Shape{0});
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t i = b * per; i < (b + 1) * per; ++i)
+      dmean[i] = T(-2) * (target[i] - pred[i]) / static_cast<T>(per) * weight[static_cast<std::size_t>(b)];
+  if (learned) {
+    const auto truth = q_posterior_mean_variance(s, x_start, x_t, t);
+    const auto p = p_mean_variance(s, model_output, x_t, t, o.mean_type, o.var_type, /*clip_denoised=*/false, {}, o.channel_dim);
+    const T rescale = o.loss_type == LossType::rescaled_mse ? static_cast<T>(s.num_timesteps / 1000.0) : T(1);
+    for (std::int64_t b = 0; b < B; ++b) {
+      const auto k = static_cast<std::size_t>(t[static_cast<std::size_t>(b)]);
+      // d log_variance / d var_values: learned_range interpolates between log posterior variance and log beta
+      const T dlv = o.var_type == ModelVarType::learned_range
+                        ? T(0.5) * (static_cast<T>(std::log(s.betas[k])) - static_cast<T>(s.posterior_log_variance_clipped[k]))
+                        : T(1);
+      const T scale = dlv / static_cast<T>(per) / static_cast<T>(std::log(2.0)) * rescale * weight[static_cast<std::size_t>(b)];
+      for (std::int64_t i = b * per; i < (b + 1) * per; ++i) {
+        const T lv2 = p.log_variance[i];
+        T g;
+        if (k == 0) {  // decoder NLL: -log P, with log_scale = lv2 / 2
+          g = T(-0.5) * detail::discretized_gaussian_log_likelihood_dlogscale(x_start[i], p.mean[i], T(0.5) * lv2);
+        } else {  // d KL(truth || model) / d lv2
+          const T d = truth.mean[i] - p.mean[i];
+          g = T(0.5) * (T(1) - std::exp(truth.log_variance[i] - lv2) - d * d * std::exp(-lv2));
+        }
+        dvar[i] = g * scale;
+      }
+    }
+  }
+  if (!learned) return dmean;
+  // back into the output's layout: per leading index, the mean block then the variance block
+  const int d = o.channel_dim;
+  std::int64_t outer = 1, block = 1;
+  for (int i = 0; i < d; ++i) outer *= x_t.size(i);
+  for (int i = d; i < x_t.dim(); ++i) block *= x_t.size(i);
+  Tensor<T> grad = Tensor<T>::empty(model_output.shape());
+  for (std::int64_t r = 0; r < outer; ++r) {
+    std::copy(dmean.data() + r * block, dmean.data() + (r + 1) * block, grad.data() + r * 2 * block);
+    std::copy(dvar.data() + r * block, dvar.data() + (r + 1) * block, grad.data() + r * 2 * block + block);
+  }
+  return grad;
+}
+
 // As above, calling the model: model(x_t, timestep_map[t]) -> output.
 template <class T, class Model>
 inline LossTerms<T> training_losses(const Schedule& s, Model&& model, const Tensor<T>& x_start,

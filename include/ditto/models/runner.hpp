@@ -42,6 +42,7 @@ struct ForwardRequest {
   const SafetensorsFile* inputs = nullptr;
   std::optional<double> cfg_scale;  // --cfg-scale; an input tensor `cfg_scale` also selects it
   bool trace = false;
+  bool backward = false;            // --backward: also the gradients of sum(out * grad_out) (docs/forward.md)
   std::uint64_t seed = 0;           // --seed: vae-encode's posterior noise when the inputs hold none
 };
 
@@ -145,6 +146,12 @@ inline Trace<float> trace_into(const ForwardRequest& r, NamedTensors& outputs) {
   return [&outputs](const std::string& name, const Tensor<float>& v) { outputs.emplace_back("trace." + name, v.clone()); };
 }
 
+// --backward: the gradient of every trainable parameter, under "grad.<upstream name>".
+template <class Model>
+inline void add_parameter_grads(NamedTensors& outputs, Model& grads) {
+  for (auto& [name, g] : nn::trainable_parameters<float>(grads)) outputs.emplace_back("grad." + name, *g);
+}
+
 inline NamedTensors run_dit(const ForwardRequest& r) {
   const DiTConfig config = DiTConfig::from_json(r.config);
   check_weights_cover("DiT", config.min_weights(), *r.weights);
@@ -154,8 +161,22 @@ inline NamedTensors run_dit(const ForwardRequest& r) {
   const Tensor<float> x = in.floats("x", 4), t = in.floats("t", 1);
   const Tensor<std::int64_t> y = in.labels("y");
   const std::optional<double> scale = guidance_scale(r, in, "DiT");
+  std::optional<Tensor<float>> grad_out;
+  if (r.backward) grad_out = in.floats("grad_out", 4);
   in.finish();
   NamedTensors outputs;
+  if (r.backward) {  // eval semantics (no label dropout), as upstream's model.eval() with autograd
+    if (scale) throw ArgumentError("DiT: --backward takes no guidance scale (forward_with_cfg has no backward here)");
+    if (r.trace) throw ArgumentError("DiT: --backward and --trace are one or the other");
+    DiT<float>::Acts acts;
+    outputs.emplace_back("out", dit.forward_train(x, t, y, acts));
+    auto grads = nn::zeros_like<float>(dit);
+    Tensor<float> dx;
+    dit.backward(grads, acts, *grad_out, &dx);
+    add_parameter_grads(outputs, grads);
+    outputs.emplace_back("grad.x", std::move(dx));
+    return outputs;
+  }
   const Trace<float> trace = trace_into(r, outputs);
   Tensor<float> out = scale ? dit.forward_with_cfg(x, t, y, *scale, trace) : dit.forward(x, t, y, trace);
   outputs.emplace_back("out", std::move(out));
@@ -284,6 +305,8 @@ inline NamedTensors run_forward(const ForwardRequest& r) {
   if (r.cfg_scale && !std::isfinite(*r.cfg_scale))
     throw ArgumentError(ditto::detail::cat("run_forward: the guidance scale must be finite, got ", *r.cfg_scale));
   if (r.model == "dit") return detail::run_dit(r);
+  if (r.backward)  // the other models' backwards are not written yet: said, not guessed
+    throw ArgumentError(ditto::detail::cat("--backward: ", r.model, " has no backward in ditto yet (DiT has; docs/training.md lists what comes next)"));
   if (r.model == "vit") return detail::run_classifier<ViT<float>, ViTConfig>(r, "VisionTransformer", 4);
   if (r.model == "vivit") return detail::run_classifier<ViViT<float>, ViViTConfig>(r, "ViViT", 5);
   if (r.model == "uvit") return detail::run_x_timesteps_y<UViT<float>, UViTConfig>(r, "UViT");
