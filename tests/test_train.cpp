@@ -860,3 +860,67 @@ TEMPLATE_TEST_CASE("DiT's training loss and its parameter gradients equal upstre
     CHECK_CLOSE(*p, fx.file.template get<T>("small.loss.grad." + name), tol);
   }
 }
+
+namespace {
+// A block a user writes from library blocks, outside the library: y = fc2(silu(fc1(norm(x)))) + x.
+struct UserBlock {
+  nn::LayerNorm<double> norm{6};
+  nn::Linear<double> fc1{6, 10}, fc2{10, 6};
+  template <class V>
+  void visit(V& v) {
+    v("norm", norm);
+    v("fc1", fc1);
+    v("fc2", fc2);
+  }
+  struct Acts {
+    Tensor<double> x, mean, rstd, h, pre;
+  };
+  Tensor<double> forward_train(const Tensor<double>& x, Acts& a) const {
+    const std::int64_t rows = x.size(0);
+    a.x = x, a.mean = Tensor<double>({rows}), a.rstd = Tensor<double>({rows}), a.h = Tensor<double>({rows, 6});
+    norm.forward_train(x.data(), a.h.data(), rows, a.mean.data(), a.rstd.data());
+    a.pre = fc1.forward(a.h);
+    Tensor<double> y = fc2.forward(nn::silu(a.pre));
+    for (std::int64_t i = 0; i < y.numel(); ++i) y[i] += x[i];
+    return y;
+  }
+  void backward(UserBlock& g, const Acts& a, const Tensor<double>& dy, Tensor<double>& dx) const {
+    const std::int64_t rows = a.x.size(0);
+    Tensor<double> ds({rows, 10}), dpre({rows, 10}), dh({rows, 6});
+    fc2.backward_into(ds.data(), g.fc2, dy.data(), nn::silu(a.pre).data(), rows);
+    nn::activate_backward(dpre.data(), ds.data(), a.pre.data(), rows * 10, nn::Activation::silu);
+    fc1.backward_into(dh.data(), g.fc1, dpre.data(), a.h.data(), rows);
+    dx = dy.clone();  // the residual
+    norm.backward_into(dx.data(), g.norm, dh.data(), a.x.data(), a.mean.data(), a.rstd.data(), rows);
+  }
+};
+}  // namespace
+
+TEST_CASE("a user block composed of library blocks trains", "[train][grad]") {
+  Generator gen(13);
+  UserBlock blk;
+  randomize<double>(blk, gen);
+  Tensor<double> x = gen.normal<double>({5, 6});
+  const Tensor<double> gout = gen.normal<double>({5, 6});
+  UserBlock::Acts a;
+  (void)blk.forward_train(x, a);
+  auto g = nn::zeros_like<double>(blk);
+  Tensor<double> dx;
+  blk.backward(g, a, gout, dx);
+  auto checked = params_of(blk, g);
+  checked.emplace_back("x", &x, &dx);
+  worst_fd_error([&] {
+    UserBlock::Acts tmp;
+    return dot(blk.forward_train(x, tmp), gout);
+  }, checked);
+  // and an optimizer takes it like any model
+  train::AdamW<double, UserBlock> opt(blk, {.lr = 1e-2});
+  const double before = dot(blk.forward_train(x, a), gout);
+  for (int s = 0; s < 20; ++s) {
+    nn::zero_grad<double>(g);
+    (void)blk.forward_train(x, a);
+    blk.backward(g, a, gout, dx);
+    opt.step(blk, g);
+  }
+  CHECK(dot(blk.forward_train(x, a), gout) < before - 0.1);  // descending sum(y * gout)
+}

@@ -30,3 +30,5 @@
 #include "models/latte.hpp"
 #include "models/vae.hpp"
 #include "models/runner.hpp"
+#include "train/optim.hpp"
+#include "train/checkpoint.hpp"
