@@ -132,12 +132,12 @@ int main(int argc, char** argv) try {
   float first = 0, last = 0;
   const std::size_t k = std::min<std::size_t>(20, losses.size());
   for (std::size_t i = 0; i < k; ++i) first += losses[i] / k, last += losses[losses.size() - 1 - i] / k;
-  std::printf("train_dit: %ld steps, loss %.4f -> %.4f (means of the first and last %zu); wrote %s_loss.png and %s_samples.png\n", steps, first,
-              last, k, a["--output"].c_str(), a["--output"].c_str());
   if (!(last < 0.8f * first)) {  // the suite runs this example: a training that does not learn fails it
     std::fprintf(stderr, "train_dit: the loss did not fall (%.4f -> %.4f)\n", first, last);
     return 2;
   }
+  std::printf("train_dit: %ld steps, loss %.4f -> %.4f (means of the first and last %zu); wrote %s_loss.png and %s_samples.png\n", steps, first,
+              last, k, a["--output"].c_str(), a["--output"].c_str());
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "%s\n", e.what());

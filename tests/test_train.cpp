@@ -152,6 +152,31 @@ TEST_CASE("attention backward: blocked equals the plain reference and central di
   }
 }
 
+TEST_CASE("the reductions ditto writes itself are the same bits at 1 and 3 threads", "[train][threads]") {
+  Generator gen(9);
+  const std::int64_t B = 4, n = 300, D = 96, S = 6 * D, rows = B * n;
+  const Tensor<float> x = gen.normal<float>({rows, D}), dy = gen.normal<float>({rows, D}), y = gen.normal<float>({rows, D});
+  const Tensor<float> mod = gen.normal<float>({B, S}), q = gen.normal<float>({rows, 32}), k = gen.normal<float>({rows, 32}), v = gen.normal<float>({rows, 32});
+  auto run = [&](int threads) {
+    set_num_threads(threads);
+    Tensor<float> h({rows, D}), mean({rows}), rstd({rows}), dx({rows, D}), dmod({B, S}), dyy({rows, D}), db({D});
+    nn::norm_modulate(x.data(), h.data(), rows, n, D, mod.data(), mod.data() + D, S, 1e-6, mean.data(), rstd.data());
+    nn::norm_modulate_backward(dx.data(), dmod.data(), dmod.data() + D, dy.data(), x.data(), mean.data(), rstd.data(), mod.data() + D, rows, n, D, S);
+    nn::gated_add_backward(dyy.data(), dmod.data() + 2 * D, dy.data(), y.data(), mod.data() + 2 * D, rows, n, D, S);
+    nn::column_sums_into(db.data(), dy.data(), rows, D);
+    // attention's own loops (the block products are library gemms on 64-row blocks, run serially per task)
+    Tensor<float> o({rows, 32}), lse({rows}), dq({rows, 32}), dk({rows, 32}), dv({rows, 32});
+    const nn::AttentionLayout L{32, 32, 32, 32, 32, 32, 0};
+    nn::attention_kernel<float>({{q.data(), k.data(), v.data(), o.data(), rows, rows, nullptr, lse.data()}}, L, 0.2f);
+    nn::attention_backward<float>({{q.data(), k.data(), v.data(), o.data(), dy.data(), lse.data(), dq.data(), dk.data(), dv.data(), rows, rows}}, L, 0.2f);
+    return std::vector<Tensor<float>>{h, dx, dmod, dyy, db, dq, dk, dv};
+  };
+  const int before = get_num_threads();
+  const auto one = run(1), three = run(3);
+  set_num_threads(before);
+  for (std::size_t i = 0; i < one.size(); ++i) ditto_test::require_equal(one[i], three[i]);
+}
+
 TEST_CASE("timm Attention and Mlp backwards equal central differences", "[train][grad]") {
   Generator gen(4);
   nn::Attention<double> attn(12, 3);
@@ -712,6 +737,16 @@ TEST_CASE("bad checkpoints are refused and change nothing", "[train][checkpoint]
   std::string flipped = bytes;
   flipped[flipped.size() - 7] ^= 0x10;  // one bit of one weight
   refused(flipped, "checksum does not match");
+  {  // metadata of the wrong type, and a step edited by hand (the checksum covers the metadata)
+    const std::string marker = "\\\"step\\\":2";
+    std::string edited = bytes;
+    const auto at = edited.find(marker);
+    REQUIRE(at != std::string::npos);
+    edited[at + marker.size() - 1] = '3';
+    refused(edited, "checksum does not match");
+    edited[at + marker.size() - 1] = '-';
+    refused(edited, "metadata");
+  }
   // another config: named
   TinyRun c;
   c.config["hidden_size"] = 24;
@@ -728,14 +763,20 @@ TEST_CASE("a process killed during a save leaves the previous checkpoint loadabl
   std::filesystem::create_directories(dir);
   const std::string path = (dir / "ckpt.safetensors").string();
   TinyRun a;
+  a.model.final_layer.linear.bias[0] = 0;  // the weight that tells a save's step
   train::save_checkpoint<float>(path, a.state());
   for (int delay_us : {300, 2000, 8000}) {
     const pid_t pid = ::fork();
     REQUIRE(pid >= 0);
-    if (pid == 0) {  // saves over and over until killed
-      for (;;) {
-        a.step += 1;
-        train::save_checkpoint<float>(path, a.state());
+    if (pid == 0) {  // saves over and over until killed, each save's weights telling its step
+      try {
+        for (;;) {
+          a.step += 1;
+          a.model.final_layer.linear.bias[0] = static_cast<float>(a.step);
+          train::save_checkpoint<float>(path, a.state());
+        }
+      } catch (...) {
+        ::_exit(3);
       }
     }
     ::usleep(static_cast<useconds_t>(delay_us));
@@ -745,6 +786,8 @@ TEST_CASE("a process killed during a save leaves the previous checkpoint loadabl
     CHECK(WIFSIGNALED(status));
     TinyRun b;
     CHECK_NOTHROW(train::load_checkpoint<float>(path, b.state()));  // a whole checkpoint: the old one or a newer
+    CHECK(b.model.final_layer.linear.bias[0] == static_cast<float>(b.step));  // weights and step from one save
+    b.model.final_layer.linear.bias[0] = a.model.final_layer.linear.bias[0];
     require_same_tensors(a.model, b.model);
   }
   std::filesystem::remove_all(dir);

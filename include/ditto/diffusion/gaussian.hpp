@@ -29,6 +29,8 @@ inline void check_step(const char* what, const Schedule& s, const Tensor<T>& x, 
   if (x.dim() < 1 || static_cast<std::int64_t>(t.size()) != x.size(0))
     throw ShapeError(ditto::detail::cat(what, ": expected one timestep per batch entry: x has shape ", shape_str(x.shape()),
                                         ", t has ", t.size(), " entries"));
+  if (x.size(0) < 1)  // per-sample means would divide by zero
+    throw ShapeError(ditto::detail::cat(what, ": the batch is empty (x has shape ", shape_str(x.shape()), ")"));
   for (auto ti : t)
     if (ti < 0 || ti >= s.num_timesteps)
       throw ArgumentError(ditto::detail::cat(what, ": timestep ", ti, " is outside [0, ", s.num_timesteps, ")"));

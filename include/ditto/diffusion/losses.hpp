@@ -13,6 +13,7 @@
 // passes arrive, its gradient flows into the variance channels only.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -81,6 +82,13 @@ inline T discretized_gaussian_log_likelihood(T x, T mean, T log_scale) {
 }
 
 namespace detail {
+// What the mean channels are trained to predict: the noise, x_0 or v.
+template <class T>
+inline Tensor<T> mse_target(const Schedule& s, const Tensor<T>& x_start, const std::vector<std::int64_t>& t, const Tensor<T>& noise,
+                            ModelMeanType mean_type) {
+  return mean_type == ModelMeanType::epsilon ? noise : mean_type == ModelMeanType::start_x ? x_start : v_from_eps_xstart(s, noise, t, x_start);
+}
+
 // Upstream's _vb_terms_bpd with clip_denoised=False, per sample, in bits: the decoder NLL at
 // t = 0, the KL to the true posterior elsewhere.
 template <class T>
@@ -128,10 +136,7 @@ inline LossTerms<T> training_losses(const Schedule& s, const Tensor<T>& model_ou
     if (o.loss_type == LossType::rescaled_mse)
       for (auto& v : r.vb) v *= static_cast<T>(s.num_timesteps / 1000.0);
   }
-  // the target of the mean channels
-  Tensor<T> target = o.mean_type == ModelMeanType::epsilon ? noise
-                     : o.mean_type == ModelMeanType::start_x ? x_start
-                                                             : v_from_eps_xstart(s, noise, t, x_start);
+  const Tensor<T> target = detail::mse_target(s, x_start, t, noise, o.mean_type);
   r.mse.resize(static_cast<std::size_t>(B));
   r.loss.resize(static_cast<std::size_t>(B));
   for (std::int64_t b = 0; b < B; ++b) {
@@ -184,9 +189,7 @@ inline Tensor<T> training_losses_grad(const Schedule& s, const Tensor<T>& model_
   if (weight.empty()) weight.assign(static_cast<std::size_t>(B), T(1) / static_cast<T>(B));
   if (static_cast<std::int64_t>(weight.size()) != B)
     throw ShapeError(ditto::detail::cat("training_losses_grad: expected ", B, " weights, got ", weight.size()));
-  const Tensor<T> target = o.mean_type == ModelMeanType::epsilon ? noise
-                           : o.mean_type == ModelMeanType::start_x ? x_start
-                                                                   : v_from_eps_xstart(s, noise, t, x_start);
+  const Tensor<T> target = detail::mse_target(s, x_start, t, noise, o.mean_type);
   Tensor<T> dmean(x_t.shape()), dvar(learned ? x_t.shape() : Shape{0});
   for (std::int64_t b = 0; b < B; ++b)
     for (std::int64_t i = b * per; i < (b + 1) * per; ++i)

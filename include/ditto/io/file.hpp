@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -103,8 +104,12 @@ class FileWriter {
     struct stat st {};
     if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
       if (S_ISDIR(st.st_mode)) fail("the path is a directory");
-      fd_ = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);  // a device or FIFO: in place
-      if (fd_ < 0) fail("cannot open for writing: " + detail::errno_text(errno));
+      // a device or FIFO, in place; without blocking: a FIFO nobody reads is an error, not a hang
+      fd_ = ::open(path.c_str(), O_WRONLY | O_CLOEXEC | O_NONBLOCK);
+      if (fd_ < 0)
+        fail(errno == ENXIO ? std::string("is a FIFO that nothing reads") : "cannot open for writing: " + detail::errno_text(errno));
+      const int flags = ::fcntl(fd_, F_GETFL);
+      if (flags >= 0) ::fcntl(fd_, F_SETFL, flags & ~O_NONBLOCK);
       return;
     }
     const bool exists = ::stat(path.c_str(), &st) == 0;

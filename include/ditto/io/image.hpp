@@ -43,15 +43,45 @@ inline constexpr std::int64_t kMaxImagePixels = std::int64_t{1} << 26;
 
 namespace detail {
 // Whether a PNG or JPEG file is complete: stb_image decodes a truncated JPEG (the missing part
-// comes back gray) and some truncated PNGs without a word, so the end is checked here. A PNG
-// must hold its IEND chunk; a JPEG an end-of-image marker after its first scan.
+// comes back gray) and some truncated PNGs without a word, so the structure is walked here. A
+// PNG's chunks, by their lengths, must reach a whole IEND chunk (its CRC included: stb stops
+// before it); a JPEG's segments, by their lengths (so an EXIF thumbnail inside APP1 is skipped
+// whole), then its scans' entropy data, must reach the end-of-image marker.
 inline bool image_is_complete(const std::string& bytes, bool png) {
-  if (png) {  // the whole IEND chunk, its CRC included (stb stops reading before the CRC)
-    const auto at = bytes.find(std::string("\0\0\0\0IEND", 8), 8);
-    return at != std::string::npos && at + 12 <= bytes.size();
+  const std::size_t n = bytes.size();
+  auto byte = [&](std::size_t i) { return static_cast<unsigned char>(bytes[i]); };
+  if (png) {
+    for (std::size_t at = 8; at + 12 <= n;) {
+      const std::uint64_t len = std::uint64_t{byte(at)} << 24 | std::uint64_t{byte(at + 1)} << 16 | std::uint64_t{byte(at + 2)} << 8 | byte(at + 3);
+      if (bytes.compare(at + 4, 4, "IEND") == 0) return len == 0;
+      if (len > n - at - 12) return false;  // the chunk runs past the end
+      at += 12 + static_cast<std::size_t>(len);
+    }
+    return false;
   }
-  const auto sos = bytes.find("\xFF\xDA", 2);
-  return sos != std::string::npos && bytes.find("\xFF\xD9", sos) != std::string::npos;
+  std::size_t at = 2;  // after SOI
+  while (at + 2 <= n) {
+    if (byte(at) != 0xFF) return false;
+    const unsigned char m = byte(at + 1);
+    if (m == 0xFF) {  // fill byte
+      ++at;
+      continue;
+    }
+    if (m == 0xD9) return true;  // EOI
+    if (m == 0x01 || (m >= 0xD0 && m <= 0xD7)) {  // markers without a length
+      at += 2;
+      continue;
+    }
+    if (at + 4 > n) return false;
+    const std::size_t len = std::size_t{byte(at + 2)} << 8 | byte(at + 3);
+    if (len < 2 || at + 2 + len > n) return false;
+    at += 2 + len;
+    if (m == 0xDA) {  // a scan: entropy-coded data up to the next marker (FF 00 is a stuffed FF, FF D0-D7 restarts)
+      while (at + 1 < n && !(byte(at) == 0xFF && byte(at + 1) != 0x00 && !(byte(at + 1) >= 0xD0 && byte(at + 1) <= 0xD7))) ++at;
+      if (at + 1 >= n) return false;
+    }
+  }
+  return false;
 }
 }  // namespace detail
 
@@ -78,7 +108,7 @@ inline Tensor<float> read_image(const std::string& path, int channels = 3, std::
   const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
   const int len = static_cast<int>(bytes.size());
   auto too_large = [&](std::int64_t w, std::int64_t h) {
-    if (w > 0 && h > 0 && w * h <= max_pixels) return;
+    if (w > 0 && h > 0 && w <= max_pixels / h) return;  // (no product: a header may claim 2^32 x 2^32)
     throw IoError(detail::cat(what, ": the ", png ? "PNG" : "JPEG", " claims ", w, " x ", h, " pixels; at most ",
                               max_pixels, " are read (raise max_pixels to read it)"));
   };

@@ -80,7 +80,10 @@ inline void brief_json_into(const nlohmann::json& v, std::string& out, std::size
     }
     if (!first) out += ", ";
     first = false;
-    if (obj) out += json_text(it.key()) + ": ";
+    if (obj) {  // a key is cut like a string value
+      brief_json_into(nlohmann::json(it.key()), out, budget, depth + 1);
+      out += ": ";
+    }
     brief_json_into(*it, out, budget, depth + 1);
   }
   out += obj ? '}' : ']';

@@ -223,6 +223,13 @@ struct LabelEmbedder {
 template <class T>
 struct DiTBuffers {
   Tensor<T> h, qkv, o, y, hidden;
+  // A copied model (an EMA, a gradient tree) gets buffers of its own, not handles to these:
+  // two models must not share scratch.
+  DiTBuffers() = default;
+  DiTBuffers(const DiTBuffers&) {}
+  DiTBuffers& operator=(const DiTBuffers&) { return *this = DiTBuffers(); }
+  DiTBuffers(DiTBuffers&&) = default;
+  DiTBuffers& operator=(DiTBuffers&&) = default;
   void ensure(std::int64_t rows, std::int64_t d, std::int64_t mlp_hidden) {
     if (h.numel() >= rows * d && hidden.numel() >= rows * mlp_hidden) return;
     h = Tensor<T>::empty({rows, d});
@@ -506,6 +513,9 @@ struct DiT {
   void backward(DiT& g, const Acts& a, const Tensor<T>& dout, Tensor<T>* dx = nullptr) const {
     const DiTConfig& c = config;
     const std::int64_t B = a.B, gr = c.grid(), n = gr * gr, D = c.hidden_size, p = c.patch_size, rows = B * n;
+    if (B < 1 || a.blocks.size() != blocks.size() || a.mods.size() != blocks.size())
+      throw ArgumentError("DiT.backward: the activations were not made by this model's forward_train");
+    (void)nn::zip_parameters<T>(const_cast<DiT&>(*this), g, "DiT.backward");  // g must be a gradient tree of this model
     if (dout.shape() != Shape{B, c.out_channels(), gr * p, gr * p})
       throw ShapeError(ditto::detail::cat("DiT.backward: expected dout of shape ", shape_str(Shape{B, c.out_channels(), gr * p, gr * p}),
                                           ", got ", shape_str(dout.shape())));

@@ -15,6 +15,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -135,6 +136,15 @@ inline void check_weights_cover(const char* model, double min_weights, const Saf
                                      " parameters: the config does not describe these weights"));
 }
 
+// The model of r.config, built once the weights file can hold it (check_weights_cover).
+template <class Model>
+inline Model model_for(const ForwardRequest& r, const char* upstream) {
+  using Config = std::remove_cvref_t<decltype(std::declval<Model>().config)>;
+  const Config config = Config::from_json(r.config);
+  check_weights_cover(upstream, config.min_weights(), *r.weights);
+  return Model(config);
+}
+
 template <class Model>
 inline void load_weights(Model& m, const SafetensorsFile& weights) {
   nn::load<float>(m, weights, /*strict=*/true);
@@ -153,9 +163,7 @@ inline void add_parameter_grads(NamedTensors& outputs, Model& grads) {
 }
 
 inline NamedTensors run_dit(const ForwardRequest& r) {
-  const DiTConfig config = DiTConfig::from_json(r.config);
-  check_weights_cover("DiT", config.min_weights(), *r.weights);
-  DiT<float> dit(config);
+  DiT<float> dit = model_for<DiT<float>>(r, "DiT");
   load_weights(dit, *r.weights);
   Inputs in{*r.inputs, "DiT", {}};
   const Tensor<float> x = in.floats("x", 4), t = in.floats("t", 1);
@@ -193,9 +201,7 @@ inline void refuse_guidance(const ForwardRequest& r, const std::string& model) {
 template <class Model, class Config>
 inline NamedTensors run_classifier(const ForwardRequest& r, const char* upstream, std::int64_t rank) {
   refuse_guidance(r, upstream);
-  const Config config = Config::from_json(r.config);
-  check_weights_cover(upstream, config.min_weights(), *r.weights);
-  Model model(config);
+  Model model = model_for<Model>(r, upstream);
   load_weights(model, *r.weights);
   Inputs in{*r.inputs, upstream, {}};
   const Tensor<float> x = in.floats("x", rank);
@@ -210,9 +216,7 @@ inline NamedTensors run_classifier(const ForwardRequest& r, const char* upstream
 template <class Model, class Config>
 inline NamedTensors run_x_timesteps_y(const ForwardRequest& r, const char* upstream) {
   refuse_guidance(r, upstream);
-  const Config config = Config::from_json(r.config);
-  check_weights_cover(upstream, config.min_weights(), *r.weights);
-  Model model(config);
+  Model model = model_for<Model>(r, upstream);
   load_weights(model, *r.weights);
   Inputs in{*r.inputs, upstream, {}};
   const Tensor<float> x = in.floats("x", 4), t = in.floats("timesteps", 1);
@@ -226,9 +230,7 @@ inline NamedTensors run_x_timesteps_y(const ForwardRequest& r, const char* upstr
 }
 
 inline NamedTensors run_latte(const ForwardRequest& r) {
-  const LatteConfig config = LatteConfig::from_json(r.config);
-  check_weights_cover("Latte", config.min_weights(), *r.weights);
-  Latte<float> latte(config);
+  Latte<float> latte = model_for<Latte<float>>(r, "Latte");
   load_weights(latte, *r.weights);
   Inputs in{*r.inputs, "Latte", {}};
   const Tensor<float> x = in.floats("x", 5), t = in.floats("t", 1);
@@ -267,9 +269,7 @@ inline NamedTensors run_latte(const ForwardRequest& r) {
 // vae-decode: z (scaled) -> out.
 inline NamedTensors run_vae(const ForwardRequest& r, bool encode) {
   refuse_guidance(r, "FrozenAutoencoderKL");
-  const VAEConfig config = VAEConfig::from_json(r.config);
-  check_weights_cover("FrozenAutoencoderKL", config.min_weights(), *r.weights);
-  AutoencoderKL<float> vae(config);
+  AutoencoderKL<float> vae = model_for<AutoencoderKL<float>>(r, "FrozenAutoencoderKL");
   if (has_diffusers_vae_names(*r.weights)) load_diffusers(vae, *r.weights);  // either naming loads
   else load_weights(vae, *r.weights);
   Inputs in{*r.inputs, encode ? "vae-encode" : "vae-decode", {}};

@@ -94,7 +94,7 @@ struct UViTConfig {
   // A lower bound on the parameter count: the blocks' matrices, patch_embed and decoder_pred.
   double min_weights() const {
     return detail::transformer_weights(depth, embed_dim, mlp_hidden(), 4) +
-           2 * static_cast<double>(patch_size * patch_size * in_chans) * static_cast<double>(embed_dim);
+           2 * static_cast<double>(patch_size) * static_cast<double>(patch_size) * static_cast<double>(in_chans) * static_cast<double>(embed_dim);
   }
 };
 

@@ -132,7 +132,8 @@ struct ViTConfig {
   // A lower bound on the parameter count: the blocks' matrices, the patch embedding and the head.
   double min_weights() const {
     return detail::transformer_weights(depth, embed_dim, mlp_hidden(), 4) +
-           static_cast<double>(num_classes + patch_size[0] * patch_size[1] * in_chans) * static_cast<double>(embed_dim);
+           (static_cast<double>(num_classes) + static_cast<double>(patch_size[0]) * static_cast<double>(patch_size[1]) * static_cast<double>(in_chans)) *
+               static_cast<double>(embed_dim);
   }
 };
 

@@ -154,7 +154,9 @@ struct ViViTConfig {
   double min_weights() const {
     const std::int64_t blocks = depth + (model == "factorized_encoder" ? temporal_depth : 0);  // only model 2 has temporal blocks
     return detail::transformer_weights(blocks, embed_dim, mlp_hidden(), 4) +
-           static_cast<double>(num_classes + tubelet_size * patch_size[0] * patch_size[1] * in_chans) * static_cast<double>(embed_dim);
+           (static_cast<double>(num_classes) + static_cast<double>(tubelet_size) * static_cast<double>(patch_size[0]) *
+                                                   static_cast<double>(patch_size[1]) * static_cast<double>(in_chans)) *
+               static_cast<double>(embed_dim);
   }
 };
 

@@ -144,6 +144,12 @@ struct Embedding {
   // twice sums both, the same for any thread count).
   template <class I>
   void backward(Embedding& g, const Tensor<I>& idx, const T* dy) const {
+    if (g.weight.shape() != weight.shape())
+      throw ShapeError(ditto::detail::cat("Embedding.backward: the gradient's table is ", shape_str(g.weight.shape()), ", the layer's ",
+                                          shape_str(weight.shape())));
+    for (std::int64_t i = 0; i < idx.numel(); ++i)
+      if (idx[i] < 0 || static_cast<std::int64_t>(idx[i]) >= num_embeddings)
+        throw ShapeError(ditto::detail::cat("Embedding.backward: index ", static_cast<std::int64_t>(idx[i]), " is out of range [0, ", num_embeddings, ")"));
     for (std::int64_t i = 0; i < idx.numel(); ++i) {
       T* row = g.weight.data() + static_cast<std::int64_t>(idx[i]) * embedding_dim;
       for (std::int64_t c = 0; c < embedding_dim; ++c) row[c] += dy[i * embedding_dim + c];

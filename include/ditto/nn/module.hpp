@@ -12,6 +12,7 @@
 // v("pos_embed", pos_embed, nn::fixed): in the state dict, but not trainable.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -154,9 +155,10 @@ inline void throw_if_problems(const std::string& path, const LoadReport& report,
 
 // Loads a block's tensors from a safetensors file by name, converting dtypes. A wrongly shaped
 // tensor is always an error; with strict (the default, as load_state_dict) so is any missing or
-// unexpected name. All problems are reported together in one IoError, and a load that throws
-// leaves the block as it was (names and shapes, all in the file's header, are checked before
-// any tensor is read, so no more than one copy of the weights is held at a time).
+// unexpected name. All problems are reported together in one IoError, and a load refused for
+// its names or shapes leaves the block as it was: they are all in the file's header and are
+// checked before any tensor is read (reading then assigns tensor by tensor, so no more than one
+// copy of the weights is held; a checkpoint, train/checkpoint.hpp, reads everything first).
 // `rename` maps a file's name to the block's name ("" drops it): one conversion table per
 // foreign layout of the same weights (e.g. diffusers' names), applied here, at load time.
 template <class T, class Block>

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -78,6 +79,19 @@ std::vector<std::pair<std::string, Tensor<T>*>> checkpoint_tensors(TrainState<Mo
   return out;
 }
 
+// The checksum of a checkpoint: the metadata (all but the checksum itself) and every tensor's
+// bytes in name order.
+template <class T>
+inline std::uint64_t checksum(const nlohmann::json& meta, const std::vector<std::pair<std::string, Tensor<T>>>& sorted) {
+  nlohmann::json m = meta;
+  m.erase("checksum");
+  const std::string text = m.dump();
+  std::uint64_t h = hash_bytes(0, reinterpret_cast<const unsigned char*>(text.data()), text.size());
+  for (const auto& [name, t] : sorted)
+    h = hash_bytes(h, reinterpret_cast<const unsigned char*>(t.data()), static_cast<std::size_t>(t.numel()) * sizeof(T));
+  return h;
+}
+
 // The first key where two JSON objects differ, as "key: a vs b" ("" when equal).
 inline std::string first_difference(const nlohmann::json& a, const nlohmann::json& b) {
   if (!a.is_object() || !b.is_object()) return a == b ? "" : "(the whole config): " + brief_json(a) + " vs " + brief_json(b);
@@ -94,16 +108,13 @@ inline void save_checkpoint(const std::string& path, TrainState<Model, Optimizer
   std::vector<std::pair<std::string, Tensor<T>>> tensors;
   for (auto& [name, t] : detail::checkpoint_tensors<T>(s)) tensors.emplace_back(name, *t);
   std::sort(tensors.begin(), tensors.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-  std::uint64_t h = 0;
-  for (const auto& [name, t] : tensors)
-    h = detail::hash_bytes(h, reinterpret_cast<const unsigned char*>(t.data()), static_cast<std::size_t>(t.numel()) * sizeof(T));
-  const nlohmann::json meta = {{"step", s.step},
-                               {"optimizer", s.optimizer.describe()},
-                               {"optimizer_steps", s.optimizer.steps},
-                               {"rng_seed", std::to_string(s.gen.seed())},
-                               {"rng_offset", std::to_string(s.gen.offset())},
-                               {"has_ema", s.ema != nullptr},
-                               {"checksum", std::to_string(h)}};
+  nlohmann::json meta = {{"step", s.step},
+                         {"optimizer", s.optimizer.describe()},
+                         {"optimizer_steps", s.optimizer.steps},
+                         {"rng_seed", std::to_string(s.gen.seed())},
+                         {"rng_offset", std::to_string(s.gen.offset())},
+                         {"has_ema", s.ema != nullptr}};
+  meta["checksum"] = std::to_string(detail::checksum(meta, tensors));
   save_safetensors<T>(path, tensors,
                       {{"format", kCheckpointFormat}, {"ditto", meta.dump()}, {"config", s.config.dump()}, {"args", s.args.dump()}});
 }
@@ -123,19 +134,43 @@ inline nlohmann::json load_checkpoint(const std::string& path, TrainState<Model,
     if (!md.count(k)) throw fail(ditto::detail::cat("the metadata has no \"", k, "\" entry"));
   const nlohmann::json meta = parse_json(md.at("ditto"), what + " metadata"), config = parse_json(md.at("config"), what + " config"),
                        args = parse_json(md.at("args"), what + " args");
+  // every metadata field, typed and in range, before anything else is looked at
+  std::uint64_t seed = 0, offset = 0;
+  std::int64_t step = 0, optimizer_steps = 0;
+  bool has_ema = false;
+  std::string optimizer, sum;
+  try {
+    auto digits = [](const nlohmann::json& v) {
+      const std::string& s = v.get_ref<const std::string&>();
+      if (s.empty() || s.size() > 20 || s.find_first_not_of("0123456789") != std::string::npos) throw std::invalid_argument("not a whole number: " + s);
+      return std::stoull(s);
+    };
+    seed = digits(meta.at("rng_seed"));
+    offset = digits(meta.at("rng_offset"));
+    step = meta.at("step").get<std::int64_t>();
+    optimizer_steps = meta.at("optimizer_steps").get<std::int64_t>();
+    has_ema = meta.at("has_ema").get<bool>();
+    optimizer = meta.at("optimizer").get<std::string>();
+    sum = meta.at("checksum").get<std::string>();
+    if (step < 0 || optimizer_steps < 0) throw std::invalid_argument("a negative step count");
+  } catch (const std::exception& e) {
+    throw fail(std::string("the metadata is malformed: ") + e.what());
+  }
   if (const std::string d = detail::first_difference(config, s.config); !d.empty())
     throw fail("the checkpoint was saved from another model config (" + d + ")");
-  if (meta.value("has_ema", false) != (s.ema != nullptr))
+  if (has_ema != (s.ema != nullptr))
     throw fail(s.ema ? "the checkpoint holds no EMA, but one was given" : "the checkpoint holds an EMA, but none was given");
-  if (meta.value("optimizer", std::string()) != s.optimizer.describe())
-    throw fail("the checkpoint's optimizer is " + meta.value("optimizer", std::string("unknown")) + ", this run's is " + s.optimizer.describe());
-  // every name and shape, before anything is read
+  if (optimizer != s.optimizer.describe())
+    throw fail("the checkpoint's optimizer is " + optimizer + ", this run's is " + s.optimizer.describe());
+  // every name, shape and dtype, before anything is read
   const auto dest = detail::checkpoint_tensors<T>(s);
   std::vector<std::string> problems;
   for (const auto& [name, t] : dest) {
     if (!file.contains(name)) problems.push_back(name + " (missing)");
     else if (file.info(name).shape != t->shape())
       problems.push_back(name + " (file " + shape_str(file.info(name).shape) + ", model " + shape_str(t->shape()) + ")");
+    else if (file.info(name).dtype != ditto::detail::dtype_of<T>())
+      problems.push_back(name + " (stored as " + dtype_name(file.info(name).dtype) + ", loaded as " + dtype_name(ditto::detail::dtype_of<T>()) + ")");
   }
   if (file.tensors().size() != dest.size()) problems.push_back(ditto::detail::cat("the file holds ", file.tensors().size(), " tensors, ", dest.size(), " expected"));
   if (!problems.empty()) {
@@ -143,27 +178,13 @@ inline nlohmann::json load_checkpoint(const std::string& path, TrainState<Model,
     for (std::size_t i = 0; i < problems.size() && i < 5; ++i) list += (i ? ", " : "") + problems[i];
     throw fail(ditto::detail::cat(problems.size(), " problem(s): ", list, problems.size() > 5 ? ", ..." : ""));
   }
-  // the checksum over the tensors as stored (name order), then read
+  // read into new tensors, check the checksum over them (name order) and the metadata
   std::vector<std::pair<std::string, Tensor<T>>> read;
   for (const auto& [name, t] : dest) read.emplace_back(name, file.get<T>(name));
-  std::vector<std::size_t> order(read.size());
-  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return read[a].first < read[b].first; });
-  std::uint64_t h = 0;
-  for (std::size_t i : order)
-    h = detail::hash_bytes(h, reinterpret_cast<const unsigned char*>(read[i].second.data()), static_cast<std::size_t>(read[i].second.numel()) * sizeof(T));
-  if (meta.value("checksum", std::string()) != std::to_string(h))
-    throw fail("the tensors' checksum does not match the one saved: the file is corrupted");
-  std::uint64_t seed = 0, offset = 0;
-  std::int64_t step = 0, optimizer_steps = 0;
-  try {
-    seed = std::stoull(meta.at("rng_seed").get<std::string>());
-    offset = std::stoull(meta.at("rng_offset").get<std::string>());
-    step = meta.at("step").get<std::int64_t>();
-    optimizer_steps = meta.at("optimizer_steps").get<std::int64_t>();
-  } catch (const std::exception& e) {
-    throw fail(std::string("the metadata's step or generator state is malformed: ") + e.what());
-  }
+  std::vector<std::pair<std::string, Tensor<T>>> sorted = read;
+  std::sort(sorted.begin(), sorted.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+  if (sum != std::to_string(detail::checksum(meta, sorted)))
+    throw fail("the checksum does not match the one saved: the file is corrupted");
   // nothing can fail from here: the state changes all at once
   for (std::size_t i = 0; i < dest.size(); ++i) *dest[i].second = std::move(read[i].second);
   s.step = step;

@@ -14,12 +14,17 @@
 // with it (nn::zip_parameters refuses another model's gradients).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <functional>
 #include <limits>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
@@ -66,11 +71,11 @@ inline void for_each_element(std::int64_t n, F&& f) {
 template <class T>
 inline void adam_update(T* p, const T* g, T* m, T* v, std::int64_t n, std::int64_t step, double lr, double wd, const AdamOptions& o,
                         bool decoupled) {
+  // the scalars in double, rounded once to T, as torch computes them in Python floats
   const T b1 = static_cast<T>(o.beta1), b2 = static_cast<T>(o.beta2);
-  const T bc1 = T(1) - static_cast<T>(std::pow(o.beta1, static_cast<double>(step)));
-  const T bc2 = T(1) - static_cast<T>(std::pow(o.beta2, static_cast<double>(step)));
-  const T step_size = static_cast<T>(lr) / bc1, bc2_sqrt = std::sqrt(bc2), eps = static_cast<T>(o.eps);
-  const T decay = T(1) - static_cast<T>(lr * wd), l2 = static_cast<T>(wd);
+  const double bc1 = 1 - std::pow(o.beta1, static_cast<double>(step)), bc2 = 1 - std::pow(o.beta2, static_cast<double>(step));
+  const T step_size = static_cast<T>(lr / bc1), bc2_sqrt = static_cast<T>(std::sqrt(bc2)), eps = static_cast<T>(o.eps);
+  const T decay = static_cast<T>(1 - lr * wd), l2 = static_cast<T>(wd);
   for_each_element(n, [&](std::int64_t i) {
     T grad = g[i];
     if (decoupled) p[i] *= decay;              // AdamW: p.mul_(1 - lr * weight_decay)
@@ -115,9 +120,12 @@ class AdamBase {
   const AdamOptions& options() const { return options_; }
   // For checkpoints: the state trees by name, and the hyperparameters.
   std::vector<std::pair<std::string, Model*>> state() { return {{"exp_avg", &exp_avg}, {"exp_avg_sq", &exp_avg_sq}}; }
+  // (JSON numbers round-trip: a resumed run's optimizer must be this one exactly)
   std::string describe() const {
-    return ditto::detail::cat(name(), "(lr=", options_.lr, ", betas=(", options_.beta1, ", ", options_.beta2, "), eps=", options_.eps,
-                              ", weight_decay=", options_.weight_decay, ", groups=", groups_.size(), ")");
+    nlohmann::json g = nlohmann::json::array();
+    for (const auto& grp : groups_) g.push_back({grp.lr, grp.weight_decay});
+    return nlohmann::json{{"optimizer", name()}, {"lr", options_.lr}, {"betas", {options_.beta1, options_.beta2}}, {"eps", options_.eps},
+                          {"weight_decay", options_.weight_decay}, {"groups", g}}.dump();
   }
   std::int64_t steps = 0;  // torch's state['step'] (the same for every tensor here)
   Model exp_avg, exp_avg_sq;
@@ -176,8 +184,10 @@ class SGD {
 
   std::vector<std::pair<std::string, Model*>> state() { return {{"momentum_buffer", &momentum_buffer}}; }
   std::string describe() const {
-    return ditto::detail::cat("SGD(lr=", options_.lr, ", momentum=", options_.momentum, ", dampening=", options_.dampening,
-                              ", weight_decay=", options_.weight_decay, ", nesterov=", options_.nesterov, ", groups=", groups_.size(), ")");
+    nlohmann::json g = nlohmann::json::array();
+    for (const auto& grp : groups_) g.push_back({grp.lr, grp.weight_decay});
+    return nlohmann::json{{"optimizer", "SGD"}, {"lr", options_.lr}, {"momentum", options_.momentum}, {"dampening", options_.dampening},
+                          {"weight_decay", options_.weight_decay}, {"nesterov", options_.nesterov}, {"groups", g}}.dump();
   }
   std::int64_t steps = 0;
   Model momentum_buffer;
@@ -204,10 +214,11 @@ inline double clip_grad_norm(Model& grads, double max_norm, double norm_type = 2
     total = inf ? std::max(total, t) : total + t;
   }
   if (!inf) total = std::sqrt(total);
-  const double coef = max_norm / (total + 1e-6);
-  if (coef < 1)
+  // torch multiplies by clamp(coef, max=1): a no-op below max_norm, and NaN for a NaN norm
+  const double coef = max_norm / (total + 1e-6), clamped = std::isnan(coef) ? coef : std::min(coef, 1.0);
+  if (clamped != 1.0)
     for (auto& [name, g] : params)
-      for (T& v : *g) v *= static_cast<T>(coef);
+      for (T& v : *g) v *= static_cast<T>(clamped);
   return total;
 }
 
