@@ -38,22 +38,26 @@ int main(int argc, char** argv) try {
   }
   const Tensor<std::int64_t> y({B}, labels);
   const Tensor<float> x_t = diffusion::q_sample(s, x0, t, noise);
-  std::vector<double> ms;
+  std::vector<double> ms, fwd, bwd, opt_ms;
+  auto since = [](auto t0) { return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(); };
   for (int r = 0; r <= reps; ++r) {
     const auto t0 = std::chrono::steady_clock::now();
     models::DiT<float>::Acts acts;
     const Tensor<float> out = model.forward_train(x_t, tf, y, acts);
+    const double t_fwd = since(t0);
     nn::zero_grad<float>(grads);
     model.backward(grads, acts, diffusion::training_losses_grad(s, out, x0, x_t, t, noise));
+    const double t_bwd = since(t0) - t_fwd;
     opt.step(model, grads);
-    const double dt = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    if (r > 0) ms.push_back(dt);  // the first is the warm-up
+    const double dt = since(t0);
+    if (r > 0) ms.push_back(dt), fwd.push_back(t_fwd), bwd.push_back(t_bwd), opt_ms.push_back(dt - t_fwd - t_bwd);  // the first is the warm-up
   }
-  std::sort(ms.begin(), ms.end());
+  for (auto* v : {&ms, &fwd, &bwd, &opt_ms}) std::sort(v->begin(), v->end());
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
-  std::printf("%s batch %ld, %d threads: %.1f ms per step (median of %d), peak RSS %.0f MB\n", name.c_str(), static_cast<long>(B),
-              get_num_threads(), ms[ms.size() / 2], reps, static_cast<double>(ru.ru_maxrss) / 1024.0);
+  std::printf("%s batch %ld, %d threads: %.1f ms per step (median of %d; forward_train %.1f, loss + backward %.1f, AdamW %.1f), "
+              "peak RSS %.0f MB\n", name.c_str(), static_cast<long>(B), get_num_threads(), ms[ms.size() / 2], reps, fwd[fwd.size() / 2],
+              bwd[bwd.size() / 2], opt_ms[opt_ms.size() / 2], static_cast<double>(ru.ru_maxrss) / 1024.0);
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "train_step: %s\n", e.what());
