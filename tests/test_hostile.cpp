@@ -320,3 +320,10 @@ TEST_CASE("a load that fails leaves every tensor of the block as it was", "[host
   CHECK_THROWS_WITH(nn::load<float>(lin, SafetensorsFile(s.path("c.safetensors")), table), Catch::Contains("1 missing (bias)"));
   CHECK(lin.weight[0] == 1.0f);
 }
+
+TEST_CASE("Latte's label errors name Latte" " and image frames are bounded", "[hostile][models]") {
+  Latte<float> m(LatteConfig::from_json({{"input_size", 8}, {"hidden_size", 16}, {"depth", 2}, {"num_heads", 2}, {"num_frames", 2},
+                                         {"in_channels", 3}, {"extras", 2}, {"num_classes", 3}}));
+  const Tensor<std::int64_t> y({1}, std::vector<std::int64_t>{7});
+  CHECK_THROWS_WITH(m.forward(Tensor<float>({1, 2, 3, 8, 8}), Tensor<float>({1}), &y), Catch::StartsWith("Latte: label 7 is outside [0, 4)"));
+}

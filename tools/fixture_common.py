@@ -85,3 +85,12 @@ def write_configs(model, configs):
     with open(os.path.join(FIXTURES, f"{model}_configs.json"), "w") as f:
         json.dump(configs, f, indent=1, sort_keys=True)
         f.write("\n")
+
+
+def extract_f64(arr, timesteps, broadcast_shape):
+    """DiT diffusion's _extract_into_tensor without its .float(): the coefficients stay float64
+    (the float64 fixtures patch it in)."""
+    res = th.from_numpy(arr)[timesteps].to(th.float64)
+    while len(res.shape) < len(broadcast_shape):
+        res = res[..., None]
+    return res + th.zeros(broadcast_shape, dtype=th.float64)

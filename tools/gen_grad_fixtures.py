@@ -55,19 +55,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import models  # noqa: E402  (DiT's models.py; imports timm)
 from diffusion import create_diffusion  # noqa: E402
 from diffusion import gaussian_diffusion as gd  # noqa: E402
-from fixture_common import FIXTURES, timestep_embedding_f64, write_configs, write_fixture  # noqa: E402
+from fixture_common import FIXTURES, extract_f64, timestep_embedding_f64, write_configs, write_fixture  # noqa: E402
 from timm.models.vision_transformer import Attention, Mlp, PatchEmbed  # noqa: E402
 
 upstream_embedding = models.TimestepEmbedder.timestep_embedding
 upstream_extract = gd._extract_into_tensor
-
-
-def extract_f64(arr, timesteps, broadcast_shape):
-    """diffusion's _extract_into_tensor without its .float(): the coefficients stay float64."""
-    res = th.from_numpy(arr)[timesteps].to(th.float64)
-    while len(res.shape) < len(broadcast_shape):
-        res = res[..., None]
-    return res + th.zeros(broadcast_shape, dtype=th.float64)
 
 
 def set_precision(dtype):

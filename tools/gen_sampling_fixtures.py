@@ -19,16 +19,10 @@ sys.path.insert(0, src)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from diffusion import gaussian_diffusion as gd  # noqa: E402
 from diffusion.respace import SpacedDiffusion, space_timesteps  # noqa: E402
+from fixture_common import extract_f64  # noqa: E402
 from safetensors_writer import save  # noqa: E402
 
 upstream_extract = gd._extract_into_tensor
-
-
-def extract_f64(arr, timesteps, broadcast_shape):
-    res = th.from_numpy(arr)[timesteps].to(th.float64)
-    while len(res.shape) < len(broadcast_shape):
-        res = res[..., None]
-    return res + th.zeros(broadcast_shape, dtype=th.float64)
 
 
 CASES = [  # name, schedule, respacing, mean type, var type, timesteps
