@@ -94,7 +94,7 @@ template <class T, class Model, bool Decoupled>
 class AdamBase {
  public:
   AdamBase(const Model& model, AdamOptions options, std::vector<ParamGroup> groups = {})
-      : options_(options), groups_(std::move(groups)), exp_avg(nn::zeros_like<T>(model)), exp_avg_sq(nn::zeros_like<T>(model)) {
+      : exp_avg(nn::zeros_like<T>(model)), exp_avg_sq(nn::zeros_like<T>(model)), options_(options), groups_(std::move(groups)) {
     if (!(options.lr >= 0) || !(options.eps >= 0) || !(options.beta1 >= 0 && options.beta1 < 1) || !(options.beta2 >= 0 && options.beta2 < 1) ||
         !(options.weight_decay >= 0))
       throw ArgumentError(ditto::detail::cat(name(), ": expected lr, eps, weight_decay >= 0 and betas in [0, 1), got lr ", options.lr,
@@ -150,7 +150,7 @@ template <class T, class Model>
 class SGD {
  public:
   SGD(const Model& model, SGDOptions options, std::vector<ParamGroup> groups = {})
-      : options_(options), groups_(std::move(groups)), momentum_buffer(nn::zeros_like<T>(model)) {
+      : momentum_buffer(nn::zeros_like<T>(model)), options_(options), groups_(std::move(groups)) {
     if (!(options.lr >= 0) || !(options.momentum >= 0) || !(options.weight_decay >= 0) ||
         (options.nesterov && (options.momentum <= 0 || options.dampening != 0)))
       throw ArgumentError(ditto::detail::cat("SGD: expected lr, momentum, weight_decay >= 0, and Nesterov with momentum > 0 and no "
