@@ -54,19 +54,8 @@ inline void norm_modulate_backward(T* dx, T* dshift, T* dscale, const T* dy, con
   parallel_for(rows, rows * d * 8, [&](std::int64_t lo, std::int64_t hi) {
     for (auto r = lo; r < hi; ++r) {
       const T* sc = scale + (r / n) * mod_stride;
-      const T* xr = x + r * d;
       const T* dyr = dy + r * d;
-      T* dxr = dx + r * d;
-      T sum_g = 0, sum_gx = 0;  // g = dxhat = dy (1 + scale)
-      for (std::int64_t i = 0; i < d; ++i) {
-        const T g = dyr[i] * (T(1) + sc[i]), xh = (xr[i] - mean[r]) * rstd[r];
-        sum_g += g, sum_gx += g * xh;
-      }
-      const T mg = sum_g / static_cast<T>(d), mgx = sum_gx / static_cast<T>(d);
-      for (std::int64_t i = 0; i < d; ++i) {
-        const T g = dyr[i] * (T(1) + sc[i]), xh = (xr[i] - mean[r]) * rstd[r];
-        dxr[i] += rstd[r] * (g - mg - xh * mgx);
-      }
+      detail::layernorm_row_backward(dx + r * d, x + r * d, mean[r], rstd[r], d, [&](std::int64_t i) { return dyr[i] * (T(1) + sc[i]); });
     }
   });
   // dshift[b] = sum over b's rows of dy, dscale[b] = sum of dy * xhat

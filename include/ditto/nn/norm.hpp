@@ -39,6 +39,20 @@ inline T row_sum(const T* x, std::int64_t n, T c, bool squares) {
   for (; i < n; ++i) s += squares ? (x[i] - c) * (x[i] - c) : x[i];
   return s;
 }
+
+// One row of LayerNorm's backward through the normalization: with xhat = (x - mean) rstd and
+// g(i) the gradient of xhat[i], dx[i] += rstd (g(i) - mean(g) - xhat[i] mean(g xhat)).
+// Shared by LayerNorm (g = dy * weight) and adaLN's norm_modulate (g = dy * (1 + scale)).
+template <class T, class G>
+inline void layernorm_row_backward(T* dx, const T* x, T mean, T rstd, std::int64_t n, G&& g) {
+  T sg = 0, sgx = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const T gi = g(i), xh = (x[i] - mean) * rstd;
+    sg += gi, sgx += gi * xh;
+  }
+  const T mg = sg / static_cast<T>(n), mgx = sgx / static_cast<T>(n);
+  for (std::int64_t i = 0; i < n; ++i) dx[i] += rstd * (g(i) - mg - (x[i] - mean) * rstd * mgx);
+}
 }  // namespace detail
 
 // x: (..., normalized_shape). y = (x - mean) / sqrt(var + eps) * weight + bias, over the last axis
@@ -114,15 +128,9 @@ struct LayerNorm {
     const std::int64_t n = normalized_shape;
     parallel_for(rows, rows * n * 8, [&](std::int64_t lo, std::int64_t hi) {
       for (auto r = lo; r < hi; ++r) {
-        T sg = 0, sgx = 0;
-        for (std::int64_t i = 0; i < n; ++i) {
-          const T gi = dy[r * n + i] * (elementwise_affine ? weight[i] : T(1)), xh = (x[r * n + i] - mean[r]) * rstd[r];
-          sg += gi, sgx += gi * xh;
-        }
-        for (std::int64_t i = 0; i < n; ++i) {
-          const T gi = dy[r * n + i] * (elementwise_affine ? weight[i] : T(1)), xh = (x[r * n + i] - mean[r]) * rstd[r];
-          dx[r * n + i] += rstd[r] * (gi - sg / static_cast<T>(n) - xh * sgx / static_cast<T>(n));
-        }
+        const T* dyr = dy + r * n;
+        detail::layernorm_row_backward(dx + r * n, x + r * n, mean[r], rstd[r], n,
+                                       [&](std::int64_t i) { return dyr[i] * (elementwise_affine ? weight[i] : T(1)); });
       }
     });
     if (!elementwise_affine) return;
