@@ -22,6 +22,7 @@
   timm's Attention / Mlp / PatchEmbed, DiT's embedders, DiTBlock and FinalLayer), each case
   `block` storing `block.in.*`, `block.w.*`, `block.out`, `block.grad_out`, `block.grad.<param>`
   and `block.grad.<input>` for the same L.
+  The losses (cross_entropy, l1_loss, mse_loss, gaussian_kl) store their scalar as `out`.
 - tests/fixtures/optim_f64.safetensors and optim_cases.json: torch.optim (Adam, AdamW, SGD,
   parameter groups, a LambdaLR schedule), clip_grad_norm_ and DiT train.py's EMA on three
   parameters a (3, 4), b (5,), c (2, 2, 3) over 10 steps of seeded gradients, in float64.
@@ -71,7 +72,7 @@ def set_precision(dtype):
 
 def randn(g, dtype, *shape, scale=1.0):
     """Drawn in float64 and rounded to dtype, so both precisions get the same numbers up to rounding."""
-    return (th.randn(*shape, generator=g, dtype=th.float64) * scale).to(dtype)
+    return (th.randn(tuple(shape), generator=g, dtype=th.float64) * scale).to(dtype)  # () for a scalar loss
 
 
 def randomize(m, g):
@@ -273,6 +274,21 @@ def nn_cases(dtype):
     case("dit_block", lambda x, c: blk(x, c), {"x": rnd(2, 5, 16), "c": rnd(2, 16)}, blk)
     fl = randomize(models.FinalLayer(16, 2, 6).to(dtype), g)
     case("final_layer", lambda x, c: fl(x, c), {"x": rnd(2, 5, 16), "c": rnd(2, 16)}, fl)
+
+    # Losses (scalars; grad_out a random scale): cross-entropy with label smoothing and an
+    # ignored row, L1 (with an exact tie: sign(0) = 0) and MSE, and the autoencoder's KL term
+    # as latent-diffusion's DiagonalGaussianDistribution.kl() sums it, averaged over the batch.
+    target = th.tensor([2, -100, 0, 4, 2])
+    case("cross_entropy", lambda x, y: F.cross_entropy(x, y, label_smoothing=0.1), {"x": rnd(5, 6, scale=2), "y": target})
+    case("cross_entropy_plain", lambda x, y: F.cross_entropy(x, y), {"x": rnd(4, 3, scale=2), "y": th.tensor([0, 2, 2, 1])})
+    xr, tr = rnd(2, 3, 4), rnd(2, 3, 4)
+    tr[0, 1, 2] = xr[0, 1, 2]
+    case("l1_loss", lambda x, target: F.l1_loss(x, target), {"x": xr, "target": tr}, grad_inputs=["x"])
+    case("mse_loss", lambda x, target: F.mse_loss(x, target), {"x": rnd(2, 3, 4), "target": rnd(2, 3, 4)}, grad_inputs=["x"])
+
+    def kl(mean, logvar):  # 0.5 * sum(mean^2 + var - 1 - logvar, dim=[1, 2, 3]), then sum / B
+        return (0.5 * th.sum(mean.pow(2) + th.exp(logvar) - 1.0 - logvar, dim=[1, 2, 3])).sum() / mean.shape[0]
+    case("gaussian_kl", kl, {"mean": rnd(3, 2, 4, 4), "logvar": rnd(3, 2, 4, 4)})
     return out
 
 

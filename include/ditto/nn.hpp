@@ -7,6 +7,7 @@
 #include "nn/conv.hpp"
 #include "nn/embedding.hpp"
 #include "nn/linear.hpp"
+#include "nn/loss.hpp"
 #include "nn/mlp.hpp"
 #include "nn/module.hpp"
 #include "nn/norm.hpp"

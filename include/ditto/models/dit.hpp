@@ -285,19 +285,19 @@ struct DiTBlock {
   // qkv, output before proj and logsumexp, both branch outputs before their gates, and the MLP's
   // pre-activation (its GELU is recomputed in backward).
   struct Acts {
-    Tensor<T> x_in, mean1, rstd1, h1, qkv, o, lse, y_attn, x_mid, mean2, rstd2, h2, pre, y_mlp;
+    Tensor<T> x_in, mean1, rstd1, h1, y_attn, x_mid, mean2, rstd2, h2, pre, y_mlp;
+    typename nn::Attention<T>::Acts attn;
   };
   // x: B * n rows of D updated in place (as forward_inplace); mod: (B, 6D); cu: B sequences of n.
   void forward_train(T* x, std::int64_t B, std::int64_t n, const T* mod, const std::vector<std::int64_t>& cu, Acts& a) const {
-    const std::int64_t D = hidden_size, S = 6 * D, rows = B * n, H = attn.num_heads;
+    const std::int64_t D = hidden_size, S = 6 * D, rows = B * n;
     a.x_in = Tensor<T>::empty({rows, D}), a.h1 = Tensor<T>::empty({rows, D}), a.h2 = Tensor<T>::empty({rows, D});
     a.mean1 = Tensor<T>::empty({rows}), a.rstd1 = Tensor<T>::empty({rows}), a.mean2 = Tensor<T>::empty({rows}), a.rstd2 = Tensor<T>::empty({rows});
-    a.qkv = Tensor<T>::empty({rows, 3 * D}), a.o = Tensor<T>::empty({rows, D}), a.lse = Tensor<T>::empty({rows * H});
     a.y_attn = Tensor<T>::empty({rows, D}), a.x_mid = Tensor<T>::empty({rows, D}), a.y_mlp = Tensor<T>::empty({rows, D});
     a.pre = Tensor<T>::empty({rows, mlp.fc1.out_features});
     std::copy(x, x + rows * D, a.x_in.data());
     nn::norm_modulate(x, a.h1.data(), rows, n, D, mod + 0 * D, mod + 1 * D, S, 1e-6, a.mean1.data(), a.rstd1.data());
-    attn.forward_packed_train(a.h1.data(), cu, a.y_attn.data(), a.qkv.data(), a.o.data(), a.lse.data());
+    attn.forward_train(a.h1.data(), rows, nn::Attention<T>::Sequences::packed(cu), a.y_attn.data(), a.attn);
     nn::gated_add(x, a.y_attn.data(), rows, n, D, mod + 2 * D, S);
     std::copy(x, x + rows * D, a.x_mid.data());
     nn::norm_modulate(x, a.h2.data(), rows, n, D, mod + 3 * D, mod + 4 * D, S, 1e-6, a.mean2.data(), a.rstd2.data());
@@ -319,7 +319,7 @@ struct DiTBlock {
     std::fill(dy.begin(), dy.end(), T(0));
     std::fill(dh.begin(), dh.end(), T(0));
     nn::gated_add_backward(dy.data(), dmod + 2 * D, dx, a.y_attn.data(), mod + 2 * D, rows, n, D, S);
-    attn.backward_packed(dh.data(), g.attn, dy.data(), a.h1.data(), cu, a.qkv.data(), a.o.data(), a.lse.data());
+    attn.backward(dh.data(), g.attn, dy.data(), a.h1.data(), rows, nn::Attention<T>::Sequences::packed(cu), a.attn);
     nn::norm_modulate_backward(dx, dmod + 0 * D, dmod + 1 * D, dh.data(), a.x_in.data(), a.mean1.data(), a.rstd1.data(),
                                mod + 1 * D, rows, n, D, S);
   }

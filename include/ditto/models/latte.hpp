@@ -164,7 +164,7 @@ struct LatteBlock {
     if (two_attentions()) attn_temporal = nn::Attention<T>(D, c.num_heads, true);
     if (adaln) adaLN_modulation = nn::Linear<T>(D, chunks() * D);
     else {
-      norm1 = norm2 = nn::LayerNorm<T>(D, 1e-6);
+      norm1 = nn::LayerNorm<T>(D, 1e-6), norm2 = nn::LayerNorm<T>(D, 1e-6);  // not one copied: copies share storage
       if (two_attentions()) norm_temporal = nn::LayerNorm<T>(D, 1e-6);
     }
   }

@@ -205,8 +205,25 @@ inline NamedTensors run_classifier(const ForwardRequest& r, const char* upstream
   load_weights(model, *r.weights);
   Inputs in{*r.inputs, upstream, {}};
   const Tensor<float> x = in.floats("x", rank);
+  std::optional<Tensor<float>> grad_out;
+  if (r.backward) grad_out = in.floats("grad_out", static_cast<int>(r.inputs->contains("grad_out") ? r.inputs->info("grad_out").shape.size() : 2));
   in.finish();
   NamedTensors outputs;
+  if (r.backward) {
+    if constexpr (requires { typename Model::Acts; }) {
+      if (r.trace) throw ArgumentError(std::string(upstream) + ": --backward and --trace are one or the other");
+      typename Model::Acts acts;
+      outputs.emplace_back("out", model.forward_train(x, acts));
+      auto grads = nn::zeros_like<float>(model);
+      Tensor<float> dx;
+      model.backward(grads, acts, *grad_out, &dx);
+      add_parameter_grads(outputs, grads);
+      outputs.emplace_back("grad.x", std::move(dx));
+      return outputs;
+    } else {
+      throw ArgumentError(ditto::detail::cat("--backward: ", r.model, " has no backward in ditto yet (docs/training.md lists what comes next)"));
+    }
+  }
   const Trace<float> trace = trace_into(r, outputs);
   outputs.emplace_back("out", model.forward(x, trace));
   return outputs;
@@ -305,10 +322,10 @@ inline NamedTensors run_forward(const ForwardRequest& r) {
   if (r.cfg_scale && !std::isfinite(*r.cfg_scale))
     throw ArgumentError(ditto::detail::cat("run_forward: the guidance scale must be finite, got ", *r.cfg_scale));
   if (r.model == "dit") return detail::run_dit(r);
-  if (r.backward)  // the other models' backwards are not written yet: said, not guessed
-    throw ArgumentError(ditto::detail::cat("--backward: ", r.model, " has no backward in ditto yet (DiT has; docs/training.md lists what comes next)"));
   if (r.model == "vit") return detail::run_classifier<ViT<float>, ViTConfig>(r, "VisionTransformer", 4);
   if (r.model == "vivit") return detail::run_classifier<ViViT<float>, ViViTConfig>(r, "ViViT", 5);
+  if (r.backward)  // the other models' backwards are not written yet: said, not guessed
+    throw ArgumentError(ditto::detail::cat("--backward: ", r.model, " has no backward in ditto yet (DiT and ViT have; docs/training.md lists what comes next)"));
   if (r.model == "uvit") return detail::run_x_timesteps_y<UViT<float>, UViTConfig>(r, "UViT");
   if (r.model == "unet") return detail::run_x_timesteps_y<UNet<float>, UNetConfig>(r, "UNetModel");
   if (r.model == "latte") return detail::run_latte(r);

@@ -25,6 +25,7 @@
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
 #include "../core/threading.hpp"
+#include "../einops/rearrange.hpp"
 #include "../nn/activation.hpp"
 #include "../nn/attention.hpp"
 #include "../nn/linear.hpp"
@@ -192,6 +193,53 @@ struct ViTBlock {
     residual(x, buf.y.data(), rows, layer_scale ? ls2.gamma.data() : nullptr);
   }
 
+  // Training. What backward reads, per token row: the block's input and middle, both LayerNorms'
+  // statistics and outputs, the attention's activations, both branch outputs (LayerScale's
+  // gradient) and the MLP's pre-activation.
+  struct Acts {
+    Tensor<T> x_in, mean1, rstd1, h1, y_attn, x_mid, mean2, rstd2, h2, pre, y_mlp;
+    typename nn::Attention<T>::Acts attn;
+  };
+  // x: rows of dim, updated in place; seq: which rows attend to each other.
+  void forward_train(T* x, std::int64_t rows, const typename nn::Attention<T>::Sequences& seq, Acts& a) const {
+    const std::int64_t D = dim;
+    for (auto* t : {&a.x_in, &a.h1, &a.y_attn, &a.x_mid, &a.h2, &a.y_mlp}) *t = Tensor<T>::empty({rows, D});
+    for (auto* t : {&a.mean1, &a.rstd1, &a.mean2, &a.rstd2}) *t = Tensor<T>::empty({rows});
+    a.pre = Tensor<T>::empty({rows, mlp.fc1.out_features});
+    std::copy(x, x + rows * D, a.x_in.data());
+    norm1.forward_train(x, a.h1.data(), rows, a.mean1.data(), a.rstd1.data());
+    attn.forward_train(a.h1.data(), rows, seq, a.y_attn.data(), a.attn);
+    residual(x, a.y_attn.data(), rows, layer_scale ? ls1.gamma.data() : nullptr);
+    std::copy(x, x + rows * D, a.x_mid.data());
+    norm2.forward_train(x, a.h2.data(), rows, a.mean2.data(), a.rstd2.data());
+    Tensor<T> hidden = Tensor<T>::empty({rows, mlp.fc1.out_features});
+    mlp.forward_train(a.h2.data(), a.y_mlp.data(), rows, a.pre.data(), hidden.data());
+    residual(x, a.y_mlp.data(), rows, layer_scale ? ls2.gamma.data() : nullptr);
+  }
+  // dx: (rows, dim), the gradient of the block's output, replaced by the gradient of its input
+  // (the residual stream passes it through; each branch adds its part). Accumulates g.
+  void backward(T* dx, ViTBlock& g, const typename nn::Attention<T>::Sequences& seq, const Acts& a) const {
+    const std::int64_t rows = a.x_in.size(0);
+    Tensor<T> dy = Tensor<T>::empty({rows, dim}), dh({rows, dim});
+    // x_out = x_mid + ls2 * mlp(norm2(x_mid))
+    scale_back(dy.data(), layer_scale ? &g.ls2.gamma : nullptr, dx, a.y_mlp.data(), rows, layer_scale ? ls2.gamma.data() : nullptr);
+    mlp.backward_into(dh.data(), g.mlp, dy.data(), a.h2.data(), a.pre.data(), rows);
+    norm2.backward_into(dx, g.norm2, dh.data(), a.x_mid.data(), a.mean2.data(), a.rstd2.data(), rows);
+    // x_mid = x_in + ls1 * attn(norm1(x_in))
+    std::fill(dh.begin(), dh.end(), T(0));
+    scale_back(dy.data(), layer_scale ? &g.ls1.gamma : nullptr, dx, a.y_attn.data(), rows, layer_scale ? ls1.gamma.data() : nullptr);
+    attn.backward(dh.data(), g.attn, dy.data(), a.h1.data(), rows, seq, a.attn);
+    norm1.backward_into(dx, g.norm1, dh.data(), a.x_in.data(), a.mean1.data(), a.rstd1.data(), rows);
+  }
+  // LayerScale's backward: dy = gamma * dout, dgamma += sum over rows of dout * y (rows in order).
+  void scale_back(T* dy, Tensor<T>* dgamma, const T* dout, const T* y, std::int64_t rows, const T* gamma) const {
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t i = 0; i < dim; ++i) {
+        dy[r * dim + i] = gamma ? gamma[i] * dout[r * dim + i] : dout[r * dim + i];
+        if (dgamma) (*dgamma)[i] += dout[r * dim + i] * y[r * dim + i];
+      }
+  }
+
   // x[r] += gamma * y[r] (gamma: LayerScale, or null for 1)
   void residual(T* x, const T* y, std::int64_t rows, const T* gamma) const {
     parallel_for(rows, rows * dim, [&](std::int64_t lo, std::int64_t hi) {
@@ -232,22 +280,54 @@ struct AttentionPoolLatent {
 
   // x: (B, L, D) -> (B, D)
   Tensor<T> forward(const Tensor<T>& x) const {
-    const std::int64_t B = x.size(0), L = x.size(1), D = dim, hd = D / num_heads;
-    const Tensor<T> query = q.forward(latent.reshape({1, D}));  // the same query for every image
+    const std::int64_t B = x.size(0), L = x.size(1), D = dim;
+    const Tensor<T> query = q.forward(latent.reshape({1, D}));  // the same query for every image (batch stride 0)
     const Tensor<T> keys_values = kv.forward(x);                 // (B, L, 2D): k then v
     Tensor<T> o = Tensor<T>::empty({B, D});
-    std::vector<nn::AttentionProblem<T>> problems;
-    for (std::int64_t b = 0; b < B; ++b)
-      for (std::int64_t h = 0; h < num_heads; ++h) {
-        const T* kb = keys_values.data() + b * L * 2 * D + h * hd;
-        problems.push_back({query.data() + h * hd, kb, kb + D, o.data() + b * D + h * hd, 1, L, nullptr});
-      }
-    nn::attention_kernel(problems, nn::AttentionLayout{hd, hd, D, 2 * D, 2 * D, D, 0},
-                         static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd))));
+    nn::heads_attention(query.data(), D, 0, keys_values.data(), o.data(), B, 1, L, num_heads, D / num_heads);
     Tensor<T> out = proj.forward(o);
     const Tensor<T> m = mlp.forward(norm.forward(out));
     for (std::int64_t i = 0; i < out.numel(); ++i) out[i] += m[i];
     return out;
+  }
+
+  // Training: the query (one copy per image, so each has its own gradient rows), k and v, the
+  // attention output and lse, proj's output and the norm's and MLP's activations.
+  struct Acts {
+    Tensor<T> x, query, keys_values, o, lse, out, mean, rstd, h, pre;
+  };
+  Tensor<T> forward_train(const Tensor<T>& x, Acts& a) const {
+    const std::int64_t B = x.size(0), L = x.size(1), D = dim;
+    a.x = x;
+    const Tensor<T> q1 = q.forward(latent.reshape({1, D}));
+    a.query = Tensor<T>::empty({B, D});
+    for (std::int64_t b = 0; b < B; ++b) std::copy(q1.data(), q1.data() + D, a.query.data() + b * D);
+    a.keys_values = kv.forward(x);
+    a.o = Tensor<T>::empty({B, D}), a.lse = Tensor<T>::empty({B * num_heads});
+    nn::heads_attention(a.query.data(), D, D, a.keys_values.data(), a.o.data(), B, 1, L, num_heads, D / num_heads, a.lse.data());
+    a.out = proj.forward(a.o);
+    a.h = Tensor<T>::empty({B, D}), a.mean = Tensor<T>::empty({B}), a.rstd = Tensor<T>::empty({B});
+    norm.forward_train(a.out.data(), a.h.data(), B, a.mean.data(), a.rstd.data());
+    a.pre = Tensor<T>::empty({B, mlp.fc1.out_features});
+    Tensor<T> y = Tensor<T>::empty({B, D}), hidden = Tensor<T>::empty({B, mlp.fc1.out_features});
+    mlp.forward_train(a.h.data(), y.data(), B, a.pre.data(), hidden.data());
+    for (std::int64_t i = 0; i < y.numel(); ++i) y[i] += a.out[i];
+    return y;
+  }
+  // dy (B, D) -> the gradient of x (B, L, D); accumulates g.
+  Tensor<T> backward(AttentionPoolLatent& g, const Acts& a, const Tensor<T>& dy) const {
+    const std::int64_t B = a.x.size(0), L = a.x.size(1), D = dim;
+    Tensor<T> dout = dy.clone(), dh({B, D}), d_o({B, D}), dq({B, D}), dkv({B, L, 2 * D}), dx({B, L, D}), dq1({1, D});
+    mlp.backward_into(dh.data(), g.mlp, dy.data(), a.h.data(), a.pre.data(), B);
+    norm.backward_into(dout.data(), g.norm, dh.data(), a.out.data(), a.mean.data(), a.rstd.data(), B);
+    proj.backward_into(d_o.data(), g.proj, dout.data(), a.o.data(), B);
+    nn::heads_attention_backward(dq.data(), dkv.data(), a.query.data(), D, D, a.keys_values.data(), a.o.data(), d_o.data(), a.lse.data(), B, 1,
+                                 L, num_heads, D / num_heads);
+    kv.backward_into(dx.data(), g.kv, dkv.data(), a.x.data(), B * L);
+    for (std::int64_t b = 0; b < B; ++b)  // the shared query: its copies' gradients summed
+      for (std::int64_t i = 0; i < D; ++i) dq1[i] += dq[b * D + i];
+    q.backward_into(g.latent.data(), g.q, dq1.data(), latent.data(), 1);
+    return dx;
   }
 };
 
@@ -317,28 +397,41 @@ struct ViT {
   // x: (B, in_chans, H, W) with (H, W) = img_size (any size divisible by the patch with
   // dynamic_img_size, any size with dynamic_img_pad too) -> logits (B, num_classes); num_classes 0:
   // the pooled features (B, embed_dim); global_pool "": every token, (B, tokens, classes or dim).
-  Tensor<T> forward(const Tensor<T>& x, const Trace<T>& trace = {}) const {
+  // The checked input, cut to whole patches as timm's stride-p convolution does, or padded to
+  // them with dynamic_img_pad.
+  Tensor<T> padded_input(const Tensor<T>& x, const char* who) const {
     using ditto::detail::cat;
     const ViTConfig& c = config;
     const auto [ph, pw] = c.patch_size;
     if (x.dim() != 4 || x.size(1) != c.in_chans || (!c.dynamic_img_size && (x.size(2) != c.img_size[0] || x.size(3) != c.img_size[1])))
-      throw ShapeError(cat("ViT: expected x (B, ", c.in_chans, ", ", c.img_size[0], ", ", c.img_size[1], "), got ", shape_str(x.shape()),
+      throw ShapeError(cat(who, ": expected x (B, ", c.in_chans, ", ", c.img_size[0], ", ", c.img_size[1], "), got ", shape_str(x.shape()),
                            " (dynamic_img_size = true takes other sizes)"));
     if (c.dynamic_img_size && !c.dynamic_img_pad && (x.size(2) % ph || x.size(3) % pw))
-      throw ShapeError(cat("ViT: with dynamic_img_size, the image's height and width must be divisible by the patch size ", ph, "x", pw,
+      throw ShapeError(cat(who, ": with dynamic_img_size, the image's height and width must be divisible by the patch size ", ph, "x", pw,
                            " (or set dynamic_img_pad), got ", shape_str(x.shape())));
     detail::require_samples("ViT", x.size(0), x.shape());
-    // timm's PatchEmbed: a stride-p convolution drops a remainder; dynamic_img_pad pads it instead
     const std::int64_t H = c.dynamic_img_pad ? (x.size(2) + ph - 1) / ph * ph : x.size(2) / ph * ph;
     const std::int64_t W = c.dynamic_img_pad ? (x.size(3) + pw - 1) / pw * pw : x.size(3) / pw * pw;
-    Tensor<T> xin = x;
-    if (H != x.size(2) || W != x.size(3)) {
-      xin = Tensor<T>({x.size(0), c.in_chans, H, W});  // zeros: the padding
-      for (std::int64_t bc = 0; bc < x.size(0) * c.in_chans; ++bc)
-        for (std::int64_t r = 0; r < std::min(H, x.size(2)); ++r)
-          std::copy(x.data() + (bc * x.size(2) + r) * x.size(3), x.data() + (bc * x.size(2) + r) * x.size(3) + std::min(W, x.size(3)),
-                    xin.data() + (bc * H + r) * W);
-    }
+    if (H == x.size(2) && W == x.size(3)) return x;
+    Tensor<T> xin({x.size(0), c.in_chans, H, W});  // zeros: the padding
+    copy_window(x, xin);
+    return xin;
+  }
+  // Copies the overlap of two (B, C, h, w) images (top-left aligned) from src into dst.
+  static void copy_window(const Tensor<T>& src, Tensor<T>& dst) {
+    const std::int64_t BC = src.size(0) * src.size(1), rows = std::min(src.size(2), dst.size(2)), cols = std::min(src.size(3), dst.size(3));
+    for (std::int64_t bc = 0; bc < BC; ++bc)
+      for (std::int64_t r = 0; r < rows; ++r)
+        std::copy(src.data() + (bc * src.size(2) + r) * src.size(3), src.data() + (bc * src.size(2) + r) * src.size(3) + cols,
+                  dst.data() + (bc * dst.size(2) + r) * dst.size(3));
+  }
+
+  Tensor<T> forward(const Tensor<T>& x, const Trace<T>& trace = {}) const {
+    using ditto::detail::cat;
+    const ViTConfig& c = config;
+    const auto [ph, pw] = c.patch_size;
+    const Tensor<T> xin = padded_input(x, "ViT");
+    const std::int64_t H = xin.size(2), W = xin.size(3);
     const Tensor<T> patches = patch_embed.forward(xin);  // (B, N, D)
     if (trace)  // with dynamic_img_size timm's PatchEmbed returns the grid, NHWC
       trace("patch_embed", c.dynamic_img_size ? patches.reshape({x.size(0), H / ph, W / pw, c.embed_dim}) : patches);
@@ -370,22 +463,8 @@ struct ViT {
     if (!c.use_fc_norm()) norm.forward_into(tokens.data(), tokens.data(), B * L);
     if (trace) trace("norm", tokens);
     // forward_head: pool, fc_norm, head
-    Tensor<T> pooled;
-    if (c.global_pool == "map") {
-      pooled = attn_pool.forward(tokens);
-      if (trace) trace("attn_pool", pooled);
-    } else if (c.global_pool == "avg") {
-      pooled = Tensor<T>({B, D});
-      for (std::int64_t b = 0; b < B; ++b)
-        for (std::int64_t n = P; n < L; ++n)
-          for (std::int64_t d = 0; d < D; ++d) pooled[b * D + d] += tokens[(b * L + n) * D + d];
-      for (auto& v : pooled) v /= static_cast<T>(N);
-    } else if (c.global_pool == "token") {
-      pooled = Tensor<T>::empty({B, D});
-      for (std::int64_t b = 0; b < B; ++b) std::copy(tokens.data() + b * L * D, tokens.data() + b * L * D + D, pooled.data() + b * D);
-    } else {
-      pooled = tokens;
-    }
+    Tensor<T> pooled = pool(tokens);
+    if (trace && c.global_pool == "map") trace("attn_pool", pooled);
     if (c.use_fc_norm()) pooled = fc_norm.forward(pooled);
     if (trace) trace("fc_norm", pooled), trace("head_drop", pooled);
     if (c.num_classes == 0) {
@@ -395,6 +474,171 @@ struct ViT {
     Tensor<T> logits = head.forward(pooled);
     if (trace) trace("head", logits);
     return logits;
+  }
+
+  // Training (docs/training.md): what backward reads, kept by forward_train (eval semantics: no
+  // dropout, no drop path).
+  struct Acts {
+    std::int64_t B = 0, H = 0, W = 0, in_h = 0, in_w = 0;  // the padded (H, W) and the given image size
+    Tensor<T> patches;                          // (B N, C ph pw): patch_embed's input rows
+    Tensor<T> x_pre, mean_pre, rstd_pre;        // norm_pre (pre_norm)
+    std::vector<typename ViTBlock<T>::Acts> blocks;
+    Tensor<T> x_norm, mean_norm, rstd_norm;     // norm (or, with fc_norm, fc_norm on the pooled rows)
+    typename AttentionPoolLatent<T>::Acts pool;
+    Tensor<T> head_in;                          // the head's input rows
+  };
+
+  Tensor<T> forward_train(const Tensor<T>& x, Acts& a) const {
+    using ditto::detail::cat;
+    const ViTConfig& c = config;
+    const auto [ph, pw] = c.patch_size;
+    const Tensor<T> xin = padded_input(x, "ViT.forward_train");
+    const std::int64_t B = x.size(0), H = xin.size(2), W = xin.size(3), gh = H / ph, gw = W / pw, N = gh * gw, D = c.embed_dim;
+    const std::int64_t P = c.prefix_tokens(), L = P + N, rows = B * L;
+    a.B = B, a.H = H, a.W = W, a.in_h = x.size(2), a.in_w = x.size(3);
+    const Tensor<T> pos = c.dynamic_img_size ? resampled_pos_embed(gh, gw) : pos_embed;
+    if (pos.size(1) != (c.no_embed_class ? N : L)) throw ShapeError(cat("ViT: ", N, " patches do not fit pos_embed of shape ", shape_str(pos.shape())));
+    a.patches = rearrange(xin, "b c (h p1) (w p2) -> (b h w) (c p1 p2)", {{"p1", ph}, {"p2", pw}});
+    Tensor<T> patch_rows = Tensor<T>::empty({B * N, D});
+    patch_embed.proj_rows(a.patches.data(), B * N, patch_rows.data());
+    Tensor<T> tokens = Tensor<T>::empty({rows, D});
+    for (std::int64_t b = 0; b < B; ++b) {
+      T* out = tokens.data() + b * L * D;
+      if (c.class_token) std::copy(cls_token.data(), cls_token.data() + D, out);
+      if (c.reg_tokens) std::copy(reg_token.data(), reg_token.data() + c.reg_tokens * D, out + (c.class_token ? D : 0));
+      std::copy(patch_rows.data() + b * N * D, patch_rows.data() + (b + 1) * N * D, out + P * D);
+      T* pos_target = c.no_embed_class ? out + P * D : out;
+      for (std::int64_t i = 0; i < pos.numel(); ++i) pos_target[i] += pos[i];
+    }
+    if (c.pre_norm) {
+      a.x_pre = tokens.clone(), a.mean_pre = Tensor<T>::empty({rows}), a.rstd_pre = Tensor<T>::empty({rows});
+      norm_pre.forward_train(a.x_pre.data(), tokens.data(), rows, a.mean_pre.data(), a.rstd_pre.data());
+    }
+    std::vector<std::int64_t> cu;
+    for (std::int64_t b = 0; b <= B; ++b) cu.push_back(b * L);
+    const auto seq = nn::Attention<T>::Sequences::packed(cu);
+    a.blocks.assign(blocks.size(), typename ViTBlock<T>::Acts{});
+    for (std::size_t i = 0; i < blocks.size(); ++i) blocks[i].forward_train(tokens.data(), rows, seq, a.blocks[i]);
+    if (!c.use_fc_norm()) layer_norm_train(norm, tokens, a);
+    Tensor<T> pooled = pool(tokens.reshape({B, L, D}), &a.pool);
+    if (c.use_fc_norm()) layer_norm_train(fc_norm, pooled, a);
+    if (c.num_classes == 0) return pooled;
+    a.head_in = pooled;
+    return head.forward(pooled);
+  }
+
+  // dout: the gradient of forward_train's output. Accumulates g (nn::zeros_like of this model)
+  // and dx (x's shape) when given: 0 where padding or a cut remainder never reached a patch.
+  void backward(ViT& g, const Acts& a, const Tensor<T>& dout, Tensor<T>* dx = nullptr) const {
+    using ditto::detail::cat;
+    const ViTConfig& c = config;
+    const auto [ph, pw] = c.patch_size;
+    const std::int64_t B = a.B, gh = a.H / ph, gw = a.W / pw, N = gh * gw, D = c.embed_dim, P = c.prefix_tokens(), L = P + N, rows = B * L;
+    if (B < 1 || a.blocks.size() != blocks.size()) throw ArgumentError("ViT.backward: the activations were not made by this model's forward_train");
+    (void)nn::zip_parameters<T>(const_cast<ViT&>(*this), g, "ViT.backward");
+    Shape pooled_shape = c.global_pool.empty() ? Shape{B, L, D} : Shape{B, D};
+    Shape out_shape = pooled_shape;
+    if (c.num_classes > 0) out_shape.back() = c.num_classes;
+    if (dout.shape() != out_shape)
+      throw ShapeError(cat("ViT.backward: expected dout of shape ", shape_str(out_shape), ", got ", shape_str(dout.shape())));
+    Tensor<T> dpooled(pooled_shape);
+    if (c.num_classes > 0) head.backward_into(dpooled.data(), g.head, dout.data(), a.head_in.data(), a.head_in.numel() / D);
+    else std::copy(dout.begin(), dout.end(), dpooled.data());
+    if (c.use_fc_norm()) dpooled = layer_norm_backward(fc_norm, g.fc_norm, dpooled, a);
+    // the pooling's backward: into the token rows
+    Tensor<T> dtokens({rows, D});
+    if (c.global_pool == "map") {
+      dtokens = attn_pool.backward(g.attn_pool, a.pool, dpooled).reshape({rows, D});
+    } else if (c.global_pool == "avg") {
+      for (std::int64_t b = 0; b < B; ++b)
+        for (std::int64_t n = P; n < L; ++n)
+          for (std::int64_t d = 0; d < D; ++d) dtokens[(b * L + n) * D + d] = dpooled[b * D + d] / static_cast<T>(N);
+    } else if (c.global_pool == "token") {
+      for (std::int64_t b = 0; b < B; ++b) std::copy(dpooled.data() + b * D, dpooled.data() + (b + 1) * D, dtokens.data() + b * L * D);
+    } else {
+      std::copy(dpooled.begin(), dpooled.end(), dtokens.data());
+    }
+    if (!c.use_fc_norm()) dtokens = layer_norm_backward(norm, g.norm, dtokens, a);
+    std::vector<std::int64_t> cu;
+    for (std::int64_t b = 0; b <= B; ++b) cu.push_back(b * L);
+    const auto seq = nn::Attention<T>::Sequences::packed(cu);
+    for (std::size_t i = blocks.size(); i-- > 0;) blocks[i].backward(dtokens.data(), g.blocks[i], seq, a.blocks[i]);
+    if (c.pre_norm) {
+      Tensor<T> d({rows, D});
+      norm_pre.backward_into(d.data(), g.norm_pre, dtokens.data(), a.x_pre.data(), a.mean_pre.data(), a.rstd_pre.data(), rows);
+      dtokens = d;
+    }
+    // [cls, reg..., patches] + pos: the prefix tokens and the table sum over the batch
+    Tensor<T> dpos({1, c.no_embed_class ? N : L, D}), dpatch_rows = Tensor<T>::empty({B * N, D});
+    for (std::int64_t b = 0; b < B; ++b) {
+      const T* dt = dtokens.data() + b * L * D;
+      if (c.class_token) for (std::int64_t d = 0; d < D; ++d) g.cls_token[d] += dt[d];
+      if (c.reg_tokens)
+        for (std::int64_t i = 0; i < c.reg_tokens * D; ++i) g.reg_token[i] += dt[(c.class_token ? D : 0) + i];
+      const T* dpos_src = c.no_embed_class ? dt + P * D : dt;
+      for (std::int64_t i = 0; i < dpos.numel(); ++i) dpos[i] += dpos_src[i];
+      std::copy(dt + P * D, dt + L * D, dpatch_rows.data() + b * N * D);
+    }
+    pos_embed_backward(g.pos_embed, dpos, gh, gw);
+    Tensor<T> dpatches;
+    if (dx) dpatches = Tensor<T>(a.patches.shape());
+    patch_embed.proj_rows_backward(dx ? dpatches.data() : nullptr, g.patch_embed, dpatch_rows.data(), a.patches.data(), B * N);
+    if (dx) {
+      const Tensor<T> dimg = rearrange(dpatches, "(b h w) (c p1 p2) -> b c (h p1) (w p2)", {{"b", B}, {"h", gh}, {"p1", ph}, {"p2", pw}});
+      *dx = Tensor<T>({B, c.in_chans, a.in_h, a.in_w});
+      copy_window(dimg, *dx);
+    }
+  }
+
+ private:
+  // forward_head's pooling of the token rows (B, L, D): the latent attention pool, the mean of
+  // the patch tokens, the class token, or every token.
+  Tensor<T> pool(const Tensor<T>& tokens, typename AttentionPoolLatent<T>::Acts* acts = nullptr) const {
+    const ViTConfig& c = config;
+    const std::int64_t B = tokens.size(0), L = tokens.size(1), D = tokens.size(2), P = c.prefix_tokens(), N = L - P;
+    if (c.global_pool == "map") return acts ? attn_pool.forward_train(tokens, *acts) : attn_pool.forward(tokens);
+    if (c.global_pool == "avg") {
+      Tensor<T> pooled({B, D});
+      for (std::int64_t b = 0; b < B; ++b)
+        for (std::int64_t n = P; n < L; ++n)
+          for (std::int64_t d = 0; d < D; ++d) pooled[b * D + d] += tokens[(b * L + n) * D + d];
+      for (auto& v : pooled) v /= static_cast<T>(N);
+      return pooled;
+    }
+    if (c.global_pool == "token") {
+      Tensor<T> pooled = Tensor<T>::empty({B, D});
+      for (std::int64_t b = 0; b < B; ++b) std::copy(tokens.data() + b * L * D, tokens.data() + b * L * D + D, pooled.data() + b * D);
+      return pooled;
+    }
+    return tokens;
+  }
+  // The final norm (or fc_norm) of rows x, in place, keeping its input and statistics in a.
+  static void layer_norm_train(const nn::LayerNorm<T>& ln, Tensor<T>& x, Acts& a) {
+    const std::int64_t rows = x.numel() / ln.normalized_shape;
+    a.x_norm = x.clone(), a.mean_norm = Tensor<T>::empty({rows}), a.rstd_norm = Tensor<T>::empty({rows});
+    ln.forward_train(a.x_norm.data(), x.data(), rows, a.mean_norm.data(), a.rstd_norm.data());
+  }
+  static Tensor<T> layer_norm_backward(const nn::LayerNorm<T>& ln, nn::LayerNorm<T>& g, const Tensor<T>& dy, const Acts& a) {
+    Tensor<T> dx(dy.shape());
+    ln.backward_into(dx.data(), g, dy.data(), a.x_norm.data(), a.mean_norm.data(), a.rstd_norm.data(), dy.numel() / ln.normalized_shape);
+    return dx;
+  }
+  // dpos: the gradient of the table the forward used; resampled_pos_embed's backward when the
+  // grid was resampled (the prefix rows kept, the patch rows through the resize's adjoint).
+  void pos_embed_backward(Tensor<T>& g, const Tensor<T>& dpos, std::int64_t gh, std::int64_t gw) const {
+    if (dpos.shape() == pos_embed.shape()) {
+      for (std::int64_t i = 0; i < g.numel(); ++i) g[i] += dpos[i];
+      return;
+    }
+    const std::int64_t prefix = config.no_embed_class ? 0 : config.prefix_tokens(), D = config.embed_dim;
+    const auto hw = static_cast<std::int64_t>(std::sqrt(static_cast<double>(pos_embed.size(1) - prefix)));
+    for (std::int64_t i = 0; i < prefix * D; ++i) g[i] += dpos[i];
+    Tensor<T> dgrid = Tensor<T>::empty({1, D, gh, gw});
+    for (std::int64_t p = 0; p < gh * gw; ++p)
+      for (std::int64_t d = 0; d < D; ++d) dgrid[d * gh * gw + p] = dpos[(prefix + p) * D + d];
+    const Tensor<T> dsrc = nn::interpolate_bicubic_antialias_backward(dgrid, hw, hw);
+    for (std::int64_t p = 0; p < hw * hw; ++p)
+      for (std::int64_t d = 0; d < D; ++d) g[(prefix + p) * D + d] += dsrc[d * hw * hw + p];
   }
 };
 

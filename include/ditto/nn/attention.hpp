@@ -459,7 +459,7 @@ struct Attention {
       throw ArgumentError(ditto::detail::cat("Attention(dim=", dim_, ", num_heads=", heads,
                                              "): dim must be divisible by num_heads"));
     scale = 1.0 / std::sqrt(static_cast<double>(dim_ / heads));
-    if (qk_norm) q_norm = k_norm = LayerNorm<T>(dim_ / heads, norm_eps);
+    if (qk_norm) q_norm = LayerNorm<T>(dim_ / heads, norm_eps), k_norm = LayerNorm<T>(dim_ / heads, norm_eps);  // two tensors each: a copy would share storage
   }
 
   template <class V>
@@ -576,43 +576,169 @@ struct Attention {
     proj.forward_into(o_buf, out, Tn);
   }
 
-  // Training: forward_packed_into (no qk_norm, no mask yet) that keeps what backward_packed reads:
-  // qkv_buf, o_buf (the attention output before proj) and lse (cu.back() x H values, sequence s
-  // and head h at cu[s] * H + h * n). out must not alias x (the backward reads x).
-  void forward_packed_train(const T* x, const std::vector<std::int64_t>& cu, T* out, T* qkv_buf, T* o_buf, T* lse) const {
-    if (qk_norm) throw ArgumentError("Attention: training with qk_norm is not supported yet");
-    const std::int64_t Tn = cu.back(), H = num_heads, D = dim / num_heads, C = dim;
-    qkv.forward_into(x, qkv_buf, Tn);
-    std::vector<AttentionProblem<T>> problems;
-    for (std::size_t s = 0; s + 1 < cu.size(); ++s)
-      for (std::int64_t h = 0; h < H; ++h) {
-        const T* base = qkv_buf + cu[s] * 3 * C + h * D;
-        const std::int64_t n = cu[s + 1] - cu[s];
-        problems.push_back({base, base + C, base + 2 * C, o_buf + cu[s] * C + h * D, n, n, nullptr, lse + cu[s] * H + h * n});
+  // Training. Which rows form the sequences: packed (sequence s is rows [cu[s], cu[s+1]), the
+  // layout of forward_packed) or strided (sequence s is rows starts[s] + i stride, i < length, as
+  // forward_strided_into). Every sequence attends only to itself.
+  struct Sequences {
+    std::vector<std::int64_t> starts, lengths;
+    std::int64_t stride = 1;
+    static Sequences packed(const std::vector<std::int64_t>& cu) {
+      Sequences s;
+      for (std::size_t i = 0; i + 1 < cu.size(); ++i) s.starts.push_back(cu[i]), s.lengths.push_back(cu[i + 1] - cu[i]);
+      return s;
+    }
+    static Sequences strided(const std::vector<std::int64_t>& starts, std::int64_t length, std::int64_t stride) {
+      Sequences s;
+      s.starts = starts, s.lengths.assign(starts.size(), length), s.stride = stride;
+      return s;
+    }
+  };
+  // What backward reads: the fused q, k, v (after qk_norm), the attention output before proj, the
+  // logsumexp of every (sequence, head, query) (sequence s, head h, query i at (off[s] H + h n_s + i),
+  // off[s] the rows before s); with qk_norm, q and k before their norms and the norms' statistics.
+  struct Acts {
+    Tensor<T> qkv, o, lse, q_raw, k_raw, q_mean, q_rstd, k_mean, k_rstd;
+  };
+
+  // As forward_packed_into / forward_strided_into over `rows` rows of x, keeping what backward
+  // needs in a. mask: packed sequences of one length n only, as forward_packed. out must not
+  // alias x (the backward reads x).
+  void forward_train(const T* x, std::int64_t rows, const Sequences& seq, T* out, Acts& a,
+                     const Tensor<std::uint8_t>* mask = nullptr) const {
+    const std::int64_t H = num_heads, D = dim / num_heads, C = dim;
+    check_sequences(seq, rows, mask, "forward_train");
+    a.qkv = Tensor<T>::empty({rows, 3 * C}), a.o = Tensor<T>::empty({rows, C}), a.lse = Tensor<T>::empty({rows * H});
+    qkv.forward_into(x, a.qkv.data(), rows);
+    if (qk_norm) {  // per head: LayerNorm over D of q and of k, keeping the raw rows and statistics
+      a.q_raw = Tensor<T>::empty({rows, C}), a.k_raw = Tensor<T>::empty({rows, C});
+      for (auto* t : {&a.q_mean, &a.q_rstd, &a.k_mean, &a.k_rstd}) *t = Tensor<T>::empty({rows * H});
+      Tensor<T> qn = Tensor<T>::empty({rows, C}), kn = Tensor<T>::empty({rows, C});
+      for (std::int64_t t = 0; t < rows; ++t) {
+        std::copy(a.qkv.data() + t * 3 * C, a.qkv.data() + t * 3 * C + C, a.q_raw.data() + t * C);
+        std::copy(a.qkv.data() + t * 3 * C + C, a.qkv.data() + t * 3 * C + 2 * C, a.k_raw.data() + t * C);
       }
-    attention_kernel(problems, AttentionLayout{D, D, 3 * C, 3 * C, 3 * C, C, 0}, static_cast<T>(scale));
-    proj.forward_into(o_buf, out, Tn);
+      q_norm.forward_train(a.q_raw.data(), qn.data(), rows * H, a.q_mean.data(), a.q_rstd.data());
+      k_norm.forward_train(a.k_raw.data(), kn.data(), rows * H, a.k_mean.data(), a.k_rstd.data());
+      for (std::int64_t t = 0; t < rows; ++t) {
+        std::copy(qn.data() + t * C, qn.data() + (t + 1) * C, a.qkv.data() + t * 3 * C);
+        std::copy(kn.data() + t * C, kn.data() + (t + 1) * C, a.qkv.data() + t * 3 * C + C);
+      }
+    }
+    std::vector<AttentionProblem<T>> problems;
+    std::int64_t off = 0;
+    for (std::size_t s = 0; s < seq.starts.size(); ++s) {
+      const std::int64_t n = seq.lengths[s];
+      for (std::int64_t h = 0; h < H; ++h) {
+        const T* base = a.qkv.data() + seq.starts[s] * 3 * C + h * D;
+        problems.push_back({base, base + C, base + 2 * C, a.o.data() + seq.starts[s] * C + h * D, n, n, mask_of(mask, s, h, n),
+                            a.lse.data() + off * H + h * n});
+      }
+      off += n;
+    }
+    attention_kernel(problems, layout(seq, mask), static_cast<T>(scale));
+    proj.forward_into(a.o.data(), out, rows);
   }
 
-  // dout (T, dim): the gradient of out. Accumulates g.qkv, g.proj and dx (T, dim; null: not
-  // needed), reading x and what forward_packed_train kept.
-  void backward_packed(T* dx, Attention& g, const T* dout, const T* x, const std::vector<std::int64_t>& cu, const T* qkv_buf,
-                       const T* o_buf, const T* lse) const {
-    const std::int64_t Tn = cu.back(), H = num_heads, D = dim / num_heads, C = dim;
-    Tensor<T> d_o({Tn, C}), dqkv({Tn, 3 * C});
-    proj.backward_into(d_o.data(), g.proj, dout, o_buf, Tn);
+  // dout (rows, dim): the gradient of out. Accumulates g (qkv, proj, q_norm, k_norm) and dx
+  // (rows, dim; null: not needed), reading x and what forward_train kept.
+  void backward(T* dx, Attention& g, const T* dout, const T* x, std::int64_t rows, const Sequences& seq, const Acts& a,
+                const Tensor<std::uint8_t>* mask = nullptr) const {
+    const std::int64_t H = num_heads, D = dim / num_heads, C = dim;
+    check_sequences(seq, rows, mask, "backward");
+    if (a.qkv.numel() != rows * 3 * C || a.lse.numel() != rows * H)
+      throw ShapeError("Attention.backward: the activations were not made by forward_train on these rows");
+    Tensor<T> d_o({rows, C}), dqkv({rows, 3 * C});
+    proj.backward_into(d_o.data(), g.proj, dout, a.o.data(), rows);
     std::vector<AttentionGradProblem<T>> problems;
-    for (std::size_t s = 0; s + 1 < cu.size(); ++s)
+    std::int64_t off = 0;
+    for (std::size_t s = 0; s < seq.starts.size(); ++s) {
+      const std::int64_t n = seq.lengths[s];
       for (std::int64_t h = 0; h < H; ++h) {
-        const std::int64_t at = cu[s] * 3 * C + h * D, n = cu[s + 1] - cu[s];
-        problems.push_back({qkv_buf + at, qkv_buf + at + C, qkv_buf + at + 2 * C, o_buf + cu[s] * C + h * D,
-                            d_o.data() + cu[s] * C + h * D, lse + cu[s] * H + h * n, dqkv.data() + at, dqkv.data() + at + C,
-                            dqkv.data() + at + 2 * C, n, n, nullptr});
+        const std::int64_t at = seq.starts[s] * 3 * C + h * D, ot = seq.starts[s] * C + h * D;
+        problems.push_back({a.qkv.data() + at, a.qkv.data() + at + C, a.qkv.data() + at + 2 * C, a.o.data() + ot, d_o.data() + ot,
+                            a.lse.data() + off * H + h * n, dqkv.data() + at, dqkv.data() + at + C, dqkv.data() + at + 2 * C, n, n,
+                            mask_of(mask, s, h, n)});
       }
-    attention_backward(problems, AttentionLayout{D, D, 3 * C, 3 * C, 3 * C, C, 0}, static_cast<T>(scale));
-    qkv.backward_into(dx, g.qkv, dqkv.data(), x, Tn);
+      off += n;
+    }
+    attention_backward(problems, layout(seq, mask), static_cast<T>(scale));
+    if (qk_norm) {  // through the norms: gather dq and dk, LayerNorm backward, scatter back
+      Tensor<T> dqn = Tensor<T>::empty({rows, C}), dkn = Tensor<T>::empty({rows, C}), dq({rows, C}), dk({rows, C});
+      for (std::int64_t t = 0; t < rows; ++t) {
+        std::copy(dqkv.data() + t * 3 * C, dqkv.data() + t * 3 * C + C, dqn.data() + t * C);
+        std::copy(dqkv.data() + t * 3 * C + C, dqkv.data() + t * 3 * C + 2 * C, dkn.data() + t * C);
+      }
+      q_norm.backward_into(dq.data(), g.q_norm, dqn.data(), a.q_raw.data(), a.q_mean.data(), a.q_rstd.data(), rows * H);
+      k_norm.backward_into(dk.data(), g.k_norm, dkn.data(), a.k_raw.data(), a.k_mean.data(), a.k_rstd.data(), rows * H);
+      for (std::int64_t t = 0; t < rows; ++t) {
+        std::copy(dq.data() + t * C, dq.data() + (t + 1) * C, dqkv.data() + t * 3 * C);
+        std::copy(dk.data() + t * C, dk.data() + (t + 1) * C, dqkv.data() + t * 3 * C + C);
+      }
+    }
+    qkv.backward_into(dx, g.qkv, dqkv.data(), x, rows);
+  }
+
+ private:
+  void check_sequences(const Sequences& seq, std::int64_t rows, const Tensor<std::uint8_t>* mask, const char* what) const {
+    bool ok = seq.starts.size() == seq.lengths.size() && seq.stride >= 1;
+    for (std::size_t s = 0; ok && s < seq.starts.size(); ++s)
+      ok = seq.starts[s] >= 0 && seq.lengths[s] >= 0 && (seq.lengths[s] == 0 || seq.starts[s] + (seq.lengths[s] - 1) * seq.stride < rows);
+    if (!ok) throw ShapeError(ditto::detail::cat("Attention.", what, ": a sequence runs past the ", rows, " rows"));
+    if (mask) {
+      const std::int64_t S = static_cast<std::int64_t>(seq.starts.size()), n = S ? seq.lengths[0] : 0;
+      bool same = seq.stride == 1;
+      for (auto l : seq.lengths) same = same && l == n;
+      if (!same || mask->dim() != 4 || (mask->size(0) != 1 && mask->size(0) != S) || (mask->size(1) != 1 && mask->size(1) != num_heads) ||
+          mask->size(2) != n || mask->size(3) != n)
+        throw ShapeError(ditto::detail::cat("Attention.", what, ": a mask needs packed sequences of one length n and the shape (", S,
+                                            " or 1, ", num_heads, " or 1, n, n), got ", shape_str(mask->shape())));
+    }
+  }
+  static const std::uint8_t* mask_of(const Tensor<std::uint8_t>* mask, std::size_t s, std::int64_t h, std::int64_t n) {
+    if (!mask) return nullptr;
+    return mask->data() + ((mask->size(0) == 1 ? 0 : static_cast<std::int64_t>(s)) * mask->size(1) + (mask->size(1) == 1 ? 0 : h)) * n * n;
+  }
+  AttentionLayout layout(const Sequences& seq, const Tensor<std::uint8_t>* mask) const {
+    const std::int64_t D = dim / num_heads, C = dim, st = seq.stride;
+    return AttentionLayout{D, D, st * 3 * C, st * 3 * C, st * 3 * C, st * C, mask ? mask->size(3) : 0};
   }
 };
+
+// Multi-head attention of B batches whose queries and keys come from different rows (cross-
+// attention, attention pooling): batch b's queries are nq rows of q (row stride sq, batch stride
+// q_batch: 0 shares one query set across the batch) attending to its nk rows of kv, each row k
+// then v side by side (2 H D wide, as Linear(context_dim, 2 dim) makes them). o: (B, nq, H D).
+// lse (B H nq, optional): training, what heads_attention_backward reads.
+template <class T>
+inline void heads_attention(const T* q, std::int64_t sq, std::int64_t q_batch, const T* kv, T* o, std::int64_t B, std::int64_t nq,
+                            std::int64_t nk, std::int64_t H, std::int64_t D, T* lse = nullptr) {
+  const std::int64_t C = H * D;
+  std::vector<AttentionProblem<T>> problems;
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t h = 0; h < H; ++h) {
+      const T* kb = kv + b * nk * 2 * C + h * D;
+      problems.push_back({q + b * q_batch + h * D, kb, kb + C, o + b * nq * C + h * D, nq, nk, nullptr, lse ? lse + (b * H + h) * nq : nullptr});
+    }
+  attention_kernel(problems, AttentionLayout{D, D, sq, 2 * C, 2 * C, C, 0}, static_cast<T>(1.0 / std::sqrt(static_cast<double>(D))));
+}
+// Its backward: accumulates dq (q's layout, batch stride q_batch > 0: each batch its own rows)
+// and dkv (kv's layout) from dout (o's layout) and what the forward kept (q, kv, o, lse).
+template <class T>
+inline void heads_attention_backward(T* dq, T* dkv, const T* q, std::int64_t sq, std::int64_t q_batch, const T* kv, const T* o,
+                                     const T* dout, const T* lse, std::int64_t B, std::int64_t nq, std::int64_t nk, std::int64_t H,
+                                     std::int64_t D) {
+  if (B > 1 && q_batch < (nq - 1) * sq + H * D)
+    throw ArgumentError("heads_attention_backward: batches must not share query rows (give each batch its own copy)");
+  const std::int64_t C = H * D;
+  std::vector<AttentionGradProblem<T>> problems;
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t h = 0; h < H; ++h) {
+      const std::int64_t kb = b * nk * 2 * C + h * D, qb = b * q_batch + h * D, ob = b * nq * C + h * D;
+      problems.push_back({q + qb, kv + kb, kv + kb + C, o + ob, dout + ob, lse + (b * H + h) * nq, dq + qb, dkv + kb, dkv + kb + C, nq, nk,
+                          nullptr});
+    }
+  attention_backward(problems, AttentionLayout{D, D, sq, 2 * C, 2 * C, C, 0}, static_cast<T>(1.0 / std::sqrt(static_cast<double>(D))));
+}
 
 // Cross-attention: queries from x (B, N, dim), keys and values from a context (B, M, context_dim):
 // q = Linear(dim, dim), kv = Linear(context_dim, 2 dim) (k and v side by side), proj.
@@ -646,14 +772,7 @@ struct CrossAttention {
     const std::int64_t B = x.size(0), N = x.size(1), M = context.size(1), H = num_heads, D = dim / num_heads, C = dim;
     Tensor<T> qo = q.forward(x), kvo = kv.forward(context);
     Tensor<T> o = Tensor<T>::empty({B, N, C});
-    std::vector<AttentionProblem<T>> problems;
-    for (std::int64_t b = 0; b < B; ++b)
-      for (std::int64_t h = 0; h < H; ++h) {
-        const T* kb = kvo.data() + b * M * 2 * C + h * D;
-        problems.push_back({qo.data() + b * N * C + h * D, kb, kb + C, o.data() + b * N * C + h * D, N, M, nullptr});
-      }
-    attention_kernel(problems, AttentionLayout{D, D, C, 2 * C, 2 * C, C, 0},
-                     static_cast<T>(1.0 / std::sqrt(static_cast<double>(D))));
+    heads_attention(qo.data(), C, N * C, kvo.data(), o.data(), B, N, M, H, D);
     return proj.forward(o);
   }
 };

@@ -114,6 +114,24 @@ inline std::vector<std::tuple<std::string, Tensor<T>*, Tensor<T>*>> zip_paramete
   return out;
 }
 
+// Tensors are shared handles, so `a = b = LayerNorm(...)` makes two parameters one storage: an
+// optimizer would then update it twice. Refuses a tree where two trainable tensors overlap in
+// memory (a tied weight must be listed once, as upstream's named_parameters() lists it).
+template <class T, class Block>
+inline void require_distinct_storage(Block& block, const char* what) {
+  auto params = trainable_parameters<T>(block);
+  std::vector<std::pair<const T*, std::size_t>> spans;
+  for (std::size_t i = 0; i < params.size(); ++i)
+    if (params[i].second->numel() > 0) spans.emplace_back(params[i].second->data(), i);
+  std::sort(spans.begin(), spans.end());
+  for (std::size_t i = 1; i < spans.size(); ++i) {
+    const auto& [prev_ptr, prev] = spans[i - 1];
+    if (spans[i].first < prev_ptr + params[prev].second->numel())
+      throw ArgumentError(ditto::detail::cat(what, ": trainable tensors ", params[prev].first, " and ", params[spans[i].second].first,
+                                             " share storage (build each with its own tensor; a tied weight is listed once)"));
+  }
+}
+
 // The number of scalars in a block (what `sum(p.numel() for p in m.state_dict().values())` says).
 template <class T, class Block>
 inline std::int64_t count_parameters(Block& block) {

@@ -104,4 +104,31 @@ inline Tensor<T> interpolate_bicubic_antialias(const Tensor<T>& x, std::int64_t 
   return out;
 }
 
+// The backward (adjoint) of interpolate_bicubic_antialias: dout (N, C, out_h, out_w) -> dx (N, C,
+// in_h, in_w), the same weights transposed (the resize is linear in x), accumulated in T.
+template <class T>
+inline Tensor<T> interpolate_bicubic_antialias_backward(const Tensor<T>& dout, std::int64_t in_h, std::int64_t in_w) {
+  if (dout.dim() != 4 || in_h < 1 || in_w < 1)
+    throw ShapeError(ditto::detail::cat("interpolate_bicubic_antialias_backward: expected dout (N, C, h, w) and an input size >= 1, got ",
+                                        shape_str(dout.shape()), " and ", in_h, " x ", in_w));
+  const std::int64_t NC = dout.size(0) * dout.size(1), out_h = dout.size(2), out_w = dout.size(3);
+  Tensor<T> dx({dout.size(0), dout.size(1), in_h, in_w});
+  if (dout.numel() == 0) return dx;
+  Tensor<T> dmid({NC, in_h, out_w});
+  const detail::AntialiasTaps th = detail::antialias_bicubic_taps(in_w, out_w), tv = detail::antialias_bicubic_taps(in_h, out_h);
+  for (std::int64_t p = 0; p < NC; ++p)  // the height's transpose
+    for (std::int64_t o = 0; o < out_h; ++o) {
+      const float* w = tv.weights.data() + o * tv.width;
+      for (std::int64_t j = 0; j < tv.count[o]; ++j)
+        for (std::int64_t c = 0; c < out_w; ++c)
+          dmid[(p * in_h + tv.first[o] + j) * out_w + c] += dout[(p * out_h + o) * out_w + c] * static_cast<T>(w[j]);
+    }
+  for (std::int64_t p = 0; p < NC * in_h; ++p)  // then the width's
+    for (std::int64_t o = 0; o < out_w; ++o) {
+      const float* w = th.weights.data() + o * th.width;
+      for (std::int64_t j = 0; j < th.count[o]; ++j) dx[p * in_w + th.first[o] + j] += dmid[p * out_w + o] * static_cast<T>(w[j]);
+    }
+  return dx;
+}
+
 }  // namespace ditto::nn

@@ -100,6 +100,7 @@ class AdamBase {
       throw ArgumentError(ditto::detail::cat(name(), ": expected lr, eps, weight_decay >= 0 and betas in [0, 1), got lr ", options.lr,
                                              ", betas (", options.beta1, ", ", options.beta2, "), eps ", options.eps, ", weight_decay ",
                                              options.weight_decay));
+    nn::require_distinct_storage<T>(const_cast<Model&>(model), name());
   }
   static const char* name() { return Decoupled ? "AdamW" : "Adam"; }
 
@@ -156,6 +157,7 @@ class SGD {
       throw ArgumentError(ditto::detail::cat("SGD: expected lr, momentum, weight_decay >= 0, and Nesterov with momentum > 0 and no "
                                              "dampening; got lr ", options.lr, ", momentum ", options.momentum, ", dampening ",
                                              options.dampening, ", nesterov ", options.nesterov));
+    nn::require_distinct_storage<T>(const_cast<Model&>(model), "SGD");
   }
 
   void step(Model& model, Model& grads, double lr_factor = 1.0) {
