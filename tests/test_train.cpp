@@ -1182,3 +1182,142 @@ TEST_CASE("a user block composed of library blocks trains", "[train][grad]") {
   }
   CHECK(dot(blk.forward_train(x, a), gout) < before - 0.1);  // descending sum(y * gout)
 }
+
+namespace {
+// The largest |a - b| over two gradient trees, relative to the largest |a|.
+template <class T, class Model>
+double tree_rel_diff(Model& a, Model& b) {
+  double scale = 0, diff = 0;
+  for (auto& [name, x, y] : nn::zip_parameters<T>(a, b))
+    for (std::int64_t i = 0; i < x->numel(); ++i) {
+      scale = std::max(scale, std::abs(static_cast<double>((*x)[i])));
+      diff = std::max(diff, std::abs(static_cast<double>((*x)[i]) - static_cast<double>((*y)[i])));
+    }
+  return diff / scale;
+}
+}  // namespace
+
+TEST_CASE("gradients accumulated over micro-batches equal the whole batch's", "[train][accumulate][dit]") {
+  Generator gen(21);
+  auto config = models::DiTConfig::from_json({{"input_size", 8}, {"patch_size", 2}, {"in_channels", 2}, {"hidden_size", 16},
+                                              {"depth", 2}, {"num_heads", 2}, {"num_classes", 3}});
+  models::DiT<double> dit(config);
+  randomize<double>(dit, gen, 0.3);
+  const diffusion::Schedule s(diffusion::linear_betas(1000));
+  const std::int64_t B = 5;
+  const Tensor<double> x0 = gen.uniform<double>({B, 2, 8, 8}, -1, 1), noise = gen.normal<double>({B, 2, 8, 8});
+  const std::vector<std::int64_t> t = {3, 999, 120, 500, 42};
+  const Tensor<std::int64_t> y({B}, std::vector<std::int64_t>{0, 3, 1, 2, 1});
+  auto grads_of = [&](std::int64_t micro) {
+    auto g = nn::zeros_like<double>(dit);
+    for (const auto& mb : train::micro_batches(B, micro)) {
+      const Tensor<double> xs = train::batch_slice(x0, mb.lo, mb.hi), ns = train::batch_slice(noise, mb.lo, mb.hi);
+      const std::vector<std::int64_t> ts(t.begin() + mb.lo, t.begin() + mb.hi);
+      const Tensor<double> x_t = diffusion::q_sample(s, xs, ts, ns);
+      Tensor<double> tf({mb.hi - mb.lo});
+      for (std::int64_t i = 0; i < tf.numel(); ++i) tf[i] = static_cast<double>(ts[static_cast<std::size_t>(i)]);
+      models::DiT<double>::Acts acts;
+      const Tensor<double> out = dit.forward_train(x_t, tf, train::batch_slice(y, mb.lo, mb.hi), acts);
+      dit.backward(g, acts, diffusion::training_losses_grad(s, out, xs, x_t, ts, ns, {}, mb.weights<double>()));
+    }
+    return g;
+  };
+  auto whole = grads_of(B), parts = grads_of(2);  // 2 + 2 + 1
+  CHECK(train::micro_batches(B, 2).size() == 3);
+  CHECK(train::micro_batches(B, 2).back().share() == 0.2);
+  CHECK(tree_rel_diff<double>(whole, parts) <= 1e-12);  // the products sum rows in another grouping: not bitwise
+  CHECK_THROWS_WITH(train::micro_batches(0, 2), Catch::Contains("batch >= 1"));
+  CHECK_THROWS_WITH(train::batch_slice(x0, 4, 6), Catch::Contains("samples [4, 6)"));
+}
+
+TEST_CASE("activation checkpointing gives the same gradient bits with the blocks' activations dropped", "[train][checkpoint_acts][dit][vit]") {
+  Generator gen(22);
+  {
+    auto config = models::DiTConfig::from_json({{"input_size", 8}, {"patch_size", 2}, {"in_channels", 2}, {"hidden_size", 16},
+                                                {"depth", 3}, {"num_heads", 2}, {"num_classes", 3}});
+    models::DiT<float> dit(config);
+    randomize<float>(dit, gen, 0.3);
+    const Tensor<float> x = gen.normal<float>({3, 2, 8, 8}), t({3}, std::vector<float>{1, 50, 900});
+    const Tensor<std::int64_t> y({3}, std::vector<std::int64_t>{0, 3, 1});
+    auto run = [&](bool checkpoint) {
+      models::DiT<float>::Acts acts;
+      acts.checkpoint = checkpoint;
+      const Tensor<float> out = dit.forward_train(x, t, y, acts);
+      std::size_t kept = 0;
+      for (const auto& b : acts.blocks) kept += static_cast<std::size_t>(b.x_in.numel());
+      CHECK((kept == 0) == checkpoint);  // checkpointed: no block activations held
+      auto g = nn::zeros_like<float>(dit);
+      Tensor<float> dx;
+      dit.backward(g, acts, Tensor<float>::ones(out.shape()), &dx);
+      return std::pair{g, dx};
+    };
+    auto [g1, dx1] = run(false);
+    auto [g2, dx2] = run(true);
+    for (auto& [name, a, b] : nn::zip_parameters<float>(g1, g2)) {
+      INFO(name);
+      ditto_test::require_equal(*a, *b);
+    }
+    ditto_test::require_equal(dx1, dx2);
+  }
+  {
+    const auto config = models::ViTConfig::from_json({{"img_size", 8}, {"patch_size", 2}, {"in_chans", 1}, {"num_classes", 3}, {"embed_dim", 8},
+                                                      {"depth", 2}, {"num_heads", 2}, {"qk_norm", true}});
+    models::ViT<float> vit(config);
+    randomize<float>(vit, gen, 0.3);
+    const Tensor<float> x = gen.normal<float>({2, 1, 8, 8}), gout = gen.normal<float>({2, 3});
+    auto run = [&](bool checkpoint) {
+      models::ViT<float>::Acts acts;
+      acts.checkpoint = checkpoint;
+      (void)vit.forward_train(x, acts);
+      auto g = nn::zeros_like<float>(vit);
+      vit.backward(g, acts, gout);
+      return g;
+    };
+    auto g1 = run(false), g2 = run(true);
+    for (auto& [name, a, b] : nn::zip_parameters<float>(g1, g2)) {
+      INFO(name);
+      ditto_test::require_equal(*a, *b);
+    }
+  }
+}
+
+TEST_CASE("check mode names the first block that makes a NaN or an infinity", "[train][check_finite][dit][vit]") {
+  Generator gen(23);
+  auto config = models::DiTConfig::from_json({{"input_size", 8}, {"patch_size", 2}, {"in_channels", 2}, {"hidden_size", 16},
+                                              {"depth", 3}, {"num_heads", 2}, {"num_classes", 3}});
+  models::DiT<float> dit(config);
+  randomize<float>(dit, gen, 0.3);
+  const Tensor<float> x = gen.normal<float>({2, 2, 8, 8}), t({2}, std::vector<float>{1, 50});
+  const Tensor<std::int64_t> y({2}, std::vector<std::int64_t>{0, 3});
+  models::DiT<float>::Acts acts;
+  acts.check_finite = true;
+  const Tensor<float> out = dit.forward_train(x, t, y, acts);  // finite: passes
+  auto g = nn::zeros_like<float>(dit);
+  dit.backward(g, acts, Tensor<float>::ones(out.shape()));
+  // the loss's gradient
+  Tensor<float> bad = Tensor<float>::ones(out.shape());
+  bad[7] = std::numeric_limits<float>::quiet_NaN();
+  CHECK_THROWS_AS(dit.backward(g, acts, bad), NumericError);
+  CHECK_THROWS_WITH(dit.backward(g, acts, bad), Catch::Contains("dout (the loss's gradient) produced a non-finite value"));
+  // a gradient that turns non-finite inside block 0 (its tree poisoned: the check reads it after that block's backward)
+  nn::zero_grad<float>(g);
+  g.blocks[0].mlp.fc1.weight[3] = std::numeric_limits<float>::infinity();
+  CHECK_THROWS_WITH(dit.backward(g, acts, Tensor<float>::ones(out.shape())), Catch::Contains("DiT.blocks.0 produced a non-finite gradient of mlp.fc1.weight"));
+  // a weight that makes block 1's output NaN: forward names block 1, not the blocks after it
+  dit.blocks[1].mlp.fc2.weight = dit.blocks[1].mlp.fc2.weight.clone();
+  dit.blocks[1].mlp.fc2.weight[0] = std::numeric_limits<float>::quiet_NaN();
+  models::DiT<float>::Acts acts2;
+  acts2.check_finite = true;
+  CHECK_THROWS_WITH(dit.forward_train(x, t, y, acts2), Catch::Contains("DiT.blocks.1 produced a non-finite output"));
+  models::DiT<float>::Acts unchecked;  // off: no check, the NaN flows on
+  CHECK(std::isnan(dit.forward_train(x, t, y, unchecked)[0]));
+
+  const auto vc = models::ViTConfig::from_json({{"img_size", 4}, {"patch_size", 2}, {"in_chans", 1}, {"num_classes", 2}, {"embed_dim", 8},
+                                                {"depth", 2}, {"num_heads", 2}});
+  models::ViT<float> vit(vc);
+  randomize<float>(vit, gen, 0.3);
+  vit.blocks[1].attn.proj.bias[2] = std::numeric_limits<float>::infinity();
+  models::ViT<float>::Acts va;
+  va.check_finite = true;
+  CHECK_THROWS_WITH(vit.forward_train(gen.normal<float>({1, 1, 4, 4}), va), Catch::Contains("ViT.blocks.1 produced a non-finite output"));
+}

@@ -32,3 +32,4 @@
 #include "models/runner.hpp"
 #include "train/optim.hpp"
 #include "train/checkpoint.hpp"
+#include "train/accumulate.hpp"

@@ -47,6 +47,12 @@ class MemoryError : public Error {
   using Error::Error;
 };
 
+// A NaN or infinity where training's check mode asks for finite numbers (docs/training.md).
+class NumericError : public Error {
+ public:
+  using Error::Error;
+};
+
 // "[2,3,4]": how every message prints a shape (PyTorch's order, no spaces so it greps well).
 template <class Container>
 inline std::string shape_str(const Container& shape) {

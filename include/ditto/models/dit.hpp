@@ -465,7 +465,13 @@ struct DiT {
   // Training (docs/training.md): what backward reads, kept by forward_train. Label dropout is
   // the caller's (upstream draws it in LabelEmbedder; give y with the null class where dropped).
   struct Acts {
+    // Options, set before forward_train. checkpoint: keep only each block's input and recompute
+    // the block's activations in backward (activation checkpointing: less memory, one more block
+    // forward each; the gradients are the same bits). check_finite: a NaN or infinity in any
+    // block's output, in dout, or in any block's gradients is a NumericError naming that block.
+    bool checkpoint = false, check_finite = false;
     std::int64_t B = 0;
+    std::vector<Tensor<T>> block_in;     // checkpoint: each block's input rows
     Tensor<T> patches;                   // (B * n, C p p): x_embedder's input rows
     Tensor<std::int64_t> y;              // the labels
     typename TimestepEmbedder<T>::Acts t_acts;
@@ -500,11 +506,20 @@ struct DiT {
     for (std::int64_t b = 0; b <= B; ++b) cu.push_back(b * n);
     a.mods.assign(blocks.size(), Tensor<T>());
     a.blocks.assign(blocks.size(), typename DiTBlock<T>::Acts{});
+    a.block_in.assign(a.checkpoint ? blocks.size() : 0, Tensor<T>());
     for (std::size_t i = 0; i < blocks.size(); ++i) {
       a.mods[i] = blocks[i].adaLN_modulation.forward(a.silu_c);
-      blocks[i].forward_train(tokens.data(), B, n, a.mods[i].data(), cu, a.blocks[i]);
+      if (a.checkpoint) {  // the block's activations live only for this call
+        a.block_in[i] = tokens.clone();
+        typename DiTBlock<T>::Acts dropped;
+        blocks[i].forward_train(tokens.data(), B, n, a.mods[i].data(), cu, dropped);
+      } else {
+        blocks[i].forward_train(tokens.data(), B, n, a.mods[i].data(), cu, a.blocks[i]);
+      }
+      if (a.check_finite) nn::require_finite<T>("DiT.blocks." + std::to_string(i), "output", tokens.data(), tokens.numel());
     }
     const Tensor<T> out = final_layer.forward_train(tokens.data(), B, n, a.silu_c, a.final_layer);
+    if (a.check_finite) nn::require_finite<T>("DiT.final_layer", "output", out.data(), out.numel());
     return nn::unpatchify(out, c.out_channels(), p, g, g);
   }
 
@@ -519,15 +534,25 @@ struct DiT {
     if (dout.shape() != Shape{B, c.out_channels(), gr * p, gr * p})
       throw ShapeError(ditto::detail::cat("DiT.backward: expected dout of shape ", shape_str(Shape{B, c.out_channels(), gr * p, gr * p}),
                                           ", got ", shape_str(dout.shape())));
+    if (a.checkpoint && a.block_in.size() != blocks.size())
+      throw ArgumentError("DiT.backward: checkpoint was set after forward_train (set it before: the blocks' inputs were not kept)");
     std::vector<std::int64_t> cu;
     for (std::int64_t b = 0; b <= B; ++b) cu.push_back(b * n);
+    if (a.check_finite) nn::require_finite<T>("DiT.backward's dout (the loss's gradient)", "value", dout.data(), dout.numel());
     const Tensor<T> dtok_out = rearrange(dout, "b c (h p) (w q) -> b (h w) (p q c)", {{"p", p}, {"q", p}});  // unpatchify's inverse
     Tensor<T> dtokens({rows, D}), dsilu_c({B, D});
     final_layer.backward(dtokens.data(), g.final_layer, dsilu_c.data(), a.silu_c, dtok_out, a.final_layer);
+    if (a.check_finite) nn::require_finite<T>("DiT.final_layer", "input gradient", dtokens.data(), rows, &g.final_layer);
     for (std::size_t i = blocks.size(); i-- > 0;) {
       Tensor<T> dmod({B, 6 * D});
-      blocks[i].backward(dtokens.data(), g.blocks[i], dmod.data(), a.mods[i].data(), cu, a.blocks[i]);
+      typename DiTBlock<T>::Acts recomputed;
+      if (a.checkpoint) {  // the block's forward again, from its kept input
+        Tensor<T> x = a.block_in[i].clone();
+        blocks[i].forward_train(x.data(), B, n, a.mods[i].data(), cu, recomputed);
+      }
+      blocks[i].backward(dtokens.data(), g.blocks[i], dmod.data(), a.mods[i].data(), cu, a.checkpoint ? recomputed : a.blocks[i]);
       blocks[i].adaLN_modulation.backward_into(dsilu_c.data(), g.blocks[i].adaLN_modulation, dmod.data(), a.silu_c.data(), B);
+      if (a.check_finite) nn::require_finite<T>("DiT.blocks." + std::to_string(i), "input gradient", dtokens.data(), rows, &g.blocks[i]);
     }
     Tensor<T> dcond({B, D});
     nn::activate_backward(dcond.data(), dsilu_c.data(), a.c.data(), B * D, nn::Activation::silu);
@@ -537,6 +562,11 @@ struct DiT {
     Tensor<T> dpatches;
     if (dx) dpatches = Tensor<T>(a.patches.shape());
     x_embedder.proj_rows_backward(dx ? dpatches.data() : nullptr, g.x_embedder, dtokens.data(), a.patches.data(), rows);
+    if (a.check_finite) {
+      nn::require_finite<T>("DiT.y_embedder", "gradient", dcond.data(), 0, &g.y_embedder);
+      nn::require_finite<T>("DiT.t_embedder", "gradient", dcond.data(), 0, &g.t_embedder);
+      nn::require_finite<T>("DiT.x_embedder", "input gradient", dpatches.data(), dpatches.numel(), &g.x_embedder);
+    }
     if (dx) {
       const Tensor<T> dimg = rearrange(dpatches, "(b h w) (c p1 p2) -> b c (h p1) (w p2)", {{"b", B}, {"h", gr}, {"p1", p}, {"p2", p}});
       *dx = Tensor<T>({B, c.in_channels, c.input_size, c.input_size});  // rows and columns cut by crop_to_patches get 0

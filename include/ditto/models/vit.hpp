@@ -479,6 +479,8 @@ struct ViT {
   // Training (docs/training.md): what backward reads, kept by forward_train (eval semantics: no
   // dropout, no drop path).
   struct Acts {
+    bool checkpoint = false, check_finite = false;  // as DiT::Acts: recompute blocks in backward; NaN/Inf checks
+    std::vector<Tensor<T>> block_in;                // checkpoint: each block's input rows
     std::int64_t B = 0, H = 0, W = 0, in_h = 0, in_w = 0;  // the padded (H, W) and the given image size
     Tensor<T> patches;                          // (B N, C ph pw): patch_embed's input rows
     Tensor<T> x_pre, mean_pre, rstd_pre;        // norm_pre (pre_norm)
@@ -518,7 +520,17 @@ struct ViT {
     for (std::int64_t b = 0; b <= B; ++b) cu.push_back(b * L);
     const auto seq = nn::Attention<T>::Sequences::packed(cu);
     a.blocks.assign(blocks.size(), typename ViTBlock<T>::Acts{});
-    for (std::size_t i = 0; i < blocks.size(); ++i) blocks[i].forward_train(tokens.data(), rows, seq, a.blocks[i]);
+    a.block_in.assign(a.checkpoint ? blocks.size() : 0, Tensor<T>());
+    for (std::size_t i = 0; i < blocks.size(); ++i) {
+      if (a.checkpoint) {
+        a.block_in[i] = tokens.clone();
+        typename ViTBlock<T>::Acts dropped;
+        blocks[i].forward_train(tokens.data(), rows, seq, dropped);
+      } else {
+        blocks[i].forward_train(tokens.data(), rows, seq, a.blocks[i]);
+      }
+      if (a.check_finite) nn::require_finite<T>("ViT.blocks." + std::to_string(i), "output", tokens.data(), tokens.numel());
+    }
     if (!c.use_fc_norm()) layer_norm_train(norm, tokens, a);
     Tensor<T> pooled = pool(tokens.reshape({B, L, D}), &a.pool);
     if (c.use_fc_norm()) layer_norm_train(fc_norm, pooled, a);
@@ -562,7 +574,18 @@ struct ViT {
     std::vector<std::int64_t> cu;
     for (std::int64_t b = 0; b <= B; ++b) cu.push_back(b * L);
     const auto seq = nn::Attention<T>::Sequences::packed(cu);
-    for (std::size_t i = blocks.size(); i-- > 0;) blocks[i].backward(dtokens.data(), g.blocks[i], seq, a.blocks[i]);
+    if (a.checkpoint && a.block_in.size() != blocks.size())
+      throw ArgumentError("ViT.backward: checkpoint was set after forward_train (set it before: the blocks' inputs were not kept)");
+    if (a.check_finite) nn::require_finite<T>("ViT's head and pooling", "input gradient", dtokens.data(), rows, &g);
+    for (std::size_t i = blocks.size(); i-- > 0;) {
+      typename ViTBlock<T>::Acts recomputed;
+      if (a.checkpoint) {
+        Tensor<T> x = a.block_in[i].clone();
+        blocks[i].forward_train(x.data(), rows, seq, recomputed);
+      }
+      blocks[i].backward(dtokens.data(), g.blocks[i], seq, a.checkpoint ? recomputed : a.blocks[i]);
+      if (a.check_finite) nn::require_finite<T>("ViT.blocks." + std::to_string(i), "input gradient", dtokens.data(), rows, &g.blocks[i]);
+    }
     if (c.pre_norm) {
       Tensor<T> d({rows, D});
       norm_pre.backward_into(d.data(), g.norm_pre, dtokens.data(), a.x_pre.data(), a.mean_pre.data(), a.rstd_pre.data(), rows);

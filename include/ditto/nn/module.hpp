@@ -13,6 +13,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -130,6 +131,29 @@ inline void require_distinct_storage(Block& block, const char* what) {
       throw ArgumentError(ditto::detail::cat(what, ": trainable tensors ", params[prev].first, " and ", params[spans[i].second].first,
                                              " share storage (build each with its own tensor; a tied weight is listed once)"));
   }
+}
+
+// Training's check mode (docs/training.md): the index of the first NaN or infinity in n values,
+// or -1 when every one is finite.
+template <class T>
+inline std::int64_t first_non_finite(const T* x, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(static_cast<double>(x[i]))) return i;
+  return -1;
+}
+// Throws NumericError naming `where` (a block, e.g. "DiT.blocks.3") and what held the value when
+// the values, or any trainable tensor of the gradient tree `grads` (null: none), are not finite.
+template <class T, class Block = int>
+inline void require_finite(const std::string& where, const char* what, const T* x, std::int64_t n, Block* grads = nullptr) {
+  if (const auto i = first_non_finite(x, n); i >= 0)
+    throw NumericError(ditto::detail::cat(where, " produced a non-finite ", what, " (", static_cast<double>(x[i]), " at index ", i, " of ", n,
+                                          "): the first block to do so"));
+  if constexpr (!std::is_same_v<Block, int>)
+    if (grads)
+      for (auto& [name, t] : trainable_parameters<T>(*grads))
+        if (const auto i = first_non_finite(t->data(), t->numel()); i >= 0)
+          throw NumericError(ditto::detail::cat(where, " produced a non-finite gradient of ", name, " (", static_cast<double>((*t)[i]), " at index ", i,
+                                                "): the first block to do so"));
 }
 
 // The number of scalars in a block (what `sum(p.numel() for p in m.state_dict().values())` says).
