@@ -335,6 +335,113 @@ TEST_CASE("an optimizer refuses a model whose parameters share storage", "[train
   CHECK_THROWS_WITH((train::SGD<float, nn::Mlp<float>>(same, {})), Catch::Contains("share storage"));
 }
 
+TEST_CASE("convolution, pooling and upsampling backwards equal central differences", "[train][grad][conv]") {
+  Generator gen(13);
+  // 2-D: stride 2 with asymmetric padding and groups; a 3x3 "same" conv (the fast forward paths);
+  // 1-D and 3-D with strides
+  {
+    nn::Conv2d<double> conv(4, 6, {3, 2}, {2, 1}, {1, 0, 2, 1}, 2);
+    randomize<double>(conv, gen);
+    Tensor<double> x = gen.normal<double>({2, 4, 7, 5});
+    const Tensor<double> y = conv.forward(x), gout = gen.normal<double>(y.shape());
+    auto g = nn::zeros_like<double>(conv);
+    Tensor<double> dx;
+    conv.backward(g, x, gout, &dx);
+    auto checked = params_of(conv, g);
+    checked.emplace_back("x", &x, &dx);
+    worst_fd_error([&] { return dot(conv.forward(x), gout); }, checked);
+  }
+  {
+    nn::Conv2d<double> conv(3, 8, 3, 1, 1);
+    randomize<double>(conv, gen);
+    Tensor<double> x = gen.normal<double>({1, 3, 8, 8});
+    const Tensor<double> gout = gen.normal<double>({1, 8, 8, 8});
+    auto g = nn::zeros_like<double>(conv);
+    Tensor<double> dx;
+    conv.backward(g, x, gout, &dx);
+    auto checked = params_of(conv, g);
+    checked.emplace_back("x", &x, &dx);
+    worst_fd_error([&] { return dot(conv.forward(x), gout); }, checked);
+  }
+  {
+    nn::Conv1d<double> conv(4, 2, 3, 2, 1, 2, false);
+    randomize<double>(conv, gen);
+    Tensor<double> x = gen.normal<double>({2, 4, 9});
+    const Tensor<double> gout = gen.normal<double>(conv.forward(x).shape());
+    auto g = nn::zeros_like<double>(conv);
+    Tensor<double> dx;
+    conv.backward(g, x, gout, &dx);
+    auto checked = params_of(conv, g);
+    checked.emplace_back("x", &x, &dx);
+    worst_fd_error([&] { return dot(conv.forward(x), gout); }, checked);
+  }
+  {
+    nn::Conv3d<double> conv(2, 3, {2, 3, 2}, {2, 1, 2}, {1, 1, 0});
+    randomize<double>(conv, gen);
+    Tensor<double> x = gen.normal<double>({2, 2, 5, 4, 6});
+    const Tensor<double> gout = gen.normal<double>(conv.forward(x).shape());
+    auto g = nn::zeros_like<double>(conv);
+    Tensor<double> dx;
+    conv.backward(g, x, gout, &dx);
+    auto checked = params_of(conv, g);
+    checked.emplace_back("x", &x, &dx);
+    worst_fd_error([&] { return dot(conv.forward(x), gout); }, checked);
+  }
+  {
+    Tensor<double> x = gen.normal<double>({2, 3, 7, 6});
+    for (auto [k, st] : {std::pair{2, 2}, std::pair{3, 2}, std::pair{2, 1}}) {
+      const Tensor<double> gout = gen.normal<double>(nn::avg_pool2d(x, k, st).shape());
+      Tensor<double> dx = nn::avg_pool2d_backward(gout, x.shape(), k, st);
+      worst_fd_error([&] { return dot(nn::avg_pool2d(x, k, st), gout); }, {{"x", &x, &dx}});
+    }
+    const Tensor<double> gup = gen.normal<double>({2, 3, 21, 18});
+    Tensor<double> dxu = nn::upsample_nearest_backward(gup, 3);
+    worst_fd_error([&] { return dot(nn::upsample_nearest(x, 3), gup); }, {{"x", &x, &dxu}});
+  }
+  nn::Conv2d<double> conv(2, 2, 3);
+  CHECK_THROWS_WITH(conv.backward(conv, Tensor<double>({1, 2, 5, 5}), Tensor<double>({1, 2, 5, 5})), Catch::Contains("is not the output's shape"));
+}
+
+TEST_CASE("U-ViT backward equals central differences with and without labels, skips and the conv", "[train][grad][uvit]") {
+  const std::vector<nlohmann::json> configs = {
+      {{"img_size", 8}, {"patch_size", 4}, {"in_chans", 2}, {"embed_dim", 8}, {"depth", 4}, {"num_heads", 2}, {"mlp_ratio", 1.5},
+       {"num_classes", 4}, {"qkv_bias", true}, {"mlp_time_embed", true}},
+      {{"img_size", 6}, {"patch_size", 2}, {"in_chans", 1}, {"embed_dim", 8}, {"depth", 3}, {"num_heads", 1}, {"conv", false},
+       {"skip", false}, {"qk_scale", 0.3}},
+  };
+  Generator gen(14);
+  for (const auto& j : configs) {
+    INFO(j.dump());
+    const auto config = models::UViTConfig::from_json(j);
+    models::UViT<double> uvit(config);
+    randomize<double>(uvit, gen, 0.4);
+    Tensor<double> x = gen.normal<double>({2, config.in_chans, config.img_size, config.img_size});
+    const Tensor<double> t({2}, std::vector<double>{3.5, 700});
+    const Tensor<std::int64_t> y({2}, std::vector<std::int64_t>{3, 1});
+    const Tensor<std::int64_t>* yp = config.num_classes > 0 ? &y : nullptr;
+    models::UViT<double>::Acts acts;
+    const Tensor<double> out = uvit.forward_train(x, t, yp, acts);
+    CHECK_CLOSE(out, uvit.forward(x, t, yp), 1e-13);
+    const Tensor<double> gout = gen.normal<double>(out.shape());
+    auto g = nn::zeros_like<double>(uvit);
+    Tensor<double> dx;
+    uvit.backward(g, acts, gout, &dx);
+    auto checked = params_of(uvit, g);
+    checked.emplace_back("x", &x, &dx);
+    worst_fd_error([&] { return dot(uvit.forward(x, t, yp), gout); }, checked, 5);
+    // checkpointing: the same bits
+    models::UViT<double>::Acts ck;
+    ck.checkpoint = true;
+    (void)uvit.forward_train(x, t, yp, ck);
+    auto g2 = nn::zeros_like<double>(uvit);
+    uvit.backward(g2, ck, gout);
+    for (auto& [name, a, b] : nn::zip_parameters<double>(g, g2)) {
+      INFO(name);
+      ditto_test::require_equal(*a, *b);
+    }
+  }
+}
+
 TEST_CASE("DiT gradients at 1 and 3 threads agree to 1e-5 and optimizer steps to the bit", "[train][dit][threads]") {
   // The products' libraries (OpenBLAS, Eigen) sum in another order when they run threaded, so
   // gradients move in the last bits across thread counts (documented in docs/training.md); every
@@ -1049,8 +1156,8 @@ TEST_CASE("ditto-forward --backward gives DiT's and ViT's gradients as PyTorch a
            {common + " --inputs " + path("in.safetensors") + " --output " + path("o.safetensors") + " --backward --cfg-scale 2", "takes no guidance"},
            {common + " --inputs " + path("in_nograd.safetensors") + " --output " + path("o.safetensors") + " --backward", "no tensor named \"grad_out\""},
            {common + " --inputs " + path("in.safetensors") + " --output " + path("o.safetensors"), "unexpected input \"grad_out\""},
-           {"--model uvit --config " + path("config.json") + " --weights " + path("w.safetensors") + " --inputs " + path("in.safetensors") +
-                " --output " + path("o.safetensors") + " --backward", "uvit has no backward in ditto yet"}}) {
+           {"--model latte --config " + path("config.json") + " --weights " + path("w.safetensors") + " --inputs " + path("in.safetensors") +
+                " --output " + path("o.safetensors") + " --backward", "latte has no backward in ditto yet"}}) {
     INFO(args);
     const auto [c2, e2] = run(args);
     CHECK(c2 == 1);

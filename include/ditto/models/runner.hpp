@@ -239,8 +239,25 @@ inline NamedTensors run_x_timesteps_y(const ForwardRequest& r, const char* upstr
   const Tensor<float> x = in.floats("x", 4), t = in.floats("timesteps", 1);
   std::optional<Tensor<std::int64_t>> y;
   if (in.has("y")) y = in.labels("y");
+  std::optional<Tensor<float>> grad_out;
+  if (r.backward) grad_out = in.floats("grad_out", 4);
   in.finish();
   NamedTensors outputs;
+  if (r.backward) {
+    if constexpr (requires { typename Model::Acts; }) {
+      if (r.trace) throw ArgumentError(std::string(upstream) + ": --backward and --trace are one or the other");
+      typename Model::Acts acts;
+      outputs.emplace_back("out", model.forward_train(x, t, y ? &*y : nullptr, acts));
+      auto grads = nn::zeros_like<float>(model);
+      Tensor<float> dx;
+      model.backward(grads, acts, *grad_out, &dx);
+      add_parameter_grads(outputs, grads);
+      outputs.emplace_back("grad.x", std::move(dx));
+      return outputs;
+    } else {
+      throw ArgumentError(ditto::detail::cat("--backward: ", r.model, " has no backward in ditto yet (docs/training.md lists what comes next)"));
+    }
+  }
   const Trace<float> trace = trace_into(r, outputs);
   outputs.emplace_back("out", model.forward(x, t, y ? &*y : nullptr, trace));
   return outputs;
@@ -324,10 +341,10 @@ inline NamedTensors run_forward(const ForwardRequest& r) {
   if (r.model == "dit") return detail::run_dit(r);
   if (r.model == "vit") return detail::run_classifier<ViT<float>, ViTConfig>(r, "VisionTransformer", 4);
   if (r.model == "vivit") return detail::run_classifier<ViViT<float>, ViViTConfig>(r, "ViViT", 5);
-  if (r.backward)  // the other models' backwards are not written yet: said, not guessed
-    throw ArgumentError(ditto::detail::cat("--backward: ", r.model, " has no backward in ditto yet (DiT and ViT have; docs/training.md lists what comes next)"));
   if (r.model == "uvit") return detail::run_x_timesteps_y<UViT<float>, UViTConfig>(r, "UViT");
   if (r.model == "unet") return detail::run_x_timesteps_y<UNet<float>, UNetConfig>(r, "UNetModel");
+  if (r.backward)  // the other models' backwards are not written yet: said, not guessed
+    throw ArgumentError(ditto::detail::cat("--backward: ", r.model, " has no backward in ditto yet (DiT, ViT and U-ViT have; docs/training.md lists what comes next)"));
   if (r.model == "latte") return detail::run_latte(r);
   if (r.model == "vae-encode" || r.model == "vae-decode") return detail::run_vae(r, r.model == "vae-encode");
   throw ArgumentError(ditto::detail::cat("unknown --model \"", r.model, "\"; expected one of vit, vivit, dit, uvit, unet, latte, vae-encode, vae-decode"));

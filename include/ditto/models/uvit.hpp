@@ -23,6 +23,7 @@
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
 #include "../core/threading.hpp"
+#include "../einops/rearrange.hpp"
 #include "../nn/activation.hpp"
 #include "../nn/attention.hpp"
 #include "../nn/conv.hpp"
@@ -166,6 +167,58 @@ struct UViTBlock {
     add(x, buf.y.data(), rows);
   }
 
+  // Training. What backward reads: the concatenation skip_linear saw, the block's input (after
+  // the skip), its middle, both LayerNorms' statistics and outputs, the attention's activations
+  // and the MLP's pre-activation.
+  struct Acts {
+    Tensor<T> cat, x_in, mean1, rstd1, h1, x_mid, mean2, rstd2, h2, pre;
+    typename nn::Attention<T>::Acts attn;
+  };
+  void forward_train(T* x, const T* skip, std::int64_t rows, const typename nn::Attention<T>::Sequences& seq, Acts& a) const {
+    const std::int64_t D = dim;
+    if (has_skip) {
+      a.cat = Tensor<T>::empty({rows, 2 * D});
+      for (std::int64_t r = 0; r < rows; ++r) {
+        std::copy(x + r * D, x + (r + 1) * D, a.cat.data() + r * 2 * D);
+        std::copy(skip + r * D, skip + (r + 1) * D, a.cat.data() + r * 2 * D + D);
+      }
+      skip_linear.forward_into(a.cat.data(), x, rows);
+    }
+    for (auto* t : {&a.x_in, &a.h1, &a.x_mid, &a.h2}) *t = Tensor<T>::empty({rows, D});
+    for (auto* t : {&a.mean1, &a.rstd1, &a.mean2, &a.rstd2}) *t = Tensor<T>::empty({rows});
+    a.pre = Tensor<T>::empty({rows, mlp.fc1.out_features});
+    Tensor<T> y = Tensor<T>::empty({rows, D}), hidden = Tensor<T>::empty({rows, mlp.fc1.out_features});
+    std::copy(x, x + rows * D, a.x_in.data());
+    norm1.forward_train(x, a.h1.data(), rows, a.mean1.data(), a.rstd1.data());
+    attn.forward_train(a.h1.data(), rows, seq, y.data(), a.attn);
+    add(x, y.data(), rows);
+    std::copy(x, x + rows * D, a.x_mid.data());
+    norm2.forward_train(x, a.h2.data(), rows, a.mean2.data(), a.rstd2.data());
+    mlp.forward_train(a.h2.data(), y.data(), rows, a.pre.data(), hidden.data());
+    add(x, y.data(), rows);
+  }
+  // dx: the gradient of the block's output, replaced by that of its input x (before the skip).
+  // dskip (rows x dim, accumulated): the skip's gradient, when has_skip. Accumulates g.
+  void backward(T* dx, T* dskip, UViTBlock& g, const typename nn::Attention<T>::Sequences& seq, const Acts& a) const {
+    const std::int64_t rows = a.x_in.size(0), D = dim;
+    Tensor<T> dh({rows, D}), dy = Tensor<T>::empty({rows, D});
+    std::copy(dx, dx + rows * D, dy.data());
+    mlp.backward_into(dh.data(), g.mlp, dy.data(), a.h2.data(), a.pre.data(), rows);
+    norm2.backward_into(dx, g.norm2, dh.data(), a.x_mid.data(), a.mean2.data(), a.rstd2.data(), rows);
+    std::copy(dx, dx + rows * D, dy.data());
+    std::fill(dh.begin(), dh.end(), T(0));
+    attn.backward(dh.data(), g.attn, dy.data(), a.h1.data(), rows, seq, a.attn);
+    norm1.backward_into(dx, g.norm1, dh.data(), a.x_in.data(), a.mean1.data(), a.rstd1.data(), rows);
+    if (has_skip) {  // x_in = skip_linear(cat(x, skip))
+      Tensor<T> dcat({rows, 2 * D});
+      skip_linear.backward_into(dcat.data(), g.skip_linear, dx, a.cat.data(), rows);
+      for (std::int64_t r = 0; r < rows; ++r) {
+        std::copy(dcat.data() + r * 2 * D, dcat.data() + r * 2 * D + D, dx + r * D);
+        for (std::int64_t i = 0; i < D; ++i) dskip[r * D + i] += dcat[r * 2 * D + D + i];
+      }
+    }
+  }
+
  private:
   void add(T* x, const T* y, std::int64_t rows) const {
     parallel_for(rows * dim, rows * dim, [&](std::int64_t lo, std::int64_t hi) {
@@ -225,20 +278,9 @@ struct UViT {
   // num_classes > 0 (required then, refused otherwise, as upstream) -> (B, in_chans, H, W).
   Tensor<T> forward(const Tensor<T>& x, const Tensor<T>& timesteps, const Tensor<std::int64_t>* y = nullptr,
                     const Trace<T>& trace = {}) const {
-    using ditto::detail::cat;
     const UViTConfig& c = config;
-    const std::int64_t g = c.grid(), p = c.patch_size, D = c.embed_dim;
-    if (x.dim() != 4 || x.size(1) != c.in_chans || x.size(2) != g * p || x.size(3) != g * p)
-      throw ShapeError(cat("UViT: expected x (B, ", c.in_chans, ", ", g * p, ", ", g * p, "), got ", shape_str(x.shape())));
-    const std::int64_t B = x.size(0), N = g * g, E = c.extras(), L = E + N;
-    detail::require_samples("UViT", B, x.shape());
-    if (timesteps.dim() != 1 || timesteps.size(0) != B)
-      throw ShapeError(cat("UViT: expected timesteps of shape (", B, "), got ", shape_str(timesteps.shape())));
-    if (c.num_classes > 0 && !y)
-      throw ArgumentError(cat("UViT: this model has a label token (num_classes ", c.num_classes, "), so y is required"));
-    if (c.num_classes <= 0 && y) throw ArgumentError("UViT: this model is unconditional (num_classes <= 0) and takes no y");
-    if (y && (y->dim() != 1 || y->size(0) != B))
-      throw ShapeError(cat("UViT: expected y of shape (", B, "), got ", shape_str(y->shape())));
+    check_inputs(x, timesteps, y, "UViT");
+    const std::int64_t g = c.grid(), p = c.patch_size, D = c.embed_dim, B = x.size(0), N = g * g, E = c.extras(), L = E + N;
     const Tensor<T> patches = patch_embed.forward(x);
     if (trace) trace("patch_embed", patches);
     Tensor<T> time = nn::timestep_embedding(timesteps, D);
@@ -253,14 +295,7 @@ struct UViT {
       label = label_emb.forward(*y);
       if (trace) trace("label_emb", label);
     }
-    Tensor<T> tokens = Tensor<T>::empty({B, L, D});
-    for (std::int64_t b = 0; b < B; ++b) {
-      T* out = tokens.data() + b * L * D;
-      if (y) std::copy(label.data() + b * D, label.data() + (b + 1) * D, out);
-      std::copy(time.data() + b * D, time.data() + (b + 1) * D, out + (E - 1) * D);
-      std::copy(patches.data() + b * N * D, patches.data() + (b + 1) * N * D, out + E * D);
-      for (std::int64_t i = 0; i < L * D; ++i) out[i] += pos_embed[i];
-    }
+    Tensor<T> tokens = assemble(patches.reshape({B * N, D}), time, y ? &label : nullptr, B);
     std::vector<std::int64_t> cu;
     for (std::int64_t b = 0; b <= B; ++b) cu.push_back(b * L);
     buffers.ensure(B * L, D, c.mlp_hidden());
@@ -290,6 +325,171 @@ struct UViT {
     if (c.conv) img = final_layer.forward(img);
     if (trace) trace("final_layer", img);
     return img;
+  }
+
+  // Training (docs/training.md): what backward reads, kept by forward_train.
+  struct Acts {
+    bool checkpoint = false, check_finite = false;  // as DiT::Acts
+    std::int64_t B = 0;
+    Tensor<T> patches, time_freq, time_pre;         // patch rows; the time features and time_embed.0's output
+    Tensor<std::int64_t> y;
+    std::vector<Tensor<T>> block_in;                // checkpoint: every block's input (in, mid, out order)
+    std::vector<Tensor<T>> skips;                   // the in_blocks' outputs
+    std::vector<typename UViTBlock<T>::Acts> blocks;  // in_blocks, mid_block, out_blocks
+    Tensor<T> x_norm, mean, rstd, normed, img;      // the final norm; decoder_pred's input; final_layer's input
+  };
+
+  Tensor<T> forward_train(const Tensor<T>& x, const Tensor<T>& timesteps, const Tensor<std::int64_t>* y, Acts& a) const {
+    const UViTConfig& c = config;
+    check_inputs(x, timesteps, y, "UViT.forward_train");
+    const std::int64_t g = c.grid(), p = c.patch_size, D = c.embed_dim, B = x.size(0), N = g * g, E = c.extras(), L = E + N, rows = B * L;
+    a.B = B;
+    a.y = y ? *y : Tensor<std::int64_t>();
+    a.patches = rearrange(x, "b c (h p1) (w p2) -> (b h w) (c p1 p2)", {{"p1", p}, {"p2", p}});
+    Tensor<T> patch_rows = Tensor<T>::empty({B * N, D});
+    patch_embed.proj_rows(a.patches.data(), B * N, patch_rows.data());
+    Tensor<T> time = nn::timestep_embedding(timesteps, D);
+    if (c.mlp_time_embed) {
+      a.time_freq = time;
+      a.time_pre = time_embed0.forward(time);
+      time = time_embed2.forward(nn::silu(a.time_pre));
+    }
+    const Tensor<T> label = y ? label_emb.forward(*y) : Tensor<T>();
+    Tensor<T> tokens = assemble(patch_rows, time, y ? &label : nullptr, B);
+    const auto seq = sequences(B, L);
+    const std::size_t nb = in_blocks.size() + 1 + out_blocks.size();
+    a.blocks.assign(nb, typename UViTBlock<T>::Acts{});
+    a.block_in.assign(a.checkpoint ? nb : 0, Tensor<T>());
+    a.skips.clear();
+    for (std::size_t i = 0; i < nb; ++i) {
+      const T* skip = i > in_blocks.size() ? a.skips[nb - 1 - i].data() : nullptr;
+      if (a.checkpoint) {
+        a.block_in[i] = tokens.clone();
+        typename UViTBlock<T>::Acts dropped;
+        block(i).forward_train(tokens.data(), skip, rows, seq, dropped);
+      } else {
+        block(i).forward_train(tokens.data(), skip, rows, seq, a.blocks[i]);
+      }
+      if (i < in_blocks.size()) a.skips.push_back(tokens.clone());
+      if (a.check_finite) nn::require_finite<T>("UViT." + block_name(i), "output", tokens.data(), tokens.numel());
+    }
+    a.x_norm = tokens, a.mean = Tensor<T>::empty({rows}), a.rstd = Tensor<T>::empty({rows}), a.normed = Tensor<T>::empty({rows, D});
+    norm.forward_train(a.x_norm.data(), a.normed.data(), rows, a.mean.data(), a.rstd.data());
+    const std::int64_t P = p * p * c.in_chans;
+    Tensor<T> pred = Tensor<T>::empty({rows, P});
+    decoder_pred.forward_into(a.normed.data(), pred.data(), rows);
+    Tensor<T> kept = Tensor<T>::empty({B, N, P});
+    for (std::int64_t b = 0; b < B; ++b) std::copy(pred.data() + (b * L + E) * P, pred.data() + (b + 1) * L * P, kept.data() + b * N * P);
+    a.img = nn::unpatchify(kept, c.in_chans, p, g, g);
+    return c.conv ? final_layer.forward(a.img) : a.img;
+  }
+
+  // dout: the gradient of forward_train's output (x's shape). Accumulates g and dx when given.
+  void backward(UViT& gr, const Acts& a, const Tensor<T>& dout, Tensor<T>* dx = nullptr) const {
+    const UViTConfig& c = config;
+    const std::int64_t g = c.grid(), p = c.patch_size, D = c.embed_dim, B = a.B, N = g * g, E = c.extras(), L = E + N, rows = B * L;
+    const std::size_t nb = in_blocks.size() + 1 + out_blocks.size();
+    if (B < 1 || a.blocks.size() != nb) throw ArgumentError("UViT.backward: the activations were not made by this model's forward_train");
+    if (a.checkpoint && a.block_in.size() != nb)
+      throw ArgumentError("UViT.backward: checkpoint was set after forward_train (set it before: the blocks' inputs were not kept)");
+    (void)nn::zip_parameters<T>(const_cast<UViT&>(*this), gr, "UViT.backward");
+    if (dout.shape() != a.img.shape())
+      throw ShapeError(ditto::detail::cat("UViT.backward: expected dout of shape ", shape_str(a.img.shape()), ", got ", shape_str(dout.shape())));
+    if (a.check_finite) nn::require_finite<T>("UViT.backward's dout (the loss's gradient)", "value", dout.data(), dout.numel());
+    Tensor<T> dimg = dout;
+    if (c.conv) {
+      dimg = Tensor<T>(a.img.shape());
+      final_layer.backward(gr.final_layer, a.img, dout, &dimg);
+    }
+    const std::int64_t P = p * p * c.in_chans;
+    const Tensor<T> dkept = rearrange(dimg, "b c (h p) (w q) -> b (h w) (p q c)", {{"p", p}, {"q", p}});
+    Tensor<T> dpred({rows, P}), dnormed({rows, D}), dtokens({rows, D});
+    for (std::int64_t b = 0; b < B; ++b) std::copy(dkept.data() + b * N * P, dkept.data() + (b + 1) * N * P, dpred.data() + (b * L + E) * P);
+    decoder_pred.backward_into(dnormed.data(), gr.decoder_pred, dpred.data(), a.normed.data(), rows);
+    norm.backward_into(dtokens.data(), gr.norm, dnormed.data(), a.x_norm.data(), a.mean.data(), a.rstd.data(), rows);
+    const auto seq = sequences(B, L);
+    std::vector<Tensor<T>> dskips;
+    for (std::size_t i = 0; i < in_blocks.size(); ++i) dskips.emplace_back(Shape{rows, D});
+    for (std::size_t i = nb; i-- > 0;) {
+      if (i < in_blocks.size())  // an in_block's output also fed an out_block's skip
+        for (std::int64_t k = 0; k < rows * D; ++k) dtokens[k] += dskips[i][k];
+      typename UViTBlock<T>::Acts recomputed;
+      if (a.checkpoint) {
+        Tensor<T> xin = a.block_in[i].clone();
+        block(i).forward_train(xin.data(), i > in_blocks.size() ? a.skips[nb - 1 - i].data() : nullptr, rows, seq, recomputed);
+      }
+      T* dskip = i > in_blocks.size() ? dskips[nb - 1 - i].data() : nullptr;
+      block(i).backward(dtokens.data(), dskip, block_of(gr, i), seq, a.checkpoint ? recomputed : a.blocks[i]);
+      if (a.check_finite) nn::require_finite<T>("UViT." + block_name(i), "input gradient", dtokens.data(), rows * D, &block_of(gr, i));
+    }
+    // tokens = [label, time, patches] + pos_embed
+    Tensor<T> dtime({B, D}), dlabel({B, D}), dpatch_rows = Tensor<T>::empty({B * N, D});
+    for (std::int64_t b = 0; b < B; ++b) {
+      const T* dt = dtokens.data() + b * L * D;
+      for (std::int64_t i = 0; i < L * D; ++i) gr.pos_embed[i] += dt[i];
+      if (E == 2) std::copy(dt, dt + D, dlabel.data() + b * D);
+      std::copy(dt + (E - 1) * D, dt + E * D, dtime.data() + b * D);
+      std::copy(dt + E * D, dt + L * D, dpatch_rows.data() + b * N * D);
+    }
+    if (E == 2) label_emb.backward(gr.label_emb, a.y, dlabel.data());
+    if (c.mlp_time_embed) {
+      Tensor<T> dh({B, 4 * D}), dpre({B, 4 * D});
+      time_embed2.backward_into(dh.data(), gr.time_embed2, dtime.data(), nn::silu(a.time_pre).data(), B);
+      nn::activate_backward(dpre.data(), dh.data(), a.time_pre.data(), B * 4 * D, nn::Activation::silu);
+      time_embed0.backward_into(nullptr, gr.time_embed0, dpre.data(), a.time_freq.data(), B);
+    }
+    Tensor<T> dpatches;
+    if (dx) dpatches = Tensor<T>(a.patches.shape());
+    patch_embed.proj_rows_backward(dx ? dpatches.data() : nullptr, gr.patch_embed, dpatch_rows.data(), a.patches.data(), B * N);
+    if (dx) *dx = rearrange(dpatches, "(b h w) (c p1 p2) -> b c (h p1) (w p2)", {{"b", B}, {"h", g}, {"p1", p}, {"p2", p}});
+  }
+
+ private:
+  void check_inputs(const Tensor<T>& x, const Tensor<T>& timesteps, const Tensor<std::int64_t>* y, const char* who) const {
+    using ditto::detail::cat;
+    const UViTConfig& c = config;
+    const std::int64_t g = c.grid(), p = c.patch_size;
+    if (x.dim() != 4 || x.size(1) != c.in_chans || x.size(2) != g * p || x.size(3) != g * p)
+      throw ShapeError(cat(who, ": expected x (B, ", c.in_chans, ", ", g * p, ", ", g * p, "), got ", shape_str(x.shape())));
+    const std::int64_t B = x.size(0);
+    detail::require_samples("UViT", B, x.shape());
+    if (timesteps.dim() != 1 || timesteps.size(0) != B)
+      throw ShapeError(cat(who, ": expected timesteps of shape (", B, "), got ", shape_str(timesteps.shape())));
+    if (c.num_classes > 0 && !y)
+      throw ArgumentError(cat(who, ": this model has a label token (num_classes ", c.num_classes, "), so y is required"));
+    if (c.num_classes <= 0 && y) throw ArgumentError(std::string(who) + ": this model is unconditional (num_classes <= 0) and takes no y");
+    if (y && (y->dim() != 1 || y->size(0) != B))
+      throw ShapeError(cat(who, ": expected y of shape (", B, "), got ", shape_str(y->shape())));
+  }
+  // [label (if any), time, patches...] + pos_embed: (B L, D) token rows.
+  Tensor<T> assemble(const Tensor<T>& patch_rows, const Tensor<T>& time, const Tensor<T>* label, std::int64_t B) const {
+    const std::int64_t D = config.embed_dim, N = config.grid() * config.grid(), E = config.extras(), L = E + N;
+    Tensor<T> tokens = Tensor<T>::empty({B, L, D});
+    for (std::int64_t b = 0; b < B; ++b) {
+      T* out = tokens.data() + b * L * D;
+      if (label) std::copy(label->data() + b * D, label->data() + (b + 1) * D, out);
+      std::copy(time.data() + b * D, time.data() + (b + 1) * D, out + (E - 1) * D);
+      std::copy(patch_rows.data() + b * N * D, patch_rows.data() + (b + 1) * N * D, out + E * D);
+      for (std::int64_t i = 0; i < L * D; ++i) out[i] += pos_embed[i];
+    }
+    return tokens;
+  }
+  static typename nn::Attention<T>::Sequences sequences(std::int64_t B, std::int64_t L) {
+    std::vector<std::int64_t> cu;
+    for (std::int64_t b = 0; b <= B; ++b) cu.push_back(b * L);
+    return nn::Attention<T>::Sequences::packed(cu);
+  }
+  // Blocks in execution order: in_blocks, mid_block, out_blocks.
+  const UViTBlock<T>& block(std::size_t i) const {
+    return i < in_blocks.size() ? in_blocks[i] : i == in_blocks.size() ? mid_block : out_blocks[i - in_blocks.size() - 1];
+  }
+  UViTBlock<T>& block_of(UViT& m, std::size_t i) const {
+    return i < in_blocks.size() ? m.in_blocks[i] : i == in_blocks.size() ? m.mid_block : m.out_blocks[i - in_blocks.size() - 1];
+  }
+  std::string block_name(std::size_t i) const {
+    return i < in_blocks.size() ? "in_blocks." + std::to_string(i)
+           : i == in_blocks.size() ? std::string("mid_block")
+                                   : "out_blocks." + std::to_string(i - in_blocks.size() - 1);
   }
 };
 

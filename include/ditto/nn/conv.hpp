@@ -434,6 +434,45 @@ inline void conv3x3_winograd(const T* x, const T* w, const T* bias, T* y, const 
   });
 }
 
+// The im2col of output rows [r0, r0 + nr) of one image and group (xg: its Cg channels):
+// col[kk][r * Wo + ow] = x[c][do*sd - pd + i][ho*sh - ph + j][ow*sw - pw + l], or 0 outside, for
+// kk = (c, i, j, l) over K = Cg kd kh kw. Fold = true runs it backwards (col2im): each column
+// value is added to the input position it was read from (the backward of the unfolding).
+template <bool Fold, class T>
+inline void unfold_rows(T* xg, const ConvGeometry& g, std::int64_t K, std::int64_t r0, std::int64_t nr, T* col) {
+  const std::int64_t row_len = g.Wo, cols = nr * row_len;
+  for (std::int64_t kk = 0; kk < K; ++kk) {
+    const std::int64_t l = kk % g.k[2], j = (kk / g.k[2]) % g.k[1], i = (kk / (g.k[2] * g.k[1])) % g.k[0];
+    const std::int64_t c = kk / (g.k[0] * g.k[1] * g.k[2]);
+    T* dst = col + kk * cols;
+    // the ow range whose input column is inside: iw = ow * sw - pw + l in [0, W)
+    const std::int64_t sw = g.s[2], off = l - g.pad[4];
+    const std::int64_t ow0 = std::clamp<std::int64_t>(off >= 0 ? 0 : (-off + sw - 1) / sw, 0, row_len);
+    const std::int64_t ow1 = std::clamp<std::int64_t>(g.W - off > 0 ? (g.W - off + sw - 1) / sw : 0, ow0, row_len);
+    for (std::int64_t r = 0; r < nr; ++r) {
+      const std::int64_t od = (r0 + r) / g.Ho, oh = (r0 + r) % g.Ho;
+      const std::int64_t id = od * g.s[0] - g.pad[0] + i, ih = oh * g.s[1] - g.pad[2] + j;
+      T* d = dst + r * row_len;
+      const bool inside = !(id < 0 || id >= g.D || ih < 0 || ih >= g.H);
+      if constexpr (Fold) {
+        if (!inside) continue;
+        T* src = xg + (c * g.D + id) * g.H * g.W + ih * g.W + off;
+        for (std::int64_t ow = ow0; ow < ow1; ++ow) src[ow * sw] += d[ow];
+      } else {
+        if (!inside) {
+          std::fill(d, d + row_len, T(0));
+          continue;
+        }
+        const T* src = xg + (c * g.D + id) * g.H * g.W + ih * g.W + off;
+        std::fill(d, d + ow0, T(0));
+        if (sw == 1) std::copy(src + ow0, src + ow1, d + ow0);  // the common case: one contiguous copy
+        else for (std::int64_t ow = ow0; ow < ow1; ++ow) d[ow] = src[ow * sw];
+        std::fill(d + ow1, d + row_len, T(0));
+      }
+    }
+  }
+}
+
 // The general path: blocked im2col and a matrix product, any kernel, stride, padding, groups.
 template <class T>
 inline void conv_forward_im2col(const T* x, const T* w, const T* bias, T* y, const ConvGeometry& g) {
@@ -469,30 +508,7 @@ inline void conv_forward_im2col(const T* x, const T* w, const T* bias, T* y, con
         gemm<T>(false, false, Og, P, K, T(1), wg, K, xg, S, beta, yg, P);
         continue;
       }
-      // col[kk][r * Wo + ow] = x[c][do*sd - pd + i][ho*sh - ph + j][ow*sw - pw + l], or 0 outside
-      for (std::int64_t kk = 0; kk < K; ++kk) {
-        const std::int64_t l = kk % g.k[2], j = (kk / g.k[2]) % g.k[1], i = (kk / (g.k[2] * g.k[1])) % g.k[0];
-        const std::int64_t c = kk / (g.k[0] * g.k[1] * g.k[2]);
-        T* dst = col.data() + kk * cols;
-        // the ow range whose input column is inside: iw = ow * sw - pw + l in [0, W)
-        const std::int64_t sw = g.s[2], off = l - g.pad[4];
-        const std::int64_t ow0 = std::clamp<std::int64_t>(off >= 0 ? 0 : (-off + sw - 1) / sw, 0, row_len);
-        const std::int64_t ow1 = std::clamp<std::int64_t>(g.W - off > 0 ? (g.W - off + sw - 1) / sw : 0, ow0, row_len);
-        for (std::int64_t r = 0; r < nr; ++r) {
-          const std::int64_t od = (r0 + r) / g.Ho, oh = (r0 + r) % g.Ho;
-          const std::int64_t id = od * g.s[0] - g.pad[0] + i, ih = oh * g.s[1] - g.pad[2] + j;
-          T* d = dst + r * row_len;
-          if (id < 0 || id >= g.D || ih < 0 || ih >= g.H) {
-            std::fill(d, d + row_len, T(0));
-            continue;
-          }
-          const T* src = xg + (c * g.D + id) * g.H * g.W + ih * g.W + off;
-          std::fill(d, d + ow0, T(0));
-          if (sw == 1) std::copy(src + ow0, src + ow1, d + ow0);  // the common case: one contiguous copy
-          else for (std::int64_t ow = ow0; ow < ow1; ++ow) d[ow] = src[ow * sw];
-          std::fill(d + ow1, d + row_len, T(0));
-        }
-      }
+      unfold_rows<false>(const_cast<T*>(xg), g, K, r0, nr, col.data());
       gemm<T>(false, false, Og, cols, K, T(1), wg, K, col.data(), cols, beta, yg + r0 * row_len, P);
     }
   });
@@ -504,6 +520,47 @@ inline void conv_forward(const T* x, const T* w, const T* bias, T* y, const Conv
   if (conv3x3_winograd_applies<T>(g)) conv3x3_winograd(x, w, bias, y, g);
   else if (conv3x3_direct_applies<T>(g)) conv3x3_direct(x, w, bias, y, g);
   else conv_forward_im2col(x, w, bias, y, g);
+}
+
+// The backward of conv_forward (every path: they compute one function), by im2col for any
+// kernel, stride, padding and groups. dy (N, O, Do, Ho, Wo); x as the forward saw it. Accumulates
+// dw (O, C/groups, k...) += dy col^T, db (O) += dy summed over positions, and dx (N, C, D, H, W;
+// null: not needed) += col2im(w^T dy). Images and groups run in order, each product threaded
+// inside (so dw and db sum in one order for any thread count; the products' own reductions are
+// the libraries', as Linear's).
+template <class T>
+inline void conv_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, const ConvGeometry& g) {
+  const std::int64_t Cg = g.C / g.groups, Og = g.O / g.groups;
+  const std::int64_t K = Cg * g.k[0] * g.k[1] * g.k[2], P = g.Do * g.Ho * g.Wo, S = g.D * g.H * g.W;
+  const std::int64_t rows = g.Do * g.Ho, row_len = g.Wo;
+  if (P == 0 || g.N == 0) return;
+  const std::int64_t block = std::clamp<std::int64_t>((std::int64_t{1} << 22) / std::max<std::int64_t>(K * row_len, 1), 1, rows);
+  std::vector<T> col(static_cast<std::size_t>(K * block * row_len));
+  if (db)
+    for (std::int64_t n = 0; n < g.N; ++n)
+      for (std::int64_t o = 0; o < g.O; ++o) {
+        T s = 0;
+        const T* d = dy + (n * g.O + o) * P;
+        for (std::int64_t i = 0; i < P; ++i) s += d[i];
+        db[o] += s;
+      }
+  for (std::int64_t n = 0; n < g.N; ++n)
+    for (std::int64_t gr = 0; gr < g.groups; ++gr) {
+      const T* xg = x + (n * g.C + gr * Cg) * S;
+      const T* wg = w + gr * Og * K;
+      const T* dyg = dy + (n * g.O + gr * Og) * P;
+      for (std::int64_t r0 = 0; r0 < rows; r0 += block) {
+        const std::int64_t nr = std::min(block, rows - r0), cols = nr * row_len;
+        if (dw) {
+          unfold_rows<false>(const_cast<T*>(xg), g, K, r0, nr, col.data());
+          gemm<T>(false, true, Og, K, cols, T(1), dyg + r0 * row_len, P, col.data(), cols, T(1), dw + gr * Og * K, K);
+        }
+        if (dx) {
+          gemm<T>(true, false, K, cols, Og, T(1), wg, K, dyg + r0 * row_len, P, T(0), col.data(), cols);
+          unfold_rows<true>(dx + (n * g.C + gr * Cg) * S, g, K, r0, nr, col.data());
+        }
+      }
+    }
 }
 
 // A 1x1 convolution of one channel-major image x (C, L) written as token-major rows:
@@ -570,6 +627,18 @@ struct Conv2d {
     detail::conv_forward(x.data(), weight.data(), has_bias ? bias.data() : nullptr, y.data(), g);
     return y;
   }
+
+  // Backward: dy the gradient of forward(x). Accumulates g.weight, g.bias and dx (x's shape;
+  // null: not needed).
+  void backward(Conv2d& g, const Tensor<T>& x, const Tensor<T>& dy, Tensor<T>* dx = nullptr) const {
+    const auto geo = detail::conv_geometry("Conv2d", x.shape(), in_channels, out_channels, groups,
+                                         {1, kernel_size[0], kernel_size[1]}, {1, stride[0], stride[1]},
+                                         {0, 0, padding[0], padding[1], padding[2], padding[3]}, 2);
+    if (dy.numel() != geo.N * out_channels * geo.Do * geo.Ho * geo.Wo || dy.size(0) != geo.N || dy.size(1) != out_channels)
+      throw ShapeError(ditto::detail::cat("Conv2d.backward: dy ", shape_str(dy.shape()), " is not the output's shape for x ", shape_str(x.shape())));
+    if (dx && dx->shape() != x.shape()) *dx = Tensor<T>(x.shape());
+    detail::conv_backward(dx ? dx->data() : nullptr, g.weight.data(), has_bias ? g.bias.data() : nullptr, dy.data(), x.data(), weight.data(), geo);
+  }
 };
 
 // x: (N, C, L) -> (N, out_channels, Lo); padding on both ends.
@@ -609,6 +678,17 @@ struct Conv1d {
     detail::conv_forward(x.data(), weight.data(), has_bias ? bias.data() : nullptr, y.data(), g);
     return y;
   }
+
+  // Backward: dy the gradient of forward(x). Accumulates g.weight, g.bias and dx (x's shape;
+  // null: not needed).
+  void backward(Conv1d& g, const Tensor<T>& x, const Tensor<T>& dy, Tensor<T>* dx = nullptr) const {
+    const auto geo = detail::conv_geometry("Conv1d", x.shape(), in_channels, out_channels, groups, {1, 1, kernel_size},
+                                         {1, 1, stride}, {0, 0, 0, 0, padding, padding}, 1);
+    if (dy.numel() != geo.N * out_channels * geo.Do * geo.Ho * geo.Wo || dy.size(0) != geo.N || dy.size(1) != out_channels)
+      throw ShapeError(ditto::detail::cat("Conv1d.backward: dy ", shape_str(dy.shape()), " is not the output's shape for x ", shape_str(x.shape())));
+    if (dx && dx->shape() != x.shape()) *dx = Tensor<T>(x.shape());
+    detail::conv_backward(dx ? dx->data() : nullptr, g.weight.data(), has_bias ? g.bias.data() : nullptr, dy.data(), x.data(), weight.data(), geo);
+  }
 };
 
 // x: (N, C, D, H, W) -> (N, out_channels, Do, Ho, Wo); symmetric padding per axis. With
@@ -647,6 +727,17 @@ struct Conv3d {
     detail::conv_forward(x.data(), weight.data(), has_bias ? bias.data() : nullptr, y.data(), g);
     return y;
   }
+
+  // Backward: dy the gradient of forward(x). Accumulates g.weight, g.bias and dx (x's shape;
+  // null: not needed).
+  void backward(Conv3d& g, const Tensor<T>& x, const Tensor<T>& dy, Tensor<T>* dx = nullptr) const {
+    const auto geo = detail::conv_geometry("Conv3d", x.shape(), in_channels, out_channels, 1, kernel_size, stride,
+                                         {padding[0], padding[0], padding[1], padding[1], padding[2], padding[2]}, 3);
+    if (dy.numel() != geo.N * out_channels * geo.Do * geo.Ho * geo.Wo || dy.size(0) != geo.N || dy.size(1) != out_channels)
+      throw ShapeError(ditto::detail::cat("Conv3d.backward: dy ", shape_str(dy.shape()), " is not the output's shape for x ", shape_str(x.shape())));
+    if (dx && dx->shape() != x.shape()) *dx = Tensor<T>(x.shape());
+    detail::conv_backward(dx ? dx->data() : nullptr, g.weight.data(), has_bias ? g.bias.data() : nullptr, dy.data(), x.data(), weight.data(), geo);
+  }
 };
 
 // Nearest-neighbour upsampling of (N, C, H, W) by an integer factor (F.interpolate(mode="nearest")).
@@ -682,6 +773,39 @@ inline Tensor<T> avg_pool2d(const Tensor<T>& x, std::int64_t kernel = 2, std::in
         }
   });
   return y;
+}
+
+// avg_pool2d's backward: dy (N, C, Ho, Wo) -> dx (N, C, H, W), each output's gradient spread
+// evenly over its window (overlapping windows add; a dropped trailing row gets 0).
+template <class T>
+inline Tensor<T> avg_pool2d_backward(const Tensor<T>& dy, const Shape& x_shape, std::int64_t kernel = 2, std::int64_t stride = -1) {
+  if (stride < 0) stride = kernel;
+  if (x_shape.size() != 4 || dy.dim() != 4 || dy.size(0) != x_shape[0] || dy.size(1) != x_shape[1] ||
+      dy.size(2) != (x_shape[2] - kernel) / stride + 1 || dy.size(3) != (x_shape[3] - kernel) / stride + 1)
+    throw ShapeError(ditto::detail::cat("avg_pool2d_backward: dy ", shape_str(dy.shape()), " is not avg_pool2d(kernel=", kernel, ", stride=", stride,
+                                        ")'s output for x ", shape_str(x_shape)));
+  const std::int64_t NC = x_shape[0] * x_shape[1], H = x_shape[2], W = x_shape[3], Ho = dy.size(2), Wo = dy.size(3);
+  Tensor<T> dx(x_shape);
+  const T inv = T(1) / static_cast<T>(kernel * kernel);
+  parallel_for(NC, NC * Ho * Wo * kernel * kernel, [&](std::int64_t lo, std::int64_t hi) {
+    for (auto nc = lo; nc < hi; ++nc)
+      for (std::int64_t oh = 0; oh < Ho; ++oh)
+        for (std::int64_t ow = 0; ow < Wo; ++ow) {
+          const T g = dy[(nc * Ho + oh) * Wo + ow] * inv;
+          for (std::int64_t i = 0; i < kernel; ++i)
+            for (std::int64_t j = 0; j < kernel; ++j) dx[(nc * H + oh * stride + i) * W + ow * stride + j] += g;
+        }
+  });
+  return dx;
+}
+
+// upsample_nearest's backward: each input pixel's gradient is the sum over its factor x factor block.
+template <class T>
+inline Tensor<T> upsample_nearest_backward(const Tensor<T>& dy, std::int64_t factor = 2) {
+  if (dy.dim() != 4 || factor < 1 || dy.size(2) % factor || dy.size(3) % factor)
+    throw ShapeError(ditto::detail::cat("upsample_nearest_backward: expected dy (N, C, H, W) with H and W divisible by ", factor, ", got ",
+                                        shape_str(dy.shape())));
+  return reduce(dy, "n c (h a) (w b) -> n c h w", "sum", {{"a", factor}, {"b", factor}});
 }
 
 }  // namespace ditto::nn
