@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <optional>
 #include <tuple>
 
 #include <sys/wait.h>
@@ -813,6 +814,31 @@ TEMPLATE_TEST_CASE("ViT gradients equal PyTorch autograd on timm's VisionTransfo
   CHECK(cases == (std::is_same_v<T, float> ? 4 : 3));
 }
 
+TEMPLATE_TEST_CASE("U-ViT gradients equal PyTorch autograd on baofff/U-ViT's UViT", "[train][grad][fixtures][uvit]", float, double) {
+  using T = TestType;
+  const auto configs = ditto_test::load_json("grad_uvit_configs.json");
+  int cases = 0;
+  for (const auto& [name, kwargs] : configs.items()) {
+    const GradFixture<T> fx("uvit", name);
+    INFO(name);
+    models::UViT<T> uvit(models::UViTConfig::from_json(kwargs));
+    fx.load(uvit);
+    const Tensor<T> x = fx.in("x"), t = fx.in("timesteps");
+    std::optional<Tensor<std::int64_t>> y;
+    if (fx.file.contains(name + ".in.y")) y = fx.file.template get<std::int64_t>(name + ".in.y");
+    typename models::UViT<T>::Acts acts;
+    const double tol = std::is_same_v<T, float> ? 1e-4 : 1e-10;
+    CHECK_CLOSE(uvit.forward_train(x, t, y ? &*y : nullptr, acts), fx.out(), tol);
+    auto g = nn::zeros_like<T>(uvit);
+    Tensor<T> dx;
+    uvit.backward(g, acts, fx.grad_out(), &dx);
+    fx.check_grads(g, tol);
+    CHECK_CLOSE(dx, fx.grad("x"), tol);
+    ++cases;
+  }
+  CHECK(cases == 3);
+}
+
 namespace {
 // Three tensors as the optimizer fixtures have them (a (3, 4), b (5), c (2, 2, 3)).
 struct ThreeParams {
@@ -1086,7 +1112,7 @@ TEST_CASE("a process killed during a save leaves the previous checkpoint loadabl
 }
 
 #ifdef DITTO_FORWARD
-TEST_CASE("ditto-forward --backward gives DiT's and ViT's gradients as PyTorch autograd does", "[train][forward][dit][vit]") {
+TEST_CASE("ditto-forward --backward gives DiT's, ViT's and U-ViT's gradients as PyTorch autograd does", "[train][forward][dit][vit][uvit]") {
   const auto dir = std::filesystem::temp_directory_path() / ("ditto_backward_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   auto path = [&](const std::string& n) { return (dir / n).string(); };
@@ -1106,10 +1132,14 @@ TEST_CASE("ditto-forward --backward gives DiT's and ViT's gradients as PyTorch a
     for (const auto& n : fx.file.names())
       if (n.rfind(wp, 0) == 0) w.emplace_back(n.substr(wp.size()), fx.file.get<float>(n));
     save_safetensors<float>(path("w.safetensors"), w);
-    std::vector<std::pair<std::string, Tensor<float>>> floats = {{"x", fx.in("x")}, {"grad_out", fx.grad_out()}};
+    std::vector<std::pair<std::string, Tensor<float>>> floats = {{"grad_out", fx.grad_out()}};
     std::vector<std::pair<std::string, Tensor<std::int64_t>>> ints;
-    if (fx.file.contains(name + ".in.t")) floats.emplace_back("t", fx.in("t"));
-    if (fx.file.contains(name + ".in.y")) ints.emplace_back("y", fx.file.get<std::int64_t>(name + ".in.y"));
+    const std::string ip = name + ".in.";
+    for (const auto& n : fx.file.names())  // every input under its forward() name: x, t or timesteps, y
+      if (n.rfind(ip, 0) == 0) {
+        if (models::detail::is_integer(fx.file.info(n).dtype)) ints.emplace_back(n.substr(ip.size()), fx.file.get<std::int64_t>(n));
+        else floats.emplace_back(n.substr(ip.size()), fx.file.get<float>(n));
+      }
     ditto_test::save_mixed(path("in.safetensors"), floats, ints);
     const auto [code, err] = run("--model " + model + " --config " + path("config.json") + " --weights " + path("w.safetensors") + " --inputs " +
                                  path("in.safetensors") + " --output " + path("out.safetensors") + " --backward");
@@ -1133,13 +1163,14 @@ TEST_CASE("ditto-forward --backward gives DiT's and ViT's gradients as PyTorch a
         ++grads;
       }
     CHECK(out.tensors().size() == static_cast<std::size_t>(grads) + 1);  // out and one grad.* per fixture gradient
-    CHECK(!out.contains("grad.t"));
-    CHECK(!out.contains("grad.y"));
+    for (const char* none : {"grad.t", "grad.timesteps", "grad.y"}) CHECK(!out.contains(none));
     return out.contains("grad.pos_embed");
   };
   CHECK_FALSE(check_case("dit", "dit", "small"));  // DiT's pos_embed is fixed
   CHECK(check_case("vit", "vit", "token"));        // timm's is trained
   CHECK(check_case("vit", "vit", "map"));
+  CHECK(check_case("uvit", "uvit", "cond_conv"));
+  CHECK(check_case("uvit", "uvit", "uncond_mlptime"));
 
   // refusals: guidance, a missing or unexpected grad_out, a model without a backward yet
   const GradFixture<float> fx("dit", "small");
