@@ -740,6 +740,34 @@ inline void heads_attention_backward(T* dq, T* dkv, const T* q, std::int64_t sq,
   attention_backward(problems, AttentionLayout{D, D, sq, 2 * C, 2 * C, C, 0}, static_cast<T>(1.0 / std::sqrt(static_cast<double>(D))));
 }
 
+// Self-attention of one sequence of L tokens whose q, k and v sit in rows of 3 H ch values
+// (a 1x1 convolution's output, token-major): guided-diffusion's legacy order (per head: its q, k,
+// v side by side) or the new order (every head's q, then every k, then every v). o: (L, H ch),
+// heads side by side. lse (H L, optional): training, what qkv_rows_attention_backward reads.
+template <class T>
+inline void qkv_rows_attention(const T* qkv, T* o, std::int64_t L, std::int64_t H, std::int64_t ch, bool new_order, T* lse = nullptr) {
+  const std::int64_t C = H * ch;
+  std::vector<AttentionProblem<T>> problems;
+  for (std::int64_t h = 0; h < H; ++h) {
+    const T* q = qkv + (new_order ? h * ch : h * 3 * ch);
+    problems.push_back({q, q + (new_order ? C : ch), q + (new_order ? 2 * C : 2 * ch), o + h * ch, L, L, nullptr, lse ? lse + h * L : nullptr});
+  }
+  attention_kernel(problems, AttentionLayout{ch, ch, 3 * C, 3 * C, 3 * C, C, 0}, static_cast<T>(1.0 / std::sqrt(static_cast<double>(ch))));
+}
+// Its backward: accumulates dqkv (qkv's layout) from dout (o's layout).
+template <class T>
+inline void qkv_rows_attention_backward(T* dqkv, const T* qkv, const T* o, const T* dout, const T* lse, std::int64_t L, std::int64_t H,
+                                        std::int64_t ch, bool new_order) {
+  const std::int64_t C = H * ch, kq = new_order ? C : ch;
+  std::vector<AttentionGradProblem<T>> problems;
+  for (std::int64_t h = 0; h < H; ++h) {
+    const std::int64_t at = new_order ? h * ch : h * 3 * ch;
+    problems.push_back({qkv + at, qkv + at + kq, qkv + at + 2 * kq, o + h * ch, dout + h * ch, lse + h * L, dqkv + at, dqkv + at + kq,
+                        dqkv + at + 2 * kq, L, L, nullptr});
+  }
+  attention_backward(problems, AttentionLayout{ch, ch, 3 * C, 3 * C, 3 * C, C, 0}, static_cast<T>(1.0 / std::sqrt(static_cast<double>(ch))));
+}
+
 // Cross-attention: queries from x (B, N, dim), keys and values from a context (B, M, context_dim):
 // q = Linear(dim, dim), kv = Linear(context_dim, 2 dim) (k and v side by side), proj.
 template <class T = float>

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include <xsimd/xsimd.hpp>
 
@@ -206,11 +207,18 @@ struct GroupNorm {
     }
   }
 
+  // Training: each (sample, group)'s mean and rstd (in double, as the forward computes them).
+  struct Acts {
+    std::vector<double> mean, rstd;
+  };
+
   // silu_after: SiLU applied in the same pass (the GroupNorm-SiLU pair of every ResBlock).
-  Tensor<T> forward(const Tensor<T>& x, bool silu_after = false) const {
+  // acts (training): where the statistics are kept for backward.
+  Tensor<T> forward(const Tensor<T>& x, bool silu_after = false, Acts* acts = nullptr) const {
     if (x.dim() < 2 || x.size(1) != num_channels)
       throw ShapeError(ditto::detail::cat("GroupNorm(", num_groups, ", ", num_channels, "): expected input (N, ",
                                           num_channels, ", ...), got shape ", shape_str(x.shape())));
+    if (acts) acts->mean.assign(static_cast<std::size_t>(x.size(0) * num_groups), 0.0), acts->rstd = acts->mean;
     Tensor<T> y = Tensor<T>::empty(x.shape());
     const std::int64_t N = x.size(0), C = num_channels, G = num_groups, cg = C / G;
     const std::int64_t spatial = x.numel() / std::max<std::int64_t>(N * C, 1), group = cg * spatial;
@@ -225,6 +233,7 @@ struct GroupNorm {
         for (std::int64_t c = 0; c < cg; ++c)
           var += static_cast<double>(detail::row_sum(xg + c * spatial, spatial, static_cast<T>(mean), true));
         const double rstd = 1.0 / std::sqrt(var / static_cast<double>(group) + eps);
+        if (acts) acts->mean[static_cast<std::size_t>(ng)] = mean, acts->rstd[static_cast<std::size_t>(ng)] = rstd;
         const std::int64_t g = ng % G;
         for (std::int64_t c = 0; c < cg; ++c) {
           const std::int64_t ch = g * cg + c;
@@ -244,6 +253,69 @@ struct GroupNorm {
       }
     });
     return y;
+  }
+
+  // Backward of forward(x, silu_after, &acts): dy the gradient of its output. Returns dx and
+  // accumulates g.weight, g.bias. With z = xhat w + b (recomputed from x and the statistics) and
+  // dz = dy (times SiLU'(z) when silu_after): dw += sum dz xhat, db += sum dz over samples and
+  // positions (channels split over threads, samples in order: the same bits for any thread
+  // count), and per group dx = rstd (g - mean(g) - xhat mean(g xhat)) with g = dz w.
+  Tensor<T> backward(GroupNorm& gr, const Tensor<T>& x, const Acts& a, const Tensor<T>& dy, bool silu_after = false) const {
+    const std::int64_t N = x.size(0), C = num_channels, G = num_groups, cg = C / G;
+    const std::int64_t spatial = x.numel() / std::max<std::int64_t>(N * C, 1), group = cg * spatial;
+    if (dy.shape() != x.shape() || static_cast<std::int64_t>(a.mean.size()) != N * G)
+      throw ShapeError(ditto::detail::cat("GroupNorm.backward: dy ", shape_str(dy.shape()), " and the statistics of ", a.mean.size(),
+                                          " groups do not fit x ", shape_str(x.shape())));
+    Tensor<T> dz = Tensor<T>::empty(x.shape()), dx = Tensor<T>::empty(x.shape());
+    auto xhat = [&](std::int64_t n, std::int64_t ch, std::int64_t s) {
+      const auto ng = static_cast<std::size_t>(n * G + ch / cg);
+      return (static_cast<double>(x[(n * C + ch) * spatial + s]) - a.mean[ng]) * a.rstd[ng];
+    };
+    auto wt = [&](std::int64_t ch) { return affine ? static_cast<double>(weight[ch]) : 1.0; };
+    auto bs = [&](std::int64_t ch) { return affine ? static_cast<double>(bias[ch]) : 0.0; };
+    parallel_for(N * C, N * C * spatial * 8, [&](std::int64_t lo, std::int64_t hi) {  // dz
+      for (auto nc = lo; nc < hi; ++nc) {
+        const std::int64_t n = nc / C, ch = nc % C;
+        for (std::int64_t s = 0; s < spatial; ++s) {
+          double d = static_cast<double>(dy[nc * spatial + s]);
+          if (silu_after) {
+            const double z = xhat(n, ch, s) * wt(ch) + bs(ch), sg = 1.0 / (1.0 + std::exp(-z));
+            d *= sg * (1.0 + z * (1.0 - sg));
+          }
+          dz[nc * spatial + s] = static_cast<T>(d);
+        }
+      }
+    });
+    parallel_for(N * G, N * C * spatial * 6, [&](std::int64_t lo, std::int64_t hi) {  // dx, per group
+      for (auto ng = lo; ng < hi; ++ng) {
+        const std::int64_t n = ng / G, g0 = (ng % G) * cg;
+        double sg = 0, sgx = 0;
+        for (std::int64_t c = 0; c < cg; ++c)
+          for (std::int64_t s = 0; s < spatial; ++s) {
+            const double gi = static_cast<double>(dz[(n * C + g0 + c) * spatial + s]) * wt(g0 + c);
+            sg += gi, sgx += gi * xhat(n, g0 + c, s);
+          }
+        const double mg = sg / static_cast<double>(group), mgx = sgx / static_cast<double>(group), rstd = a.rstd[static_cast<std::size_t>(ng)];
+        for (std::int64_t c = 0; c < cg; ++c)
+          for (std::int64_t s = 0; s < spatial; ++s) {
+            const double gi = static_cast<double>(dz[(n * C + g0 + c) * spatial + s]) * wt(g0 + c);
+            dx[(n * C + g0 + c) * spatial + s] = static_cast<T>(rstd * (gi - mg - xhat(n, g0 + c, s) * mgx));
+          }
+      }
+    });
+    if (affine)
+      parallel_for(C, N * C * spatial * 4, [&](std::int64_t lo, std::int64_t hi) {
+        for (auto ch = lo; ch < hi; ++ch) {
+          double sw = 0, sb = 0;
+          for (std::int64_t n = 0; n < N; ++n)
+            for (std::int64_t s = 0; s < spatial; ++s) {
+              const double d = static_cast<double>(dz[(n * C + ch) * spatial + s]);
+              sw += d * xhat(n, ch, s), sb += d;
+            }
+          gr.weight[ch] += static_cast<T>(sw), gr.bias[ch] += static_cast<T>(sb);
+        }
+      });
+    return dx;
   }
 };
 
