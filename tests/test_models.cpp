@@ -151,26 +151,7 @@ TEST_CASE("U-ViT configs: the configs/ folder + upstream's arguments + clear err
 }
 
 namespace {
-// tools/gen_unet_fixtures.py's hash_weights: value[i] = u * scale, u in [-1, 1) from a 32-bit
-// hash of (state-dict name, element index).
-template <class T>
-void hash_weights(const std::string& name, Tensor<T>& t) {
-  std::uint32_t h0 = 2166136261u;
-  for (unsigned char ch : name) h0 = (h0 ^ ch) * 16777619u;
-  double scale = 1;
-  if (t.dim() > 1) scale = std::pow(static_cast<double>(t.numel() / t.size(0)), -0.5);
-  const bool norm_scale = t.dim() == 1 && name.size() >= 6 && name.compare(name.size() - 6, 6, "weight") == 0;
-  for (std::int64_t i = 0; i < t.numel(); ++i) {
-    std::uint32_t h = h0 + static_cast<std::uint32_t>(i) * 0x9E3779B1u;
-    h ^= h >> 15;
-    h *= 0x2C1B3C6Du;
-    h ^= h >> 12;
-    h *= 0x297A2D39u;
-    h ^= h >> 15;
-    const double u = static_cast<double>(h >> 8) * std::ldexp(1.0, -23) - 1.0;
-    t[i] = static_cast<T>(t.dim() == 1 ? (norm_scale ? 1 + 0.2 * u : 0.1 * u) : u * scale);
-  }
-}
+using ditto_test::hash_weights;
 
 // tools/gen_latte_fixtures.py's text case (extras = 78) keeps its two large tensors out of the
 // file: the 77 x 768 -> hidden_size projection is hash_weights', the text embedding (B, 77, 768)

@@ -903,6 +903,80 @@ TEMPLATE_TEST_CASE("U-ViT gradients equal PyTorch autograd on baofff/U-ViT's UVi
   CHECK(cases == 3);
 }
 
+TEMPLATE_TEST_CASE("U-Net gradients equal PyTorch autograd on guided-diffusion's UNetModel", "[train][grad][fixtures][unet]", float, double) {
+  using T = TestType;
+  const auto configs = ditto_test::load_json("grad_unet_configs.json");
+  const double tol = std::is_same_v<T, float> ? 1e-4 : 1e-10;
+  int cases = 0;
+  for (const auto& [name, entry] : configs.items()) {
+    const GradFixture<T> fx("unet", name);
+    INFO(name);
+    models::UNet<T> unet(models::UNetConfig::from_json(entry["kwargs"]));
+    // the generator's weights: hash_weights of each state-dict name, the same names and shapes
+    std::size_t n = 0;
+    for (auto& [pname, t] : nn::named_parameters<T>(unet)) {
+      INFO(pname);
+      REQUIRE(entry["state_dict"].contains(pname));
+      CHECK(t->shape() == entry["state_dict"][pname].template get<Shape>());
+      ditto_test::hash_weights(pname, *t);
+      ++n;
+    }
+    CHECK(n == entry["state_dict"].size());
+    const Tensor<T> x = fx.in("x"), t = fx.in("timesteps");
+    std::optional<Tensor<std::int64_t>> y;
+    if (fx.file.contains(name + ".in.y")) y = fx.file.template get<std::int64_t>(name + ".in.y");
+    typename models::UNet<T>::Acts acts;
+    CHECK_CLOSE(unet.forward_train(x, t, y ? &*y : nullptr, acts), fx.out(), tol);
+    auto g = nn::zeros_like<T>(unet);
+    Tensor<T> dx;
+    unet.backward(g, acts, fx.grad_out(), &dx);
+    CHECK_CLOSE(dx, fx.grad("x"), tol);
+    // As GradFixture::check_grads: a gradient zero in exact arithmetic (a per-channel shift before
+    // a GroupNorm of one channel per group, which removes it) holds rounding noise on both sides;
+    // one whose reference is below tol times the case's largest gradient (what the tolerance
+    // cannot tell from zero) is held to tol times that largest gradient instead of its own size.
+    double largest = 0;
+    for (auto& [pname, gt] : nn::trainable_parameters<T>(g)) {
+      const std::string key = name + ".grad." + pname;
+      const Tensor<T> ref = fx.file.contains(key) ? fx.grad(pname) : fx.file.template get<T>(key + ".absmax");
+      for (T v : ref) largest = std::max(largest, std::abs(static_cast<double>(v)));
+    }
+    auto bound = [&](double own) { return own < tol * largest ? tol * largest : tol * own; };
+    for (auto& [pname, gt] : nn::trainable_parameters<T>(g)) {
+      INFO("grad." << pname);
+      const std::string key = name + ".grad." + pname;
+      if (fx.file.contains(key)) {
+        const Tensor<T> ref = fx.grad(pname);
+        REQUIRE(gt->shape() == ref.shape());
+        double own = 0, diff = 0;
+        for (std::int64_t i = 0; i < ref.numel(); ++i)
+          own = std::max(own, std::abs(static_cast<double>(ref[i]))), diff = std::max(diff, std::abs(static_cast<double>((*gt)[i] - ref[i])));
+        INFO("max |got - ref| " << diff << ", max |ref| " << own << ", largest gradient " << largest);
+        CHECK(diff <= bound(own));
+        continue;
+      }
+      // a sketch: the first values, max |g|, and the dot with hash_weights("sketch." + name)
+      const Tensor<T> head = fx.file.template get<T>(key + ".head");
+      const double absmax = static_cast<double>(fx.file.template get<T>(key + ".absmax")[0]);
+      const double dot_ref = fx.file.template get<double>(key + ".dot")[0];
+      double got_max = 0, dot = 0, r_abs = 0, head_diff = 0;
+      Tensor<double> r(gt->shape());
+      ditto_test::hash_weights("sketch." + pname, r);
+      for (std::int64_t i = 0; i < gt->numel(); ++i) {
+        got_max = std::max(got_max, std::abs(static_cast<double>((*gt)[i])));
+        dot += static_cast<double>((*gt)[i]) * r[i], r_abs += std::abs(r[i]);
+      }
+      for (std::int64_t i = 0; i < head.numel(); ++i) head_diff = std::max(head_diff, std::abs(static_cast<double>((*gt)[i] - head[i])));
+      INFO("max |ref| " << absmax << ", largest gradient " << largest);
+      CHECK(head_diff <= bound(absmax));
+      CHECK(std::abs(got_max - absmax) <= bound(absmax));
+      CHECK(std::abs(dot - dot_ref) <= bound(absmax) * r_abs);  // what max |got - ref| <= tol max |ref| implies for the dot
+    }
+    ++cases;
+  }
+  CHECK(cases == 3);
+}
+
 namespace {
 // Three tensors as the optimizer fixtures have them (a (3, 4), b (5), c (2, 2, 3)).
 struct ThreeParams {
@@ -1176,7 +1250,7 @@ TEST_CASE("a process killed during a save leaves the previous checkpoint loadabl
 }
 
 #ifdef DITTO_FORWARD
-TEST_CASE("ditto-forward --backward gives DiT's, ViT's and U-ViT's gradients as PyTorch autograd does", "[train][forward][dit][vit][uvit]") {
+TEST_CASE("ditto-forward --backward gives DiT's, ViT's, U-ViT's and the U-Net's gradients as PyTorch autograd does", "[train][forward][dit][vit][uvit][unet]") {
   const auto dir = std::filesystem::temp_directory_path() / ("ditto_backward_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   auto path = [&](const std::string& n) { return (dir / n).string(); };
@@ -1235,6 +1309,26 @@ TEST_CASE("ditto-forward --backward gives DiT's, ViT's and U-ViT's gradients as 
   CHECK(check_case("vit", "vit", "map"));
   CHECK(check_case("uvit", "uvit", "cond_conv"));
   CHECK(check_case("uvit", "uvit", "uncond_mlptime"));
+  {  // the U-Net: its hashed weights written out, the inputs and the stored gradients compared
+    const GradFixture<float> fx("unet", "cond_legacy");
+    const auto entry = ditto_test::load_json("grad_unet_configs.json")["cond_legacy"];
+    std::ofstream(path("config.json")) << entry["kwargs"].dump();
+    models::UNet<float> unet(models::UNetConfig::from_json(entry["kwargs"]));
+    for (auto& [pname, t] : nn::named_parameters<float>(unet)) ditto_test::hash_weights(pname, *t);
+    nn::save<float>(unet, path("w.safetensors"));
+    ditto_test::save_mixed(path("in.safetensors"), {{"x", fx.in("x")}, {"timesteps", fx.in("timesteps")}, {"grad_out", fx.grad_out()}},
+                           {{"y", fx.file.get<std::int64_t>("cond_legacy.in.y")}});
+    const auto [code, err] = run("--model unet --config " + path("config.json") + " --weights " + path("w.safetensors") + " --inputs " +
+                                 path("in.safetensors") + " --output " + path("out.safetensors") + " --backward");
+    INFO(err);
+    REQUIRE(code == 0);
+    const SafetensorsFile out(path("out.safetensors"));
+    CHECK_CLOSE(out.get<float>("out"), fx.out(), 1e-4);
+    CHECK_CLOSE(out.get<float>("grad.x"), fx.grad("x"), 1e-4);
+    CHECK_CLOSE(out.get<float>("grad.out.2.bias"), fx.grad("out.2.bias"), 1e-4);
+    CHECK_CLOSE(out.get<float>("grad.time_embed.0.bias"), fx.grad("time_embed.0.bias"), 1e-4);
+    CHECK(out.tensors().size() == nn::trainable_parameters<float>(unet).size() + 2);  // out, grad.x and one per parameter
+  }
 
   // refusals: guidance, a missing or unexpected grad_out, a model without a backward yet
   const GradFixture<float> fx("dit", "small");
