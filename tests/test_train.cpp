@@ -221,6 +221,12 @@ TEST_CASE("timm Attention and Mlp backwards equal central differences", "[train]
                     Catch::Contains("not made by forward_train"));
   CHECK_THROWS_WITH([&] { Tensor<double> o({12, 12}); nn::Attention<double>::Acts a; attn.forward_train(x.data(), 12, Seq::strided({0, 1}, 4, 4), o.data(), a); }(),
                     Catch::Contains("runs past the 12 rows"));
+  for (const auto& [seq, says] : {std::pair{Seq::strided({0, 0}, 12, 1), std::string("row 0 is in two sequences")},
+                                  std::pair{Seq::packed({0, 5, 10}), std::string("cover 10 of the 12 rows")}}) {
+    Tensor<double> o({12, 12});
+    nn::Attention<double>::Acts a;
+    CHECK_THROWS_WITH(attn.forward_train(x.data(), 12, seq, o.data(), a), Catch::Contains(says));
+  }
 
   nn::Mlp<double> mlp(12, 20);
   randomize<double>(mlp, gen);
@@ -310,9 +316,13 @@ TEST_CASE("the antialiased resize's backward is its adjoint, and ViT's resampled
                                                     {"depth", 1}, {"num_heads", 2}, {"dynamic_img_size", true}});
   models::ViT<float> vit(config);
   randomize<float>(vit, gen, 0.4);
-  const Tensor<float> x = gen.normal<float>({2, 1, 6, 10}), gout = gen.normal<float>({2, 2});
+  // 6 x 10: another patch count; 4 x 16: the table's 16 patches, but a 2 x 8 grid (resampled too)
+  for (auto [h, w] : {std::pair<std::int64_t, std::int64_t>{6, 10}, {4, 16}}) {
+  INFO(h << " x " << w);
+  const Tensor<float> x = gen.normal<float>({2, 1, h, w}), gout = gen.normal<float>({2, 2});
   models::ViT<float>::Acts acts;
   CHECK_CLOSE(vit.forward_train(x, acts), vit.forward(x), 1e-6);
+  CHECK(acts.resampled);
   auto g = nn::zeros_like<float>(vit);
   vit.backward(g, acts, gout);
   // the position table's gradient by finite differences of the float forward along one direction
@@ -330,6 +340,7 @@ TEST_CASE("the antialiased resize's backward is its adjoint, and ViT's resampled
   };
   const double fd = (loss_at(1e-2) - loss_at(-1e-2)) / 2e-2;
   CHECK(std::abs(fd - analytic) <= 2e-3 * std::abs(analytic) + 1e-4);
+  }
 }
 
 TEST_CASE("an optimizer refuses a model whose parameters share storage", "[train][optim]") {
@@ -405,6 +416,8 @@ TEST_CASE("convolution, pooling and upsampling backwards equal central differenc
   }
   nn::Conv2d<double> conv(2, 2, 3);
   CHECK_THROWS_WITH(conv.backward(conv, Tensor<double>({1, 2, 5, 5}), Tensor<double>({1, 2, 5, 5})), Catch::Contains("is not the output's shape"));
+  CHECK_THROWS_WITH(nn::avg_pool2d_backward(Tensor<double>({1, 1, 1, 1}), Shape{1, 1, 1, 3}, 2), Catch::Contains("is not avg_pool2d(kernel=2"));
+  CHECK_THROWS_WITH(nn::avg_pool2d_backward(Tensor<double>({1, 1, 1, 1}), Shape{1, 1, 2, 2}, 0), Catch::Contains("kernel"));
 }
 
 TEST_CASE("U-ViT backward equals central differences with and without labels, skips and the conv", "[train][grad][uvit]") {
@@ -504,6 +517,60 @@ TEST_CASE("ADM U-Net backward equals central differences", "[train][grad][unet]"
       INFO(name);
       ditto_test::require_equal(*a, *b);
     }
+  }
+}
+
+TEST_CASE("RMSNorm, rotary, TubeletEmbed, unpatchify and cross-attention backwards equal central differences", "[train][grad]") {
+  Generator gen(17);
+  {
+    nn::RMSNorm<double> rms(6);
+    randomize<double>(rms, gen, 0.8);
+    Tensor<double> x = gen.normal<double>({4, 6}), gout = gen.normal<double>({4, 6});
+    auto g = nn::zeros_like<double>(rms);
+    Tensor<double> dx = rms.backward(g, x, gout);
+    auto checked = params_of(rms, g);
+    checked.emplace_back("x", &x, &dx);
+    worst_fd_error([&] { return dot(rms.forward(x), gout); }, checked);
+  }
+  for (bool interleaved : {true, false}) {
+    Tensor<double> x = gen.normal<double>({2, 5, 8}), gout = gen.normal<double>({2, 5, 8});
+    const std::vector<double> pos = {0, 3, 1.5, 7, 2};
+    Tensor<double> dx = nn::rope_backward(gout, pos, 100.0, interleaved);
+    worst_fd_error([&] { return dot(nn::rope(x, pos, 100.0, interleaved), gout); }, {{"x", &x, &dx}});
+    Tensor<double> x3 = gen.normal<double>({2, 12, 10}), g3 = gen.normal<double>({2, 12, 10});
+    Tensor<double> dx3 = nn::rope_3d_backward(g3, {2, 3, 2}, {2, 4, 4}, 50.0, interleaved);
+    worst_fd_error([&] { return dot(nn::rope_3d(x3, {2, 3, 2}, {2, 4, 4}, 50.0, interleaved), g3); }, {{"x", &x3, &dx3}});
+  }
+  {
+    nn::TubeletEmbed<double> te({2, 3, 2}, 3, 5);
+    randomize<double>(te, gen);
+    Tensor<double> x = gen.normal<double>({2, 3, 4, 6, 4});
+    const Tensor<double> gout = gen.normal<double>(te.forward(x).shape());
+    auto g = nn::zeros_like<double>(te);
+    Tensor<double> dx = te.backward(g, x, gout);
+    CHECK_CLOSE(te.forward(x), rearrange(te.proj.forward(x), "b d t h w -> b (t h w) d"), 1e-13);  // the stride-kernel Conv3d
+    auto checked = params_of(te, g);
+    checked.emplace_back("x", &x, &dx);
+    worst_fd_error([&] { return dot(te.forward(x), gout); }, checked);
+  }
+  {
+    Tensor<double> x = gen.normal<double>({2, 6, 12}), gout = gen.normal<double>({2, 3, 4, 6});
+    Tensor<double> dx = nn::unpatchify_backward(gout, 2);
+    worst_fd_error([&] { return dot(nn::unpatchify(x, 3, 2, 2, 3), gout); }, {{"x", &x, &dx}});
+  }
+  {
+    nn::CrossAttention<double> ca(8, 6, 2);
+    randomize<double>(ca, gen);
+    Tensor<double> x = gen.normal<double>({2, 5, 8}), ctx = gen.normal<double>({2, 7, 6}), gout = gen.normal<double>({2, 5, 8});
+    nn::CrossAttention<double>::Acts acts;
+    CHECK_CLOSE(ca.forward_train(x, ctx, acts), ca.forward(x, ctx), 1e-14);
+    auto g = nn::zeros_like<double>(ca);
+    Tensor<double> dx, dctx;
+    ca.backward(g, acts, gout, &dx, &dctx);
+    auto checked = params_of(ca, g);
+    checked.emplace_back("x", &x, &dx);
+    checked.emplace_back("context", &ctx, &dctx);
+    worst_fd_error([&] { return dot(ca.forward(x, ctx), gout); }, checked);
   }
 }
 

@@ -542,7 +542,7 @@ struct DiT {
     const Tensor<T> dtok_out = rearrange(dout, "b c (h p) (w q) -> b (h w) (p q c)", {{"p", p}, {"q", p}});  // unpatchify's inverse
     Tensor<T> dtokens({rows, D}), dsilu_c({B, D});
     final_layer.backward(dtokens.data(), g.final_layer, dsilu_c.data(), a.silu_c, dtok_out, a.final_layer);
-    if (a.check_finite) nn::require_finite<T>("DiT.final_layer", "input gradient", dtokens.data(), rows, &g.final_layer);
+    if (a.check_finite) nn::require_finite<T>("DiT.final_layer", "input gradient", dtokens.data(), dtokens.numel(), &g.final_layer);
     for (std::size_t i = blocks.size(); i-- > 0;) {
       Tensor<T> dmod({B, 6 * D});
       typename DiTBlock<T>::Acts recomputed;
@@ -552,7 +552,7 @@ struct DiT {
       }
       blocks[i].backward(dtokens.data(), g.blocks[i], dmod.data(), a.mods[i].data(), cu, a.checkpoint ? recomputed : a.blocks[i]);
       blocks[i].adaLN_modulation.backward_into(dsilu_c.data(), g.blocks[i].adaLN_modulation, dmod.data(), a.silu_c.data(), B);
-      if (a.check_finite) nn::require_finite<T>("DiT.blocks." + std::to_string(i), "input gradient", dtokens.data(), rows, &g.blocks[i]);
+      if (a.check_finite) nn::require_finite<T>("DiT.blocks." + std::to_string(i), "input gradient", dtokens.data(), dtokens.numel(), &g.blocks[i]);
     }
     Tensor<T> dcond({B, D});
     nn::activate_backward(dcond.data(), dsilu_c.data(), a.c.data(), B * D, nn::Activation::silu);

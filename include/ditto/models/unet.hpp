@@ -649,7 +649,7 @@ struct UNet {
       return stage(i).forward_train(in, a.silu_emb, dropped);
     };
     std::vector<Tensor<T>> hs;
-    Tensor<T> h = x;
+    Tensor<T> h = x.clone();  // the acts hold it: a caller reusing x's buffer must not change them
     for (std::size_t i = 0; i < ns; ++i) {
       if (i > input_blocks.size()) {  // an output block: cat([h, skip])
         const Tensor<T> skip = hs.back();
@@ -666,7 +666,7 @@ struct UNet {
     return out_conv.forward(a.h_act);
   }
 
-  // dout: the gradient of forward_train's output. Accumulates g and dx when given.
+  // dout: the gradient of forward_train's output. Accumulates g and sets *dx when given.
   void backward(UNet& g, const Acts& a, const Tensor<T>& dout, Tensor<T>* dx = nullptr) const {
     const UNetConfig& c = config;
     const std::size_t ns = input_blocks.size() + 1 + output_blocks.size();

@@ -384,7 +384,7 @@ struct UViT {
     return c.conv ? final_layer.forward(a.img) : a.img;
   }
 
-  // dout: the gradient of forward_train's output (x's shape). Accumulates g and dx when given.
+  // dout: the gradient of forward_train's output (x's shape). Accumulates g and sets *dx when given.
   void backward(UViT& gr, const Acts& a, const Tensor<T>& dout, Tensor<T>* dx = nullptr) const {
     const UViTConfig& c = config;
     const std::int64_t g = c.grid(), p = c.patch_size, D = c.embed_dim, B = a.B, N = g * g, E = c.extras(), L = E + N, rows = B * L;

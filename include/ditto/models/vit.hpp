@@ -482,6 +482,7 @@ struct ViT {
     bool checkpoint = false, check_finite = false;  // as DiT::Acts: recompute blocks in backward; NaN/Inf checks
     std::vector<Tensor<T>> block_in;                // checkpoint: each block's input rows
     std::int64_t B = 0, H = 0, W = 0, in_h = 0, in_w = 0;  // the padded (H, W) and the given image size
+    bool resampled = false;                     // the position table was resampled for this grid
     Tensor<T> patches;                          // (B N, C ph pw): patch_embed's input rows
     Tensor<T> x_pre, mean_pre, rstd_pre;        // norm_pre (pre_norm)
     std::vector<typename ViTBlock<T>::Acts> blocks;
@@ -500,6 +501,7 @@ struct ViT {
     a.B = B, a.H = H, a.W = W, a.in_h = x.size(2), a.in_w = x.size(3);
     const Tensor<T> pos = c.dynamic_img_size ? resampled_pos_embed(gh, gw) : pos_embed;
     if (pos.size(1) != (c.no_embed_class ? N : L)) throw ShapeError(cat("ViT: ", N, " patches do not fit pos_embed of shape ", shape_str(pos.shape())));
+    a.resampled = pos.data() != pos_embed.data();  // resampled_pos_embed hands back the table itself when it fits
     a.patches = rearrange(xin, "b c (h p1) (w p2) -> (b h w) (c p1 p2)", {{"p1", ph}, {"p2", pw}});
     Tensor<T> patch_rows = Tensor<T>::empty({B * N, D});
     patch_embed.proj_rows(a.patches.data(), B * N, patch_rows.data());
@@ -540,7 +542,7 @@ struct ViT {
   }
 
   // dout: the gradient of forward_train's output. Accumulates g (nn::zeros_like of this model)
-  // and dx (x's shape) when given: 0 where padding or a cut remainder never reached a patch.
+  // and sets *dx (x's shape) when given: 0 where padding or a cut remainder never reached a patch.
   void backward(ViT& g, const Acts& a, const Tensor<T>& dout, Tensor<T>* dx = nullptr) const {
     using ditto::detail::cat;
     const ViTConfig& c = config;
@@ -553,6 +555,7 @@ struct ViT {
     if (c.num_classes > 0) out_shape.back() = c.num_classes;
     if (dout.shape() != out_shape)
       throw ShapeError(cat("ViT.backward: expected dout of shape ", shape_str(out_shape), ", got ", shape_str(dout.shape())));
+    if (a.check_finite) nn::require_finite<T>("ViT.backward's dout (the loss's gradient)", "value", dout.data(), dout.numel());
     Tensor<T> dpooled(pooled_shape);
     if (c.num_classes > 0) head.backward_into(dpooled.data(), g.head, dout.data(), a.head_in.data(), a.head_in.numel() / D);
     else std::copy(dout.begin(), dout.end(), dpooled.data());
@@ -576,7 +579,7 @@ struct ViT {
     const auto seq = nn::Attention<T>::Sequences::packed(cu);
     if (a.checkpoint && a.block_in.size() != blocks.size())
       throw ArgumentError("ViT.backward: checkpoint was set after forward_train (set it before: the blocks' inputs were not kept)");
-    if (a.check_finite) nn::require_finite<T>("ViT's head and pooling", "input gradient", dtokens.data(), rows, &g);
+    if (a.check_finite) nn::require_finite<T>("ViT's head and pooling", "input gradient", dtokens.data(), dtokens.numel(), &g);
     for (std::size_t i = blocks.size(); i-- > 0;) {
       typename ViTBlock<T>::Acts recomputed;
       if (a.checkpoint) {
@@ -584,7 +587,7 @@ struct ViT {
         blocks[i].forward_train(x.data(), rows, seq, recomputed);
       }
       blocks[i].backward(dtokens.data(), g.blocks[i], seq, a.checkpoint ? recomputed : a.blocks[i]);
-      if (a.check_finite) nn::require_finite<T>("ViT.blocks." + std::to_string(i), "input gradient", dtokens.data(), rows, &g.blocks[i]);
+      if (a.check_finite) nn::require_finite<T>("ViT.blocks." + std::to_string(i), "input gradient", dtokens.data(), dtokens.numel(), &g.blocks[i]);
     }
     if (c.pre_norm) {
       Tensor<T> d({rows, D});
@@ -602,7 +605,7 @@ struct ViT {
       for (std::int64_t i = 0; i < dpos.numel(); ++i) dpos[i] += dpos_src[i];
       std::copy(dt + P * D, dt + L * D, dpatch_rows.data() + b * N * D);
     }
-    pos_embed_backward(g.pos_embed, dpos, gh, gw);
+    pos_embed_backward(g.pos_embed, dpos, gh, gw, a.resampled);
     Tensor<T> dpatches;
     if (dx) dpatches = Tensor<T>(a.patches.shape());
     patch_embed.proj_rows_backward(dx ? dpatches.data() : nullptr, g.patch_embed, dpatch_rows.data(), a.patches.data(), B * N);
@@ -648,8 +651,8 @@ struct ViT {
   }
   // dpos: the gradient of the table the forward used; resampled_pos_embed's backward when the
   // grid was resampled (the prefix rows kept, the patch rows through the resize's adjoint).
-  void pos_embed_backward(Tensor<T>& g, const Tensor<T>& dpos, std::int64_t gh, std::int64_t gw) const {
-    if (dpos.shape() == pos_embed.shape()) {
+  void pos_embed_backward(Tensor<T>& g, const Tensor<T>& dpos, std::int64_t gh, std::int64_t gw, bool resampled) const {
+    if (!resampled) {
       for (std::int64_t i = 0; i < g.numel(); ++i) g[i] += dpos[i];
       return;
     }

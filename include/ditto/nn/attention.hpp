@@ -679,11 +679,23 @@ struct Attention {
   }
 
  private:
+  // The sequences must fit the rows and cover each row exactly once: every row's output and
+  // logsumexp is written, and no two problems share a gradient row (attention_backward's rule).
   void check_sequences(const Sequences& seq, std::int64_t rows, const Tensor<std::uint8_t>* mask, const char* what) const {
     bool ok = seq.starts.size() == seq.lengths.size() && seq.stride >= 1;
     for (std::size_t s = 0; ok && s < seq.starts.size(); ++s)
       ok = seq.starts[s] >= 0 && seq.lengths[s] >= 0 && (seq.lengths[s] == 0 || seq.starts[s] + (seq.lengths[s] - 1) * seq.stride < rows);
     if (!ok) throw ShapeError(ditto::detail::cat("Attention.", what, ": a sequence runs past the ", rows, " rows"));
+    std::vector<char> seen(static_cast<std::size_t>(rows), 0);
+    std::int64_t covered = 0;
+    for (std::size_t s = 0; s < seq.starts.size(); ++s)
+      for (std::int64_t i = 0; i < seq.lengths[s]; ++i) {
+        char& v = seen[static_cast<std::size_t>(seq.starts[s] + i * seq.stride)];
+        if (v) throw ShapeError(ditto::detail::cat("Attention.", what, ": row ", seq.starts[s] + i * seq.stride, " is in two sequences"));
+        v = 1, ++covered;
+      }
+    if (covered != rows)
+      throw ShapeError(ditto::detail::cat("Attention.", what, ": the sequences cover ", covered, " of the ", rows, " rows (each row must be in one)"));
     if (mask) {
       const std::int64_t S = static_cast<std::int64_t>(seq.starts.size()), n = S ? seq.lengths[0] : 0;
       bool same = seq.stride == 1;
@@ -802,6 +814,40 @@ struct CrossAttention {
     Tensor<T> o = Tensor<T>::empty({B, N, C});
     heads_attention(qo.data(), C, N * C, kvo.data(), o.data(), B, N, M, H, D);
     return proj.forward(o);
+  }
+
+  // Training: the inputs, q, k and v, the attention output and its logsumexp.
+  struct Acts {
+    Tensor<T> x, context, qo, kvo, o, lse;
+  };
+  Tensor<T> forward_train(const Tensor<T>& x, const Tensor<T>& context, Acts& a) const {
+    (void)forward_shapes(x, context);
+    const std::int64_t B = x.size(0), N = x.size(1), M = context.size(1), H = num_heads, D = dim / num_heads, C = dim;
+    a.x = x, a.context = context, a.qo = q.forward(x), a.kvo = kv.forward(context);
+    a.o = Tensor<T>::empty({B, N, C}), a.lse = Tensor<T>::empty({B * H * N});
+    heads_attention(a.qo.data(), C, N * C, a.kvo.data(), a.o.data(), B, N, M, H, D, a.lse.data());
+    return proj.forward(a.o);
+  }
+  // dout (B, N, dim). Accumulates g and sets dx / dcontext when given.
+  void backward(CrossAttention& g, const Acts& a, const Tensor<T>& dout, Tensor<T>* dx = nullptr, Tensor<T>* dcontext = nullptr) const {
+    const std::int64_t B = a.x.size(0), N = a.x.size(1), M = a.context.size(1), H = num_heads, D = dim / num_heads, C = dim;
+    if (dout.shape() != Shape{B, N, C})
+      throw ShapeError(ditto::detail::cat("CrossAttention.backward: expected dout (", B, ", ", N, ", ", C, "), got ", shape_str(dout.shape())));
+    Tensor<T> d_o({B, N, C}), dq({B, N, C}), dkv({B, M, 2 * C});
+    proj.backward_into(d_o.data(), g.proj, dout.data(), a.o.data(), B * N);
+    heads_attention_backward(dq.data(), dkv.data(), a.qo.data(), C, N * C, a.kvo.data(), a.o.data(), d_o.data(), a.lse.data(), B, N, M, H, D);
+    if (dx) *dx = Tensor<T>(a.x.shape());
+    if (dcontext) *dcontext = Tensor<T>(a.context.shape());
+    q.backward_into(dx ? dx->data() : nullptr, g.q, dq.data(), a.x.data(), B * N);
+    kv.backward_into(dcontext ? dcontext->data() : nullptr, g.kv, dkv.data(), a.context.data(), B * M);
+  }
+
+ private:
+  bool forward_shapes(const Tensor<T>& x, const Tensor<T>& context) const {
+    if (x.dim() != 3 || x.size(2) != dim || context.dim() != 3 || context.size(0) != x.size(0) || context.size(2) != context_dim)
+      throw ShapeError(ditto::detail::cat("CrossAttention(dim=", dim, ", context_dim=", context_dim, "): expected x (B, N, ", dim,
+                                          ") and context (B, M, ", context_dim, "), got ", shape_str(x.shape()), " and ", shape_str(context.shape())));
+    return true;
   }
 };
 

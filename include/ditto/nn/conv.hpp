@@ -780,7 +780,9 @@ inline Tensor<T> avg_pool2d(const Tensor<T>& x, std::int64_t kernel = 2, std::in
 template <class T>
 inline Tensor<T> avg_pool2d_backward(const Tensor<T>& dy, const Shape& x_shape, std::int64_t kernel = 2, std::int64_t stride = -1) {
   if (stride < 0) stride = kernel;
-  if (x_shape.size() != 4 || dy.dim() != 4 || dy.size(0) != x_shape[0] || dy.size(1) != x_shape[1] ||
+  detail::require_positive("avg_pool2d_backward", "kernel", kernel);
+  detail::require_positive("avg_pool2d_backward", "stride", stride);
+  if (x_shape.size() != 4 || x_shape[2] < kernel || x_shape[3] < kernel || dy.dim() != 4 || dy.size(0) != x_shape[0] || dy.size(1) != x_shape[1] ||
       dy.size(2) != (x_shape[2] - kernel) / stride + 1 || dy.size(3) != (x_shape[3] - kernel) / stride + 1)
     throw ShapeError(ditto::detail::cat("avg_pool2d_backward: dy ", shape_str(dy.shape()), " is not avg_pool2d(kernel=", kernel, ", stride=", stride,
                                         ")'s output for x ", shape_str(x_shape)));

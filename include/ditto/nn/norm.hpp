@@ -178,6 +178,35 @@ struct RMSNorm {
     });
     return y;
   }
+
+  // Backward of forward(x) (it keeps nothing: rs is recomputed from x, one pass). Returns dx and
+  // accumulates g.weight: with rs = 1 / sqrt(mean(x^2) + eps) and gi = dy_i w_i,
+  //   dx_i = rs (gi - x_i rs^2 mean(g x)),  dw_i += sum over rows of dy_i x_i rs.
+  Tensor<T> backward(RMSNorm& g, const Tensor<T>& x, const Tensor<T>& dy) const {
+    if (dy.shape() != x.shape() || x.dim() < 1 || x.size(-1) != dim)
+      throw ShapeError(ditto::detail::cat("RMSNorm(", dim, ").backward: expected x and dy of one shape (..., ", dim, "), got ", shape_str(x.shape()),
+                                          " and ", shape_str(dy.shape())));
+    const std::int64_t rows = x.numel() / dim;
+    Tensor<T> dx = Tensor<T>::empty(x.shape());
+    std::vector<double> rs(static_cast<std::size_t>(rows));
+    parallel_for(rows, rows * dim * 6, [&](std::int64_t lo, std::int64_t hi) {
+      for (auto r = lo; r < hi; ++r) {
+        const T* xr = x.data() + r * dim;
+        const T* dr = dy.data() + r * dim;
+        double ss = 0, sgx = 0;
+        for (std::int64_t i = 0; i < dim; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+        const double s = 1.0 / std::sqrt(ss / static_cast<double>(dim) + eps);
+        rs[static_cast<std::size_t>(r)] = s;
+        for (std::int64_t i = 0; i < dim; ++i) sgx += static_cast<double>(dr[i]) * weight[i] * xr[i];
+        const double m = sgx / static_cast<double>(dim);
+        for (std::int64_t i = 0; i < dim; ++i)
+          dx[r * dim + i] = static_cast<T>(s * (static_cast<double>(dr[i]) * weight[i] - static_cast<double>(xr[i]) * s * s * m));
+      }
+    });
+    for (std::int64_t r = 0; r < rows; ++r)  // rows in order: the same bits for any thread count
+      for (std::int64_t i = 0; i < dim; ++i) g.weight[i] += static_cast<T>(static_cast<double>(dy[r * dim + i]) * x[r * dim + i] * rs[static_cast<std::size_t>(r)]);
+    return dx;
+  }
 };
 
 // x: (N, C, *spatial). Statistics over each group of C / num_groups channels and all positions;

@@ -89,6 +89,21 @@ struct TubeletEmbed {
                 proj.has_bias ? proj.bias.data() : nullptr, out.data());
     return out;
   }
+
+  // Backward: dy (B, tokens, embed_dim). Accumulates g.proj and returns dx (x's shape), the
+  // tubelet rows' gradient put back in place (a stride-kernel convolution is a product on them).
+  Tensor<T> backward(TubeletEmbed& g, const Tensor<T>& x, const Tensor<T>& dy) const {
+    const auto [pt, ph, pw] = tubelet;
+    const Tensor<T> tokens = rearrange(x, "b c (t pt) (h ph) (w pw) -> b (t h w) (c pt ph pw)", {{"pt", pt}, {"ph", ph}, {"pw", pw}});
+    if (dy.shape() != Shape{tokens.size(0), tokens.size(1), embed_dim})
+      throw ShapeError(ditto::detail::cat("TubeletEmbed.backward: expected dy (", tokens.size(0), ", ", tokens.size(1), ", ", embed_dim, "), got ",
+                                          shape_str(dy.shape())));
+    Tensor<T> dtokens(tokens.shape());
+    linear_rows_backward(dtokens.data(), g.proj.weight.data(), proj.has_bias ? g.proj.bias.data() : nullptr, dy.data(), tokens.data(),
+                         proj.weight.data(), tokens.size(0) * tokens.size(1), tokens.size(2), embed_dim);
+    return rearrange(dtokens, "b (t h w) (c pt ph pw) -> b c (t pt) (h ph) (w pw)",
+                     {{"t", x.size(2) / pt}, {"h", x.size(3) / ph}, {"pt", pt}, {"ph", ph}, {"pw", pw}});
+  }
 };
 
 // DiT's unpatchify: x (N, h*w, p*p*C) -> (N, C, h*p, w*p). h = w = sqrt(tokens) unless given.
@@ -107,6 +122,14 @@ inline Tensor<T> unpatchify(const Tensor<T>& x, std::int64_t channels, std::int6
   if (h * w != x.size(1))
     throw ShapeError(ditto::detail::cat("unpatchify: ", x.size(1), " tokens do not form a ", h, " x ", w, " grid"));
   return rearrange(x, "n (h w) (p q c) -> n c (h p) (w q)", {{"h", h}, {"p", patch}, {"q", patch}});
+}
+
+// unpatchify's backward (a permutation, so its inverse): dy (N, C, h p, w p) -> (N, h w, p p C).
+template <class T>
+inline Tensor<T> unpatchify_backward(const Tensor<T>& dy, std::int64_t patch) {
+  if (dy.dim() != 4 || dy.size(2) % patch || dy.size(3) % patch)
+    throw ShapeError(ditto::detail::cat("unpatchify_backward(p=", patch, "): expected (N, C, H, W) divisible by the patch, got ", shape_str(dy.shape())));
+  return rearrange(dy, "n c (h p) (w q) -> n (h w) (p q c)", {{"p", patch}, {"q", patch}});
 }
 
 }  // namespace ditto::nn

@@ -56,11 +56,23 @@ inline Tensor<T> rope(const Tensor<T>& x, std::vector<double> positions = {}, do
   return y;
 }
 
+// rope's backward: a rotation's transpose is the rotation by the opposite angle, so dx is dy
+// rotated by -pos (the same positions, theta and layout as the forward).
+template <class T>
+inline Tensor<T> rope_backward(const Tensor<T>& dy, std::vector<double> positions = {}, double theta = 10000.0, bool interleaved = true) {
+  if (dy.dim() < 2) throw ShapeError(ditto::detail::cat("rope_backward: expected (..., N, D), got ", shape_str(dy.shape())));
+  if (positions.empty())
+    for (std::int64_t i = 0; i < dy.size(-2); ++i) positions.push_back(static_cast<double>(i));
+  for (auto& p : positions) p = -p;
+  return rope(dy, positions, theta, interleaved);
+}
+
 // x: (..., N, D) with N = T * H * W tokens in (t, h, w) row-major order; the head dim is split
-// into dims[0] + dims[1] + dims[2] = D features rotated by t, h and w respectively.
+// into dims[0] + dims[1] + dims[2] = D features rotated by t, h and w respectively. sign = -1
+// rotates the other way: rope_3d's backward (rope_3d_backward).
 template <class T>
 inline Tensor<T> rope_3d(const Tensor<T>& x, std::array<std::int64_t, 3> grid, std::array<std::int64_t, 3> dims,
-                         double theta = 10000.0, bool interleaved = true) {
+                         double theta = 10000.0, bool interleaved = true, double sign = 1.0) {
   const std::int64_t D = x.size(-1), N = x.dim() >= 2 ? x.size(-2) : 0;
   if (x.dim() < 2 || dims[0] + dims[1] + dims[2] != D || dims[0] % 2 || dims[1] % 2 || dims[2] % 2 ||
       grid[0] * grid[1] * grid[2] != N)
@@ -72,12 +84,17 @@ inline Tensor<T> rope_3d(const Tensor<T>& x, std::array<std::int64_t, 3> grid, s
     for (auto r = lo; r < hi; ++r) {
       const std::int64_t n = r % N, t = n / (grid[1] * grid[2]), h = (n / grid[2]) % grid[1], w = n % grid[2];
       T* row = y.data() + r * D;
-      detail::rotate_row(row, 0, dims[0], static_cast<double>(t), theta, interleaved);
-      detail::rotate_row(row, dims[0], dims[1], static_cast<double>(h), theta, interleaved);
-      detail::rotate_row(row, dims[0] + dims[1], dims[2], static_cast<double>(w), theta, interleaved);
+      detail::rotate_row(row, 0, dims[0], sign * static_cast<double>(t), theta, interleaved);
+      detail::rotate_row(row, dims[0], dims[1], sign * static_cast<double>(h), theta, interleaved);
+      detail::rotate_row(row, dims[0] + dims[1], dims[2], sign * static_cast<double>(w), theta, interleaved);
     }
   });
   return y;
+}
+template <class T>
+inline Tensor<T> rope_3d_backward(const Tensor<T>& dy, std::array<std::int64_t, 3> grid, std::array<std::int64_t, 3> dims,
+                                  double theta = 10000.0, bool interleaved = true) {
+  return rope_3d(dy, grid, dims, theta, interleaved, -1.0);
 }
 
 }  // namespace ditto::nn

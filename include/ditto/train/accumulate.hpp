@@ -3,7 +3,9 @@
 // accumulates, +=). For the gradient to equal the whole batch's, each sample's loss must carry
 // the whole batch's weight 1/B, not its micro-batch's 1/b: micro_batches says which samples
 // each call takes and that weight, which the loss gradients take as their per-sample weights
-// (diffusion::training_losses_grad's `weight`, or a scale on nn::cross_entropy's gradient).
+// (diffusion::training_losses_grad's `weight`; nn::cross_entropy's gradient, a mean over its
+// micro-batch's kept rows, scaled by kept rows in the micro-batch / kept rows in the batch,
+// which is share() when no row is ignored).
 //
 //   nn::zero_grad<float>(grads);
 //   for (const auto& mb : train::micro_batches(B, 16)) {
