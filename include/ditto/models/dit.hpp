@@ -33,6 +33,7 @@
 #include "../nn/activation.hpp"
 #include "../nn/adaln.hpp"
 #include "../nn/attention.hpp"
+#include "../nn/buffers.hpp"
 #include "../nn/embedding.hpp"
 #include "../nn/linear.hpp"
 #include "../nn/mlp.hpp"
@@ -218,27 +219,9 @@ struct LabelEmbedder {
   }
 };
 
-// Buffers one forward reuses across blocks: tokens x, a normed copy h, q/k/v, attention and MLP
-// intermediates. Sized on first use; a larger batch grows them.
+// The scratch one inference forward reuses across blocks (nn/buffers.hpp).
 template <class T>
-struct DiTBuffers {
-  Tensor<T> h, qkv, o, y, hidden;
-  // A copied model (an EMA, a gradient tree) gets buffers of its own, not handles to these:
-  // two models must not share scratch.
-  DiTBuffers() = default;
-  DiTBuffers(const DiTBuffers&) {}
-  DiTBuffers& operator=(const DiTBuffers&) { return *this = DiTBuffers(); }
-  DiTBuffers(DiTBuffers&&) = default;
-  DiTBuffers& operator=(DiTBuffers&&) = default;
-  void ensure(std::int64_t rows, std::int64_t d, std::int64_t mlp_hidden) {
-    if (h.numel() >= rows * d && hidden.numel() >= rows * mlp_hidden) return;
-    h = Tensor<T>::empty({rows, d});
-    qkv = Tensor<T>::empty({rows, 3 * d});
-    o = Tensor<T>::empty({rows, d});
-    y = Tensor<T>::empty({rows, d});
-    hidden = Tensor<T>::empty({rows, mlp_hidden});
-  }
-};
+using DiTBuffers = nn::BlockBuffers<T>;
 
 template <class T = float>
 struct DiTBlock {

@@ -48,7 +48,6 @@
 #include "../nn/patch.hpp"
 #include "config.hpp"
 #include "dit.hpp"
-#include "vivit.hpp"  // factorized_dot_product_attention
 
 namespace ditto::models {
 
@@ -195,7 +194,7 @@ struct LatteBlock {
     auto first = [&](const T* h, T* y) {
       if (attends == LatteAttends::time) temporal(attn, h, y);
       else if (attends == LatteAttends::split_heads)
-        factorized_dot_product_attention(attn, h, y, rows, L.frames, L.positions, L.length, L.stride, buf.qkv.data(), buf.o.data());
+        nn::factorized_dot_product_attention(attn, h, y, rows, L.frames, L.positions, L.length, L.stride, buf.qkv.data(), buf.o.data());
       else spatial(attn, h, y);
     };
     // one residual branch: x += gate * f(modulate(norm(x))) (adaLN) or x += f(norm(x)) (token)

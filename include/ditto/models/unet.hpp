@@ -30,11 +30,14 @@
 #include "../nn/conv.hpp"
 #include "../nn/embedding.hpp"
 #include "../nn/linear.hpp"
+#include "../nn/module.hpp"
 #include "../nn/norm.hpp"
+#include "../nn/adaln.hpp"  // Trace
 #include "config.hpp"
-#include "dit.hpp"  // Trace
 
 namespace ditto::models {
+
+using nn::Trace;
 
 // UNetModel.__init__'s arguments (dims = 2 only; use_fp16 refused: float32 only).
 struct UNetConfig {

@@ -29,13 +29,17 @@
 #include "../nn/conv.hpp"
 #include "../nn/embedding.hpp"
 #include "../nn/linear.hpp"
+#include "../nn/module.hpp"
 #include "../nn/mlp.hpp"
 #include "../nn/norm.hpp"
 #include "../nn/patch.hpp"
+#include "../nn/adaln.hpp"  // Trace
+#include "../nn/buffers.hpp"
 #include "config.hpp"
-#include "dit.hpp"  // Trace, DiTBuffers
 
 namespace ditto::models {
+
+using nn::Trace;
 
 // UViT.__init__'s arguments, with its defaults.
 struct UViTConfig {
@@ -148,7 +152,7 @@ struct UViTBlock {
 
   // x: rows of dim in place; skip: the matching in_block's output (rows of dim) when has_skip.
   // cat_buf: rows x 2 dim.
-  void forward_inplace(T* x, const T* skip, const std::vector<std::int64_t>& cu, DiTBuffers<T>& buf, T* cat_buf) const {
+  void forward_inplace(T* x, const T* skip, const std::vector<std::int64_t>& cu, nn::BlockBuffers<T>& buf, T* cat_buf) const {
     const std::int64_t rows = cu.back();
     if (has_skip) {
       parallel_for(rows, rows * dim * 2, [&](std::int64_t lo, std::int64_t hi) {
@@ -239,7 +243,7 @@ struct UViT {
   nn::LayerNorm<T> norm;
   nn::Linear<T> decoder_pred;
   nn::Conv2d<T> final_layer;
-  mutable DiTBuffers<T> buffers;
+  mutable nn::BlockBuffers<T> buffers;
 
   UViT() = default;
   explicit UViT(const UViTConfig& c) : config(c) {

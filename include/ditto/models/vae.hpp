@@ -30,10 +30,12 @@
 #include "../io/safetensors.hpp"
 #include "../nn/module.hpp"
 #include "../nn/norm.hpp"
+#include "../nn/adaln.hpp"  // Trace
 #include "config.hpp"
-#include "dit.hpp"  // Trace
 
 namespace ditto::models {
+
+using nn::Trace;
 
 // FrozenAutoencoderKL's arguments: ddconfig (the Encoder / Decoder keywords), embed_dim,
 // scale_factor (pretrained_path is accepted and ignored: weights come from a file).

@@ -29,14 +29,18 @@
 #include "../nn/activation.hpp"
 #include "../nn/attention.hpp"
 #include "../nn/linear.hpp"
+#include "../nn/module.hpp"
 #include "../nn/mlp.hpp"
 #include "../nn/norm.hpp"
 #include "../nn/patch.hpp"
 #include "../nn/resize.hpp"
+#include "../nn/adaln.hpp"  // Trace
+#include "../nn/buffers.hpp"
 #include "config.hpp"
-#include "dit.hpp"  // Trace
 
 namespace ditto::models {
+
+using nn::Trace;
 
 // VisionTransformer.__init__'s arguments that change inference, with timm's defaults (ViT-B/16).
 struct ViTConfig {
@@ -177,14 +181,14 @@ struct ViTBlock {
   }
 
   // x: rows of dim for sequences cu, in place. buf: h, qkv, o, y, hidden as DiT's.
-  void forward_inplace(T* x, const std::vector<std::int64_t>& cu, DiTBuffers<T>& buf) const {
+  void forward_inplace(T* x, const std::vector<std::int64_t>& cu, nn::BlockBuffers<T>& buf) const {
     forward_with(x, cu.back(), buf, [&](const T* h, T* out) { attn.forward_packed_into(h, cu, out, buf.qkv.data(), buf.o.data()); });
   }
 
   // The block with its attention given: attend(h, out) maps the normed rows h to out (rows x
   // dim), using buf.qkv and buf.o if it likes. ViViT's factorized models attend differently.
   template <class Attend>
-  void forward_with(T* x, std::int64_t rows, DiTBuffers<T>& buf, Attend&& attend) const {
+  void forward_with(T* x, std::int64_t rows, nn::BlockBuffers<T>& buf, Attend&& attend) const {
     norm1.forward_into(x, buf.h.data(), rows);
     attend(buf.h.data(), buf.y.data());
     residual(x, buf.y.data(), rows, layer_scale ? ls1.gamma.data() : nullptr);
@@ -340,7 +344,7 @@ struct ViT {
   std::vector<ViTBlock<T>> blocks;
   AttentionPoolLatent<T> attn_pool;  // global_pool "map"
   nn::Linear<T> head;
-  mutable DiTBuffers<T> buffers;
+  mutable nn::BlockBuffers<T> buffers;
 
   ViT() = default;
   explicit ViT(const ViTConfig& c) : config(c) {

@@ -49,7 +49,8 @@
 #include "../nn/norm.hpp"
 #include "../nn/patch.hpp"
 #include "config.hpp"
-#include "dit.hpp"
+#include "../nn/buffers.hpp"
+#include "../nn/module.hpp"
 #include "vit.hpp"
 
 namespace ditto::models {
@@ -225,7 +226,7 @@ struct ViViTEncoder {
   }
 
   // x: (S, n, D) sequences -> (S, D): each sequence's cls token, or its mean, after the norm.
-  Tensor<T> forward(const Tensor<T>& x, DiTBuffers<T>& buf, const std::string& prefix, const Trace<T>& trace) const {
+  Tensor<T> forward(const Tensor<T>& x, nn::BlockBuffers<T>& buf, const std::string& prefix, const Trace<T>& trace) const {
     const std::int64_t S = x.size(0), n = x.size(1), D = x.size(2), L = n + (has_cls ? 1 : 0);
     if (pos_embed.numel() != L * D)
       throw ShapeError(ditto::detail::cat("ViViT: ", prefix, "pos_embed must hold (1, ", L, ", ", D, "), got ", shape_str(pos_embed.shape())));
@@ -290,7 +291,7 @@ struct ViViTFactorizedBlock {
   // x: (B nt ns, D) rows in (b, t, s) order, in place. frames: cu of each (b, t); positions: the
   // first row of each (b, s) sequence over t.
   void forward_inplace(T* x, std::int64_t rows, const std::vector<std::int64_t>& frames, const std::vector<std::int64_t>& positions,
-                       std::int64_t nt, std::int64_t ns, DiTBuffers<T>& buf) const {
+                       std::int64_t nt, std::int64_t ns, nn::BlockBuffers<T>& buf) const {
     spatial_step(x, frames, buf);
     temporal_step(x, rows, positions, nt, ns, buf);
     spatial.norm2.forward_into(x, buf.h.data(), rows);
@@ -298,7 +299,7 @@ struct ViViTFactorizedBlock {
     spatial.residual(x, buf.y.data(), rows, nullptr);
   }
   // x += attn(norm1(x)), each frame on its own
-  void spatial_step(T* x, const std::vector<std::int64_t>& frames, DiTBuffers<T>& buf) const {
+  void spatial_step(T* x, const std::vector<std::int64_t>& frames, nn::BlockBuffers<T>& buf) const {
     const std::int64_t rows = frames.back();
     spatial.norm1.forward_into(x, buf.h.data(), rows);
     spatial.attn.forward_packed_into(buf.h.data(), frames, buf.y.data(), buf.qkv.data(), buf.o.data());
@@ -306,38 +307,15 @@ struct ViViTFactorizedBlock {
   }
   // x += temporal_attn(temporal_norm(x)), each spatial position across the frames
   void temporal_step(T* x, std::int64_t rows, const std::vector<std::int64_t>& positions, std::int64_t nt, std::int64_t ns,
-                     DiTBuffers<T>& buf) const {
+                     nn::BlockBuffers<T>& buf) const {
     temporal_norm.forward_into(x, buf.h.data(), rows);
     temporal_attn.forward_strided_into(buf.h.data(), rows, positions, nt, ns, buf.y.data(), buf.qkv.data(), buf.o.data());
     spatial.residual(x, buf.y.data(), rows, nullptr);
   }
 };
 
-// Model 4's attention: one qkv projection; heads [0, H/2) attend within each frame, heads
-// [H/2, H) across the frames at each position; proj over all heads. h, out: (rows, D).
-template <class T>
-inline void factorized_dot_product_attention(const nn::Attention<T>& attn, const T* h, T* out, std::int64_t rows,
-                                             const std::vector<std::int64_t>& frames, const std::vector<std::int64_t>& positions,
-                                             std::int64_t nt, std::int64_t ns, T* qkv_buf, T* o_buf) {
-  const std::int64_t C = attn.dim, H = attn.num_heads, D = C / H;
-  attn.qkv.forward_into(h, qkv_buf, rows);  // (rows, 3, H, D)
-  std::vector<nn::AttentionProblem<T>> spatial, temporal;
-  for (std::size_t s = 0; s + 1 < frames.size(); ++s)
-    for (std::int64_t hh = 0; hh < H / 2; ++hh) {
-      const T* base = qkv_buf + frames[s] * 3 * C + hh * D;
-      const std::int64_t n = frames[s + 1] - frames[s];
-      spatial.push_back({base, base + C, base + 2 * C, o_buf + frames[s] * C + hh * D, n, n, nullptr});
-    }
-  for (auto p : positions)
-    for (std::int64_t hh = H / 2; hh < H; ++hh) {
-      const T* base = qkv_buf + p * 3 * C + hh * D;
-      temporal.push_back({base, base + C, base + 2 * C, o_buf + p * C + hh * D, nt, nt, nullptr});
-    }
-  const T scale = static_cast<T>(attn.scale);
-  nn::attention_kernel(spatial, nn::AttentionLayout{D, D, 3 * C, 3 * C, 3 * C, C, 0}, scale);
-  nn::attention_kernel(temporal, nn::AttentionLayout{D, D, ns * 3 * C, ns * 3 * C, ns * 3 * C, ns * C, 0}, scale);
-  attn.proj.forward_into(o_buf, out, rows);
-}
+// Model 4's attention (heads split between frames and time) is nn::factorized_dot_product_attention.
+using nn::factorized_dot_product_attention;
 
 template <class T = float>
 struct ViViT {
@@ -351,7 +329,7 @@ struct ViViT {
   Tensor<T> pos_embed;              // models 3, 4: (1, nt ns, D)
   nn::LayerNorm<T> norm;            // models 3, 4
   nn::Linear<T> head;
-  mutable DiTBuffers<T> buffers;
+  mutable nn::BlockBuffers<T> buffers;
 
   ViViT() = default;
   explicit ViViT(const ViViTConfig& c) : config(c) {

@@ -851,4 +851,31 @@ struct CrossAttention {
   }
 };
 
+// ViViT's model 4 attention (and Latte's split heads): one qkv projection; heads [0, H/2) attend
+// within each frame (rows [frames[s], frames[s+1])), heads [H/2, H) across the nt frames at each
+// position (rows p, p + ns, ...); proj over all heads. h, out: (rows, D).
+template <class T>
+inline void factorized_dot_product_attention(const Attention<T>& attn, const T* h, T* out, std::int64_t rows,
+                                             const std::vector<std::int64_t>& frames, const std::vector<std::int64_t>& positions,
+                                             std::int64_t nt, std::int64_t ns, T* qkv_buf, T* o_buf) {
+  const std::int64_t C = attn.dim, H = attn.num_heads, D = C / H;
+  attn.qkv.forward_into(h, qkv_buf, rows);  // (rows, 3, H, D)
+  std::vector<AttentionProblem<T>> spatial, temporal;
+  for (std::size_t s = 0; s + 1 < frames.size(); ++s)
+    for (std::int64_t hh = 0; hh < H / 2; ++hh) {
+      const T* base = qkv_buf + frames[s] * 3 * C + hh * D;
+      const std::int64_t n = frames[s + 1] - frames[s];
+      spatial.push_back({base, base + C, base + 2 * C, o_buf + frames[s] * C + hh * D, n, n, nullptr});
+    }
+  for (auto p : positions)
+    for (std::int64_t hh = H / 2; hh < H; ++hh) {
+      const T* base = qkv_buf + p * 3 * C + hh * D;
+      temporal.push_back({base, base + C, base + 2 * C, o_buf + p * C + hh * D, nt, nt, nullptr});
+    }
+  const T scale = static_cast<T>(attn.scale);
+  attention_kernel(spatial, AttentionLayout{D, D, 3 * C, 3 * C, 3 * C, C, 0}, scale);
+  attention_kernel(temporal, AttentionLayout{D, D, ns * 3 * C, ns * 3 * C, ns * 3 * C, ns * C, 0}, scale);
+  attn.proj.forward_into(o_buf, out, rows);
+}
+
 }  // namespace ditto::nn
