@@ -71,6 +71,15 @@ void randomize(Block& block, Generator& gen, double scale = 0.3) {
   }
 }
 
+// Two gradient trees of one model, equal to the bit (checkpointing, thread counts).
+template <class T, class Model>
+void require_same_grads(Model& a, Model& b) {
+  for (auto& [name, x, y] : nn::zip_parameters<T>(a, b)) {
+    INFO(name);
+    ditto_test::require_equal(*x, *y);
+  }
+}
+
 // The block's trainable tensors and their gradients, paired for worst_fd_error.
 template <class Block>
 Checked params_of(Block& block, Block& grads, const std::string& prefix = "") {
@@ -453,10 +462,7 @@ TEST_CASE("U-ViT backward equals central differences with and without labels, sk
     (void)uvit.forward_train(x, t, yp, ck);
     auto g2 = nn::zeros_like<double>(uvit);
     uvit.backward(g2, ck, gout);
-    for (auto& [name, a, b] : nn::zip_parameters<double>(g, g2)) {
-      INFO(name);
-      ditto_test::require_equal(*a, *b);
-    }
+    require_same_grads<double>(g, g2);
   }
 }
 
@@ -513,10 +519,7 @@ TEST_CASE("ADM U-Net backward equals central differences", "[train][grad][unet]"
     (void)unet.forward_train(x, t, yp, ck);
     auto g2 = nn::zeros_like<double>(unet);
     unet.backward(g2, ck, gout);
-    for (auto& [name, a, b] : nn::zip_parameters<double>(g, g2)) {
-      INFO(name);
-      ditto_test::require_equal(*a, *b);
-    }
+    require_same_grads<double>(g, g2);
   }
 }
 
@@ -1616,10 +1619,7 @@ TEST_CASE("activation checkpointing gives the same gradient bits with the blocks
     };
     auto [g1, dx1] = run(false);
     auto [g2, dx2] = run(true);
-    for (auto& [name, a, b] : nn::zip_parameters<float>(g1, g2)) {
-      INFO(name);
-      ditto_test::require_equal(*a, *b);
-    }
+    require_same_grads<float>(g1, g2);
     ditto_test::require_equal(dx1, dx2);
   }
   {
@@ -1637,10 +1637,7 @@ TEST_CASE("activation checkpointing gives the same gradient bits with the blocks
       return g;
     };
     auto g1 = run(false), g2 = run(true);
-    for (auto& [name, a, b] : nn::zip_parameters<float>(g1, g2)) {
-      INFO(name);
-      ditto_test::require_equal(*a, *b);
-    }
+    require_same_grads<float>(g1, g2);
   }
 }
 

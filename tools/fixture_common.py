@@ -94,3 +94,14 @@ def extract_f64(arr, timesteps, broadcast_shape):
     while len(res.shape) < len(broadcast_shape):
         res = res[..., None]
     return res + th.zeros(broadcast_shape, dtype=th.float64)
+
+
+def store_autograd(out, name, o, grad_out, m, x):
+    """Stores `name.out`, `name.grad_out` and `name.grad.<k>`: the gradients of
+    L = sum(o * grad_out) for every parameter of m with requires_grad (zeros for one the call never
+    reaches, as ditto-forward --backward gives it) and for the input x (`name.grad.x`)."""
+    out[f"{name}.out"], out[f"{name}.grad_out"] = o.detach(), grad_out
+    named = [(k, p) for k, p in m.named_parameters() if p.requires_grad] + [("x", x)]
+    grads = th.autograd.grad((o * grad_out).sum(), [v for _, v in named], allow_unused=True)
+    for (k, v), gr in zip(named, grads):
+        out[f"{name}.grad.{k}"] = th.zeros_like(v) if gr is None else gr

@@ -22,7 +22,7 @@ if not src:
 sys.path.insert(0, src)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from libs import uvit  # noqa: E402
-from fixture_common import timestep_embedding_f64, write_configs, write_fixture  # noqa: E402
+from fixture_common import store_autograd, timestep_embedding_f64, write_configs, write_fixture  # noqa: E402
 
 uvit.ATTENTION_MODE = "math"
 upstream_embedding = uvit.timestep_embedding
@@ -65,11 +65,7 @@ def cases(dtype):
             out[f"{name}.in.y"] = y
         o = m(x, t, y)
         grad_out = randn(g, *o.shape).to(dtype)
-        out[f"{name}.out"], out[f"{name}.grad_out"] = o.detach(), grad_out
-        named = [(k, p) for k, p in m.named_parameters() if p.requires_grad] + [("x", x)]
-        grads = th.autograd.grad((o * grad_out).sum(), [v for _, v in named], allow_unused=True)
-        for (k, v), gr in zip(named, grads):
-            out[f"{name}.grad.{k}"] = th.zeros_like(v) if gr is None else gr
+        store_autograd(out, name, o, grad_out, m, x)
     return out
 
 

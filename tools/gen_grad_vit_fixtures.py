@@ -19,7 +19,7 @@ import sys
 import torch as th
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fixture_common import write_configs, write_fixture  # noqa: E402
+from fixture_common import store_autograd, write_configs, write_fixture  # noqa: E402
 from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 
 CASES = {  # name: (constructor kwargs, image (h, w)); batch 2
@@ -59,11 +59,8 @@ def cases(dtype):
         x = randn(g, 2, kwargs["in_chans"], h, w).to(dtype).requires_grad_()
         o = m(x)
         grad_out = randn(g, *o.shape).to(dtype)
-        named = [(k, p) for k, p in m.named_parameters() if p.requires_grad] + [("x", x)]
-        grads = th.autograd.grad((o * grad_out).sum(), [v for _, v in named], allow_unused=True)
-        out[f"{name}.in.x"], out[f"{name}.out"], out[f"{name}.grad_out"] = x.detach(), o.detach(), grad_out
-        for (k, v), gr in zip(named, grads):
-            out[f"{name}.grad.{k}"] = th.zeros_like(v) if gr is None else gr
+        out[f"{name}.in.x"] = x.detach()
+        store_autograd(out, name, o, grad_out, m, x)
     return out
 
 

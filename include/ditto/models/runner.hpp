@@ -162,6 +162,23 @@ inline void add_parameter_grads(NamedTensors& outputs, Model& grads) {
   for (auto& [name, g] : nn::trainable_parameters<float>(grads)) outputs.emplace_back("grad." + name, *g);
 }
 
+// --backward for a model with forward_train / backward: out, every trainable parameter's
+// gradient of sum(out * grad_out), and grad.x. forward_train(acts) runs the model's training forward.
+template <class Model, class ForwardTrain>
+inline NamedTensors run_backward(const ForwardRequest& r, const char* upstream, Model& model, const Tensor<float>& grad_out,
+                                 ForwardTrain&& forward_train) {
+  if (r.trace) throw ArgumentError(std::string(upstream) + ": --backward and --trace are one or the other");
+  NamedTensors outputs;
+  typename Model::Acts acts;
+  outputs.emplace_back("out", forward_train(acts));
+  auto grads = nn::zeros_like<float>(model);
+  Tensor<float> dx;
+  model.backward(grads, acts, grad_out, &dx);
+  add_parameter_grads(outputs, grads);
+  outputs.emplace_back("grad.x", std::move(dx));
+  return outputs;
+}
+
 inline NamedTensors run_dit(const ForwardRequest& r) {
   DiT<float> dit = model_for<DiT<float>>(r, "DiT");
   load_weights(dit, *r.weights);
@@ -175,15 +192,7 @@ inline NamedTensors run_dit(const ForwardRequest& r) {
   NamedTensors outputs;
   if (r.backward) {  // eval semantics (no label dropout), as upstream's model.eval() with autograd
     if (scale) throw ArgumentError("DiT: --backward takes no guidance scale (forward_with_cfg has no backward here)");
-    if (r.trace) throw ArgumentError("DiT: --backward and --trace are one or the other");
-    DiT<float>::Acts acts;
-    outputs.emplace_back("out", dit.forward_train(x, t, y, acts));
-    auto grads = nn::zeros_like<float>(dit);
-    Tensor<float> dx;
-    dit.backward(grads, acts, *grad_out, &dx);
-    add_parameter_grads(outputs, grads);
-    outputs.emplace_back("grad.x", std::move(dx));
-    return outputs;
+    return run_backward(r, "DiT", dit, *grad_out, [&](DiT<float>::Acts& acts) { return dit.forward_train(x, t, y, acts); });
   }
   const Trace<float> trace = trace_into(r, outputs);
   Tensor<float> out = scale ? dit.forward_with_cfg(x, t, y, *scale, trace) : dit.forward(x, t, y, trace);
@@ -211,15 +220,7 @@ inline NamedTensors run_classifier(const ForwardRequest& r, const char* upstream
   NamedTensors outputs;
   if (r.backward) {
     if constexpr (requires { typename Model::Acts; }) {
-      if (r.trace) throw ArgumentError(std::string(upstream) + ": --backward and --trace are one or the other");
-      typename Model::Acts acts;
-      outputs.emplace_back("out", model.forward_train(x, acts));
-      auto grads = nn::zeros_like<float>(model);
-      Tensor<float> dx;
-      model.backward(grads, acts, *grad_out, &dx);
-      add_parameter_grads(outputs, grads);
-      outputs.emplace_back("grad.x", std::move(dx));
-      return outputs;
+      return run_backward(r, upstream, model, *grad_out, [&](typename Model::Acts& acts) { return model.forward_train(x, acts); });
     } else {
       throw ArgumentError(ditto::detail::cat("--backward: ", r.model, " has no backward in ditto yet (docs/training.md lists what comes next)"));
     }
@@ -245,15 +246,8 @@ inline NamedTensors run_x_timesteps_y(const ForwardRequest& r, const char* upstr
   NamedTensors outputs;
   if (r.backward) {
     if constexpr (requires { typename Model::Acts; }) {
-      if (r.trace) throw ArgumentError(std::string(upstream) + ": --backward and --trace are one or the other");
-      typename Model::Acts acts;
-      outputs.emplace_back("out", model.forward_train(x, t, y ? &*y : nullptr, acts));
-      auto grads = nn::zeros_like<float>(model);
-      Tensor<float> dx;
-      model.backward(grads, acts, *grad_out, &dx);
-      add_parameter_grads(outputs, grads);
-      outputs.emplace_back("grad.x", std::move(dx));
-      return outputs;
+      return run_backward(r, upstream, model, *grad_out,
+                          [&](typename Model::Acts& acts) { return model.forward_train(x, t, y ? &*y : nullptr, acts); });
     } else {
       throw ArgumentError(ditto::detail::cat("--backward: ", r.model, " has no backward in ditto yet (docs/training.md lists what comes next)"));
     }
