@@ -10,7 +10,9 @@ or under the limit) is reported as ill-conditioned (random weights can make a Gr
 cancellation by a tiny variance), anything else fails. A config upstream refuses (an exception
 while building or running) must be refused by ditto-forward too (exit status 1).
 This is how the ports are judged from outside; the committed fixtures hold a few such cases,
-this script draws as many as you like.
+this script draws as many as you like. With --backward it checks `ditto-forward --backward` too:
+every gradient of sum(out * grad_out) against upstream's autograd, and that the gradient names
+are exactly upstream's trainable parameters plus x.
 
     PYTHONPATH=/path/to/timm:/path/to/huggingface_hub/src:/path/to/einops \
     DIT_SRC=... UVIT_SRC=... GD_SRC=... LATTE_SRC=... \
@@ -402,6 +404,9 @@ def main():
     ap.add_argument("--keep", help="copy failing cases into this folder")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=float, default=LIMIT, help="relative error allowed (default 1e-4)")
+    ap.add_argument("--backward", action="store_true",
+                    help="also check --backward: the gradients of sum(out * grad_out) for every trainable parameter and x "
+                         "against upstream's autograd (dit, vit, uvit, unet; cases with guidance are skipped)")
     ap.add_argument("--hostile", action="store_true",
                     help="instead: break one thing of a valid case (a config value, an input, a weight) and require "
                          "a clean answer: exit 0, or exit 1 with one line on stderr; never a crash or a hang")
@@ -416,6 +421,9 @@ def main():
         for n in range(a.cases):
             rng = random.Random(f"{a.seed}/{model}/{n}")
             name, kw, build, make_inputs, run, flags = CASES[model](rng)
+            if a.backward and flags:
+                print(f"{model}#{n} skipped: guidance has no backward", flush=True)
+                continue
             th.manual_seed(0)
             with tempfile.TemporaryDirectory() as tmp:
                 status, detail = check_case(a, tmp, name, kw, build, make_inputs, run, flags, rng)
@@ -526,8 +534,19 @@ def check_case(a, tmp, name, kw, build, make_inputs, run, flags, rng):
         for key in ("t", "timesteps"):  # integer timesteps are what samplers pass
             if key in i and rng.random() < 0.3:
                 i[key] = i[key].round().long()
-        with th.no_grad():
-            ref = run(m, i).numpy()
+        if a.backward:  # upstream's autograd: every trainable parameter and x
+            x = i["x"].clone().requires_grad_()
+            o = run(m, {**i, "x": x})
+            g = th.Generator().manual_seed(rng.randrange(2**31))
+            grad_out = th.randn(o.shape, generator=g)
+            named = [(k, p) for k, p in m.named_parameters() if p.requires_grad] + [("x", x)]
+            grads = th.autograd.grad((o * grad_out).sum(), [v for _, v in named], allow_unused=True)
+            ref_grads = {f"grad.{k}": (th.zeros_like(v) if gr is None else gr).detach().numpy() for (k, v), gr in zip(named, grads)}
+            ref = o.detach().numpy()
+            i["grad_out"] = grad_out
+        else:
+            with th.no_grad():
+                ref = run(m, i).numpy()
         upstream_error = None
     except Exception as e:  # upstream refuses this config or input
         upstream_error = f"{type(e).__name__}: {e}"
@@ -545,7 +564,7 @@ def check_case(a, tmp, name, kw, build, make_inputs, run, flags, rng):
     save(paths["weights"], {k: v.to(wdtype) if v.is_floating_point() else v for k, v in m.state_dict().items()})
     save(paths["inputs"], {k: v for k, v in i.items()})
     cmd = [a.ditto, "--model", name, "--config", paths["config"], "--weights", paths["weights"], "--inputs", paths["inputs"],
-           "--output", paths["out"], "--threads", str(a.threads)] + flags
+           "--output", paths["out"], "--threads", str(a.threads)] + flags + (["--backward"] if a.backward else [])
     p = subprocess.run(cmd, capture_output=True, text=True)
     if upstream_error is not None:
         if p.returncode == 1:
@@ -553,9 +572,48 @@ def check_case(a, tmp, name, kw, build, make_inputs, run, flags, rng):
         return "UPSTREAM REFUSES, DITTO RUNS", f"{upstream_error[:200]} (ditto exit {p.returncode})"
     if p.returncode != 0:
         return "DITTO REFUSES", p.stderr.strip()[:300]
-    got = load_safetensors(paths["out"])["out"]
+    outputs = load_safetensors(paths["out"])
+    got = outputs["out"]
     if got.shape != ref.shape:
         return "SHAPE", f"ditto {got.shape}, upstream {ref.shape}"
+    if a.backward:
+        if set(outputs) != set(ref_grads) | {"out"}:
+            return "GRAD NAMES", f"ditto only: {sorted(set(outputs) - set(ref_grads) - {'out'})[:5]}, upstream only: {sorted(set(ref_grads) - set(outputs))[:5]}"
+        # each gradient against its own max |ref|; one below limit x the largest (zero in exact
+        # arithmetic: rounding noise on both sides) against the largest, as tests/test_train.cpp does
+        largest = max(float(np.abs(r).max()) for r in ref_grads.values() if r.size)
+        worst_grad, worst_name = 0.0, ""
+        for k, r in ref_grads.items():
+            if r.size == 0:
+                continue
+            diff, own = float(np.abs(outputs[k].astype(np.float64) - r).max()), float(np.abs(r).max())
+            e = diff / (largest if own < a.limit * largest else own)
+            if not np.isfinite(e) or e > worst_grad:
+                worst_grad, worst_name = e, k
+        if not np.isfinite(worst_grad) or worst_grad > a.limit:
+            # As for out: upstream's autograd again in float64; if ditto's gradient is no farther
+            # from it than upstream's float32 one (within 2x), the case is ill-conditioned.
+            try:
+                m64 = m.double()
+                # integer timesteps as float64 (the same numbers; the float64 embeddings take floats)
+                i64 = {k: v.double() if v.is_floating_point() or k in ("t", "timesteps") else v for k, v in i.items() if k != "grad_out"}
+                x64 = i64["x"].clone().requires_grad_()
+                # guided-diffusion's checkpoint() recomputes blocks in backward, outside run()'s
+                # float64 patches (its AttentionBlock always checkpoints): run them plainly
+                gd_unet = sys.modules.get("guided_diffusion.unet")
+                with patched([(gd_unet, "checkpoint", lambda func, inputs, params, flag: func(*inputs))] if gd_unet else []):
+                    o64 = run(m64, {**i64, "x": x64})
+                named64 = [(k, p) for k, p in m64.named_parameters() if p.requires_grad] + [("x", x64)]
+                g64 = th.autograd.grad((o64 * i["grad_out"].double()).sum(), [v for _, v in named64], allow_unused=True)
+                ref64 = dict(zip([f"grad.{k}" for k, _ in named64], g64))[worst_name]
+                ref64 = np.zeros(ref_grads[worst_name].shape) if ref64 is None else ref64.detach().numpy()
+                scale = max(float(np.abs(ref64).max()), a.limit * largest)
+                mine = float(np.abs(outputs[worst_name] - ref64).max()) / scale
+                theirs = float(np.abs(ref_grads[worst_name] - ref64).max()) / scale
+                status = "ill-conditioned" if mine <= max(2 * theirs, a.limit) else "GRAD MISMATCH"
+                return status, f"{worst_name}: {worst_grad:.2e}; against upstream in float64: ditto {mine:.2e}, upstream float32 {theirs:.2e}"
+            except Exception as e:  # some upstream code fixes float32 inside
+                return "GRAD MISMATCH", f"{worst_name}: {worst_grad:.2e} (no float64 run: {e})"
     err = float(np.abs(got.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-30))
     if not np.isfinite(err) or err > a.limit:
         # Who is off? Upstream again in float64 on the same weights and inputs: if float32
