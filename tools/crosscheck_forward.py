@@ -611,7 +611,8 @@ def check_case(a, tmp, name, kw, build, make_inputs, run, flags, rng):
                 mine = float(np.abs(outputs[worst_name] - ref64).max()) / scale
                 theirs = float(np.abs(ref_grads[worst_name] - ref64).max()) / scale
                 status = "ill-conditioned" if mine <= max(2 * theirs, a.limit) else "GRAD MISMATCH"
-                return status, f"{worst_name}: {worst_grad:.2e}; against upstream in float64: ditto {mine:.2e}, upstream float32 {theirs:.2e}"
+                return status, (f"{worst_name}: {worst_grad:.2e}; against upstream in float64: ditto {mine:.2e}, upstream float32 {theirs:.2e}"
+                                f" (its largest value {float(np.abs(ref64).max()):.1e}, the case's largest gradient {largest:.1e})")
             except Exception as e:  # some upstream code fixes float32 inside
                 return "GRAD MISMATCH", f"{worst_name}: {worst_grad:.2e} (no float64 run: {e})"
     err = float(np.abs(got.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-30))
