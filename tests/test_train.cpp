@@ -87,6 +87,28 @@ Checked params_of(Block& block, Block& grads, const std::string& prefix = "") {
   for (auto& [name, p, g] : nn::zip_parameters<double>(block, grads)) out.emplace_back(prefix + name, p, g);
   return out;
 }
+// A model's backward against central differences on every parameter and x, and the same
+// gradient bits with activation checkpointing. forward() runs the inference forward on x,
+// forward_train(acts) the training one.
+template <class Model, class Forward, class ForwardTrain>
+void check_model_backward(Model& model, Tensor<double>& x, Generator& gen, int per, Forward&& forward, ForwardTrain&& forward_train) {
+  typename Model::Acts acts;
+  const Tensor<double> out = forward_train(acts);
+  CHECK_CLOSE(out, forward(), 1e-13);
+  const Tensor<double> gout = gen.normal<double>(out.shape());
+  auto g = nn::zeros_like<double>(model);
+  Tensor<double> dx;
+  model.backward(g, acts, gout, &dx);
+  auto checked = params_of(model, g);
+  checked.emplace_back("x", &x, &dx);
+  worst_fd_error([&] { return dot(forward(), gout); }, checked, per);
+  typename Model::Acts ck;  // checkpointing: the same bits
+  ck.checkpoint = true;
+  (void)forward_train(ck);
+  auto g2 = nn::zeros_like<double>(model);
+  model.backward(g2, ck, gout);
+  require_same_grads<double>(g, g2);
+}
 }  // namespace
 
 TEST_CASE("linear and activation backwards equal central differences", "[train][grad]") {
@@ -446,23 +468,8 @@ TEST_CASE("U-ViT backward equals central differences with and without labels, sk
     const Tensor<double> t({2}, std::vector<double>{3.5, 700});
     const Tensor<std::int64_t> y({2}, std::vector<std::int64_t>{3, 1});
     const Tensor<std::int64_t>* yp = config.num_classes > 0 ? &y : nullptr;
-    models::UViT<double>::Acts acts;
-    const Tensor<double> out = uvit.forward_train(x, t, yp, acts);
-    CHECK_CLOSE(out, uvit.forward(x, t, yp), 1e-13);
-    const Tensor<double> gout = gen.normal<double>(out.shape());
-    auto g = nn::zeros_like<double>(uvit);
-    Tensor<double> dx;
-    uvit.backward(g, acts, gout, &dx);
-    auto checked = params_of(uvit, g);
-    checked.emplace_back("x", &x, &dx);
-    worst_fd_error([&] { return dot(uvit.forward(x, t, yp), gout); }, checked, 5);
-    // checkpointing: the same bits
-    models::UViT<double>::Acts ck;
-    ck.checkpoint = true;
-    (void)uvit.forward_train(x, t, yp, ck);
-    auto g2 = nn::zeros_like<double>(uvit);
-    uvit.backward(g2, ck, gout);
-    require_same_grads<double>(g, g2);
+    check_model_backward(uvit, x, gen, 5, [&] { return uvit.forward(x, t, yp); },
+                         [&](models::UViT<double>::Acts& a) { return uvit.forward_train(x, t, yp, a); });
   }
 }
 
@@ -504,22 +511,8 @@ TEST_CASE("ADM U-Net backward equals central differences", "[train][grad][unet]"
     const Tensor<double> t({2}, std::vector<double>{3.5, 700});
     const Tensor<std::int64_t> y({2}, std::vector<std::int64_t>{2, 0});
     const Tensor<std::int64_t>* yp = config.num_classes ? &y : nullptr;
-    models::UNet<double>::Acts acts;
-    const Tensor<double> out = unet.forward_train(x, t, yp, acts);
-    CHECK_CLOSE(out, unet.forward(x, t, yp), 1e-13);
-    const Tensor<double> gout = gen.normal<double>(out.shape());
-    auto g = nn::zeros_like<double>(unet);
-    Tensor<double> dx;
-    unet.backward(g, acts, gout, &dx);
-    auto checked = params_of(unet, g);
-    checked.emplace_back("x", &x, &dx);
-    worst_fd_error([&] { return dot(unet.forward(x, t, yp), gout); }, checked, 3);
-    models::UNet<double>::Acts ck;  // per-stage checkpointing: the same bits
-    ck.checkpoint = true;
-    (void)unet.forward_train(x, t, yp, ck);
-    auto g2 = nn::zeros_like<double>(unet);
-    unet.backward(g2, ck, gout);
-    require_same_grads<double>(g, g2);
+    check_model_backward(unet, x, gen, 3, [&] { return unet.forward(x, t, yp); },
+                         [&](models::UNet<double>::Acts& a) { return unet.forward_train(x, t, yp, a); });  // per-stage checkpointing
   }
 }
 
