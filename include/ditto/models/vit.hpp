@@ -440,19 +440,7 @@ struct ViT {
     if (trace)  // with dynamic_img_size timm's PatchEmbed returns the grid, NHWC
       trace("patch_embed", c.dynamic_img_size ? patches.reshape({x.size(0), H / ph, W / pw, c.embed_dim}) : patches);
     const std::int64_t B = x.size(0), N = patches.size(1), D = c.embed_dim, P = c.prefix_tokens(), L = P + N;
-    const Tensor<T> pos = c.dynamic_img_size ? resampled_pos_embed(H / ph, W / pw) : pos_embed;
-    if (pos.size(1) != (c.no_embed_class ? N : L))
-      throw ShapeError(cat("ViT: ", N, " patches do not fit pos_embed of shape ", shape_str(pos.shape())));
-    // [cls, reg..., patches] + pos_embed (over all of them, or the patches only with no_embed_class)
-    Tensor<T> tokens = Tensor<T>::empty({B, L, D});
-    for (std::int64_t b = 0; b < B; ++b) {
-      T* out = tokens.data() + b * L * D;
-      if (c.class_token) std::copy(cls_token.data(), cls_token.data() + D, out);
-      if (c.reg_tokens) std::copy(reg_token.data(), reg_token.data() + c.reg_tokens * D, out + (c.class_token ? D : 0));
-      std::copy(patches.data() + b * N * D, patches.data() + (b + 1) * N * D, out + P * D);
-      T* pos_target = c.no_embed_class ? out + P * D : out;
-      for (std::int64_t i = 0; i < pos.numel(); ++i) pos_target[i] += pos[i];
-    }
+    Tensor<T> tokens = assemble(patches.data(), B, H / ph, W / pw).reshape({B, L, D});
     if (trace) trace("pos_drop", tokens), trace("patch_drop", tokens);
     if (c.pre_norm) norm_pre.forward_into(tokens.data(), tokens.data(), B * L);
     if (trace) trace("norm_pre", tokens);
@@ -503,21 +491,10 @@ struct ViT {
     const std::int64_t B = x.size(0), H = xin.size(2), W = xin.size(3), gh = H / ph, gw = W / pw, N = gh * gw, D = c.embed_dim;
     const std::int64_t P = c.prefix_tokens(), L = P + N, rows = B * L;
     a.B = B, a.H = H, a.W = W, a.in_h = x.size(2), a.in_w = x.size(3);
-    const Tensor<T> pos = c.dynamic_img_size ? resampled_pos_embed(gh, gw) : pos_embed;
-    if (pos.size(1) != (c.no_embed_class ? N : L)) throw ShapeError(cat("ViT: ", N, " patches do not fit pos_embed of shape ", shape_str(pos.shape())));
-    a.resampled = pos.data() != pos_embed.data();  // resampled_pos_embed hands back the table itself when it fits
     a.patches = rearrange(xin, "b c (h p1) (w p2) -> (b h w) (c p1 p2)", {{"p1", ph}, {"p2", pw}});
     Tensor<T> patch_rows = Tensor<T>::empty({B * N, D});
     patch_embed.proj_rows(a.patches.data(), B * N, patch_rows.data());
-    Tensor<T> tokens = Tensor<T>::empty({rows, D});
-    for (std::int64_t b = 0; b < B; ++b) {
-      T* out = tokens.data() + b * L * D;
-      if (c.class_token) std::copy(cls_token.data(), cls_token.data() + D, out);
-      if (c.reg_tokens) std::copy(reg_token.data(), reg_token.data() + c.reg_tokens * D, out + (c.class_token ? D : 0));
-      std::copy(patch_rows.data() + b * N * D, patch_rows.data() + (b + 1) * N * D, out + P * D);
-      T* pos_target = c.no_embed_class ? out + P * D : out;
-      for (std::int64_t i = 0; i < pos.numel(); ++i) pos_target[i] += pos[i];
-    }
+    Tensor<T> tokens = assemble(patch_rows.data(), B, gh, gw, &a.resampled);
     if (c.pre_norm) {
       a.x_pre = tokens.clone(), a.mean_pre = Tensor<T>::empty({rows}), a.rstd_pre = Tensor<T>::empty({rows});
       norm_pre.forward_train(a.x_pre.data(), tokens.data(), rows, a.mean_pre.data(), a.rstd_pre.data());
@@ -621,6 +598,27 @@ struct ViT {
   }
 
  private:
+  // [cls, reg..., patches] + pos_embed (over all of them, or the patches only with no_embed_class):
+  // (B L, D) token rows from B gh gw patch rows. The table is resampled for another grid with
+  // dynamic_img_size; *resampled (when given) says whether it was.
+  Tensor<T> assemble(const T* patch_rows, std::int64_t B, std::int64_t gh, std::int64_t gw, bool* resampled = nullptr) const {
+    const ViTConfig& c = config;
+    const std::int64_t N = gh * gw, D = c.embed_dim, P = c.prefix_tokens(), L = P + N;
+    const Tensor<T> pos = c.dynamic_img_size ? resampled_pos_embed(gh, gw) : pos_embed;
+    if (pos.size(1) != (c.no_embed_class ? N : L))
+      throw ShapeError(ditto::detail::cat("ViT: ", N, " patches do not fit pos_embed of shape ", shape_str(pos.shape())));
+    if (resampled) *resampled = pos.data() != pos_embed.data();  // resampled_pos_embed hands back the table itself when it fits
+    Tensor<T> tokens = Tensor<T>::empty({B * L, D});
+    for (std::int64_t b = 0; b < B; ++b) {
+      T* out = tokens.data() + b * L * D;
+      if (c.class_token) std::copy(cls_token.data(), cls_token.data() + D, out);
+      if (c.reg_tokens) std::copy(reg_token.data(), reg_token.data() + c.reg_tokens * D, out + (c.class_token ? D : 0));
+      std::copy(patch_rows + b * N * D, patch_rows + (b + 1) * N * D, out + P * D);
+      T* pos_target = c.no_embed_class ? out + P * D : out;
+      for (std::int64_t i = 0; i < pos.numel(); ++i) pos_target[i] += pos[i];
+    }
+    return tokens;
+  }
   // forward_head's pooling of the token rows (B, L, D): the latent attention pool, the mean of
   // the patch tokens, the class token, or every token.
   Tensor<T> pool(const Tensor<T>& tokens, typename AttentionPoolLatent<T>::Acts* acts = nullptr) const {
