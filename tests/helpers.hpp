@@ -96,4 +96,16 @@ inline void hash_weights(const std::string& name, ditto::Tensor<T>& t) {
   }
 }
 
+// tools/gen_latte_fixtures.py's text case (extras = 78) keeps its two large tensors out of the
+// file: the 77 x 768 -> hidden_size projection is hash_weights', the text embedding (B, 77, 768)
+// hash_weights' values scaled back to [-1, 1) (in float64, then rounded, as the generator does).
+template <class T>
+ditto::Tensor<T> latte_text_input(std::int64_t B) {
+  ditto::Tensor<double> u({B, 77, 768});
+  hash_weights("text_embedding", u);
+  ditto::Tensor<T> text = ditto::Tensor<T>::empty({B, 77, 768});
+  for (std::int64_t i = 0; i < u.numel(); ++i) text[i] = static_cast<T>(u[i] * std::pow(77.0 * 768.0, 0.5));
+  return text;
+}
+
 }  // namespace ditto_test

@@ -153,17 +153,7 @@ TEST_CASE("U-ViT configs: the configs/ folder + upstream's arguments + clear err
 namespace {
 using ditto_test::hash_weights;
 
-// tools/gen_latte_fixtures.py's text case (extras = 78) keeps its two large tensors out of the
-// file: the 77 x 768 -> hidden_size projection is hash_weights', the text embedding (B, 77, 768)
-// hash_weights' values scaled back to [-1, 1) (in float64, then rounded, as the generator does).
-template <class T>
-Tensor<T> latte_text_input(std::int64_t B) {
-  Tensor<double> u({B, 77, 768});
-  hash_weights("text_embedding", u);
-  Tensor<T> text = Tensor<T>::empty({B, 77, 768});
-  for (std::int64_t i = 0; i < u.numel(); ++i) text[i] = static_cast<T>(u[i] * std::pow(77.0 * 768.0, 0.5));
-  return text;
-}
+using ditto_test::latte_text_input;
 template <class T>
 void load_latte_text_case(Latte<T>& m, const ModelFixture<T>& fx, const std::string& name) {
   for (auto& [n, p] : nn::named_parameters<T>(m)) p->fill(std::numeric_limits<T>::quiet_NaN());

@@ -8,6 +8,8 @@
 #include <functional>
 #include <limits>
 #include <optional>
+#include <cstring>
+#include <set>
 #include <tuple>
 
 #include <sys/wait.h>
@@ -18,98 +20,11 @@
 #include <ditto/train/optim.hpp>
 
 #include "helpers.hpp"
+#include "train_helpers.hpp"
 
 using namespace ditto;
 
-namespace {
-using Checked = std::vector<std::tuple<std::string, Tensor<double>*, const Tensor<double>*>>;
-
-// The worst relative error, over the tensors, of `analytic` against central differences of L at
-// up to `per` coordinates of each (spread over the tensor): max |fd - analytic| / max |analytic|.
-double worst_fd_error(const std::function<double()>& L, const Checked& checked, int per = 10, double h = 1e-6) {
-  // Central differences carry an absolute rounding noise of about eps |L| / h, so a gradient that
-  // is zero (k_norm's bias: softmax ignores a shift shared by every key) or tiny (a conv bias
-  // before a GroupNorm, which removes it) is held to that noise (64 ulps of L over h, ~1e-9 here)
-  // on top of the relative 1e-6: far below the size of any wrong gradient.
-  const double noise = 64 * std::numeric_limits<double>::epsilon() * std::abs(L()) / h;
-  double worst = 0;
-  for (const auto& [name, x, g] : checked) {
-    REQUIRE(x->shape() == g->shape());
-    double scale = 0, diff = 0;
-    for (double v : *g) scale = std::max(scale, std::abs(v));
-    const std::int64_t n = x->numel(), step = std::max<std::int64_t>(1, n / per);
-    for (std::int64_t i = 0; i < n; i += step) {
-      const double keep = (*x)[i];
-      (*x)[i] = keep + h;
-      const double up = L();
-      (*x)[i] = keep - h;
-      const double down = L();
-      (*x)[i] = keep;
-      diff = std::max(diff, std::abs((up - down) / (2 * h) - (*g)[i]));
-    }
-    const double rel = scale > 0 ? diff / scale : diff;
-    INFO(name << ": relative error " << rel << " (max |grad| " << scale << ", max |fd - grad| " << diff << ", noise " << noise << ")");
-    CHECK(diff <= 1e-6 * scale + noise);
-    worst = std::max(worst, rel);
-  }
-  return worst;
-}
-
-double dot(const Tensor<double>& a, const Tensor<double>& b) {
-  REQUIRE(a.shape() == b.shape());
-  double s = 0;
-  for (std::int64_t i = 0; i < a.numel(); ++i) s += a[i] * b[i];
-  return s;
-}
-
-// Every tensor of a block drawn from N(0, scale^2) (adaLN-Zero's zeros would hide gradients).
-template <class T, class Block>
-void randomize(Block& block, Generator& gen, double scale = 0.3) {
-  for (auto& [name, t] : nn::named_parameters<T>(block)) {
-    const Tensor<T> r = gen.normal<T>(t->shape());
-    for (std::int64_t i = 0; i < t->numel(); ++i) (*t)[i] = static_cast<T>(scale) * r[i];
-  }
-}
-
-// Two gradient trees of one model, equal to the bit (checkpointing, thread counts).
-template <class T, class Model>
-void require_same_grads(Model& a, Model& b) {
-  for (auto& [name, x, y] : nn::zip_parameters<T>(a, b)) {
-    INFO(name);
-    ditto_test::require_equal(*x, *y);
-  }
-}
-
-// The block's trainable tensors and their gradients, paired for worst_fd_error.
-template <class Block>
-Checked params_of(Block& block, Block& grads, const std::string& prefix = "") {
-  Checked out;
-  for (auto& [name, p, g] : nn::zip_parameters<double>(block, grads)) out.emplace_back(prefix + name, p, g);
-  return out;
-}
-// A model's backward against central differences on every parameter and x, and the same
-// gradient bits with activation checkpointing. forward() runs the inference forward on x,
-// forward_train(acts) the training one.
-template <class Model, class Forward, class ForwardTrain>
-void check_model_backward(Model& model, Tensor<double>& x, Generator& gen, int per, Forward&& forward, ForwardTrain&& forward_train) {
-  typename Model::Acts acts;
-  const Tensor<double> out = forward_train(acts);
-  CHECK_CLOSE(out, forward(), 1e-13);
-  const Tensor<double> gout = gen.normal<double>(out.shape());
-  auto g = nn::zeros_like<double>(model);
-  Tensor<double> dx;
-  model.backward(g, acts, gout, &dx);
-  auto checked = params_of(model, g);
-  checked.emplace_back("x", &x, &dx);
-  worst_fd_error([&] { return dot(forward(), gout); }, checked, per);
-  typename Model::Acts ck;  // checkpointing: the same bits
-  ck.checkpoint = true;
-  (void)forward_train(ck);
-  auto g2 = nn::zeros_like<double>(model);
-  model.backward(g2, ck, gout);
-  require_same_grads<double>(g, g2);
-}
-}  // namespace
+using namespace train_test;
 
 TEST_CASE("linear and activation backwards equal central differences", "[train][grad]") {
   Generator gen(1);
@@ -631,57 +546,6 @@ TEST_CASE("gradient trees line up with their model and refuse another model's", 
   for (auto& [name, p] : nn::trainable_parameters<float>(g)) CHECK((*p)[0] == 0);
 }
 
-namespace {
-// tests/fixtures/grad_{nn,dit}_{f32,f64}.safetensors (tools/gen_grad_fixtures.py: PyTorch autograd
-// on upstream's modules, L = sum(out * grad_out)): "case.w.*", "case.in.*", "case.grad_out",
-// "case.out", "case.grad.*".
-template <class T>
-struct GradFixture {
-  SafetensorsFile file;
-  std::string c;
-  GradFixture(const std::string& which, std::string case_name)
-      : file(std::string(DITTO_FIXTURES) + "/grad_" + which + (std::is_same_v<T, float> ? "_f32" : "_f64") + ".safetensors"),
-        c(std::move(case_name)) {}
-  Tensor<T> in(const std::string& n) const { return file.get<T>(c + ".in." + n); }
-  Tensor<T> grad(const std::string& n) const { return file.get<T>(c + ".grad." + n); }
-  Tensor<T> grad_out() const { return file.get<T>(c + ".grad_out"); }
-  Tensor<T> out() const { return file.get<T>(c + ".out"); }
-  template <class Block>
-  void load(Block& b) const {
-    const std::string prefix = c + ".w.";
-    nn::load<T>(b, file, true, [&](const std::string& n) { return n.rfind(prefix, 0) == 0 ? n.substr(prefix.size()) : std::string(); });
-  }
-  // every trainable tensor of g against "case.grad.<name>". A gradient that is zero in exact
-  // arithmetic (qk_norm's k_norm.bias: softmax ignores a shift shared by every key) holds only
-  // rounding noise on both sides, so relative to itself it means nothing: a reference below 1e-6
-  // of the case's largest gradient is compared relative to that largest gradient instead.
-  template <class Block>
-  void check_grads(Block& g, double tol) const {
-    int n = 0;
-    double largest = 0;
-    for (auto& [name, t] : nn::trainable_parameters<T>(g))
-      for (T v : grad(name)) largest = std::max(largest, std::abs(static_cast<double>(v)));
-    for (auto& [name, t] : nn::trainable_parameters<T>(g)) {
-      INFO(c << ": grad." << name);
-      const Tensor<T> ref = grad(name);
-      double scale = 0, diff = 0;
-      for (std::int64_t i = 0; i < ref.numel(); ++i) scale = std::max(scale, std::abs(static_cast<double>(ref[i])));
-      if (scale < 1e-6 * largest) {
-        REQUIRE(t->shape() == ref.shape());
-        for (std::int64_t i = 0; i < ref.numel(); ++i) diff = std::max(diff, std::abs(static_cast<double>((*t)[i]) - static_cast<double>(ref[i])));
-        INFO("a zero gradient: max |got - ref| " << diff << " against the largest gradient " << largest);
-        CHECK(diff <= tol * largest);
-      } else {
-        CHECK_CLOSE(*t, ref, tol);
-      }
-      ++n;
-    }
-    CHECK(n > 0);
-  }
-};
-template <class T>
-constexpr double block_tol() { return std::is_same_v<T, float> ? 1e-5 : 1e-10; }
-}  // namespace
 
 TEMPLATE_TEST_CASE("block gradients equal PyTorch autograd on upstream's modules", "[train][grad][fixtures]", float, double) {
   using T = TestType;
@@ -1313,7 +1177,7 @@ TEST_CASE("a process killed during a save leaves the previous checkpoint loadabl
 }
 
 #ifdef DITTO_FORWARD
-TEST_CASE("ditto-forward --backward gives DiT's, ViT's, U-ViT's and the U-Net's gradients as PyTorch autograd does", "[train][forward][dit][vit][uvit][unet]") {
+TEST_CASE("ditto-forward --backward gives every model's gradients as PyTorch autograd does", "[train][forward][dit][vit][uvit][unet][vivit][latte]") {
   const auto dir = std::filesystem::temp_directory_path() / ("ditto_backward_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   auto path = [&](const std::string& n) { return (dir / n).string(); };
@@ -1327,7 +1191,8 @@ TEST_CASE("ditto-forward --backward gives DiT's, ViT's, U-ViT's and the U-Net's 
   auto check_case = [&](const std::string& model, const std::string& which, const std::string& name) {
     INFO(model << " " << name);
     const GradFixture<float> fx(which, name);
-    std::ofstream(path("config.json")) << ditto_test::load_json("grad_" + which + "_configs.json")[name].dump();
+    const auto entry = ditto_test::load_json("grad_" + which + "_configs.json")[name];
+    std::ofstream(path("config.json")) << (entry.contains("kwargs") ? entry["kwargs"] : entry).dump();
     std::vector<std::pair<std::string, Tensor<float>>> w;
     const std::string wp = name + ".w.";
     for (const auto& n : fx.file.names())
@@ -1348,30 +1213,34 @@ TEST_CASE("ditto-forward --backward gives DiT's, ViT's, U-ViT's and the U-Net's 
     REQUIRE(code == 0);
     const SafetensorsFile out(path("out.safetensors"));
     CHECK_CLOSE(out.get<float>("out"), fx.out(), 1e-4);
-    int grads = 0;
+    // every gradient the fixture holds, whole or as a sketch, by GradFixture's rule
+    std::set<std::string> names;
     const std::string gp = name + ".grad.";
-    for (const auto& n : fx.file.names())
-      if (n.rfind(gp, 0) == 0) {
-        INFO(n);
-        const Tensor<float> ref = fx.file.get<float>(n);
-        const Tensor<float> got = out.get<float>("grad." + n.substr(gp.size()));
-        if (n.find("k_norm.bias") == std::string::npos) {
-          CHECK_CLOSE(got, ref, 1e-4);
-        } else {  // zero in exact arithmetic: both sides hold rounding noise only
-          REQUIRE(got.shape() == ref.shape());
-          for (std::int64_t i = 0; i < got.numel(); ++i) CHECK(std::abs(got[i] - ref[i]) <= 1e-6f);
-        }
-        ++grads;
-      }
+    for (std::string n : fx.file.names()) {
+      if (n.rfind(gp, 0) != 0) continue;
+      n = n.substr(gp.size());
+      for (const char* suffix : {".head", ".absmax", ".dot"})
+        if (n.size() > std::strlen(suffix) && n.compare(n.size() - std::strlen(suffix), std::strlen(suffix), suffix) == 0)
+          n = n.substr(0, n.size() - std::strlen(suffix));  // a sketch's parts: one gradient
+      names.insert(n);
+    }
+    double largest = 0;
+    for (const auto& n : names) largest = std::max(largest, fx.ref_absmax(n));
+    for (const auto& n : names) fx.check_grad(n, out.get<float>("grad." + n), 1e-4, largest);
+    const auto grads = names.size();
     CHECK(out.tensors().size() == static_cast<std::size_t>(grads) + 1);  // out and one grad.* per fixture gradient
-    for (const char* none : {"grad.t", "grad.timesteps", "grad.y"}) CHECK(!out.contains(none));
-    return out.contains("grad.pos_embed");
+    for (const char* none : {"grad.t", "grad.timesteps", "grad.y", "grad.y_image", "grad.use_image_num", "grad.temp_embed"}) CHECK(!out.contains(none));
+    bool pos_grad = false;  // a trained position table (timm's, ViViT's spatial.pos_embed, ...)
+    for (const auto& n : out.names()) pos_grad = pos_grad || (n.size() >= 9 && n.compare(n.size() - 9, 9, "pos_embed") == 0);
+    return pos_grad;
   };
   CHECK_FALSE(check_case("dit", "dit", "small"));  // DiT's pos_embed is fixed
   CHECK(check_case("vit", "vit", "token"));        // timm's is trained
   CHECK(check_case("vit", "vit", "map"));
   CHECK(check_case("uvit", "uvit", "cond_conv"));
   CHECK(check_case("uvit", "uvit", "uncond_mlptime"));
+  for (const char* c : {"st_tubelet3_cls", "fe_uniform_gap_nohead", "fsa_tubelet2", "fdp_uniform"}) CHECK(check_case("vivit", "vivit", c));
+  for (const char* c : {"uncond", "img_class", "v1_token", "v4_class"}) CHECK_FALSE(check_case("latte", "latte", c));  // Latte's tables are fixed
   {  // the U-Net: its hashed weights written out, the inputs and the stored gradients compared
     const GradFixture<float> fx("unet", "cond_legacy");
     const auto entry = ditto_test::load_json("grad_unet_configs.json")["cond_legacy"];
@@ -1392,8 +1261,43 @@ TEST_CASE("ditto-forward --backward gives DiT's, ViT's, U-ViT's and the U-Net's 
     CHECK_CLOSE(out.get<float>("grad.time_embed.0.bias"), fx.grad("time_embed.0.bias"), 1e-4);
     CHECK(out.tensors().size() == nn::trainable_parameters<float>(unet).size() + 2);  // out, grad.x and one per parameter
   }
+  // the autoencoder, under CompVis names and under diffusers' (its gradients named as the file
+  // names the weights, in the file's shapes)
+  for (const char* which : {"attn_nonsquare_encode", "attn_nonsquare_decode"}) {
+    const bool encode = std::string(which).find("encode") != std::string::npos;
+    const GradFixture<float> fx("vae", which);
+    const auto entry = ditto_test::load_json("grad_vae_configs.json")[which];
+    std::ofstream(path("config.json")) << entry["kwargs"].dump();
+    models::AutoencoderKL<float> vae(models::VAEConfig::from_json(entry["kwargs"]));
+    for (auto& [pname, t] : nn::named_parameters<float>(vae)) ditto_test::hash_weights(pname, *t);
+    for (bool diffusers : {false, true}) {
+      INFO(which << (diffusers ? " (diffusers names)" : " (CompVis names)"));
+      std::vector<std::pair<std::string, Tensor<float>>> w;
+      for (auto& [pname, t] : nn::named_parameters<float>(vae)) {
+        const std::string n = diffusers ? models::diffusers_vae_names(pname, vae.config.ch_mult.size()).front() : pname;
+        const bool linear = diffusers && n.find("attentions.0.to_") != std::string::npos && t->dim() == 4;  // diffusers' Linear (C, C)
+        w.emplace_back(n, linear ? t->reshape({t->size(0), t->size(1)}) : *t);
+      }
+      save_safetensors<float>(path("w.safetensors"), w);
+      ditto_test::save_mixed(path("in.safetensors"), {{encode ? "x" : "z", fx.in(encode ? "x" : "z")}, {"grad_out", fx.grad_out()}}, {});
+      const auto [code, err] = run(std::string("--model ") + (encode ? "vae-encode" : "vae-decode") + " --config " + path("config.json") +
+                                   " --weights " + path("w.safetensors") + " --inputs " + path("in.safetensors") + " --output " +
+                                   path("out.safetensors") + " --backward");
+      INFO(err);
+      REQUIRE(code == 0);
+      const SafetensorsFile out(path("out.safetensors"));
+      CHECK_CLOSE(out.get<float>("out"), fx.out(), 1e-4);
+      CHECK_CLOSE(out.get<float>(encode ? "grad.x" : "grad.z"), fx.grad(encode ? "x" : "z"), 1e-4);
+      for (const auto& [n, t] : w) REQUIRE(out.contains("grad." + n));  // one per parameter, under the file's name and shape
+      for (const auto& [n, t] : w) CHECK(out.info("grad." + n).shape == t.shape());
+      const std::string small = diffusers ? (encode ? "encoder.conv_norm_out.bias" : "decoder.conv_norm_out.bias") : (encode ? "encoder.norm_out.bias" : "decoder.norm_out.bias");
+      CHECK_CLOSE(out.get<float>("grad." + small), fx.grad(encode ? "encoder.norm_out.bias" : "decoder.norm_out.bias"), 1e-4);
+      CHECK(out.tensors().size() == w.size() + (encode ? 4 : 2));  // + out, logvar, z, grad.x / out, grad.z
+      CHECK(!out.contains("grad.noise"));
+    }
+  }
 
-  // refusals: guidance, a missing or unexpected grad_out, a model without a backward yet
+  // refusals: guidance, a missing or unexpected grad_out, --trace with --backward
   const GradFixture<float> fx("dit", "small");
   std::ofstream(path("config.json")) << ditto_test::load_json("grad_dit_configs.json")["small"].dump();
   std::vector<std::pair<std::string, Tensor<float>>> w;
@@ -1408,8 +1312,7 @@ TEST_CASE("ditto-forward --backward gives DiT's, ViT's, U-ViT's and the U-Net's 
            {common + " --inputs " + path("in.safetensors") + " --output " + path("o.safetensors") + " --backward --cfg-scale 2", "takes no guidance"},
            {common + " --inputs " + path("in_nograd.safetensors") + " --output " + path("o.safetensors") + " --backward", "no tensor named \"grad_out\""},
            {common + " --inputs " + path("in.safetensors") + " --output " + path("o.safetensors"), "unexpected input \"grad_out\""},
-           {"--model latte --config " + path("config.json") + " --weights " + path("w.safetensors") + " --inputs " + path("in.safetensors") +
-                " --output " + path("o.safetensors") + " --backward", "latte has no backward in ditto yet"}}) {
+           {common + " --inputs " + path("in.safetensors") + " --output " + path("o.safetensors") + " --backward --trace", "one or the other"}}) {
     INFO(args);
     const auto [c2, e2] = run(args);
     CHECK(c2 == 1);

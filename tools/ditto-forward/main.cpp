@@ -26,8 +26,9 @@ const char* kUsage =
     "usage: ditto-forward --model {vit,vivit,dit,uvit,unet,latte,vae-encode,vae-decode} --config CONFIG.json\n"
     "                     --weights W.safetensors --inputs IN.safetensors --output OUT.safetensors\n"
     "                     [--cfg-scale S] [--threads N] [--seed N] [--trace] [--backward]\n"
-    "  --backward: the inputs also hold grad_out (out's shape); OUT adds grad.<parameter> and grad.<input>,\n"
-    "              the gradients of sum(out * grad_out) (DiT; docs/forward.md)\n";
+    "  --backward: the inputs also hold grad_out (out's shape; vae-encode: the posterior mean's); OUT adds\n"
+    "              grad.<parameter> and grad.<input>, the gradients of sum(out * grad_out), for every model\n"
+    "              (no guidance; docs/forward.md)\n";
 
 struct UsageError : ditto::ArgumentError {
   using ditto::ArgumentError::ArgumentError;

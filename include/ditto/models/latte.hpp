@@ -218,6 +218,91 @@ struct LatteBlock {
     if (two_attentions()) branch(norm_temporal, [&](const T* h, T* y) { temporal(attn_temporal, h, y); });
     branch(norm2, [&](const T* h, T* y) { mlp.forward_into(h, y, rows, buf.hidden.data()); });
   }
+
+  // Training: per residual branch its input, its norm's statistics and output, its output (the
+  // gate's gradient) and the attention's activations; the MLP's pre-activation.
+  struct Branch {
+    Tensor<T> x, mean, rstd, h, y;
+    typename nn::Attention<T>::Acts attn;
+  };
+  struct Acts {
+    Branch first, temporal, mlp;
+    Tensor<T> pre;
+  };
+  void forward_train(T* x, std::int64_t rows, std::int64_t rows_per_cond, const T* mod, const LatteLayout& L, Acts& a) const {
+    std::int64_t chunk = 0;
+    branch_train(x, rows, rows_per_cond, mod, chunk, norm1, a.first, [&](const T* h, T* y, typename nn::Attention<T>::Acts& aa) {
+      if (attends == LatteAttends::time) attn.forward_train(h, rows, temporal_sequences(L), y, aa);
+      else if (attends == LatteAttends::split_heads)
+        nn::factorized_dot_product_attention_train(attn, h, y, rows, L.frames, L.positions, L.length, L.stride, aa);
+      else attn.forward_train(h, rows, nn::Attention<T>::Sequences::packed(L.frames), y, aa);
+    });
+    if (two_attentions())
+      branch_train(x, rows, rows_per_cond, mod, chunk, norm_temporal, a.temporal, [&](const T* h, T* y, typename nn::Attention<T>::Acts& aa) {
+        attn_temporal.forward_train(h, rows, temporal_sequences(L), y, aa);
+      });
+    branch_train(x, rows, rows_per_cond, mod, chunk, norm2, a.mlp, [&](const T* h, T* y, typename nn::Attention<T>::Acts&) {
+      a.pre = Tensor<T>::empty({rows, mlp.fc1.out_features});
+      Tensor<T> hidden = Tensor<T>::empty({rows, mlp.fc1.out_features});
+      mlp.forward_train(h, y, rows, a.pre.data(), hidden.data());
+    });
+  }
+  // dx: the output's gradient, replaced by the input's. Accumulates g and, with adaLN, dmod
+  // (mod's layout). The branches in reverse.
+  void backward(T* dx, LatteBlock& g, T* dmod, const T* mod, std::int64_t rows, std::int64_t rows_per_cond, const LatteLayout& L,
+                const Acts& a) const {
+    std::int64_t chunk = chunks() - 3;
+    branch_backward(dx, dmod, mod, rows, rows_per_cond, chunk, norm2, g.norm2, a.mlp, [&](T* dh, const T* dy) {
+      mlp.backward_into(dh, g.mlp, dy, a.mlp.h.data(), a.pre.data(), rows);
+    });
+    if (two_attentions())
+      branch_backward(dx, dmod, mod, rows, rows_per_cond, chunk, norm_temporal, g.norm_temporal, a.temporal, [&](T* dh, const T* dy) {
+        attn_temporal.backward(dh, g.attn_temporal, dy, a.temporal.h.data(), rows, temporal_sequences(L), a.temporal.attn);
+      });
+    branch_backward(dx, dmod, mod, rows, rows_per_cond, chunk, norm1, g.norm1, a.first, [&](T* dh, const T* dy) {
+      if (attends == LatteAttends::time) attn.backward(dh, g.attn, dy, a.first.h.data(), rows, temporal_sequences(L), a.first.attn);
+      else if (attends == LatteAttends::split_heads)
+        nn::factorized_dot_product_attention_backward(attn, g.attn, dh, dy, a.first.h.data(), rows, L.frames, L.positions, L.length, L.stride,
+                                                      a.first.attn);
+      else attn.backward(dh, g.attn, dy, a.first.h.data(), rows, nn::Attention<T>::Sequences::packed(L.frames), a.first.attn);
+    });
+  }
+
+ private:
+  static typename nn::Attention<T>::Sequences temporal_sequences(const LatteLayout& L) {
+    return nn::Attention<T>::Sequences::strided(L.positions, L.length, L.stride);
+  }
+  // One residual branch, x += gate * f(modulate(norm(x))) (adaLN) or x += f(norm(x)) (token),
+  // keeping what branch_backward reads; chunk: the branch's first adaLN chunk, advanced by 3.
+  template <class F>
+  void branch_train(T* x, std::int64_t rows, std::int64_t n, const T* mod, std::int64_t& chunk, const nn::LayerNorm<T>& norm, Branch& b,
+                    F&& f) const {
+    const std::int64_t D = hidden_size, S = chunks() * D;
+    for (auto* t : {&b.x, &b.h, &b.y}) *t = Tensor<T>::empty({rows, D});
+    b.mean = Tensor<T>::empty({rows}), b.rstd = Tensor<T>::empty({rows});
+    std::copy(x, x + rows * D, b.x.data());
+    if (adaln) nn::norm_modulate(x, b.h.data(), rows, n, D, mod + chunk * D, mod + (chunk + 1) * D, S, 1e-6, b.mean.data(), b.rstd.data());
+    else norm.forward_train(x, b.h.data(), rows, b.mean.data(), b.rstd.data());
+    f(b.h.data(), b.y.data(), b.attn);
+    if (adaln) nn::gated_add(x, b.y.data(), rows, n, D, mod + (chunk + 2) * D, S);
+    else for (std::int64_t i = 0; i < rows * D; ++i) x[i] += b.y[i];
+    chunk += 3;
+  }
+  // f_back(dh, dy) accumulates dh (the normed rows' gradient) from dy (the branch output's).
+  template <class F>
+  void branch_backward(T* dx, T* dmod, const T* mod, std::int64_t rows, std::int64_t n, std::int64_t& chunk, const nn::LayerNorm<T>& norm,
+                       nn::LayerNorm<T>& gnorm, const Branch& b, F&& f_back) const {
+    const std::int64_t D = hidden_size, S = chunks() * D;
+    Tensor<T> dy({rows, D}), dh({rows, D});
+    if (adaln) nn::gated_add_backward(dy.data(), dmod + (chunk + 2) * D, dx, b.y.data(), mod + (chunk + 2) * D, rows, n, D, S);
+    else std::copy(dx, dx + rows * D, dy.data());
+    f_back(dh.data(), dy.data());
+    if (adaln)
+      nn::norm_modulate_backward(dx, dmod + chunk * D, dmod + (chunk + 1) * D, dh.data(), b.x.data(), b.mean.data(), b.rstd.data(),
+                                 mod + (chunk + 1) * D, rows, n, D, S);
+    else norm.backward_into(dx, gnorm, dh.data(), b.x.data(), b.mean.data(), b.rstd.data(), rows);
+    chunk -= 3;
+  }
 };
 
 // The token-injection model's last layer: LayerNorm (affine, eps 1e-6) and the linear
@@ -277,6 +362,21 @@ struct Latte {
     return config.depth;
   }
 
+  // The conditions every block and the final layer read: cond = t_emb (+ y_emb) (+ text
+  // projection) per video; with labelled images, frame_cond per frame (the video's cond for the
+  // video frames, t_emb + the image's label embedding for the images); their SiLUs; silu_final,
+  // the final layer's (t (+ y), never the text, as upstream).
+  struct Conditions {
+    Tensor<T> cond, frame_cond, silu_c, silu_frame, silu_final;
+  };
+  // How block i runs: `calls` calls x_step values apart on `rows` rows (a temporal block beside
+  // images: once per video, on its video frames), its condition rows (B, or B Ft per frame).
+  struct BlockCall {
+    std::int64_t calls = 1, x_step = 0, rows = 0, rows_per_cond = 0, conditions = 0;
+    bool per_frame = false;
+    const LatteLayout* layout = nullptr;
+    const Tensor<T>& silu(const Conditions& cd) const { return per_frame ? cd.silu_frame : cd.silu_c; }
+  };
   template <class V>
   void visit(V& v) {
     v("pos_embed", pos_embed, nn::fixed);  // requires_grad=False upstream: in checkpoints, never trained
@@ -302,6 +402,262 @@ struct Latte {
   Tensor<T> forward(const Tensor<T>& x, const Tensor<T>& t, const Tensor<std::int64_t>* y = nullptr, const Trace<T>& trace = {},
                     std::int64_t use_image_num = 0, const Tensor<std::int64_t>* y_image = nullptr,
                     const Tensor<T>* text_embedding = nullptr) const {
+    const LatteConfig& c = config;
+    check_inputs(x, t, y, use_image_num, y_image, text_embedding);
+    const std::int64_t I = use_image_num, F = c.num_frames, Ft = F + I;
+    const std::int64_t B = x.size(0), g = c.grid(), N = g * g, Np = c.frame_tokens(), D = c.hidden_size;
+    const bool image_labels = c.extras == 2 && I > 0;
+    const Tensor<T> frames_in = x.reshape({B * Ft, c.in_channels, c.input_size, c.input_size});
+    const Tensor<T> patches = x_embedder.forward(crop_to_patches(frames_in, c.patch_size));  // (B Ft, N, D)
+    if (trace) trace("x_embedder", patches);
+    const Tensor<T> temb = t_embedder.forward(t);  // (B, D)
+    if (trace) trace("t_embedder", temb);
+    std::optional<Tensor<T>> ye, te, yi;
+    if (y) {
+      ye = y_embedder.forward(*y);
+      if (trace) trace("y_embedder", *ye);
+    }
+    if (text_embedding) {
+      te = text_embedding_projection.forward(nn::silu(text_embedding->reshape({B, LatteConfig::text_features})));
+      if (trace) trace("text_embedding_projection", *te);
+    }
+    if (image_labels) yi = y_embedder.forward(y_image->reshape({B * I}));
+    const Conditions cd = conditions(temb, ye ? &*ye : nullptr, te ? &*te : nullptr, yi ? &*yi : nullptr, B, I);
+    const std::int64_t rows = B * Ft * Np, lead = Np - N;
+    Tensor<T> tokens = assemble(patches.data(), cd.cond, B, Ft);
+    const auto layout = layouts(B, Ft);
+
+    buffers.ensure(rows, D, c.mlp_hidden());
+    Tensor<T> mod = Tensor<T>::empty({B * Ft, 9 * D});
+    for (std::size_t i = 0; i < blocks.size(); ++i) {
+      const auto& blk = blocks[i];
+      if (static_cast<std::int64_t>(i) == temp_embed_block()) add_temp_embed(tokens.data(), B, Ft);
+      const BlockCall bc = block_call(i, B, Ft, image_labels, layout);
+      if (blk.adaln) blk.adaLN_modulation.forward_into(bc.silu(cd).data(), mod.data(), bc.conditions);
+      for (std::int64_t k = 0; k < bc.calls; ++k)
+        blk.forward(tokens.data() + k * bc.x_step, bc.rows, bc.rows_per_cond, mod.data() + k * blk.chunks() * D, *bc.layout, buffers);
+      if (!trace) continue;
+      if (blk.attends != LatteAttends::time) {
+        trace("blocks." + std::to_string(i), tokens);
+        continue;
+      }
+      Tensor<T> v = Tensor<T>::empty({B, F, Np, D});  // upstream's temporal blocks see the video frames as (b t) f d
+      for (std::int64_t b = 0; b < B; ++b)
+        std::copy(tokens.data() + b * Ft * Np * D, tokens.data() + (b * Ft + F) * Np * D, v.data() + b * F * Np * D);
+      trace("blocks." + std::to_string(i), rearrange(v, "b f t d -> (b t) f d"));
+    }
+    const Tensor<T>& silu_frame = cd.silu_frame;
+    const Tensor<T>& silu_final = cd.silu_final;
+
+    const std::int64_t P = c.patch_size * c.patch_size * c.out_channels();
+    Tensor<T> out;
+    if (c.adaln()) {
+      out = image_labels ? final_layer.forward(tokens.data(), B * Ft, N, silu_frame, buffers.h.data())
+                         : final_layer.forward(tokens.data(), B, Ft * N, silu_final, buffers.h.data());
+      out = out.reshape({B * Ft, N, P});
+    } else {  // the patch tokens, without each frame's condition token
+      for (std::int64_t bf = 0; bf < B * Ft; ++bf)
+        std::copy(tokens.data() + (bf * Np + lead) * D, tokens.data() + (bf + 1) * Np * D, buffers.h.data() + bf * N * D);
+      token_final_layer.norm_final.forward_into(buffers.h.data(), buffers.h.data(), B * Ft * N);
+      out = Tensor<T>::empty({B * Ft, N, P});
+      token_final_layer.linear.forward_into(buffers.h.data(), out.data(), B * Ft * N);
+    }
+    if (trace) trace("final_layer", out);
+    const Tensor<T> frames_out = nn::unpatchify(out, c.out_channels(), c.patch_size, g, g);  // (B Ft, C', H', W')
+    return frames_out.reshape({B, Ft, c.out_channels(), g * c.patch_size, g * c.patch_size});
+  }
+
+  // Training (docs/training.md): what backward reads, kept by forward_train. Eval semantics: no
+  // label dropout (upstream's model.eval(); latte_img.py's training forward with dropout 0).
+  struct Acts {
+    bool checkpoint = false, check_finite = false;  // as DiT::Acts: recompute blocks in backward; NaN/Inf checks
+    std::int64_t B = 0, I = 0;
+    Tensor<T> patches;                      // (B Ft N, C p p): x_embedder's input rows
+    std::optional<Tensor<std::int64_t>> y, y_image;
+    Tensor<T> text;                         // (B, 77 768): the flattened text embedding
+    typename TimestepEmbedder<T>::Acts t_acts;
+    Tensor<T> temb;
+    Conditions cd;
+    std::vector<Tensor<T>> mods;            // per block: adaLN_modulation's output
+    std::vector<std::vector<typename LatteBlock<T>::Acts>> blocks;  // per block, per call
+    std::vector<Tensor<T>> block_in;        // checkpoint: each block's input
+    typename FinalLayer<T>::Acts final_layer;
+    Tensor<T> final_x, final_mean, final_rstd, final_h;  // token injection: norm_final and linear
+  };
+
+  // As forward (no trace): -> (B, frames, out_channels, H', W').
+  Tensor<T> forward_train(const Tensor<T>& x, const Tensor<T>& t, const Tensor<std::int64_t>* y, Acts& a, std::int64_t use_image_num = 0,
+                          const Tensor<std::int64_t>* y_image = nullptr, const Tensor<T>* text_embedding = nullptr) const {
+    const LatteConfig& c = config;
+    check_inputs(x, t, y, use_image_num, y_image, text_embedding);
+    const std::int64_t I = use_image_num, Ft = c.num_frames + I, B = x.size(0), g = c.grid(), N = g * g, Np = c.frame_tokens();
+    const std::int64_t D = c.hidden_size, p = c.patch_size, lead = Np - N;
+    const bool image_labels = c.extras == 2 && I > 0;
+    a.B = B, a.I = I;
+    a.patches = rearrange(crop_to_patches(x.reshape({B * Ft, c.in_channels, c.input_size, c.input_size}), p),
+                          "b c (h p1) (w p2) -> (b h w) (c p1 p2)", {{"p1", p}, {"p2", p}});
+    Tensor<T> patch_rows = Tensor<T>::empty({B * Ft * N, D});
+    x_embedder.proj_rows(a.patches.data(), B * Ft * N, patch_rows.data());
+    a.temb = t_embedder.forward_train(t, a.t_acts);
+    std::optional<Tensor<T>> ye, te, yi;
+    a.y.reset(), a.y_image.reset();
+    if (y) a.y = *y, ye = y_embedder.forward(*y);
+    if (text_embedding) {
+      a.text = text_embedding->reshape({B, LatteConfig::text_features});
+      te = text_embedding_projection.forward(nn::silu(a.text));
+    }
+    if (image_labels) a.y_image = *y_image, yi = y_embedder.forward(y_image->reshape({B * I}));
+    a.cd = conditions(a.temb, ye ? &*ye : nullptr, te ? &*te : nullptr, yi ? &*yi : nullptr, B, I);
+    Tensor<T> tokens = assemble(patch_rows.data(), a.cd.cond, B, Ft);
+    const auto layout = layouts(B, Ft);
+    a.mods.assign(blocks.size(), Tensor<T>());
+    a.blocks.assign(blocks.size(), {});
+    a.block_in.assign(a.checkpoint ? blocks.size() : 0, Tensor<T>());
+    for (std::size_t i = 0; i < blocks.size(); ++i) {
+      if (static_cast<std::int64_t>(i) == temp_embed_block()) add_temp_embed(tokens.data(), B, Ft);
+      const BlockCall bc = block_call(i, B, Ft, image_labels, layout);
+      if (blocks[i].adaln) a.mods[i] = blocks[i].adaLN_modulation.forward(bc.silu(a.cd));
+      if (a.checkpoint) a.block_in[i] = tokens.clone();
+      block_train(i, tokens.data(), bc, a.mods[i], a.checkpoint ? nullptr : &a.blocks[i]);
+      if (a.check_finite) nn::require_finite<T>("Latte.blocks." + std::to_string(i), "output", tokens.data(), tokens.numel());
+    }
+    Tensor<T> out;
+    if (c.adaln()) {
+      out = image_labels ? final_layer.forward_train(tokens.data(), B * Ft, N, a.cd.silu_frame, a.final_layer)
+                         : final_layer.forward_train(tokens.data(), B, Ft * N, a.cd.silu_final, a.final_layer);
+    } else {  // the patch tokens, without each frame's condition token
+      a.final_x = Tensor<T>::empty({B * Ft * N, D}), a.final_h = Tensor<T>::empty({B * Ft * N, D});
+      a.final_mean = Tensor<T>::empty({B * Ft * N}), a.final_rstd = Tensor<T>::empty({B * Ft * N});
+      for (std::int64_t bf = 0; bf < B * Ft; ++bf)
+        std::copy(tokens.data() + (bf * Np + lead) * D, tokens.data() + (bf + 1) * Np * D, a.final_x.data() + bf * N * D);
+      token_final_layer.norm_final.forward_train(a.final_x.data(), a.final_h.data(), B * Ft * N, a.final_mean.data(), a.final_rstd.data());
+      out = token_final_layer.linear.forward(a.final_h);
+    }
+    if (a.check_finite) nn::require_finite<T>("Latte.final_layer", "output", out.data(), out.numel());
+    return nn::unpatchify(out.reshape({B * Ft, N, p * p * c.out_channels()}), c.out_channels(), p, g, g)
+        .reshape({B, Ft, c.out_channels(), g * p, g * p});
+  }
+
+  // dout: the gradient of forward_train's output. Accumulates g (nn::zeros_like of this model)
+  // and sets *dx (x's shape; 0 where crop_to_patches cut) and *dtext (text_embedding's) when given.
+  void backward(Latte& g, const Acts& a, const Tensor<T>& dout, Tensor<T>* dx = nullptr, Tensor<T>* dtext = nullptr) const {
+    using ditto::detail::cat;
+    const LatteConfig& c = config;
+    const std::int64_t B = a.B, I = a.I, F = c.num_frames, Ft = F + I, gr = c.grid(), N = gr * gr, Np = c.frame_tokens(), lead = Np - N;
+    const std::int64_t D = c.hidden_size, p = c.patch_size, rows = B * Ft * Np;
+    const bool image_labels = c.extras == 2 && I > 0;
+    if (B < 1 || a.blocks.size() != blocks.size() || a.patches.size(0) != B * Ft * N)
+      throw ArgumentError("Latte.backward: the activations were not made by this model's forward_train");
+    (void)nn::zip_parameters<T>(const_cast<Latte&>(*this), g, "Latte.backward");
+    const Shape out_shape{B, Ft, c.out_channels(), gr * p, gr * p};
+    if (dout.shape() != out_shape) throw ShapeError(cat("Latte.backward: expected dout of shape ", shape_str(out_shape), ", got ", shape_str(dout.shape())));
+    if (a.checkpoint != !a.block_in.empty())
+      throw ArgumentError("Latte.backward: checkpoint was set after forward_train (set it before: the blocks' inputs were not kept)");
+    if (a.check_finite) nn::require_finite<T>("Latte.backward's dout (the loss's gradient)", "value", dout.data(), dout.numel());
+    const Tensor<T> dout_rows = nn::unpatchify_backward(dout.reshape({B * Ft, c.out_channels(), gr * p, gr * p}), p);  // (B Ft, N, P)
+    Tensor<T> dtokens({rows, D}), dsilu_c({B, D}), dsilu_frame(image_labels ? Shape{B * Ft, D} : Shape{0}), dsilu_final({B, D});
+    if (c.adaln()) {
+      if (image_labels) final_layer.backward(dtokens.data(), g.final_layer, dsilu_frame.data(), a.cd.silu_frame, dout_rows, a.final_layer);
+      else final_layer.backward(dtokens.data(), g.final_layer, dsilu_final.data(), a.cd.silu_final, dout_rows, a.final_layer);
+    } else {
+      const std::int64_t n = B * Ft * N;
+      Tensor<T> dh({n, D}), drows({n, D});
+      token_final_layer.linear.backward_into(dh.data(), g.token_final_layer.linear, dout_rows.data(), a.final_h.data(), n);
+      token_final_layer.norm_final.backward_into(drows.data(), g.token_final_layer.norm_final, dh.data(), a.final_x.data(), a.final_mean.data(),
+                                                 a.final_rstd.data(), n);
+      for (std::int64_t bf = 0; bf < B * Ft; ++bf)
+        std::copy(drows.data() + bf * N * D, drows.data() + (bf + 1) * N * D, dtokens.data() + (bf * Np + lead) * D);
+    }
+    if (a.check_finite) nn::require_finite<T>("Latte.final_layer", "input gradient", dtokens.data(), dtokens.numel(), &g.final_layer);
+    const auto layout = layouts(B, Ft);
+    for (std::size_t i = blocks.size(); i-- > 0;) {
+      const BlockCall bc = block_call(i, B, Ft, image_labels, layout);
+      std::vector<typename LatteBlock<T>::Acts> recomputed;
+      if (a.checkpoint) {
+        Tensor<T> xi = a.block_in[i].clone();
+        block_train(i, xi.data(), bc, a.mods[i], &recomputed);
+      }
+      const auto& acts = a.checkpoint ? recomputed : a.blocks[i];
+      Tensor<T> dmod(blocks[i].adaln ? a.mods[i].shape() : Shape{0});
+      const std::int64_t S = blocks[i].chunks() * D;
+      for (std::int64_t k = 0; k < bc.calls; ++k)
+        blocks[i].backward(dtokens.data() + k * bc.x_step, g.blocks[i], dmod.data() + (blocks[i].adaln ? k * S : 0),
+                           blocks[i].adaln ? a.mods[i].data() + k * S : nullptr, bc.rows, bc.rows_per_cond, *bc.layout, acts[static_cast<std::size_t>(k)]);
+      if (blocks[i].adaln)
+        blocks[i].adaLN_modulation.backward_into(bc.per_frame ? dsilu_frame.data() : dsilu_c.data(), g.blocks[i].adaLN_modulation, dmod.data(),
+                                                 bc.silu(a.cd).data(), bc.conditions);
+      if (a.check_finite) nn::require_finite<T>("Latte.blocks." + std::to_string(i), "input gradient", dtokens.data(), dtokens.numel(), &g.blocks[i]);
+    }
+    // the conditions: SiLU's backward, then the sums that built them. The final layer reads
+    // silu_final, which is silu_c itself unless there is text (then SiLU(t_emb)).
+    Tensor<T> dcond({B, D}), dtemb({B, D});
+    if (c.extras == 78) nn::activate_backward(dtemb.data(), dsilu_final.data(), a.temb.data(), B * D, nn::Activation::silu);
+    else for (std::int64_t i = 0; i < B * D; ++i) dsilu_c[i] += dsilu_final[i];
+    nn::activate_backward(dcond.data(), dsilu_c.data(), a.cd.cond.data(), B * D, nn::Activation::silu);
+    if (lead)  // each frame's condition token is cond itself
+      for (std::int64_t bf = 0; bf < B * Ft; ++bf)
+        for (std::int64_t d = 0; d < D; ++d) dcond[(bf / Ft) * D + d] += dtokens[bf * Np * D + d];
+    if (image_labels) {  // frame_cond: cond for the video frames, t_emb + y_image's embedding for the images
+      Tensor<T> dframe({B * Ft, D}), dyi({B * I, D});
+      nn::activate_backward(dframe.data(), dsilu_frame.data(), a.cd.frame_cond.data(), B * Ft * D, nn::Activation::silu);
+      for (std::int64_t b = 0; b < B; ++b)
+        for (std::int64_t f = 0; f < Ft; ++f)
+          for (std::int64_t d = 0; d < D; ++d) {
+            const T v = dframe[(b * Ft + f) * D + d];
+            if (f < F) dcond[b * D + d] += v;
+            else dtemb[b * D + d] += v, dyi[(b * I + f - F) * D + d] = v;
+          }
+      y_embedder.embedding_table.backward(g.y_embedder.embedding_table, a.y_image->reshape({B * I}), dyi.data());
+    }
+    for (std::int64_t i = 0; i < B * D; ++i) dtemb[i] += dcond[i];
+    if (a.y) y_embedder.embedding_table.backward(g.y_embedder.embedding_table, *a.y, dcond.data());
+    if (c.extras == 78) {  // te = Linear(SiLU(text))
+      const Tensor<T> silu_text = nn::silu(a.text);
+      Tensor<T> dsilu_text({B, LatteConfig::text_features});
+      text_embedding_projection.backward_into(dsilu_text.data(), g.text_embedding_projection, dcond.data(), silu_text.data(), B);
+      if (dtext) {
+        *dtext = Tensor<T>({B, LatteConfig::text_features});
+        nn::activate_backward(dtext->data(), dsilu_text.data(), a.text.data(), dtext->numel(), nn::Activation::silu);
+      }
+    }
+    t_embedder.backward(g.t_embedder, a.t_acts, dtemb);
+    if (a.check_finite) {
+      nn::require_finite<T>("Latte.t_embedder", "gradient", dtemb.data(), 0, &g.t_embedder);
+      nn::require_finite<T>("Latte.y_embedder", "gradient", dtemb.data(), 0, &g.y_embedder);
+      nn::require_finite<T>("Latte.text_embedding_projection", "gradient", dtemb.data(), 0, &g.text_embedding_projection);
+    }
+    // the patches: pos_embed is fixed, so the token rows' gradient is the patch rows'
+    Tensor<T> dpatch_rows = Tensor<T>::empty({B * Ft * N, D});
+    for (std::int64_t bf = 0; bf < B * Ft; ++bf)
+      std::copy(dtokens.data() + (bf * Np + lead) * D, dtokens.data() + (bf + 1) * Np * D, dpatch_rows.data() + bf * N * D);
+    Tensor<T> dpatches;
+    if (dx) dpatches = Tensor<T>(a.patches.shape());
+    x_embedder.proj_rows_backward(dx ? dpatches.data() : nullptr, g.x_embedder, dpatch_rows.data(), a.patches.data(), B * Ft * N);
+    if (a.check_finite) nn::require_finite<T>("Latte.x_embedder", "input gradient", dpatches.data(), dpatches.numel(), &g.x_embedder);
+    if (dx) {
+      const Tensor<T> dimg = rearrange(dpatches, "(b h w) (c p1 p2) -> b c (h p1) (w p2)", {{"b", B * Ft}, {"h", gr}, {"p1", p}, {"p2", p}});
+      *dx = Tensor<T>({B, Ft, c.in_channels, c.input_size, c.input_size});  // rows and columns cut by crop_to_patches get 0
+      const std::int64_t kept = gr * p, S = c.input_size;
+      for (std::int64_t bc = 0; bc < B * Ft * c.in_channels; ++bc)
+        for (std::int64_t r = 0; r < kept; ++r)
+          std::copy(dimg.data() + (bc * kept + r) * kept, dimg.data() + (bc * kept + r + 1) * kept, dx->data() + (bc * S + r) * S);
+    }
+  }
+
+  // Upstream's forward_with_cfg: the first half of x run twice (y's halves: labels, then the
+  // null class; a text embedding's: the prompt's, then the empty prompt's, as the caller
+  // passes them), the first 4 channels of dim 2 guided (its output is (B, F, C, H, W)).
+  Tensor<T> forward_with_cfg(const Tensor<T>& x, const Tensor<T>& t, const Tensor<std::int64_t>* y, double cfg_scale,
+                             const Trace<T>& trace = {}, const Tensor<T>* text_embedding = nullptr) const {
+    Tensor<T> out = forward(repeat_first_half(x, "Latte"), t, y, trace, 0, nullptr, text_embedding);
+    diffusion::apply_guidance(out, diffusion::Guidance{cfg_scale, std::min<std::int64_t>(4, out.size(2)), 2});
+    return out;
+  }
+
+ private:
+  // forward's and forward_train's argument checks
+  void check_inputs(const Tensor<T>& x, const Tensor<T>& t, const Tensor<std::int64_t>* y, std::int64_t use_image_num,
+                    const Tensor<std::int64_t>* y_image, const Tensor<T>* text_embedding) const {
     using ditto::detail::cat;
     const LatteConfig& c = config;
     const std::int64_t I = use_image_num, F = c.num_frames;
@@ -312,7 +668,7 @@ struct Latte {
     if (x.dim() != 5 || x.size(1) != Ft || x.size(2) != c.in_channels || x.size(3) != c.input_size || x.size(4) != c.input_size)
       throw ShapeError(cat("Latte: expected x (B, ", Ft, ", ", c.in_channels, ", ", c.input_size, ", ", c.input_size, ") (num_frames ", F,
                            I ? cat(" + use_image_num ", I) : std::string(), " frames), got ", shape_str(x.shape())));
-    const std::int64_t B = x.size(0), g = c.grid(), N = g * g, Np = c.frame_tokens(), D = c.hidden_size;
+    const std::int64_t B = x.size(0), N = c.grid() * c.grid(), D = c.hidden_size;
     detail::require_samples("Latte", B, x.shape());
     if (t.dim() != 1 || t.size(0) != B) throw ShapeError(cat("Latte: expected t of shape (", B, "), got ", shape_str(t.shape())));
     if ((c.extras == 2) != static_cast<bool>(y))
@@ -338,105 +694,79 @@ struct Latte {
       throw ShapeError(cat("Latte: pos_embed must hold (1, ", N, ", ", D, ") and temp_embed (1, ", F, ", ", D, "), got ",
                            shape_str(pos_embed.shape()), " and ", shape_str(temp_embed.shape())));
 
-    const Tensor<T> frames_in = x.reshape({B * Ft, c.in_channels, c.input_size, c.input_size});
-    const Tensor<T> patches = x_embedder.forward(crop_to_patches(frames_in, c.patch_size));  // (B Ft, N, D)
-    if (trace) trace("x_embedder", patches);
-    const Tensor<T> temb = t_embedder.forward(t);  // (B, D)
-    if (trace) trace("t_embedder", temb);
-    Tensor<T> cond = temb.clone();  // the video's condition: t (+ y)
-    if (y) {
-      const Tensor<T> ye = y_embedder.forward(*y);
-      if (trace) trace("y_embedder", ye);
-      for (std::int64_t i = 0; i < cond.numel(); ++i) cond[i] += ye[i];
-    }
-    if (text_embedding) {
-      const Tensor<T> te = text_embedding_projection.forward(nn::silu(text_embedding->reshape({B, LatteConfig::text_features})));
-      if (trace) trace("text_embedding_projection", te);
-      for (std::int64_t i = 0; i < cond.numel(); ++i) cond[i] += te[i];
-    }
-    // Per-frame conditions only when images carry labels of their own: t + y_image for them.
-    Tensor<T> frame_cond;
-    if (image_labels) {
-      const Tensor<T> yi = y_embedder.forward(y_image->reshape({B * I}));
-      frame_cond = Tensor<T>::empty({B * Ft, D});
+  }
+
+  Conditions conditions(const Tensor<T>& temb, const Tensor<T>* ye, const Tensor<T>* te, const Tensor<T>* yi, std::int64_t B,
+                        std::int64_t I) const {
+    const std::int64_t D = config.hidden_size, F = config.num_frames, Ft = F + I;
+    Conditions cd;
+    cd.cond = temb.clone();
+    for (const Tensor<T>* e : {ye, te})
+      if (e) for (std::int64_t i = 0; i < cd.cond.numel(); ++i) cd.cond[i] += (*e)[i];
+    if (yi) {
+      cd.frame_cond = Tensor<T>::empty({B * Ft, D});
       for (std::int64_t b = 0; b < B; ++b)
         for (std::int64_t f = 0; f < Ft; ++f)
           for (std::int64_t d = 0; d < D; ++d)
-            frame_cond[(b * Ft + f) * D + d] = f < F ? cond[b * D + d] : temb[b * D + d] + yi[(b * I + f - F) * D + d];
+            cd.frame_cond[(b * Ft + f) * D + d] = f < F ? cd.cond[b * D + d] : temb[b * D + d] + (*yi)[(b * I + f - F) * D + d];
+      cd.silu_frame = nn::silu(cd.frame_cond);
     }
-    const Tensor<T> silu_c = nn::silu(cond), silu_frame = image_labels ? nn::silu(frame_cond) : Tensor<T>();
-    const Tensor<T> silu_final = text_embedding ? nn::silu(temb) : silu_c;  // upstream's final layer: t (+ y), never the text
-
-    // tokens (B Ft, Np, D): [condition token,] patches + pos_embed
-    const std::int64_t rows = B * Ft * Np, lead = Np - N;
+    cd.silu_c = nn::silu(cd.cond);
+    cd.silu_final = te ? nn::silu(temb) : cd.silu_c;
+    return cd;
+  }
+  // tokens (B Ft, Np, D): [condition token,] patches + pos_embed, from (B Ft N, D) patch rows
+  Tensor<T> assemble(const T* patch_rows, const Tensor<T>& cond, std::int64_t B, std::int64_t Ft) const {
+    const std::int64_t D = config.hidden_size, N = config.grid() * config.grid(), Np = config.frame_tokens(), lead = Np - N;
     Tensor<T> tokens = Tensor<T>::empty({B * Ft, Np, D});
     for (std::int64_t bf = 0; bf < B * Ft; ++bf) {
       T* out = tokens.data() + bf * Np * D;
       if (lead) std::copy(cond.data() + (bf / Ft) * D, cond.data() + (bf / Ft + 1) * D, out);
-      for (std::int64_t i = 0; i < N * D; ++i) out[lead * D + i] = patches[bf * N * D + i] + pos_embed[i];
+      for (std::int64_t i = 0; i < N * D; ++i) out[lead * D + i] = patch_rows[bf * N * D + i] + pos_embed[i];
     }
-    LatteLayout all, video;  // every frame; the video frames of one batch entry (with images)
+    return tokens;
+  }
+  // every frame; the video frames of one batch entry (temporal blocks beside images)
+  std::pair<LatteLayout, LatteLayout> layouts(std::int64_t B, std::int64_t Ft) const {
+    const std::int64_t Np = config.frame_tokens();
+    LatteLayout all, video;
     for (std::int64_t bf = 0; bf <= B * Ft; ++bf) all.frames.push_back(bf * Np);
     for (std::int64_t b = 0; b < B; ++b)
       for (std::int64_t n = 0; n < Np; ++n) all.positions.push_back(b * Ft * Np + n);
-    all.length = video.length = F, all.stride = video.stride = Np;
+    all.length = video.length = config.num_frames, all.stride = video.stride = Np;
     for (std::int64_t n = 0; n < Np; ++n) video.positions.push_back(n);
-
-    buffers.ensure(rows, D, c.mlp_hidden());
-    Tensor<T> mod = Tensor<T>::empty({B * Ft, 9 * D});
-    for (std::size_t i = 0; i < blocks.size(); ++i) {
-      const auto& blk = blocks[i];
-      if (static_cast<std::int64_t>(i) == temp_embed_block())  // the video frames only, as latte_img.py
-        for (std::int64_t b = 0; b < B; ++b)
-          for (std::int64_t f = 0; f < F; ++f)
-            for (std::int64_t n = 0; n < Np; ++n)
-              for (std::int64_t d = 0; d < D; ++d) tokens[((b * Ft + f) * Np + n) * D + d] += temp_embed[f * D + d];
-      const bool per_frame = image_labels && blk.attends == LatteAttends::frame;
-      if (blk.adaln) blk.adaLN_modulation.forward_into(per_frame ? silu_frame.data() : silu_c.data(), mod.data(), per_frame ? B * Ft : B);
-      if (blk.attends == LatteAttends::time && I > 0) {
-        const std::int64_t S = blk.chunks() * D;
-        for (std::int64_t b = 0; b < B; ++b)
-          blk.forward(tokens.data() + b * Ft * Np * D, F * Np, F * Np, mod.data() + b * S, video, buffers);
-      } else {
-        blk.forward(tokens.data(), rows, per_frame ? Np : Ft * Np, mod.data(), all, buffers);
-      }
-      if (!trace) continue;
-      if (blk.attends != LatteAttends::time) {
-        trace("blocks." + std::to_string(i), tokens);
-        continue;
-      }
-      Tensor<T> v = Tensor<T>::empty({B, F, Np, D});  // upstream's temporal blocks see the video frames as (b t) f d
-      for (std::int64_t b = 0; b < B; ++b)
-        std::copy(tokens.data() + b * Ft * Np * D, tokens.data() + (b * Ft + F) * Np * D, v.data() + b * F * Np * D);
-      trace("blocks." + std::to_string(i), rearrange(v, "b f t d -> (b t) f d"));
-    }
-
-    const std::int64_t P = c.patch_size * c.patch_size * c.out_channels();
-    Tensor<T> out;
-    if (c.adaln()) {
-      out = image_labels ? final_layer.forward(tokens.data(), B * Ft, N, silu_frame, buffers.h.data())
-                         : final_layer.forward(tokens.data(), B, Ft * N, silu_final, buffers.h.data());
-      out = out.reshape({B * Ft, N, P});
-    } else {  // the patch tokens, without each frame's condition token
-      for (std::int64_t bf = 0; bf < B * Ft; ++bf)
-        std::copy(tokens.data() + (bf * Np + lead) * D, tokens.data() + (bf + 1) * Np * D, buffers.h.data() + bf * N * D);
-      token_final_layer.norm_final.forward_into(buffers.h.data(), buffers.h.data(), B * Ft * N);
-      out = Tensor<T>::empty({B * Ft, N, P});
-      token_final_layer.linear.forward_into(buffers.h.data(), out.data(), B * Ft * N);
-    }
-    if (trace) trace("final_layer", out);
-    const Tensor<T> frames_out = nn::unpatchify(out, c.out_channels(), c.patch_size, g, g);  // (B Ft, C', H', W')
-    return frames_out.reshape({B, Ft, c.out_channels(), g * c.patch_size, g * c.patch_size});
+    return {all, video};
   }
-
-  // Upstream's forward_with_cfg: the first half of x run twice (y's halves: labels, then the
-  // null class; a text embedding's: the prompt's, then the empty prompt's, as the caller
-  // passes them), the first 4 channels of dim 2 guided (its output is (B, F, C, H, W)).
-  Tensor<T> forward_with_cfg(const Tensor<T>& x, const Tensor<T>& t, const Tensor<std::int64_t>* y, double cfg_scale,
-                             const Trace<T>& trace = {}, const Tensor<T>* text_embedding = nullptr) const {
-    Tensor<T> out = forward(repeat_first_half(x, "Latte"), t, y, trace, 0, nullptr, text_embedding);
-    diffusion::apply_guidance(out, diffusion::Guidance{cfg_scale, std::min<std::int64_t>(4, out.size(2)), 2});
-    return out;
+  // the video frames only, as latte_img.py (temp_embed is fixed: its backward passes through)
+  void add_temp_embed(T* tokens, std::int64_t B, std::int64_t Ft) const {
+    const std::int64_t D = config.hidden_size, Np = config.frame_tokens();
+    for (std::int64_t b = 0; b < B; ++b)
+      for (std::int64_t f = 0; f < config.num_frames; ++f)
+        for (std::int64_t n = 0; n < Np; ++n)
+          for (std::int64_t d = 0; d < D; ++d) tokens[((b * Ft + f) * Np + n) * D + d] += temp_embed[f * D + d];
+  }
+  BlockCall block_call(std::size_t i, std::int64_t B, std::int64_t Ft, bool image_labels, const std::pair<LatteLayout, LatteLayout>& L) const {
+    const std::int64_t Np = config.frame_tokens(), F = config.num_frames;
+    BlockCall bc;
+    bc.per_frame = image_labels && blocks[i].attends == LatteAttends::frame;
+    bc.conditions = bc.per_frame ? B * Ft : B;
+    if (blocks[i].attends == LatteAttends::time && Ft > F) {
+      bc.calls = B, bc.x_step = Ft * Np * config.hidden_size, bc.rows = F * Np, bc.rows_per_cond = F * Np, bc.layout = &L.second;
+    } else {
+      bc.rows = B * Ft * Np, bc.rows_per_cond = bc.per_frame ? Np : Ft * Np, bc.layout = &L.first;
+    }
+    return bc;
+  }
+  // block i's training forward over its calls, keeping each call's activations in *acts (null:
+  // dropped, checkpointing)
+  void block_train(std::size_t i, T* x, const BlockCall& bc, const Tensor<T>& mod, std::vector<typename LatteBlock<T>::Acts>* acts) const {
+    const std::int64_t S = blocks[i].chunks() * config.hidden_size;
+    std::vector<typename LatteBlock<T>::Acts> dropped;
+    auto& out = acts ? *acts : dropped;
+    out.assign(static_cast<std::size_t>(bc.calls), {});
+    for (std::int64_t k = 0; k < bc.calls; ++k)
+      blocks[i].forward_train(x + k * bc.x_step, bc.rows, bc.rows_per_cond, blocks[i].adaln ? mod.data() + k * S : nullptr, *bc.layout,
+                              out[static_cast<std::size_t>(k)]);
   }
 };
 

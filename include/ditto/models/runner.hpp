@@ -281,13 +281,28 @@ inline NamedTensors run_latte(const ForwardRequest& r) {
                                                     shape_str(r.inputs->info("text_embedding").shape)));
     text = in.floats("text_embedding", rank);
   }
+  std::optional<Tensor<float>> grad_out;
+  if (r.backward) grad_out = in.floats("grad_out", 5);
   in.finish();
   if (scale && use_image_num)
     throw ArgumentError("Latte: forward_with_cfg takes no images (use_image_num), as upstream's does not");
   NamedTensors outputs;
-  const Trace<float> trace = trace_into(r, outputs);
   const Tensor<std::int64_t>* yp = y ? &*y : nullptr;
   const Tensor<float>* tp = text ? &*text : nullptr;
+  if (r.backward) {  // eval semantics (no label dropout), as upstream's model.eval() with autograd
+    if (scale) throw ArgumentError("Latte: --backward takes no guidance scale (forward_with_cfg has no backward here)");
+    if (r.trace) throw ArgumentError("Latte: --backward and --trace are one or the other");
+    Latte<float>::Acts acts;
+    outputs.emplace_back("out", latte.forward_train(x, t, yp, acts, use_image_num, y_image ? &*y_image : nullptr, tp));
+    auto grads = nn::zeros_like<float>(latte);
+    Tensor<float> dx, dtext;
+    latte.backward(grads, acts, *grad_out, &dx, tp ? &dtext : nullptr);
+    add_parameter_grads(outputs, grads);
+    outputs.emplace_back("grad.x", std::move(dx));
+    if (tp) outputs.emplace_back("grad.text_embedding", dtext.reshape(tp->shape()));
+    return outputs;
+  }
+  const Trace<float> trace = trace_into(r, outputs);
   outputs.emplace_back("out", scale ? latte.forward_with_cfg(x, t, yp, *scale, trace, tp)
                                     : latte.forward(x, t, yp, trace, use_image_num, y_image ? &*y_image : nullptr, tp));
   return outputs;
@@ -298,17 +313,46 @@ inline NamedTensors run_latte(const ForwardRequest& r) {
 inline NamedTensors run_vae(const ForwardRequest& r, bool encode) {
   refuse_guidance(r, "FrozenAutoencoderKL");
   AutoencoderKL<float> vae = model_for<AutoencoderKL<float>>(r, "FrozenAutoencoderKL");
-  if (has_diffusers_vae_names(*r.weights)) load_diffusers(vae, *r.weights);  // either naming loads
+  const bool diffusers = has_diffusers_vae_names(*r.weights);
+  if (diffusers) load_diffusers(vae, *r.weights);  // either naming loads
   else load_weights(vae, *r.weights);
   Inputs in{*r.inputs, encode ? "vae-encode" : "vae-decode", {}};
   NamedTensors outputs;
+  if (r.backward && r.trace) throw ArgumentError("FrozenAutoencoderKL: --backward and --trace are one or the other");
   const Trace<float> trace = trace_into(r, outputs);
+  // --backward: every parameter's gradient (upstream's wrapper freezes none of them for this
+  // purpose: all are listed, the half a call never reaches as zeros), named as the weights file
+  // names it (CompVis or diffusers, in the file's shape: diffusers' attention projections are
+  // Linear (C, C)).
+  auto add_grads = [&](AutoencoderKL<float>& grads) {
+    for (auto& [name, g] : nn::trainable_parameters<float>(grads)) {
+      if (!diffusers) {
+        outputs.emplace_back("grad." + name, *g);
+        continue;
+      }
+      for (const auto& candidate : diffusers_vae_names(name, vae.config.ch_mult.size()))
+        if (r.weights->contains(candidate)) {
+          outputs.emplace_back("grad." + candidate, g->reshape(r.weights->info(candidate).shape));
+          break;
+        }
+    }
+  };
   if (encode) {
     const Tensor<float> x = in.floats("x", 4);
     std::optional<Tensor<float>> noise;
     if (in.has("noise")) noise = in.floats("noise", 4);
+    std::optional<Tensor<float>> grad_out;
+    if (r.backward) grad_out = in.floats("grad_out", 4);
     in.finish();
-    auto post = vae.encode(x, trace);
+    AutoencoderKL<float>::EncodeActs acts;
+    auto post = r.backward ? vae.encode_train(x, acts) : vae.encode(x, trace);
+    if (r.backward) {  // the gradients of sum(mean * grad_out); none for the noise
+      auto grads = nn::zeros_like<float>(vae);
+      Tensor<float> dx;
+      vae.encode_backward(grads, acts, *grad_out, Tensor<float>(), &dx);
+      add_grads(grads);
+      outputs.emplace_back("grad.x", std::move(dx));
+    }
     Generator gen(r.seed);
     Tensor<float> z = noise ? vae.sample(post, *noise) : vae.sample(post, gen);
     outputs.emplace_back("out", std::move(post.mean));
@@ -316,8 +360,20 @@ inline NamedTensors run_vae(const ForwardRequest& r, bool encode) {
     outputs.emplace_back("z", std::move(z));
   } else {
     const Tensor<float> z = in.floats("z", 4);
+    std::optional<Tensor<float>> grad_out;
+    if (r.backward) grad_out = in.floats("grad_out", 4);
     in.finish();
-    outputs.emplace_back("out", vae.decode(z, trace));
+    if (!r.backward) {
+      outputs.emplace_back("out", vae.decode(z, trace));
+      return outputs;
+    }
+    AutoencoderKL<float>::DecodeActs acts;
+    outputs.emplace_back("out", vae.decode_train(z, acts));
+    auto grads = nn::zeros_like<float>(vae);
+    Tensor<float> dz;
+    vae.decode_backward(grads, acts, *grad_out, &dz);
+    add_grads(grads);
+    outputs.emplace_back("grad.z", std::move(dz));
   }
   return outputs;
 }
@@ -337,8 +393,6 @@ inline NamedTensors run_forward(const ForwardRequest& r) {
   if (r.model == "vivit") return detail::run_classifier<ViViT<float>, ViViTConfig>(r, "ViViT", 5);
   if (r.model == "uvit") return detail::run_x_timesteps_y<UViT<float>, UViTConfig>(r, "UViT");
   if (r.model == "unet") return detail::run_x_timesteps_y<UNet<float>, UNetConfig>(r, "UNetModel");
-  if (r.backward)  // the other models' backwards are not written yet: said, not guessed
-    throw ArgumentError(ditto::detail::cat("--backward: ", r.model, " has no backward in ditto yet (DiT, ViT and U-ViT have; docs/training.md lists what comes next)"));
   if (r.model == "latte") return detail::run_latte(r);
   if (r.model == "vae-encode" || r.model == "vae-decode") return detail::run_vae(r, r.model == "vae-encode");
   throw ArgumentError(ditto::detail::cat("unknown --model \"", r.model, "\"; expected one of vit, vivit, dit, uvit, unet, latte, vae-encode, vae-decode"));

@@ -24,6 +24,7 @@
 #include "../core/matmul.hpp"
 #include "../core/rng.hpp"
 #include "../core/tensor.hpp"
+#include "../einops/rearrange.hpp"
 #include "../nn/activation.hpp"
 #include "../nn/attention.hpp"
 #include "../nn/conv.hpp"
@@ -148,6 +149,36 @@ struct VAEResnetBlock {
     for (std::int64_t i = 0; i < h.numel(); ++i) h[i] += skip[i];
     return h;
   }
+
+  // Training: the input, both GroupNorms' statistics, the convolutions' inputs (dropout is 0).
+  struct Acts {
+    Tensor<T> x, h1, c1, h2;  // x; silu(norm1(x)); conv1's output; silu(norm2(c1))
+    typename nn::GroupNorm<T>::Acts gn1, gn2;
+  };
+  Tensor<T> forward_train(const Tensor<T>& x, Acts& a) const {
+    a.x = x;
+    a.h1 = norm1.forward(x, true, &a.gn1);
+    a.c1 = conv1.forward(a.h1);
+    a.h2 = norm2.forward(a.c1, true, &a.gn2);
+    Tensor<T> h = conv2.forward(a.h2);
+    const Tensor<T> skip = in_channels == out_channels ? x : nin_shortcut.forward(x);
+    for (std::int64_t i = 0; i < h.numel(); ++i) h[i] += skip[i];
+    return h;
+  }
+  // dy: the output's gradient -> the input's. Accumulates g.
+  Tensor<T> backward(VAEResnetBlock& g, const Acts& a, const Tensor<T>& dy) const {
+    Tensor<T> dh2, dc1, dh1;
+    conv2.backward(g.conv2, a.h2, dy, &dh2);
+    dc1 = norm2.backward(g.norm2, a.c1, a.gn2, dh2, true);
+    conv1.backward(g.conv1, a.h1, dc1, &dh1);
+    Tensor<T> dx = norm1.backward(g.norm1, a.x, a.gn1, dh1, true);
+    if (in_channels == out_channels) {
+      for (std::int64_t i = 0; i < dx.numel(); ++i) dx[i] += dy[i];
+    } else {
+      nin_shortcut.backward(g.nin_shortcut, a.x, dy, &dx);  // accumulates into dx
+    }
+    return dx;
+  }
 };
 
 // CompVis AttnBlock: one head over the H*W positions, q / k / v / proj_out 1x1 convs, residual.
@@ -183,6 +214,71 @@ struct VAEAttnBlock {
     }
     return out;
   }
+
+  // Training: the input, the norm's statistics, and per image the normed pixels as rows (L, C),
+  // q, k, v side by side (L, 3C), the attention output (L, C) and its logsumexp (L). The 1x1
+  // convolutions are products on the pixel rows (a (C, C, 1, 1) weight is the (out, in) matrix).
+  struct Acts {
+    Tensor<T> x, hn_rows, qkv, o, lse;  // hn_rows, qkv, o, lse: (B, L, .)
+    typename nn::GroupNorm<T>::Acts gn;
+  };
+  Tensor<T> forward_train(const Tensor<T>& x, Acts& a) const {
+    const std::int64_t B = x.size(0), C = channels, L = x.size(2) * x.size(3);
+    a.x = x;
+    a.hn_rows = rows_of(norm.forward(x, false, &a.gn));
+    a.qkv = Tensor<T>::empty({B, L, 3 * C}), a.o = Tensor<T>::empty({B, L, C}), a.lse = Tensor<T>::empty({B, L});
+    Tensor<T> proj = Tensor<T>::empty({B, L, C});
+    for (std::int64_t b = 0; b < B; ++b) {
+      T* qkv = a.qkv.data() + b * L * 3 * C;
+      const nn::Conv2d<T>* convs[3] = {&q, &k, &v};
+      Tensor<T> part = Tensor<T>::empty({L, C});
+      for (int j = 0; j < 3; ++j) {
+        nn::linear_rows(a.hn_rows.data() + b * L * C, L, C, C, convs[j]->weight.data(), convs[j]->bias.data(), part.data());
+        for (std::int64_t l = 0; l < L; ++l) std::copy(part.data() + l * C, part.data() + (l + 1) * C, qkv + l * 3 * C + j * C);
+      }
+      nn::attention_kernel(std::vector<nn::AttentionProblem<T>>{{qkv, qkv + C, qkv + 2 * C, a.o.data() + b * L * C, L, L, nullptr,
+                                                                 a.lse.data() + b * L}},
+                           nn::AttentionLayout{C, C, 3 * C, 3 * C, 3 * C, C, 0}, scale());
+      nn::linear_rows(a.o.data() + b * L * C, L, C, C, proj_out.weight.data(), proj_out.bias.data(), proj.data() + b * L * C);
+    }
+    Tensor<T> out = pixels_of(proj, x.shape());
+    for (std::int64_t i = 0; i < out.numel(); ++i) out[i] += x[i];
+    return out;
+  }
+  Tensor<T> backward(VAEAttnBlock& g, const Acts& a, const Tensor<T>& dy) const {
+    const std::int64_t B = a.x.size(0), C = channels, L = a.x.size(2) * a.x.size(3);
+    const Tensor<T> dy_rows = rows_of(dy);
+    Tensor<T> dhn_rows({B, L, C});
+    for (std::int64_t b = 0; b < B; ++b) {
+      const T* qkv = a.qkv.data() + b * L * 3 * C;
+      Tensor<T> d_o({L, C}), dqkv({L, 3 * C});
+      nn::linear_rows_backward(d_o.data(), g.proj_out.weight.data(), g.proj_out.bias.data(), dy_rows.data() + b * L * C, a.o.data() + b * L * C,
+                               proj_out.weight.data(), L, C, C);
+      nn::attention_backward(std::vector<nn::AttentionGradProblem<T>>{{qkv, qkv + C, qkv + 2 * C, a.o.data() + b * L * C, d_o.data(),
+                                                                       a.lse.data() + b * L, dqkv.data(), dqkv.data() + C, dqkv.data() + 2 * C, L,
+                                                                       L, nullptr}},
+                             nn::AttentionLayout{C, C, 3 * C, 3 * C, 3 * C, C, 0}, scale());
+      const nn::Conv2d<T>* convs[3] = {&q, &k, &v};
+      nn::Conv2d<T>* gconvs[3] = {&g.q, &g.k, &g.v};
+      Tensor<T> part = Tensor<T>::empty({L, C});
+      for (int j = 0; j < 3; ++j) {
+        for (std::int64_t l = 0; l < L; ++l) std::copy(dqkv.data() + l * 3 * C + j * C, dqkv.data() + l * 3 * C + (j + 1) * C, part.data() + l * C);
+        nn::linear_rows_backward(dhn_rows.data() + b * L * C, gconvs[j]->weight.data(), gconvs[j]->bias.data(), part.data(),
+                                 a.hn_rows.data() + b * L * C, convs[j]->weight.data(), L, C, C);
+      }
+    }
+    Tensor<T> dx = norm.backward(g.norm, a.x, a.gn, pixels_of(dhn_rows, a.x.shape()), false);
+    for (std::int64_t i = 0; i < dx.numel(); ++i) dx[i] += dy[i];  // the residual
+    return dx;
+  }
+
+ private:
+  T scale() const { return static_cast<T>(1.0 / std::sqrt(static_cast<double>(channels))); }
+  // (B, C, H, W) <-> (B, H W, C): the pixels as rows
+  static Tensor<T> rows_of(const Tensor<T>& x) { return rearrange(x, "b c h w -> b (h w) c"); }
+  static Tensor<T> pixels_of(const Tensor<T>& rows, const Shape& shape) {
+    return rearrange(rows, "b (h w) c -> b c h w", {{"h", shape[2]}});
+  }
 };
 
 template <class T = float>
@@ -208,6 +304,44 @@ struct VAELevel {  // encoder.down.N / decoder.up.N
     h = nn::upsample_nearest(h);
     return with_conv ? conv.forward(h) : h;
   }
+
+  // Training: the blocks' activations and the resampling's input (the conv's, after upsampling).
+  struct Acts {
+    std::vector<typename VAEResnetBlock<T>::Acts> block;
+    std::vector<typename VAEAttnBlock<T>::Acts> attn;
+    Tensor<T> resample_in, conv_in;
+  };
+  Tensor<T> run_train(Tensor<T> h, Acts& a) const {
+    a.block.assign(block.size(), {});
+    a.attn.assign(attn.size(), {});
+    for (std::size_t i = 0; i < block.size(); ++i) {
+      h = block[i].forward_train(h, a.block[i]);
+      if (!attn.empty()) h = attn[i].forward_train(h, a.attn[i]);
+    }
+    if (!resample) return h;
+    a.resample_in = h;
+    if (!down) h = nn::upsample_nearest(h);
+    if (!with_conv) return down ? nn::avg_pool2d(h, 2) : h;
+    a.conv_in = h;
+    return conv.forward(h);
+  }
+  Tensor<T> backward(VAELevel& g, const Acts& a, Tensor<T> dh) const {
+    if (resample) {
+      if (with_conv) {
+        Tensor<T> d;
+        conv.backward(g.conv, a.conv_in, dh, &d);
+        dh = std::move(d);
+      } else if (down) {
+        dh = nn::avg_pool2d_backward(dh, a.resample_in.shape(), 2);
+      }
+      if (!down) dh = nn::upsample_nearest_backward(dh);
+    }
+    for (std::size_t i = block.size(); i-- > 0;) {
+      if (!attn.empty()) dh = attn[i].backward(g.attn[i], a.attn[i], dh);
+      dh = block[i].backward(g.block[i], a.block[i], dh);
+    }
+    return dh;
+  }
 };
 
 template <class T = float>
@@ -225,6 +359,21 @@ struct VAEMid {
     Tensor<T> h = block_1.forward(x);
     if (attention) h = attn_1.forward(h);
     return block_2.forward(h);
+  }
+
+  struct Acts {
+    typename VAEResnetBlock<T>::Acts block_1, block_2;
+    typename VAEAttnBlock<T>::Acts attn_1;
+  };
+  Tensor<T> forward_train(const Tensor<T>& x, Acts& a) const {
+    Tensor<T> h = block_1.forward_train(x, a.block_1);
+    if (attention) h = attn_1.forward_train(h, a.attn_1);
+    return block_2.forward_train(h, a.block_2);
+  }
+  Tensor<T> backward(VAEMid& g, const Acts& a, const Tensor<T>& dy) const {
+    Tensor<T> dh = block_2.backward(g.block_2, a.block_2, dy);
+    if (attention) dh = attn_1.backward(g.attn_1, a.attn_1, dh);
+    return block_1.backward(g.block_1, a.block_1, dh);
   }
 };
 
@@ -246,6 +395,32 @@ struct VAEEncoder {
     Tensor<T> h = conv_in.forward(x);
     for (const auto& level : down) h = level.run(h);
     return conv_out.forward(detail::vae_norm_silu(norm_out, mid.forward(h)));
+  }
+
+  struct Acts {
+    Tensor<T> x, mid_out, h_out;  // the input; mid's output; silu(norm_out(mid_out)), conv_out's input
+    std::vector<typename VAELevel<T>::Acts> down;
+    typename VAEMid<T>::Acts mid;
+    typename nn::GroupNorm<T>::Acts gn;
+  };
+  Tensor<T> forward_train(const Tensor<T>& x, Acts& a) const {
+    a.x = x;
+    Tensor<T> h = conv_in.forward(x);
+    a.down.assign(down.size(), {});
+    for (std::size_t i = 0; i < down.size(); ++i) h = down[i].run_train(h, a.down[i]);
+    a.mid_out = mid.forward_train(h, a.mid);
+    a.h_out = norm_out.forward(a.mid_out, true, &a.gn);
+    return conv_out.forward(a.h_out);
+  }
+  // dy: the gradient of the output (B, 2 z_channels, h, w). Accumulates g; sets *dx when given.
+  void backward(VAEEncoder& g, const Acts& a, const Tensor<T>& dy, Tensor<T>* dx) const {
+    Tensor<T> dh;
+    conv_out.backward(g.conv_out, a.h_out, dy, &dh);
+    dh = mid.backward(g.mid, a.mid, norm_out.backward(g.norm_out, a.mid_out, a.gn, dh, true));
+    for (std::size_t i = down.size(); i-- > 0;) dh = down[i].backward(g.down[i], a.down[i], dh);
+    Tensor<T> d;
+    conv_in.backward(g.conv_in, a.x, dh, dx ? &d : nullptr);
+    if (dx) *dx = std::move(d);
   }
 };
 
@@ -272,6 +447,42 @@ struct VAEDecoder {
     if (tanh_out)
       for (auto& v : h) v = std::tanh(v);
     return h;
+  }
+
+  struct Acts {
+    Tensor<T> z, up_out, h_out, out;  // the input; the last level's output; conv_out's input; the (tanh) output
+    typename VAEMid<T>::Acts mid;
+    std::vector<typename VAELevel<T>::Acts> up;
+    typename nn::GroupNorm<T>::Acts gn;
+  };
+  Tensor<T> forward_train(const Tensor<T>& z, Acts& a) const {
+    a.z = z;
+    Tensor<T> h = mid.forward_train(conv_in.forward(z), a.mid);
+    a.up.assign(up.size(), {});
+    for (std::size_t i = up.size(); i-- > 0;) h = up[i].run_train(h, a.up[i]);
+    if (give_pre_end) return h;
+    a.up_out = h;
+    a.h_out = norm_out.forward(h, true, &a.gn);
+    h = conv_out.forward(a.h_out);
+    if (tanh_out)
+      for (auto& v : h) v = std::tanh(v);
+    a.out = h;
+    return h;
+  }
+  void backward(VAEDecoder& g, const Acts& a, const Tensor<T>& dy, Tensor<T>* dz) const {
+    Tensor<T> dh = dy.clone();
+    if (!give_pre_end) {
+      if (tanh_out)
+        for (std::int64_t i = 0; i < dh.numel(); ++i) dh[i] *= T(1) - a.out[i] * a.out[i];
+      Tensor<T> d;
+      conv_out.backward(g.conv_out, a.h_out, dh, &d);
+      dh = norm_out.backward(g.norm_out, a.up_out, a.gn, d, true);
+    }
+    for (std::size_t i = 0; i < up.size(); ++i) dh = up[i].backward(g.up[i], a.up[i], dh);
+    dh = mid.backward(g.mid, a.mid, dh);
+    Tensor<T> d;
+    conv_in.backward(g.conv_in, a.z, dh, dz ? &d : nullptr);
+    if (dz) *dz = std::move(d);
   }
 };
 
@@ -351,22 +562,12 @@ struct AutoencoderKL {
   // (B, embed_dim, H / 2^(levels-1), W / ...).
   // trace, when given, receives the top-level submodules' outputs: encoder, quant_conv.
   Posterior encode(const Tensor<T>& x, const Trace<T>& trace = {}) const {
-    using ditto::detail::cat;
-    const std::int64_t f = std::int64_t{1} << (config.ch_mult.size() - 1);
-    if (x.dim() != 4 || x.size(1) != config.in_channels || x.size(2) % f || x.size(3) % f)
-      throw ShapeError(cat("AutoencoderKL.encode: expected images (B, ", config.in_channels, ", H, W) with H and W divisible by ", f,
-                           ", got ", shape_str(x.shape())));
-    detail::require_samples("AutoencoderKL.encode", x.size(0), x.shape());
+    check_images(x, "AutoencoderKL.encode");
     const Tensor<T> h = encoder.forward(x);
     if (trace) trace("encoder", h);
     const Tensor<T> moments = quant_conv.forward(h);
     if (trace) trace("quant_conv", moments);
-    const std::int64_t B = x.size(0), E = config.embed_dim, S = moments.size(2) * moments.size(3);
-    Posterior p{Tensor<T>::empty({B, E, moments.size(2), moments.size(3)}), Tensor<T>::empty({B, E, moments.size(2), moments.size(3)})};
-    for (std::int64_t b = 0; b < B; ++b) {
-      std::copy(moments.data() + b * 2 * E * S, moments.data() + (b * 2 + 1) * E * S, p.mean.data() + b * E * S);
-      std::copy(moments.data() + (b * 2 + 1) * E * S, moments.data() + (b + 1) * 2 * E * S, p.logvar.data() + b * E * S);
-    }
+    Posterior p = split_moments(moments);
     for (auto& v : p.logvar) v = std::clamp(v, T(-30), T(20));
     return p;
   }
@@ -385,17 +586,81 @@ struct AutoencoderKL {
   // z: the scaled latent (B, embed_dim, h, w) -> images (B, out_ch, h * 2^(levels-1), ...).
   // trace as encode's: post_quant_conv, decoder.
   Tensor<T> decode(const Tensor<T>& z, const Trace<T>& trace = {}) const {
-    if (z.dim() != 4 || z.size(1) != config.embed_dim)
-      throw ShapeError(ditto::detail::cat("AutoencoderKL.decode: expected z (B, ", config.embed_dim, ", h, w), got ", shape_str(z.shape())));
-    detail::require_samples("AutoencoderKL.decode", z.size(0), z.shape());
-    Tensor<T> unscaled = Tensor<T>::empty(z.shape());
-    const T inv = static_cast<T>(1.0 / config.scale_factor);
-    for (std::int64_t i = 0; i < z.numel(); ++i) unscaled[i] = inv * z[i];
-    const Tensor<T> h = post_quant_conv.forward(unscaled);
+    check_latent(z, "AutoencoderKL.decode");
+    const Tensor<T> h = post_quant_conv.forward(unscale(z));
     if (trace) trace("post_quant_conv", h);
     Tensor<T> out = decoder.forward(h);
     if (trace) trace("decoder", out);
     return out;
+  }
+
+  // Training (docs/training.md): encode and decode each keep their own activations. The
+  // posterior's logvar is clamped as upstream's, so its gradient is 0 where the clamp held.
+  struct EncodeActs {
+    typename VAEEncoder<T>::Acts encoder;
+    Tensor<T> h, logvar_raw;  // quant_conv's input; the logvar before the clamp
+  };
+  Posterior encode_train(const Tensor<T>& x, EncodeActs& a) const {
+    check_images(x, "AutoencoderKL.encode_train");
+    a.h = encoder.forward_train(x, a.encoder);
+    Posterior p = split_moments(quant_conv.forward(a.h));
+    a.logvar_raw = p.logvar.clone();
+    for (auto& v : p.logvar) v = std::clamp(v, T(-30), T(20));
+    return p;
+  }
+  // dmean, dlogvar: the gradients of the posterior's mean and clamped logvar (an empty tensor
+  // for 0). Accumulates g (the encoder's and quant_conv's parameters); sets *dx when given.
+  void encode_backward(AutoencoderKL& g, const EncodeActs& a, const Tensor<T>& dmean, const Tensor<T>& dlogvar, Tensor<T>* dx = nullptr) const {
+    (void)nn::zip_parameters<T>(const_cast<AutoencoderKL&>(*this), g, "AutoencoderKL.encode_backward");
+    const Shape shape = a.logvar_raw.shape();
+    if (a.h.numel() == 0) throw ArgumentError("AutoencoderKL.encode_backward: the activations were not made by encode_train");
+    for (const Tensor<T>* d : {&dmean, &dlogvar})
+      if (d->numel() && d->shape() != shape)
+        throw ShapeError(ditto::detail::cat("AutoencoderKL.encode_backward: expected gradients of the posterior's shape ", shape_str(shape), ", got ",
+                                            shape_str(d->shape())));
+    const std::int64_t B = shape[0], E = shape[1], S = shape[2] * shape[3];
+    Tensor<T> dmoments({B, 2 * E, shape[2], shape[3]});
+    for (std::int64_t b = 0; b < B; ++b)
+      for (std::int64_t i = 0; i < E * S; ++i) {
+        if (dmean.numel()) dmoments[b * 2 * E * S + i] = dmean[b * E * S + i];
+        const T raw = a.logvar_raw[b * E * S + i];
+        if (dlogvar.numel() && raw >= T(-30) && raw <= T(20)) dmoments[(b * 2 + 1) * E * S + i] = dlogvar[b * E * S + i];
+      }
+    Tensor<T> dh;
+    quant_conv.backward(g.quant_conv, a.h, dmoments, &dh);
+    encoder.backward(g.encoder, a.encoder, dh, dx);
+  }
+  // sample's backward: z = s (mean + exp(logvar / 2) noise) -> (dmean, dlogvar) from dz.
+  std::pair<Tensor<T>, Tensor<T>> sample_backward(const Posterior& p, const Tensor<T>& noise, const Tensor<T>& dz) const {
+    if (noise.shape() != p.mean.shape() || dz.shape() != p.mean.shape())
+      throw ShapeError(ditto::detail::cat("AutoencoderKL.sample_backward: noise and dz must be shaped like the mean ", shape_str(p.mean.shape())));
+    Tensor<T> dmean = Tensor<T>::empty(dz.shape()), dlogvar = Tensor<T>::empty(dz.shape());
+    const T s = static_cast<T>(config.scale_factor);
+    for (std::int64_t i = 0; i < dz.numel(); ++i) {
+      dmean[i] = s * dz[i];
+      dlogvar[i] = s * dz[i] * noise[i] * T(0.5) * std::exp(T(0.5) * p.logvar[i]);
+    }
+    return {dmean, dlogvar};
+  }
+
+  struct DecodeActs {
+    typename VAEDecoder<T>::Acts decoder;
+    Tensor<T> unscaled;  // post_quant_conv's input, z / scale_factor
+  };
+  Tensor<T> decode_train(const Tensor<T>& z, DecodeActs& a) const {
+    check_latent(z, "AutoencoderKL.decode_train");
+    a.unscaled = unscale(z);
+    return decoder.forward_train(post_quant_conv.forward(a.unscaled), a.decoder);
+  }
+  // dout: the decoded images' gradient. Accumulates g (the decoder's and post_quant_conv's);
+  // sets *dz (the scaled latent's gradient) when given.
+  void decode_backward(AutoencoderKL& g, const DecodeActs& a, const Tensor<T>& dout, Tensor<T>* dz = nullptr) const {
+    (void)nn::zip_parameters<T>(const_cast<AutoencoderKL&>(*this), g, "AutoencoderKL.decode_backward");
+    if (a.unscaled.numel() == 0) throw ArgumentError("AutoencoderKL.decode_backward: the activations were not made by decode_train");
+    Tensor<T> dh, du;
+    decoder.backward(g.decoder, a.decoder, dout, &dh);
+    post_quant_conv.backward(g.post_quant_conv, a.unscaled, dh, dz ? &du : nullptr);
+    if (dz) *dz = unscale(du);  // d(z / s) / dz = 1 / s
   }
 
   // Decoding in overlapping tiles with blended seams, as diffusers' AutoencoderKL.tiled_decode:
@@ -475,6 +740,34 @@ struct AutoencoderKL {
   }
 
  private:
+  void check_images(const Tensor<T>& x, const char* who) const {
+    const std::int64_t f = std::int64_t{1} << (config.ch_mult.size() - 1);
+    if (x.dim() != 4 || x.size(1) != config.in_channels || x.size(2) % f || x.size(3) % f)
+      throw ShapeError(ditto::detail::cat(who, ": expected images (B, ", config.in_channels, ", H, W) with H and W divisible by ", f, ", got ",
+                                          shape_str(x.shape())));
+    detail::require_samples(who, x.size(0), x.shape());
+  }
+  void check_latent(const Tensor<T>& z, const char* who) const {
+    if (z.dim() != 4 || z.size(1) != config.embed_dim)
+      throw ShapeError(ditto::detail::cat(who, ": expected z (B, ", config.embed_dim, ", h, w), got ", shape_str(z.shape())));
+    detail::require_samples(who, z.size(0), z.shape());
+  }
+  // quant_conv's output (B, 2E, h, w) -> mean, logvar (unclamped)
+  Posterior split_moments(const Tensor<T>& moments) const {
+    const std::int64_t B = moments.size(0), E = config.embed_dim, S = moments.size(2) * moments.size(3);
+    Posterior p{Tensor<T>::empty({B, E, moments.size(2), moments.size(3)}), Tensor<T>::empty({B, E, moments.size(2), moments.size(3)})};
+    for (std::int64_t b = 0; b < B; ++b) {
+      std::copy(moments.data() + b * 2 * E * S, moments.data() + (b * 2 + 1) * E * S, p.mean.data() + b * E * S);
+      std::copy(moments.data() + (b * 2 + 1) * E * S, moments.data() + (b + 1) * 2 * E * S, p.logvar.data() + b * E * S);
+    }
+    return p;
+  }
+  Tensor<T> unscale(const Tensor<T>& z) const {
+    Tensor<T> u = Tensor<T>::empty(z.shape());
+    const T inv = static_cast<T>(1.0 / config.scale_factor);
+    for (std::int64_t i = 0; i < z.numel(); ++i) u[i] = inv * z[i];
+    return u;
+  }
   VAEMid<T> make_mid(std::int64_t c) const {
     VAEMid<T> m;
     m.block_1 = VAEResnetBlock<T>(c, c);

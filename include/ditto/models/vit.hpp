@@ -206,13 +206,18 @@ struct ViTBlock {
   };
   // x: rows of dim, updated in place; seq: which rows attend to each other.
   void forward_train(T* x, std::int64_t rows, const typename nn::Attention<T>::Sequences& seq, Acts& a) const {
+    forward_train_with(x, rows, a, [&](const T* h, T* y, typename nn::Attention<T>::Acts& aa) { attn.forward_train(h, rows, seq, y, aa); });
+  }
+  // The block with its attention given (as forward_with): attend(h, y, attn_acts).
+  template <class Attend>
+  void forward_train_with(T* x, std::int64_t rows, Acts& a, Attend&& attend) const {
     const std::int64_t D = dim;
     for (auto* t : {&a.x_in, &a.h1, &a.y_attn, &a.x_mid, &a.h2, &a.y_mlp}) *t = Tensor<T>::empty({rows, D});
     for (auto* t : {&a.mean1, &a.rstd1, &a.mean2, &a.rstd2}) *t = Tensor<T>::empty({rows});
     a.pre = Tensor<T>::empty({rows, mlp.fc1.out_features});
     std::copy(x, x + rows * D, a.x_in.data());
     norm1.forward_train(x, a.h1.data(), rows, a.mean1.data(), a.rstd1.data());
-    attn.forward_train(a.h1.data(), rows, seq, a.y_attn.data(), a.attn);
+    attend(a.h1.data(), a.y_attn.data(), a.attn);
     residual(x, a.y_attn.data(), rows, layer_scale ? ls1.gamma.data() : nullptr);
     std::copy(x, x + rows * D, a.x_mid.data());
     norm2.forward_train(x, a.h2.data(), rows, a.mean2.data(), a.rstd2.data());
@@ -224,6 +229,15 @@ struct ViTBlock {
   // (the residual stream passes it through; each branch adds its part). Accumulates g.
   void backward(T* dx, ViTBlock& g, const typename nn::Attention<T>::Sequences& seq, const Acts& a) const {
     const std::int64_t rows = a.x_in.size(0);
+    backward_with(dx, g, a, [&](T* dh, const T* dy, const typename nn::Attention<T>::Acts& aa) {
+      attn.backward(dh, g.attn, dy, a.h1.data(), rows, seq, aa);
+    });
+  }
+  // With the attention's backward given: attend_back(dh, dy, attn_acts) accumulates dh (the
+  // normed rows' gradient) and g.attn from dy (the attention output's).
+  template <class AttendBack>
+  void backward_with(T* dx, ViTBlock& g, const Acts& a, AttendBack&& attend_back) const {
+    const std::int64_t rows = a.x_in.size(0);
     Tensor<T> dy = Tensor<T>::empty({rows, dim}), dh({rows, dim});
     // x_out = x_mid + ls2 * mlp(norm2(x_mid))
     scale_back(dy.data(), layer_scale ? &g.ls2.gamma : nullptr, dx, a.y_mlp.data(), rows, layer_scale ? ls2.gamma.data() : nullptr);
@@ -232,7 +246,7 @@ struct ViTBlock {
     // x_mid = x_in + ls1 * attn(norm1(x_in))
     std::fill(dh.begin(), dh.end(), T(0));
     scale_back(dy.data(), layer_scale ? &g.ls1.gamma : nullptr, dx, a.y_attn.data(), rows, layer_scale ? ls1.gamma.data() : nullptr);
-    attn.backward(dh.data(), g.attn, dy.data(), a.h1.data(), rows, seq, a.attn);
+    attend_back(dh.data(), dy.data(), a.attn);
     norm1.backward_into(dx, g.norm1, dh.data(), a.x_in.data(), a.mean1.data(), a.rstd1.data(), rows);
   }
   // LayerScale's backward: dy = gamma * dout, dgamma += sum over rows of dout * y (rows in order).

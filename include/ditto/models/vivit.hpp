@@ -35,6 +35,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -47,10 +48,9 @@
 #include "../nn/linear.hpp"
 #include "../nn/module.hpp"
 #include "../nn/norm.hpp"
+#include "../nn/buffers.hpp"
 #include "../nn/patch.hpp"
 #include "config.hpp"
-#include "../nn/buffers.hpp"
-#include "../nn/module.hpp"
 #include "vit.hpp"
 
 namespace ditto::models {
@@ -227,18 +227,9 @@ struct ViViTEncoder {
 
   // x: (S, n, D) sequences -> (S, D): each sequence's cls token, or its mean, after the norm.
   Tensor<T> forward(const Tensor<T>& x, nn::BlockBuffers<T>& buf, const std::string& prefix, const Trace<T>& trace) const {
-    const std::int64_t S = x.size(0), n = x.size(1), D = x.size(2), L = n + (has_cls ? 1 : 0);
-    if (pos_embed.numel() != L * D)
-      throw ShapeError(ditto::detail::cat("ViViT: ", prefix, "pos_embed must hold (1, ", L, ", ", D, "), got ", shape_str(pos_embed.shape())));
-    Tensor<T> tokens = Tensor<T>::empty({S, L, D});
-    for (std::int64_t s = 0; s < S; ++s) {
-      T* out = tokens.data() + s * L * D;
-      if (has_cls) std::copy(cls_token.data(), cls_token.data() + D, out);
-      std::copy(x.data() + s * n * D, x.data() + (s + 1) * n * D, out + (has_cls ? D : 0));
-      for (std::int64_t i = 0; i < L * D; ++i) out[i] += pos_embed[i];
-    }
-    std::vector<std::int64_t> cu;
-    for (std::int64_t s = 0; s <= S; ++s) cu.push_back(s * L);
+    const std::int64_t S = x.size(0), D = x.size(2), L = x.size(1) + (has_cls ? 1 : 0);
+    Tensor<T> tokens = assemble(x, prefix).reshape({S, L, D});
+    const std::vector<std::int64_t> cu = cu_of(S, L);
     buf.ensure(S * L, D, blocks.empty() ? 1 : blocks[0].mlp.fc1.out_features);
     for (std::size_t i = 0; i < blocks.size(); ++i) {
       blocks[i].forward_inplace(tokens.data(), cu, buf);
@@ -247,6 +238,85 @@ struct ViViTEncoder {
     norm.forward_into(tokens.data(), tokens.data(), S * L);
     if (trace) trace(prefix + "norm", tokens);
     return pool(tokens, has_cls);
+  }
+
+  // Training: each block's activations (or, with checkpoint, its input), the norm's input and
+  // statistics. x: (S, n, D) -> (S, D) as forward.
+  struct Acts {
+    std::int64_t S = 0, L = 0;
+    std::vector<typename ViTBlock<T>::Acts> blocks;
+    std::vector<Tensor<T>> block_in;
+    Tensor<T> x_norm, mean, rstd;
+  };
+  Tensor<T> forward_train(const Tensor<T>& x, Acts& a, bool checkpoint, bool check_finite, const std::string& prefix) const {
+    const std::int64_t S = x.size(0), D = x.size(2), L = x.size(1) + (has_cls ? 1 : 0), rows = S * L;
+    Tensor<T> tokens = assemble(x, prefix);
+    a.S = S, a.L = L;
+    const auto seq = nn::Attention<T>::Sequences::packed(cu_of(S, L));
+    a.blocks.assign(blocks.size(), typename ViTBlock<T>::Acts{});
+    a.block_in.assign(checkpoint ? blocks.size() : 0, Tensor<T>());
+    for (std::size_t i = 0; i < blocks.size(); ++i) {
+      if (checkpoint) {
+        a.block_in[i] = tokens.clone();
+        typename ViTBlock<T>::Acts dropped;
+        blocks[i].forward_train(tokens.data(), rows, seq, dropped);
+      } else {
+        blocks[i].forward_train(tokens.data(), rows, seq, a.blocks[i]);
+      }
+      if (check_finite) nn::require_finite<T>("ViViT." + prefix + "blocks." + std::to_string(i), "output", tokens.data(), tokens.numel());
+    }
+    a.x_norm = tokens.clone(), a.mean = Tensor<T>::empty({rows}), a.rstd = Tensor<T>::empty({rows});
+    norm.forward_train(a.x_norm.data(), tokens.data(), rows, a.mean.data(), a.rstd.data());
+    return pool(tokens.reshape({S, L, D}), has_cls);
+  }
+  // dpooled (S, D) -> dx (S, n, D). Accumulates g.
+  Tensor<T> backward(ViViTEncoder& g, const Acts& a, const Tensor<T>& dpooled, bool check_finite, const std::string& prefix) const {
+    const std::int64_t S = a.S, L = a.L, D = dpooled.size(1), rows = S * L, n = L - (has_cls ? 1 : 0);
+    Tensor<T> dnormed({rows, D}), dtokens({rows, D});
+    for (std::int64_t s = 0; s < S; ++s)  // pool's backward: into the cls row, or spread over the L rows
+      for (std::int64_t l = 0; l < (has_cls ? 1 : L); ++l)
+        for (std::int64_t d = 0; d < D; ++d) dnormed[(s * L + l) * D + d] = has_cls ? dpooled[s * D + d] : dpooled[s * D + d] / static_cast<T>(L);
+    norm.backward_into(dtokens.data(), g.norm, dnormed.data(), a.x_norm.data(), a.mean.data(), a.rstd.data(), rows);
+    const auto seq = nn::Attention<T>::Sequences::packed(cu_of(S, L));
+    for (std::size_t i = blocks.size(); i-- > 0;) {
+      typename ViTBlock<T>::Acts recomputed;
+      if (!a.block_in.empty()) {
+        Tensor<T> x = a.block_in[i].clone();
+        blocks[i].forward_train(x.data(), rows, seq, recomputed);
+      }
+      blocks[i].backward(dtokens.data(), g.blocks[i], seq, a.block_in.empty() ? a.blocks[i] : recomputed);
+      if (check_finite)
+        nn::require_finite<T>("ViViT." + prefix + "blocks." + std::to_string(i), "input gradient", dtokens.data(), dtokens.numel(), &g.blocks[i]);
+    }
+    // [cls,] x + pos_embed: the table and the cls token sum over the sequences
+    Tensor<T> dx = Tensor<T>::empty({S, n, D});
+    for (std::int64_t s = 0; s < S; ++s) {
+      const T* dt = dtokens.data() + s * L * D;
+      for (std::int64_t i = 0; i < L * D; ++i) g.pos_embed[i] += dt[i];
+      if (has_cls) for (std::int64_t d = 0; d < D; ++d) g.cls_token[d] += dt[d];
+      std::copy(dt + (L - n) * D, dt + L * D, dx.data() + s * n * D);
+    }
+    return dx;
+  }
+
+  // (S, n, D) -> (S L, D) token rows: [cls,] x + pos_embed
+  Tensor<T> assemble(const Tensor<T>& x, const std::string& prefix) const {
+    const std::int64_t S = x.size(0), n = x.size(1), D = x.size(2), L = n + (has_cls ? 1 : 0);
+    if (pos_embed.numel() != L * D)
+      throw ShapeError(ditto::detail::cat("ViViT: ", prefix, "pos_embed must hold (1, ", L, ", ", D, "), got ", shape_str(pos_embed.shape())));
+    Tensor<T> tokens = Tensor<T>::empty({S * L, D});
+    for (std::int64_t s = 0; s < S; ++s) {
+      T* out = tokens.data() + s * L * D;
+      if (has_cls) std::copy(cls_token.data(), cls_token.data() + D, out);
+      std::copy(x.data() + s * n * D, x.data() + (s + 1) * n * D, out + (has_cls ? D : 0));
+      for (std::int64_t i = 0; i < L * D; ++i) out[i] += pos_embed[i];
+    }
+    return tokens;
+  }
+  static std::vector<std::int64_t> cu_of(std::int64_t S, std::int64_t L) {
+    std::vector<std::int64_t> cu;
+    for (std::int64_t s = 0; s <= S; ++s) cu.push_back(s * L);
+    return cu;
   }
 
   // (S, L, D) -> (S, D): token 0, or the mean over the L tokens
@@ -312,6 +382,60 @@ struct ViViTFactorizedBlock {
     temporal_attn.forward_strided_into(buf.h.data(), rows, positions, nt, ns, buf.y.data(), buf.qkv.data(), buf.o.data());
     spatial.residual(x, buf.y.data(), rows, nullptr);
   }
+
+  // Training: per attention step its input, its norm's statistics and output and the
+  // attention's activations; the MLP's input, norm statistics, normed rows and pre-activation.
+  struct Branch {
+    Tensor<T> x, mean, rstd, h;
+    typename nn::Attention<T>::Acts attn;
+  };
+  struct Acts {
+    Branch spatial, temporal;
+    Tensor<T> x_mid, mean2, rstd2, h2, pre;
+  };
+  void forward_train(T* x, std::int64_t rows, const std::vector<std::int64_t>& frames, const std::vector<std::int64_t>& positions,
+                     std::int64_t nt, std::int64_t ns, Acts& a) const {
+    const std::int64_t D = spatial.dim;
+    branch_train(spatial.norm1, spatial.attn, x, rows, nn::Attention<T>::Sequences::packed(frames), a.spatial);
+    branch_train(temporal_norm, temporal_attn, x, rows, nn::Attention<T>::Sequences::strided(positions, nt, ns), a.temporal);
+    a.x_mid = Tensor<T>::empty({rows, D}), a.h2 = Tensor<T>::empty({rows, D}), a.mean2 = Tensor<T>::empty({rows}), a.rstd2 = Tensor<T>::empty({rows});
+    a.pre = Tensor<T>::empty({rows, spatial.mlp.fc1.out_features});
+    std::copy(x, x + rows * D, a.x_mid.data());
+    spatial.norm2.forward_train(x, a.h2.data(), rows, a.mean2.data(), a.rstd2.data());
+    Tensor<T> hidden = Tensor<T>::empty({rows, spatial.mlp.fc1.out_features}), y = Tensor<T>::empty({rows, D});
+    spatial.mlp.forward_train(a.h2.data(), y.data(), rows, a.pre.data(), hidden.data());
+    spatial.residual(x, y.data(), rows, nullptr);
+  }
+  // dx: the output's gradient, replaced by the input's (the three residuals in reverse). Accumulates g.
+  void backward(T* dx, ViViTFactorizedBlock& g, const std::vector<std::int64_t>& frames, const std::vector<std::int64_t>& positions,
+                std::int64_t nt, std::int64_t ns, const Acts& a) const {
+    const std::int64_t rows = a.x_mid.size(0), D = spatial.dim;
+    Tensor<T> dh({rows, D});
+    spatial.mlp.backward_into(dh.data(), g.spatial.mlp, dx, a.h2.data(), a.pre.data(), rows);
+    spatial.norm2.backward_into(dx, g.spatial.norm2, dh.data(), a.x_mid.data(), a.mean2.data(), a.rstd2.data(), rows);
+    branch_backward(temporal_norm, temporal_attn, g.temporal_norm, g.temporal_attn, dx, rows, nn::Attention<T>::Sequences::strided(positions, nt, ns),
+                    a.temporal);
+    branch_backward(spatial.norm1, spatial.attn, g.spatial.norm1, g.spatial.attn, dx, rows, nn::Attention<T>::Sequences::packed(frames), a.spatial);
+  }
+
+ private:
+  // x += attn(norm(x)) over seq, keeping what branch_backward reads
+  static void branch_train(const nn::LayerNorm<T>& norm, const nn::Attention<T>& attn, T* x, std::int64_t rows,
+                           const typename nn::Attention<T>::Sequences& seq, Branch& b) {
+    const std::int64_t D = attn.dim;
+    b.x = Tensor<T>::empty({rows, D}), b.h = Tensor<T>::empty({rows, D}), b.mean = Tensor<T>::empty({rows}), b.rstd = Tensor<T>::empty({rows});
+    std::copy(x, x + rows * D, b.x.data());
+    norm.forward_train(x, b.h.data(), rows, b.mean.data(), b.rstd.data());
+    Tensor<T> y = Tensor<T>::empty({rows, D});
+    attn.forward_train(b.h.data(), rows, seq, y.data(), b.attn);
+    for (std::int64_t i = 0; i < rows * D; ++i) x[i] += y[i];
+  }
+  static void branch_backward(const nn::LayerNorm<T>& norm, const nn::Attention<T>& attn, nn::LayerNorm<T>& gn, nn::Attention<T>& ga, T* dx,
+                              std::int64_t rows, const typename nn::Attention<T>::Sequences& seq, const Branch& b) {
+    Tensor<T> dh({rows, attn.dim});
+    attn.backward(dh.data(), ga, dx, b.h.data(), rows, seq, b.attn);
+    norm.backward_into(dx, gn, dh.data(), b.x.data(), b.mean.data(), b.rstd.data(), rows);
+  }
 };
 
 // Model 4's attention (heads split between frames and time) is nn::factorized_dot_product_attention.
@@ -376,10 +500,7 @@ struct ViViT {
   // x: (B, C, T, H, W) -> (B, nt ns, D) tokens in (t, h, w) order
   Tensor<T> embed(const Tensor<T>& x) const {
     const ViViTConfig& c = config;
-    if (x.dim() != 5 || x.size(1) != c.in_chans || x.size(2) != c.num_frames || x.size(3) != c.img_size[0] || x.size(4) != c.img_size[1])
-      throw ShapeError(ditto::detail::cat("ViViT: expected x (B, ", c.in_chans, ", ", c.num_frames, ", ", c.img_size[0], ", ", c.img_size[1],
-                                          ") (batch, channels, frames, height, width), got ", shape_str(x.shape())));
-    detail::require_samples("ViViT", x.size(0), x.shape());
+    (void)check_input(x);
     if (c.embedding == "tubelet") return tubelet_embed.forward(x);
     const std::int64_t B = x.size(0);
     const Tensor<T> frames = rearrange(x, "b c t h w -> (b t) c h w");
@@ -401,14 +522,10 @@ struct ViViT {
       if (trace) trace("spatial", frame_tokens.reshape({B, nt, D}));
       pooled = temporal.forward(frame_tokens.reshape({B, nt, D}), buffers, "temporal.", trace);
     } else {
-      if (pos_embed.numel() != nt * ns * D)
-        throw ShapeError(ditto::detail::cat("ViViT: pos_embed must hold (1, ", nt * ns, ", ", D, "), got ", shape_str(pos_embed.shape())));
-      for (std::int64_t b = 0; b < B; ++b)
-        for (std::int64_t i = 0; i < nt * ns * D; ++i) tokens[b * nt * ns * D + i] += pos_embed[i];
-      std::vector<std::int64_t> frames, positions;
-      for (std::int64_t f = 0; f <= B * nt; ++f) frames.push_back(f * ns);
-      for (std::int64_t b = 0; b < B; ++b)
-        for (std::int64_t s = 0; s < ns; ++s) positions.push_back(b * nt * ns + s);
+      add_pos_embed(tokens);
+      const auto layout = factorized_layout(B);
+      const auto& frames = layout.first;
+      const auto& positions = layout.second;
       buffers.ensure(rows, D, c.mlp_hidden());
       for (std::int64_t i = 0; i < c.depth; ++i) {
         if (c.model == "factorized_self_attention") {
@@ -430,6 +547,123 @@ struct ViViT {
     Tensor<T> logits = head.forward(pooled);
     if (trace) trace("head", logits);
     return logits;
+  }
+
+  // Training (docs/training.md): what backward reads, kept by forward_train (eval semantics: no
+  // dropout). Models 1 and 2 keep theirs in the encoders' Acts, models 3 and 4 per block.
+  struct Acts {
+    bool checkpoint = false, check_finite = false;  // as DiT::Acts: recompute blocks in backward; NaN/Inf checks
+    std::int64_t B = 0;
+    Tensor<T> patches;  // (B nt ns, C t ph pw): the embedding's input rows (t = 1 for "uniform")
+    typename ViViTEncoder<T>::Acts encoder, temporal;
+    std::vector<typename ViViTFactorizedBlock<T>::Acts> factorized_blocks;
+    std::vector<typename ViTBlock<T>::Acts> blocks;
+    std::vector<Tensor<T>> block_in;  // checkpoint, models 3 and 4
+    Tensor<T> x_norm, mean_norm, rstd_norm, head_in;
+  };
+
+  Tensor<T> forward_train(const Tensor<T>& x, Acts& a) const {
+    const ViViTConfig& c = config;
+    (void)check_input(x);
+    const std::int64_t B = x.size(0), nt = c.nt(), ns = c.ns(), D = c.embed_dim, rows = B * nt * ns;
+    a.B = B;
+    // both embeddings are one product on non-overlapping (t, ph, pw) windows (t = 1: frame by frame)
+    a.patches = rearrange(x, "b c (t pt) (h ph) (w pw) -> (b t h w) (c pt ph pw)",
+                          {{"pt", c.tubelet_size}, {"ph", c.patch_size[0]}, {"pw", c.patch_size[1]}});
+    Tensor<T> tokens = Tensor<T>::empty({B, nt * ns, D});
+    const auto [w, bias] = embed_params(const_cast<ViViT&>(*this));
+    nn::linear_rows(a.patches.data(), rows, a.patches.size(1), D, w->data(), bias ? bias->data() : nullptr, tokens.data());
+    Tensor<T> pooled;
+    if (c.model == "spatio_temporal") {
+      pooled = encoder.forward_train(tokens, a.encoder, a.checkpoint, a.check_finite, "");
+    } else if (c.model == "factorized_encoder") {
+      const Tensor<T> frame_tokens = encoder.forward_train(tokens.reshape({B * nt, ns, D}), a.encoder, a.checkpoint, a.check_finite, "spatial.");
+      pooled = temporal.forward_train(frame_tokens.reshape({B, nt, D}), a.temporal, a.checkpoint, a.check_finite, "temporal.");
+    } else {
+      add_pos_embed(tokens);
+      const auto layout = factorized_layout(B);
+      const auto& frames = layout.first;
+      const auto& positions = layout.second;
+      a.factorized_blocks.assign(factorized_blocks.size(), {});
+      a.blocks.assign(blocks.size(), {});
+      a.block_in.assign(a.checkpoint ? static_cast<std::size_t>(c.depth) : 0, Tensor<T>());
+      for (std::int64_t i = 0; i < c.depth; ++i) {
+        if (a.checkpoint) a.block_in[static_cast<std::size_t>(i)] = tokens.clone();
+        block_train(static_cast<std::size_t>(i), tokens.data(), rows, frames, positions, a, a.checkpoint);
+        if (a.check_finite) nn::require_finite<T>("ViViT.blocks." + std::to_string(i), "output", tokens.data(), tokens.numel());
+      }
+      a.x_norm = tokens.clone(), a.mean_norm = Tensor<T>::empty({rows}), a.rstd_norm = Tensor<T>::empty({rows});
+      norm.forward_train(a.x_norm.data(), tokens.data(), rows, a.mean_norm.data(), a.rstd_norm.data());
+      pooled = ViViTEncoder<T>::pool(tokens, false);
+    }
+    if (c.num_classes == 0) return pooled;
+    a.head_in = pooled;
+    return head.forward(pooled);
+  }
+
+  // dout: the gradient of forward_train's output. Accumulates g (nn::zeros_like of this model)
+  // and sets *dx (x's shape) when given.
+  void backward(ViViT& g, const Acts& a, const Tensor<T>& dout, Tensor<T>* dx = nullptr) const {
+    using ditto::detail::cat;
+    const ViViTConfig& c = config;
+    const std::int64_t B = a.B, nt = c.nt(), ns = c.ns(), D = c.embed_dim, rows = B * nt * ns;
+    if (B < 1 || a.patches.size(0) != rows) throw ArgumentError("ViViT.backward: the activations were not made by this model's forward_train");
+    (void)nn::zip_parameters<T>(const_cast<ViViT&>(*this), g, "ViViT.backward");
+    const Shape out_shape{B, c.num_classes > 0 ? c.num_classes : D};
+    if (dout.shape() != out_shape) throw ShapeError(cat("ViViT.backward: expected dout of shape ", shape_str(out_shape), ", got ", shape_str(dout.shape())));
+    if (a.check_finite) nn::require_finite<T>("ViViT.backward's dout (the loss's gradient)", "value", dout.data(), dout.numel());
+    Tensor<T> dpooled({B, D});
+    if (c.num_classes > 0) head.backward_into(dpooled.data(), g.head, dout.data(), a.head_in.data(), B);
+    else std::copy(dout.begin(), dout.end(), dpooled.data());
+    Tensor<T> dtokens;  // (B, nt ns, D)
+    if (c.model == "spatio_temporal") {
+      dtokens = encoder.backward(g.encoder, a.encoder, dpooled, a.check_finite, "");
+    } else if (c.model == "factorized_encoder") {
+      const Tensor<T> dframes = temporal.backward(g.temporal, a.temporal, dpooled, a.check_finite, "temporal.");  // (B, nt, D)
+      dtokens = encoder.backward(g.encoder, a.encoder, dframes.reshape({B * nt, D}), a.check_finite, "spatial.");
+    } else {
+      if (a.checkpoint != !a.block_in.empty())
+        throw ArgumentError("ViViT.backward: checkpoint was set after forward_train (set it before: the blocks' inputs were not kept)");
+      Tensor<T> dnormed({rows, D});
+      for (std::int64_t b = 0; b < B; ++b)  // the mean over every token
+        for (std::int64_t r = 0; r < nt * ns; ++r)
+          for (std::int64_t d = 0; d < D; ++d) dnormed[(b * nt * ns + r) * D + d] = dpooled[b * D + d] / static_cast<T>(nt * ns);
+      dtokens = Tensor<T>({rows, D});
+      norm.backward_into(dtokens.data(), g.norm, dnormed.data(), a.x_norm.data(), a.mean_norm.data(), a.rstd_norm.data(), rows);
+      const auto layout = factorized_layout(B);
+      const auto& frames = layout.first;
+      const auto& positions = layout.second;
+      for (std::size_t i = static_cast<std::size_t>(c.depth); i-- > 0;) {
+        Acts recomputed;
+        if (a.checkpoint) {
+          recomputed.factorized_blocks.resize(factorized_blocks.size()), recomputed.blocks.resize(blocks.size());
+          Tensor<T> xi = a.block_in[i].clone();
+          block_train(i, xi.data(), rows, frames, positions, recomputed, false);
+        }
+        const Acts& ai = a.checkpoint ? recomputed : a;
+        if (c.model == "factorized_self_attention") {
+          factorized_blocks[i].backward(dtokens.data(), g.factorized_blocks[i], frames, positions, nt, ns, ai.factorized_blocks[i]);
+        } else {
+          const auto& blk = blocks[i];
+          blk.backward_with(dtokens.data(), g.blocks[i], ai.blocks[i], [&](T* dh, const T* dy, const typename nn::Attention<T>::Acts& aa) {
+            nn::factorized_dot_product_attention_backward(blk.attn, g.blocks[i].attn, dh, dy, ai.blocks[i].h1.data(), rows, frames, positions, nt, ns, aa);
+          });
+        }
+        if (a.check_finite) nn::require_finite<T>("ViViT.blocks." + std::to_string(i), "input gradient", dtokens.data(), dtokens.numel());
+      }
+      for (std::int64_t b = 0; b < B; ++b)
+        for (std::int64_t i = 0; i < nt * ns * D; ++i) g.pos_embed[i] += dtokens[b * nt * ns * D + i];
+    }
+    const auto [w, bias] = embed_params(const_cast<ViViT&>(*this));
+    const auto [gw, gbias] = embed_params(g);
+    Tensor<T> dpatches;
+    if (dx) dpatches = Tensor<T>(a.patches.shape());
+    nn::linear_rows_backward(dx ? dpatches.data() : nullptr, gw->data(), gbias ? gbias->data() : nullptr, dtokens.data(), a.patches.data(),
+                             w->data(), rows, a.patches.size(1), D);
+    if (dx)
+      *dx = rearrange(dpatches, "(b t h w) (c pt ph pw) -> b c (t pt) (h ph) (w pw)",
+                      {{"b", B}, {"t", nt}, {"h", c.img_size[0] / c.patch_size[0]}, {"pt", c.tubelet_size}, {"ph", c.patch_size[0]},
+                       {"pw", c.patch_size[1]}});
   }
 
   // Initialize from an image ViT (the paper's sec. 3.4): its patch embedding inflated (or used
@@ -489,6 +723,55 @@ struct ViViT {
     }
     if (c.num_classes > 0 && v.num_classes == c.num_classes) head = vit.head;
     for (auto& [name, t] : nn::named_parameters<T>(*this)) *t = t->clone();  // own copies, not the ViT's storage
+  }
+
+ private:
+  // x must be (B, in_chans, num_frames, H, W)
+  bool check_input(const Tensor<T>& x) const {
+    const ViViTConfig& c = config;
+    if (x.dim() != 5 || x.size(1) != c.in_chans || x.size(2) != c.num_frames || x.size(3) != c.img_size[0] || x.size(4) != c.img_size[1])
+      throw ShapeError(ditto::detail::cat("ViViT: expected x (B, ", c.in_chans, ", ", c.num_frames, ", ", c.img_size[0], ", ", c.img_size[1],
+                                          ") (batch, channels, frames, height, width), got ", shape_str(x.shape())));
+    detail::require_samples("ViViT", x.size(0), x.shape());
+    return true;
+  }
+  // The embedding's weight and bias (null without one): the frame or the tubelet projection.
+  static std::pair<Tensor<T>*, Tensor<T>*> embed_params(ViViT& m) {
+    if (m.config.embedding == "uniform") return {&m.frame_embed.proj.weight, m.frame_embed.proj.has_bias ? &m.frame_embed.proj.bias : nullptr};
+    return {&m.tubelet_embed.proj.weight, m.tubelet_embed.proj.has_bias ? &m.tubelet_embed.proj.bias : nullptr};
+  }
+  // models 3 and 4: tokens (B, nt ns, D) += pos_embed
+  void add_pos_embed(Tensor<T>& tokens) const {
+    const std::int64_t B = tokens.size(0), n = config.nt() * config.ns() * config.embed_dim;
+    if (pos_embed.numel() != n)
+      throw ShapeError(ditto::detail::cat("ViViT: pos_embed must hold (1, ", config.nt() * config.ns(), ", ", config.embed_dim, "), got ",
+                                          shape_str(pos_embed.shape())));
+    for (std::int64_t b = 0; b < B; ++b)
+      for (std::int64_t i = 0; i < n; ++i) tokens[b * n + i] += pos_embed[i];
+  }
+  // (b, t, s) rows: cu of each frame, and the first row of each (b, s) sequence over t
+  std::pair<std::vector<std::int64_t>, std::vector<std::int64_t>> factorized_layout(std::int64_t B) const {
+    const std::int64_t nt = config.nt(), ns = config.ns();
+    std::vector<std::int64_t> frames, positions;
+    for (std::int64_t f = 0; f <= B * nt; ++f) frames.push_back(f * ns);
+    for (std::int64_t b = 0; b < B; ++b)
+      for (std::int64_t s = 0; s < ns; ++s) positions.push_back(b * nt * ns + s);
+    return {frames, positions};
+  }
+  // block i of model 3 or 4 on the token rows, keeping its activations in a (or not: dropped)
+  void block_train(std::size_t i, T* x, std::int64_t rows, const std::vector<std::int64_t>& frames, const std::vector<std::int64_t>& positions,
+                   Acts& a, bool dropped) const {
+    const std::int64_t nt = config.nt(), ns = config.ns();
+    if (config.model == "factorized_self_attention") {
+      typename ViViTFactorizedBlock<T>::Acts tmp;
+      factorized_blocks[i].forward_train(x, rows, frames, positions, nt, ns, dropped ? tmp : a.factorized_blocks[i]);
+      return;
+    }
+    typename ViTBlock<T>::Acts tmp;
+    const auto& blk = blocks[i];
+    blk.forward_train_with(x, rows, dropped ? tmp : a.blocks[i], [&](const T* h, T* y, typename nn::Attention<T>::Acts& aa) {
+      nn::factorized_dot_product_attention_train(blk.attn, h, y, rows, frames, positions, nt, ns, aa);
+    });
   }
 };
 

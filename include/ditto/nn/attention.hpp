@@ -851,31 +851,83 @@ struct CrossAttention {
   }
 };
 
+namespace detail {
+// The two problem sets of factorized dot-product attention over fused qkv rows: heads [0, H/2)
+// over each frame, [H/2, H) over each position's nt rows ns apart; run(problems, layout) for each.
+template <class T, class Run>
+inline void factorized_heads(const Attention<T>& attn, const T* qkv, T* o, T* lse, std::int64_t rows, const std::vector<std::int64_t>& frames,
+                             const std::vector<std::int64_t>& positions, std::int64_t nt, std::int64_t ns, Run&& run) {
+  const std::int64_t C = attn.dim, H = attn.num_heads, D = C / H, H2 = H / 2;
+  if (frames.empty() || frames.back() != rows || static_cast<std::int64_t>(positions.size()) * nt != rows)
+    throw ShapeError(ditto::detail::cat("factorized_dot_product_attention: the frames must end at the ", rows, " rows and the ",
+                                        positions.size(), " positions times ", nt, " frames must cover them"));
+  std::vector<AttentionProblem<T>> spatial, temporal;
+  for (std::size_t s = 0; s + 1 < frames.size(); ++s)
+    for (std::int64_t hh = 0; hh < H2; ++hh) {
+      const T* base = qkv + frames[s] * 3 * C + hh * D;
+      const std::int64_t n = frames[s + 1] - frames[s];
+      spatial.push_back({base, base + C, base + 2 * C, o + frames[s] * C + hh * D, n, n, nullptr, lse ? lse + frames[s] * H2 + hh * n : nullptr});
+    }
+  for (std::size_t i = 0; i < positions.size(); ++i)
+    for (std::int64_t hh = H2; hh < H; ++hh) {
+      const T* base = qkv + positions[i] * 3 * C + hh * D;
+      T* l = lse ? lse + rows * H2 + (static_cast<std::int64_t>(i) * (H - H2) + hh - H2) * nt : nullptr;
+      temporal.push_back({base, base + C, base + 2 * C, o + positions[i] * C + hh * D, nt, nt, nullptr, l});
+    }
+  run(spatial, AttentionLayout{D, D, 3 * C, 3 * C, 3 * C, C, 0});
+  run(temporal, AttentionLayout{D, D, ns * 3 * C, ns * 3 * C, ns * 3 * C, ns * C, 0});
+}
+}  // namespace detail
+
 // ViViT's model 4 attention (and Latte's split heads): one qkv projection; heads [0, H/2) attend
 // within each frame (rows [frames[s], frames[s+1])), heads [H/2, H) across the nt frames at each
 // position (rows p, p + ns, ...); proj over all heads. h, out: (rows, D).
 template <class T>
 inline void factorized_dot_product_attention(const Attention<T>& attn, const T* h, T* out, std::int64_t rows,
                                              const std::vector<std::int64_t>& frames, const std::vector<std::int64_t>& positions,
-                                             std::int64_t nt, std::int64_t ns, T* qkv_buf, T* o_buf) {
-  const std::int64_t C = attn.dim, H = attn.num_heads, D = C / H;
+                                             std::int64_t nt, std::int64_t ns, T* qkv_buf, T* o_buf, T* lse = nullptr) {
   attn.qkv.forward_into(h, qkv_buf, rows);  // (rows, 3, H, D)
-  std::vector<AttentionProblem<T>> spatial, temporal;
-  for (std::size_t s = 0; s + 1 < frames.size(); ++s)
-    for (std::int64_t hh = 0; hh < H / 2; ++hh) {
-      const T* base = qkv_buf + frames[s] * 3 * C + hh * D;
-      const std::int64_t n = frames[s + 1] - frames[s];
-      spatial.push_back({base, base + C, base + 2 * C, o_buf + frames[s] * C + hh * D, n, n, nullptr});
-    }
-  for (auto p : positions)
-    for (std::int64_t hh = H / 2; hh < H; ++hh) {
-      const T* base = qkv_buf + p * 3 * C + hh * D;
-      temporal.push_back({base, base + C, base + 2 * C, o_buf + p * C + hh * D, nt, nt, nullptr});
-    }
-  const T scale = static_cast<T>(attn.scale);
-  attention_kernel(spatial, AttentionLayout{D, D, 3 * C, 3 * C, 3 * C, C, 0}, scale);
-  attention_kernel(temporal, AttentionLayout{D, D, ns * 3 * C, ns * 3 * C, ns * 3 * C, ns * C, 0}, scale);
+  detail::factorized_heads(attn, qkv_buf, o_buf, lse, rows, frames, positions, nt, ns, [&](auto& problems, const AttentionLayout& L) {
+    attention_kernel(problems, L, static_cast<T>(attn.scale));
+  });
   attn.proj.forward_into(o_buf, out, rows);
 }
+
+// Training: the same, keeping qkv, the head outputs and the logsumexp in a (Attention::Acts:
+// lse holds the spatial heads' rows H/2 values first, then the temporal heads').
+template <class T>
+inline void factorized_dot_product_attention_train(const Attention<T>& attn, const T* h, T* out, std::int64_t rows,
+                                                   const std::vector<std::int64_t>& frames, const std::vector<std::int64_t>& positions,
+                                                   std::int64_t nt, std::int64_t ns, typename Attention<T>::Acts& a) {
+  if (attn.qk_norm) throw ArgumentError("factorized_dot_product_attention_train: qk_norm is not supported here");
+  const std::int64_t C = attn.dim;
+  a.qkv = Tensor<T>::empty({rows, 3 * C}), a.o = Tensor<T>::empty({rows, C}), a.lse = Tensor<T>::empty({rows * attn.num_heads});
+  factorized_dot_product_attention(attn, h, out, rows, frames, positions, nt, ns, a.qkv.data(), a.o.data(), a.lse.data());
+}
+// Its backward: dout (rows, dim). Accumulates g (qkv, proj) and dh (null: not needed).
+template <class T>
+inline void factorized_dot_product_attention_backward(const Attention<T>& attn, Attention<T>& g, T* dh, const T* dout, const T* h,
+                                                      std::int64_t rows, const std::vector<std::int64_t>& frames,
+                                                      const std::vector<std::int64_t>& positions, std::int64_t nt, std::int64_t ns,
+                                                      const typename Attention<T>::Acts& a) {
+  const std::int64_t C = attn.dim;
+  if (a.qkv.numel() != rows * 3 * C || a.lse.numel() != rows * attn.num_heads)
+    throw ShapeError("factorized_dot_product_attention_backward: the activations were not made by its _train on these rows");
+  Tensor<T> d_o({rows, C}), dqkv({rows, 3 * C});
+  attn.proj.backward_into(d_o.data(), g.proj, dout, a.o.data(), rows);
+  // the forward's problems, each with its gradient pointers at the same offsets
+  detail::factorized_heads(attn, a.qkv.data(), const_cast<T*>(a.o.data()), const_cast<T*>(a.lse.data()), rows, frames, positions, nt, ns,
+                           [&](auto& problems, const AttentionLayout& L) {
+                             std::vector<AttentionGradProblem<T>> grads;
+                             for (const auto& p : problems) {
+                               const std::int64_t at = p.q - a.qkv.data(), ot = p.o - a.o.data();
+                               grads.push_back({p.q, p.k, p.v, p.o, d_o.data() + ot, p.lse, dqkv.data() + at, dqkv.data() + at + C,
+                                                dqkv.data() + at + 2 * C, p.nq, p.nk, nullptr});
+                             }
+                             attention_backward(grads, L, static_cast<T>(attn.scale));
+                           });
+  attn.qkv.backward_into(dh, g.qkv, dqkv.data(), h, rows);
+}
+
 
 }  // namespace ditto::nn
