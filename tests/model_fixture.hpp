@@ -4,6 +4,7 @@
 
 #include <ditto/io/safetensors.hpp>
 #include <ditto/nn/module.hpp>
+#include <ditto/nn/state_dict.hpp>
 
 #include <map>
 #include <string>

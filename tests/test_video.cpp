@@ -173,7 +173,7 @@ TEST_CASE("ViViT factorized attention: within a frame, then across frames at one
   for (std::int64_t f = 0; f <= B * nt; ++f) frames.push_back(f * ns);
   for (std::int64_t b = 0; b < B; ++b)
     for (std::int64_t s = 0; s < ns; ++s) positions.push_back(b * nt * ns + s);
-  DiTBuffers<double> buf;
+  nn::BlockBuffers<double> buf;
   buf.ensure(rows, D, 4 * D);
   Generator g(8);
   const auto x = g.normal<double>({rows, D});

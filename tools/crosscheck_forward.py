@@ -12,7 +12,9 @@ while building or running) must be refused by ditto-forward too (exit status 1).
 This is how the ports are judged from outside; the committed fixtures hold a few such cases,
 this script draws as many as you like. With --backward it checks `ditto-forward --backward` too:
 every gradient of sum(out * grad_out) against upstream's autograd, and that the gradient names
-are exactly upstream's trainable parameters plus x.
+are exactly upstream's trainable parameters plus the floating-point inputs (x, z, text_embedding;
+not t, timesteps or the autoencoder's noise). Every model is drawn; Latte's fixed sin-cos tables
+get no gradient, the autoencoder (frozen upstream) one for every parameter.
 
     PYTHONPATH=/path/to/timm:/path/to/huggingface_hub/src:/path/to/einops \
     DIT_SRC=... UVIT_SRC=... GD_SRC=... LATTE_SRC=... \
@@ -40,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from safetensors_writer import save  # noqa: E402
 
 LIMIT = 1e-4
+NO_GRAD_INPUTS = ("t", "timesteps", "noise")  # floating inputs ditto's --backward gives no gradient for
 
 
 def load_safetensors(path):
@@ -310,9 +313,12 @@ def case_vae(rng):
         load, th.load = th.load, lambda *a, **k: probe.state_dict()  # FrozenAutoencoderKL loads weights in __init__
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                return ae.FrozenAutoencoderKL(**kw, pretrained_path="unused")
+                m = ae.FrozenAutoencoderKL(**kw, pretrained_path="unused")
         finally:
             th.load = load
+        # upstream freezes every parameter (requires_grad_(False)); ditto's --backward gives each a
+        # gradient, so --backward's autograd needs them all back (inert for the forward checks)
+        return m.requires_grad_(True)
 
     def inputs(m):
         g = th.Generator().manual_seed(rng.randrange(2**31))
@@ -376,7 +382,11 @@ def case_latte_variant(rng):
     B = rng.randint(1, 2)
 
     def build():
-        return ref.LatteVariant(c)
+        m = ref.LatteVariant(c)
+        # upstream's pos_embed / temp_embed are fixed sin-cos tables (requires_grad=False, nn::fixed
+        # in ditto): randomized here like any weight, but --backward takes no gradient of them
+        m.untrained = ("pos_embed", "temp_embed")
+        return m
 
     def inputs(m):
         g = th.Generator().manual_seed(rng.randrange(2**31))
@@ -405,8 +415,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=float, default=LIMIT, help="relative error allowed (default 1e-4)")
     ap.add_argument("--backward", action="store_true",
-                    help="also check --backward: the gradients of sum(out * grad_out) for every trainable parameter and x "
-                         "against upstream's autograd (dit, vit, uvit, unet; cases with guidance are skipped)")
+                    help="also check --backward: the gradients of sum(out * grad_out) for every trainable parameter and "
+                         "floating input against upstream's autograd (every model; cases with guidance are skipped)")
     ap.add_argument("--hostile", action="store_true",
                     help="instead: break one thing of a valid case (a config value, an input, a weight) and require "
                          "a clean answer: exit 0, or exit 1 with one line on stderr; never a crash or a hang")
@@ -534,12 +544,14 @@ def check_case(a, tmp, name, kw, build, make_inputs, run, flags, rng):
         for key in ("t", "timesteps"):  # integer timesteps are what samplers pass
             if key in i and rng.random() < 0.3:
                 i[key] = i[key].round().long()
-        if a.backward:  # upstream's autograd: every trainable parameter and x
-            x = i["x"].clone().requires_grad_()
-            o = run(m, {**i, "x": x})
+        if a.backward:  # upstream's autograd: every trainable parameter and floating input
+            for k in getattr(m, "untrained", ()):
+                getattr(m, k).requires_grad_(False)
+            leaves = {k: v.clone().requires_grad_() for k, v in i.items() if v.is_floating_point() and k not in NO_GRAD_INPUTS}
+            o = run(m, {**i, **leaves})
             g = th.Generator().manual_seed(rng.randrange(2**31))
             grad_out = th.randn(o.shape, generator=g)
-            named = [(k, p) for k, p in m.named_parameters() if p.requires_grad] + [("x", x)]
+            named = [(k, p) for k, p in m.named_parameters() if p.requires_grad] + list(leaves.items())
             grads = th.autograd.grad((o * grad_out).sum(), [v for _, v in named], allow_unused=True)
             ref_grads = {f"grad.{k}": (th.zeros_like(v) if gr is None else gr).detach().numpy() for (k, v), gr in zip(named, grads)}
             ref = o.detach().numpy()
@@ -576,9 +588,15 @@ def check_case(a, tmp, name, kw, build, make_inputs, run, flags, rng):
     got = outputs["out"]
     if got.shape != ref.shape:
         return "SHAPE", f"ditto {got.shape}, upstream {ref.shape}"
+    worst_grad = 0.0
     if a.backward:
-        if set(outputs) != set(ref_grads) | {"out"}:
-            return "GRAD NAMES", f"ditto only: {sorted(set(outputs) - set(ref_grads) - {'out'})[:5]}, upstream only: {sorted(set(ref_grads) - set(outputs))[:5]}"
+        forward_outputs = {"out", "logvar", "z"} if name == "vae-encode" else {"out"}
+        if set(outputs) != set(ref_grads) | forward_outputs:
+            return "GRAD NAMES", (f"ditto only: {sorted(set(outputs) - set(ref_grads) - forward_outputs)[:5]}, "
+                                  f"upstream only: {sorted(set(ref_grads) - set(outputs))[:5]}")
+        if any(outputs[k].shape != r.shape for k, r in ref_grads.items()):
+            return "GRAD SHAPE", ", ".join(f"{k}: ditto {outputs[k].shape}, upstream {r.shape}"
+                                           for k, r in ref_grads.items() if outputs[k].shape != r.shape)[:300]
         # each gradient against its own max |ref|; one below limit x the largest (zero in exact
         # arithmetic: rounding noise on both sides) against the largest, as tests/test_train.cpp does
         largest = max(float(np.abs(r).max()) for r in ref_grads.values() if r.size)
@@ -597,13 +615,13 @@ def check_case(a, tmp, name, kw, build, make_inputs, run, flags, rng):
                 m64 = m.double()
                 # integer timesteps as float64 (the same numbers; the float64 embeddings take floats)
                 i64 = {k: v.double() if v.is_floating_point() or k in ("t", "timesteps") else v for k, v in i.items() if k != "grad_out"}
-                x64 = i64["x"].clone().requires_grad_()
+                leaves64 = {k: i64[k].clone().requires_grad_() for k in leaves}
                 # guided-diffusion's checkpoint() recomputes blocks in backward, outside run()'s
                 # float64 patches (its AttentionBlock always checkpoints): run them plainly
                 gd_unet = sys.modules.get("guided_diffusion.unet")
                 with patched([(gd_unet, "checkpoint", lambda func, inputs, params, flag: func(*inputs))] if gd_unet else []):
-                    o64 = run(m64, {**i64, "x": x64})
-                named64 = [(k, p) for k, p in m64.named_parameters() if p.requires_grad] + [("x", x64)]
+                    o64 = run(m64, {**i64, **leaves64})
+                named64 = [(k, p) for k, p in m64.named_parameters() if p.requires_grad] + list(leaves64.items())
                 g64 = th.autograd.grad((o64 * i["grad_out"].double()).sum(), [v for _, v in named64], allow_unused=True)
                 ref64 = dict(zip([f"grad.{k}" for k, _ in named64], g64))[worst_name]
                 ref64 = np.zeros(ref_grads[worst_name].shape) if ref64 is None else ref64.detach().numpy()
@@ -630,7 +648,7 @@ def check_case(a, tmp, name, kw, build, make_inputs, run, flags, rng):
             return status, f"{err:.2e}; against upstream in float64: ditto {mine:.2e}, upstream float32 {theirs:.2e}"
         except Exception as e:  # some upstream code fixes float32 inside
             return "MISMATCH", f"{err:.2e} (no float64 run: {e})"
-    return "ok", err
+    return "ok", max(err, worst_grad)  # with --backward, out's error or the worst gradient's, whichever is larger
 
 
 if __name__ == "__main__":

@@ -92,4 +92,19 @@ inline auto cfg_model(Model two_batch_model, Guidance g) {
   };
 }
 
+// forward_with_cfg's input: the first half of the batch, twice ([x[:B/2]; x[:B/2]]); upstream
+// ignores the second half of x and takes the labels of both halves of y.
+template <class T>
+inline Tensor<T> repeat_first_half(const Tensor<T>& x, const char* model) {
+  if (x.dim() < 1 || x.size(0) % 2)
+    throw ShapeError(ditto::detail::cat(model, ".forward_with_cfg: expected an even batch (conditional half, then unconditional), got ",
+                                        shape_str(x.shape())));
+  const std::int64_t half = x.numel() / 2;
+  Tensor<T> combined = Tensor<T>::empty(x.shape());
+  std::copy(x.data(), x.data() + half, combined.data());
+  std::copy(x.data(), x.data() + half, combined.data() + half);
+  return combined;
+}
+
+
 }  // namespace ditto::diffusion

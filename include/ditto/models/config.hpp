@@ -13,6 +13,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -61,6 +62,26 @@ inline void check_weights_fit(const std::string& model, double params) {
 inline double transformer_weights(std::int64_t blocks, std::int64_t width, std::int64_t mlp_hidden, int squares) {
   const double h = static_cast<double>(width);
   return static_cast<double>(blocks) * (squares * h * h + 2 * h * static_cast<double>(mlp_hidden));
+}
+// DiT.__init__'s constraints on its adaLN transformer, shared by DiT and Latte (whose blocks are
+// DiT's): sizes >= 1, depth >= 0, the patch fits, the heads divide the width, the 2-D sin-cos
+// table splits it in four, a usable MLP width. `model` names the config in the messages.
+inline void validate_dit_shape(const char* model, std::int64_t input_size, std::int64_t patch_size, std::int64_t in_channels,
+                               std::int64_t hidden_size, std::int64_t depth, std::int64_t num_heads, std::int64_t mlp_hidden,
+                               double mlp_ratio, double class_dropout_prob) {
+  using ditto::detail::cat;
+  for (auto [name, v] : {std::pair{"input_size", input_size}, std::pair{"patch_size", patch_size}, std::pair{"in_channels", in_channels},
+                         std::pair{"hidden_size", hidden_size}, std::pair{"num_heads", num_heads}})
+    if (v < 1) throw ArgumentError(cat(model, " config: ", name, " must be >= 1, got ", v));
+  if (depth < 0) throw ArgumentError(cat(model, " config: depth must be >= 0, got ", depth));  // 0: embedder + final layer, as upstream
+  if (input_size < patch_size) throw ArgumentError(cat(model, " config: input_size ", input_size, " is smaller than patch_size ", patch_size));
+  if (hidden_size % num_heads)
+    throw ArgumentError(cat(model, " config: hidden_size ", hidden_size, " must be divisible by num_heads ", num_heads));
+  if (hidden_size % 4)  // get_2d_sincos_pos_embed splits D in halves, each into sin and cos
+    throw ArgumentError(cat(model, " config: hidden_size ", hidden_size, " must be divisible by 4 (the 2-D sin-cos position table)"));
+  if (mlp_hidden < 1)
+    throw ArgumentError(cat(model, " config: hidden_size * mlp_ratio must be a width from 1 to 2^31, got mlp_ratio ", mlp_ratio));
+  if (class_dropout_prob < 0) throw ArgumentError(cat(model, " config: class_dropout_prob must be >= 0, got ", class_dropout_prob));
 }
 // Every model refuses an empty batch, the same way: its kernels split work per sample, and an
 // empty batch beside huge spatial sizes would plan tables for inputs that hold nothing.

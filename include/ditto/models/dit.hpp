@@ -34,10 +34,12 @@
 #include "../nn/adaln.hpp"
 #include "../nn/attention.hpp"
 #include "../nn/buffers.hpp"
+#include "../nn/conditioning.hpp"
 #include "../nn/embedding.hpp"
 #include "../nn/linear.hpp"
 #include "../nn/mlp.hpp"
 #include "../nn/module.hpp"
+#include "../nn/state_dict.hpp"
 #include "../nn/norm.hpp"
 #include "../nn/patch.hpp"
 #include "config.hpp"
@@ -76,20 +78,9 @@ struct DiTConfig {
 
   // What upstream's constructor would refuse (or build into a model that cannot run).
   void validate() const {
-    using ditto::detail::cat;
-    for (auto [name, v] : {std::pair{"input_size", input_size}, std::pair{"patch_size", patch_size},
-                           std::pair{"in_channels", in_channels}, std::pair{"hidden_size", hidden_size},
-                           std::pair{"num_heads", num_heads}, std::pair{"num_classes", num_classes}})
-      if (v < 1) throw ArgumentError(cat("DiT config: ", name, " must be >= 1, got ", v));
-    if (depth < 0) throw ArgumentError(cat("DiT config: depth must be >= 0, got ", depth));  // 0: embedder + final layer, as upstream
-    if (input_size < patch_size)
-      throw ArgumentError(cat("DiT config: input_size ", input_size, " is smaller than patch_size ", patch_size));
-    if (hidden_size % num_heads)
-      throw ArgumentError(cat("DiT config: hidden_size ", hidden_size, " must be divisible by num_heads ", num_heads));
-    if (hidden_size % 4)  // get_2d_sincos_pos_embed splits D in halves, each into sin and cos
-      throw ArgumentError(cat("DiT config: hidden_size ", hidden_size, " must be divisible by 4 (the 2-D sin-cos position table)"));
-    if (mlp_hidden() < 1) throw ArgumentError(cat("DiT config: hidden_size * mlp_ratio must be a width from 1 to 2^31, got mlp_ratio ", mlp_ratio));
-    if (class_dropout_prob < 0) throw ArgumentError(cat("DiT config: class_dropout_prob must be >= 0, got ", class_dropout_prob));
+    if (num_classes < 1) throw ArgumentError(ditto::detail::cat("DiT config: num_classes must be >= 1, got ", num_classes));
+    detail::validate_dit_shape("DiT", input_size, patch_size, in_channels, hidden_size, depth, num_heads, mlp_hidden(), mlp_ratio,
+                               class_dropout_prob);
     detail::check_weights_fit("DiT", min_weights());
   }
   // A lower bound on the parameter count: the blocks' matrices, the patch embedding, the final
@@ -121,103 +112,14 @@ inline DiTConfig dit_config(const std::string& name, std::int64_t input_size = 3
   return c;
 }
 
-// timm's PatchEmbed is a stride-p convolution, so an image whose size p does not divide loses
-// its last rows and columns: x (B, C, S, S) cropped to the largest multiple of p.
-template <class T>
-inline Tensor<T> crop_to_patches(const Tensor<T>& x, std::int64_t p) {
-  const std::int64_t S = x.size(2), kept = S / p * p, BC = x.size(0) * x.size(1);
-  if (kept == S && x.size(3) == S) return x;
-  Tensor<T> out = Tensor<T>::empty({x.size(0), x.size(1), kept, kept});
-  for (std::int64_t bc = 0; bc < BC; ++bc)
-    for (std::int64_t r = 0; r < kept; ++r)
-      std::copy(x.data() + (bc * S + r) * x.size(3), x.data() + (bc * S + r) * x.size(3) + kept, out.data() + (bc * kept + r) * kept);
-  return out;
-}
-
-// forward_with_cfg's input: the first half of the batch, twice ([x[:B/2]; x[:B/2]]); upstream
-// ignores the second half of x and takes the labels of both halves of y.
-template <class T>
-inline Tensor<T> repeat_first_half(const Tensor<T>& x, const char* model) {
-  if (x.dim() < 1 || x.size(0) % 2)
-    throw ShapeError(ditto::detail::cat(model, ".forward_with_cfg: expected an even batch (conditional half, then unconditional), got ",
-                                        shape_str(x.shape())));
-  const std::int64_t half = x.numel() / 2;
-  Tensor<T> combined = Tensor<T>::empty(x.shape());
-  std::copy(x.data(), x.data() + half, combined.data());
-  std::copy(x.data(), x.data() + half, combined.data() + half);
-  return combined;
-}
-
-// The adaLN pieces (norm_modulate, gated_add, their backwards) and Trace live in nn/adaln.hpp.
+// The adaLN pieces (norm_modulate, gated_add, their backwards, FinalLayer) and Trace live in
+// nn/adaln.hpp, the embedders of t and y in nn/conditioning.hpp: Latte's blocks share them.
+using nn::crop_to_patches;
+using nn::FinalLayer;
+using nn::LabelEmbedder;
+using nn::TimestepEmbedder;
 using nn::Trace;
-
-// DiT's TimestepEmbedder: 256 sinusoidal features (cos first), then Linear, SiLU, Linear.
-template <class T = float>
-struct TimestepEmbedder {
-  std::int64_t frequency_embedding_size = 256;
-  nn::Linear<T> mlp0, mlp2;
-
-  TimestepEmbedder() = default;
-  TimestepEmbedder(std::int64_t hidden, std::int64_t freq = 256)
-      : frequency_embedding_size(freq), mlp0(freq, hidden), mlp2(hidden, hidden) {}
-
-  template <class V>
-  void visit(V& v) {
-    v("mlp.0", mlp0);
-    v("mlp.2", mlp2);
-  }
-
-  // t: (B) timesteps, fractional allowed -> (B, hidden)
-  Tensor<T> forward(const Tensor<T>& t) const {
-    Tensor<T> h = mlp0.forward(nn::timestep_embedding(t, frequency_embedding_size));
-    nn::activate(h.data(), h.numel(), nn::Activation::silu);
-    return mlp2.forward(h);
-  }
-
-  // Training: keeps the sinusoidal features and mlp.0's output (before SiLU). No gradient for t.
-  struct Acts {
-    Tensor<T> freq, pre;
-  };
-  Tensor<T> forward_train(const Tensor<T>& t, Acts& a) const {
-    a.freq = nn::timestep_embedding(t, frequency_embedding_size);
-    a.pre = mlp0.forward(a.freq);
-    return mlp2.forward(nn::silu(a.pre));
-  }
-  void backward(TimestepEmbedder& g, const Acts& a, const Tensor<T>& dout) const {
-    const std::int64_t B = a.pre.size(0), D = a.pre.size(1);
-    Tensor<T> dh({B, D}), dpre({B, D});
-    mlp2.backward_into(dh.data(), g.mlp2, dout.data(), nn::silu(a.pre).data(), B);
-    nn::activate_backward(dpre.data(), dh.data(), a.pre.data(), B * D, nn::Activation::silu);
-    mlp0.backward_into(nullptr, g.mlp0, dpre.data(), a.freq.data(), B);
-  }
-};
-
-// DiT's LabelEmbedder: a table of num_classes rows, plus the null class (row num_classes) used
-// for classifier-free guidance when the model was trained with label dropout.
-template <class T = float>
-struct LabelEmbedder {
-  std::int64_t num_classes = 0;
-  nn::Embedding<T> embedding_table;
-  const char* owner = "DiT";  // the model its messages name
-
-  LabelEmbedder() = default;
-  LabelEmbedder(std::int64_t classes, std::int64_t hidden, double dropout_prob, const char* owner_model = "DiT")
-      : num_classes(classes), embedding_table(classes + (dropout_prob > 0 ? 1 : 0), hidden), owner(owner_model) {}
-
-  template <class V>
-  void visit(V& v) {
-    v("embedding_table", embedding_table);
-  }
-
-  Tensor<T> forward(const Tensor<std::int64_t>& y) const {
-    for (std::int64_t i = 0; i < y.numel(); ++i)
-      if (y[i] < 0 || y[i] >= embedding_table.num_embeddings)
-        throw ShapeError(ditto::detail::cat(owner, ": label ", y[i], " is outside [0, ", embedding_table.num_embeddings, ")",
-                                            embedding_table.num_embeddings > num_classes ? " (the last is the null class)"
-                                                                                         : " (no null class: class_dropout_prob is 0)"));
-    return embedding_table.forward(y);
-  }
-};
+using diffusion::repeat_first_half;
 
 // The scratch one inference forward reuses across blocks (nn/buffers.hpp).
 template <class T>
@@ -321,55 +223,6 @@ struct DiTBlock {
     Tensor<T> out = x.clone();
     forward_inplace(out.data(), B, n, mod.data(), cu, buf);
     return out;
-  }
-};
-
-template <class T = float>
-struct FinalLayer {
-  std::int64_t hidden_size = 0;
-  nn::Linear<T> linear, adaLN_modulation;  // "adaLN_modulation.1"
-
-  FinalLayer() = default;
-  FinalLayer(std::int64_t hidden, std::int64_t patch, std::int64_t out_channels)
-      : hidden_size(hidden), linear(hidden, patch * patch * out_channels), adaLN_modulation(hidden, 2 * hidden) {}
-
-  template <class V>
-  void visit(V& v) {
-    v("linear", linear);
-    v("adaLN_modulation.1", adaLN_modulation);
-  }
-
-  // x: B * n rows of D; silu_c: (B, D) -> (B, n, p*p*out)
-  Tensor<T> forward(const T* x, std::int64_t B, std::int64_t n, const Tensor<T>& silu_c, T* scratch) const {
-    const Tensor<T> mod = adaLN_modulation.forward(silu_c);  // shift, scale
-    nn::norm_modulate(x, scratch, B * n, n, hidden_size, mod.data(), mod.data() + hidden_size, 2 * hidden_size, 1e-6);
-    Tensor<T> out = Tensor<T>::empty({B, n, linear.out_features});
-    linear.forward_into(scratch, out.data(), B * n);
-    return out;
-  }
-
-  // Training: keeps its input rows, the LayerNorm statistics, the modulated rows and mod.
-  struct Acts {
-    Tensor<T> x, mean, rstd, h, mod;
-  };
-  Tensor<T> forward_train(const T* x, std::int64_t B, std::int64_t n, const Tensor<T>& silu_c, Acts& a) const {
-    const std::int64_t rows = B * n, D = hidden_size;
-    a.mod = adaLN_modulation.forward(silu_c);
-    a.x = Tensor<T>::empty({rows, D}), a.h = Tensor<T>::empty({rows, D}), a.mean = Tensor<T>::empty({rows}), a.rstd = Tensor<T>::empty({rows});
-    std::copy(x, x + rows * D, a.x.data());
-    nn::norm_modulate(x, a.h.data(), rows, n, D, a.mod.data(), a.mod.data() + D, 2 * D, 1e-6, a.mean.data(), a.rstd.data());
-    Tensor<T> out = Tensor<T>::empty({B, n, linear.out_features});
-    linear.forward_into(a.h.data(), out.data(), rows);
-    return out;
-  }
-  // dout: (B, n, p*p*out). Accumulates g, dx (rows, D) and dsilu_c (B, D).
-  void backward(T* dx, FinalLayer& g, T* dsilu_c, const Tensor<T>& silu_c, const Tensor<T>& dout, const Acts& a) const {
-    const std::int64_t rows = a.x.size(0), D = hidden_size, B = silu_c.size(0);
-    Tensor<T> dh({rows, D}), dmod({B, 2 * D});
-    linear.backward_into(dh.data(), g.linear, dout.data(), a.h.data(), rows);
-    nn::norm_modulate_backward(dx, dmod.data(), dmod.data() + D, dh.data(), a.x.data(), a.mean.data(), a.rstd.data(),
-                               a.mod.data() + D, rows, rows / B, D, 2 * D);
-    adaLN_modulation.backward_into(dsilu_c, g.adaLN_modulation, dmod.data(), silu_c.data(), B);
   }
 };
 

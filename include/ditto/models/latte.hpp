@@ -1,7 +1,7 @@
 // Latte (Ma et al. 2024), the video diffusion transformer, as Vchitect/Latte's models/latte.py
 // builds it (the paper's variant 1: spatial and temporal blocks interleaved), with its
 // state-dict names, plus models/latte_img.py's image-video joint input and the paper's other
-// variants. Its blocks are DiT's (adaLN-Zero).
+// variants. Its blocks are DiT's (adaLN-Zero), built from nn/'s adaLN and conditioning pieces.
 //
 //   models::Latte<float> latte(models::LatteConfig::from_json(kwargs));
 //   nn::load<float>(latte, "latte.safetensors");
@@ -44,12 +44,27 @@
 #include "../diffusion/guidance.hpp"
 #include "../einops/rearrange.hpp"
 #include "../nn/activation.hpp"
+#include "../nn/adaln.hpp"
+#include "../nn/attention.hpp"
+#include "../nn/buffers.hpp"
+#include "../nn/conditioning.hpp"
 #include "../nn/embedding.hpp"
+#include "../nn/linear.hpp"
+#include "../nn/mlp.hpp"
+#include "../nn/module.hpp"
+#include "../nn/state_dict.hpp"
+#include "../nn/norm.hpp"
 #include "../nn/patch.hpp"
 #include "config.hpp"
-#include "dit.hpp"
 
 namespace ditto::models {
+
+using nn::crop_to_patches;
+using nn::FinalLayer;
+using nn::LabelEmbedder;
+using nn::TimestepEmbedder;
+using nn::Trace;
+using diffusion::repeat_first_half;
 
 // Latte.__init__'s arguments, with its defaults (Latte-XL/2, 16 frames), and ditto's two
 // extensions: variant and timestep_injection.
@@ -72,15 +87,6 @@ struct LatteConfig {
   bool adaln() const { return timestep_injection == "adaln"; }
   // tokens of one frame: the patches, and the condition token when it is one
   std::int64_t frame_tokens() const { return grid() * grid() + (adaln() ? 0 : 1); }
-
-  // DiT's constraints on the shared parts.
-  DiTConfig as_dit() const {
-    DiTConfig d;
-    d.input_size = input_size, d.patch_size = patch_size, d.in_channels = in_channels, d.hidden_size = hidden_size;
-    d.depth = depth, d.num_heads = num_heads, d.mlp_ratio = mlp_ratio;
-    d.class_dropout_prob = class_dropout_prob, d.num_classes = std::max<std::int64_t>(num_classes, 1), d.learn_sigma = learn_sigma;
-    return d;
-  }
 
   static LatteConfig from_json(const nlohmann::json& j) {
     Kwargs kw(j, "Latte");
@@ -109,13 +115,14 @@ struct LatteConfig {
   // patch embedding, the final projection and, for extras == 2, the label table.
   double min_weights() const {
     const double D = static_cast<double>(hidden_size), pp = static_cast<double>(patch_size * patch_size);
-    return detail::transformer_weights(depth, hidden_size, as_dit().mlp_hidden(), adaln() ? 10 : 4) +
+    return detail::transformer_weights(depth, hidden_size, mlp_hidden(), adaln() ? 10 : 4) +
            (extras == 2 ? static_cast<double>(num_classes) * D : 0.0) + pp * static_cast<double>(in_channels + out_channels()) * D;
   }
 
   void validate() const {
     using ditto::detail::cat;
-    as_dit().validate();
+    detail::validate_dit_shape("Latte", input_size, patch_size, in_channels, hidden_size, depth, num_heads, mlp_hidden(), mlp_ratio,
+                               class_dropout_prob);
     if (variant < 1 || variant > 4)
       throw ArgumentError(cat("Latte config: variant must be 1 (interleaved, upstream), 2 (late fusion), 3 (factorized self-attention) "
                               "or 4 (factorized dot-product attention), got ", variant));
@@ -130,6 +137,7 @@ struct LatteConfig {
       throw ArgumentError(cat("Latte config: extras must be 1 (timestep), 2 (+ class labels) or 78 (+ text embedding), got ", extras));
     if (attention_mode != "math" && attention_mode != "xformers" && attention_mode != "flash")
       throw ArgumentError("Latte config: attention_mode must be math, xformers or flash, got \"" + attention_mode + "\"");
+    detail::check_weights_fit("Latte", min_weights());
   }
 };
 
@@ -185,7 +193,7 @@ struct LatteBlock {
 
   // x: `rows` token rows of D in place, laid out as L says. adaLN: mod holds chunks() * D per
   // condition, one condition per rows_per_cond consecutive rows.
-  void forward(T* x, std::int64_t rows, std::int64_t rows_per_cond, const T* mod, const LatteLayout& L, DiTBuffers<T>& buf) const {
+  void forward(T* x, std::int64_t rows, std::int64_t rows_per_cond, const T* mod, const LatteLayout& L, nn::BlockBuffers<T>& buf) const {
     const std::int64_t D = hidden_size;
     auto spatial = [&](const nn::Attention<T>& a, const T* h, T* y) { a.forward_packed_into(h, L.frames, y, buf.qkv.data(), buf.o.data()); };
     auto temporal = [&](const nn::Attention<T>& a, const T* h, T* y) {
@@ -329,7 +337,7 @@ struct Latte {
   std::vector<LatteBlock<T>> blocks;
   FinalLayer<T> final_layer;                 // adaLN
   LatteTokenFinalLayer<T> token_final_layer;  // token injection: "final_layer"
-  mutable DiTBuffers<T> buffers;
+  mutable nn::BlockBuffers<T> buffers;
 
   Latte() = default;
   explicit Latte(const LatteConfig& c) : config(c) {

@@ -26,6 +26,7 @@
 #include "../core/rng.hpp"
 #include "../io/safetensors.hpp"
 #include "../nn/module.hpp"
+#include "../nn/state_dict.hpp"
 #include "dit.hpp"
 #include "latte.hpp"
 #include "unet.hpp"
@@ -314,7 +315,8 @@ inline NamedTensors run_vae(const ForwardRequest& r, bool encode) {
   refuse_guidance(r, "FrozenAutoencoderKL");
   AutoencoderKL<float> vae = model_for<AutoencoderKL<float>>(r, "FrozenAutoencoderKL");
   const bool diffusers = has_diffusers_vae_names(*r.weights);
-  if (diffusers) load_diffusers(vae, *r.weights);  // either naming loads
+  const nn::ConversionTable table = diffusers ? diffusers_vae_table(vae) : nn::ConversionTable{};
+  if (diffusers) nn::load<float>(vae, *r.weights, table);  // either naming loads
   else load_weights(vae, *r.weights);
   Inputs in{*r.inputs, encode ? "vae-encode" : "vae-decode", {}};
   NamedTensors outputs;
@@ -330,11 +332,8 @@ inline NamedTensors run_vae(const ForwardRequest& r, bool encode) {
         outputs.emplace_back("grad." + name, *g);
         continue;
       }
-      for (const auto& candidate : diffusers_vae_names(name, vae.config.ch_mult.size()))
-        if (r.weights->contains(candidate)) {
-          outputs.emplace_back("grad." + candidate, g->reshape(r.weights->info(candidate).shape));
-          break;
-        }
+      const std::string n = nn::source_of(table, *r.weights, name).names.front();  // its name and shape in the file
+      outputs.emplace_back("grad." + n, g->reshape(r.weights->info(n).shape));
     }
   };
   if (encode) {

@@ -31,6 +31,7 @@
 #include "../nn/embedding.hpp"
 #include "../nn/linear.hpp"
 #include "../nn/module.hpp"
+#include "../nn/state_dict.hpp"
 #include "../nn/norm.hpp"
 #include "../nn/adaln.hpp"  // Trace
 #include "config.hpp"

@@ -30,6 +30,7 @@
 #include "../nn/embedding.hpp"
 #include "../nn/linear.hpp"
 #include "../nn/module.hpp"
+#include "../nn/state_dict.hpp"
 #include "../nn/mlp.hpp"
 #include "../nn/norm.hpp"
 #include "../nn/patch.hpp"

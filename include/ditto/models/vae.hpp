@@ -31,6 +31,7 @@
 #include "../io/safetensors.hpp"
 #include "../nn/module.hpp"
 #include "../nn/norm.hpp"
+#include "../nn/state_dict.hpp"
 #include "../nn/adaln.hpp"  // Trace
 #include "config.hpp"
 
@@ -812,41 +813,26 @@ inline std::vector<std::string> diffusers_vae_names(const std::string& name, std
   return {stem + now + kind, stem + old + kind};
 }
 
+// diffusers' layout of AutoencoderKL's weights as a conversion table (nn/state_dict.hpp): one
+// rule per parameter, from diffusers_vae_names (old diffusers' query / key / value / proj_attn
+// as the alternative of to_q / to_k / to_v / to_out.0), squeezing: the attention projections,
+// Linear (C, C) in diffusers, load into the 1x1 convolutions.
+template <class T>
+inline nn::ConversionTable diffusers_vae_table(AutoencoderKL<T>& vae) {
+  nn::ConversionTable table;
+  for (auto& [name, t] : nn::named_parameters<T>(vae)) {
+    std::string sources;
+    for (const auto& n : diffusers_vae_names(name, vae.config.ch_mult.size())) sources += (sources.empty() ? "" : "|") + n;
+    table.push_back({name, {sources}, /*squeeze=*/true});
+  }
+  return table;
+}
 // Loads AutoencoderKL weights saved under diffusers' names (a diffusers
-// diffusion_pytorch_model.safetensors), strictly: every parameter present, nothing extra. The
-// attention projections, Linear (C, C) in diffusers, load into the 1x1 convolutions.
+// diffusion_pytorch_model.safetensors) through that table, strictly by default: every
+// parameter present, nothing extra, missing ones named as diffusers names them.
 template <class T>
 inline nn::LoadReport load_diffusers(AutoencoderKL<T>& vae, const SafetensorsFile& file, bool strict = true) {
-  nn::LoadReport report;
-  std::vector<std::string> wrong;
-  std::set<std::string> used;
-  std::vector<std::pair<Tensor<T>*, std::string>> to_read;  // read once nothing is wrong: a failed load changes nothing
-  for (auto& [name, t] : nn::named_parameters<T>(vae)) {
-    std::string found;
-    for (const auto& candidate : diffusers_vae_names(name, vae.config.ch_mult.size()))
-      if (file.contains(candidate)) {
-        found = candidate;
-        break;
-      }
-    if (found.empty()) {
-      report.missing.push_back(diffusers_vae_names(name, vae.config.ch_mult.size()).front());
-      continue;
-    }
-    used.insert(found);
-    const Shape& shape = file.info(found).shape;
-    const bool linear_as_conv = shape.size() == 2 && t->dim() == 4 && t->size(2) == 1 && t->size(3) == 1 && shape[0] == t->size(0) &&
-                                shape[1] == t->size(1);
-    if (shape != t->shape() && !linear_as_conv) {
-      wrong.push_back(ditto::detail::cat(found, ": file ", shape_str(shape), ", model ", shape_str(t->shape())));
-      continue;
-    }
-    to_read.emplace_back(t, found);
-  }
-  for (const auto& n : file.names())
-    if (!used.count(n)) report.unexpected.push_back(n);
-  nn::detail::throw_if_problems(file.path(), report, wrong, strict);
-  for (auto& [t, found] : to_read) *t = file.get<T>(found).reshape(t->shape());
-  return report;
+  return nn::load<T>(vae, file, diffusers_vae_table(vae), strict);
 }
 
 // Whether a weights file uses diffusers' names (it has encoder.conv_norm_out, which CompVis

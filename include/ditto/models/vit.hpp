@@ -30,12 +30,14 @@
 #include "../nn/attention.hpp"
 #include "../nn/linear.hpp"
 #include "../nn/module.hpp"
+#include "../nn/state_dict.hpp"
 #include "../nn/mlp.hpp"
 #include "../nn/norm.hpp"
 #include "../nn/patch.hpp"
 #include "../nn/resize.hpp"
 #include "../nn/adaln.hpp"  // Trace
 #include "../nn/buffers.hpp"
+#include "../nn/vit_block.hpp"
 #include "config.hpp"
 
 namespace ditto::models {
@@ -142,134 +144,15 @@ struct ViTConfig {
   }
 };
 
-template <class T = float>
-struct LayerScale {
-  Tensor<T> gamma;
-  template <class V>
-  void visit(V& v) {
-    v("gamma", gamma);
-  }
-};
+// timm's Block (and LayerScale) live in nn/vit_block.hpp: ViViT's models are made of them too.
+using nn::LayerScale;
+using nn::ViTBlock;
 
-template <class T = float>
-struct ViTBlock {
-  std::int64_t dim = 0;
-  bool layer_scale = false;
-  nn::LayerNorm<T> norm1, norm2;
-  nn::Attention<T> attn;
-  LayerScale<T> ls1, ls2;
-  nn::Mlp<T> mlp;
-
-  ViTBlock() = default;
-  ViTBlock(const ViTConfig& c)
-      : dim(c.embed_dim), layer_scale(c.init_values.has_value()), norm1(c.embed_dim, 1e-6), norm2(c.embed_dim, 1e-6),
-        attn(c.embed_dim, c.num_heads, c.qkv_bias, c.qk_norm, 1e-6), mlp(c.embed_dim, c.mlp_hidden(), c.embed_dim, c.act) {
-    if (layer_scale) {
-      ls1.gamma = Tensor<T>::full({c.embed_dim}, static_cast<T>(*c.init_values));
-      ls2.gamma = Tensor<T>::full({c.embed_dim}, static_cast<T>(*c.init_values));
-    }
-  }
-
-  template <class V>
-  void visit(V& v) {
-    v("norm1", norm1);
-    v("attn", attn);
-    if (layer_scale) v("ls1", ls1);
-    v("norm2", norm2);
-    v("mlp", mlp);
-    if (layer_scale) v("ls2", ls2);
-  }
-
-  // x: rows of dim for sequences cu, in place. buf: h, qkv, o, y, hidden as DiT's.
-  void forward_inplace(T* x, const std::vector<std::int64_t>& cu, nn::BlockBuffers<T>& buf) const {
-    forward_with(x, cu.back(), buf, [&](const T* h, T* out) { attn.forward_packed_into(h, cu, out, buf.qkv.data(), buf.o.data()); });
-  }
-
-  // The block with its attention given: attend(h, out) maps the normed rows h to out (rows x
-  // dim), using buf.qkv and buf.o if it likes. ViViT's factorized models attend differently.
-  template <class Attend>
-  void forward_with(T* x, std::int64_t rows, nn::BlockBuffers<T>& buf, Attend&& attend) const {
-    norm1.forward_into(x, buf.h.data(), rows);
-    attend(buf.h.data(), buf.y.data());
-    residual(x, buf.y.data(), rows, layer_scale ? ls1.gamma.data() : nullptr);
-    norm2.forward_into(x, buf.h.data(), rows);
-    mlp.forward_into(buf.h.data(), buf.y.data(), rows, buf.hidden.data());
-    residual(x, buf.y.data(), rows, layer_scale ? ls2.gamma.data() : nullptr);
-  }
-
-  // Training. What backward reads, per token row: the block's input and middle, both LayerNorms'
-  // statistics and outputs, the attention's activations, both branch outputs (LayerScale's
-  // gradient) and the MLP's pre-activation.
-  struct Acts {
-    Tensor<T> x_in, mean1, rstd1, h1, y_attn, x_mid, mean2, rstd2, h2, pre, y_mlp;
-    typename nn::Attention<T>::Acts attn;
-  };
-  // x: rows of dim, updated in place; seq: which rows attend to each other.
-  void forward_train(T* x, std::int64_t rows, const typename nn::Attention<T>::Sequences& seq, Acts& a) const {
-    forward_train_with(x, rows, a, [&](const T* h, T* y, typename nn::Attention<T>::Acts& aa) { attn.forward_train(h, rows, seq, y, aa); });
-  }
-  // The block with its attention given (as forward_with): attend(h, y, attn_acts).
-  template <class Attend>
-  void forward_train_with(T* x, std::int64_t rows, Acts& a, Attend&& attend) const {
-    const std::int64_t D = dim;
-    for (auto* t : {&a.x_in, &a.h1, &a.y_attn, &a.x_mid, &a.h2, &a.y_mlp}) *t = Tensor<T>::empty({rows, D});
-    for (auto* t : {&a.mean1, &a.rstd1, &a.mean2, &a.rstd2}) *t = Tensor<T>::empty({rows});
-    a.pre = Tensor<T>::empty({rows, mlp.fc1.out_features});
-    std::copy(x, x + rows * D, a.x_in.data());
-    norm1.forward_train(x, a.h1.data(), rows, a.mean1.data(), a.rstd1.data());
-    attend(a.h1.data(), a.y_attn.data(), a.attn);
-    residual(x, a.y_attn.data(), rows, layer_scale ? ls1.gamma.data() : nullptr);
-    std::copy(x, x + rows * D, a.x_mid.data());
-    norm2.forward_train(x, a.h2.data(), rows, a.mean2.data(), a.rstd2.data());
-    Tensor<T> hidden = Tensor<T>::empty({rows, mlp.fc1.out_features});
-    mlp.forward_train(a.h2.data(), a.y_mlp.data(), rows, a.pre.data(), hidden.data());
-    residual(x, a.y_mlp.data(), rows, layer_scale ? ls2.gamma.data() : nullptr);
-  }
-  // dx: (rows, dim), the gradient of the block's output, replaced by the gradient of its input
-  // (the residual stream passes it through; each branch adds its part). Accumulates g.
-  void backward(T* dx, ViTBlock& g, const typename nn::Attention<T>::Sequences& seq, const Acts& a) const {
-    const std::int64_t rows = a.x_in.size(0);
-    backward_with(dx, g, a, [&](T* dh, const T* dy, const typename nn::Attention<T>::Acts& aa) {
-      attn.backward(dh, g.attn, dy, a.h1.data(), rows, seq, aa);
-    });
-  }
-  // With the attention's backward given: attend_back(dh, dy, attn_acts) accumulates dh (the
-  // normed rows' gradient) and g.attn from dy (the attention output's).
-  template <class AttendBack>
-  void backward_with(T* dx, ViTBlock& g, const Acts& a, AttendBack&& attend_back) const {
-    const std::int64_t rows = a.x_in.size(0);
-    Tensor<T> dy = Tensor<T>::empty({rows, dim}), dh({rows, dim});
-    // x_out = x_mid + ls2 * mlp(norm2(x_mid))
-    scale_back(dy.data(), layer_scale ? &g.ls2.gamma : nullptr, dx, a.y_mlp.data(), rows, layer_scale ? ls2.gamma.data() : nullptr);
-    mlp.backward_into(dh.data(), g.mlp, dy.data(), a.h2.data(), a.pre.data(), rows);
-    norm2.backward_into(dx, g.norm2, dh.data(), a.x_mid.data(), a.mean2.data(), a.rstd2.data(), rows);
-    // x_mid = x_in + ls1 * attn(norm1(x_in))
-    std::fill(dh.begin(), dh.end(), T(0));
-    scale_back(dy.data(), layer_scale ? &g.ls1.gamma : nullptr, dx, a.y_attn.data(), rows, layer_scale ? ls1.gamma.data() : nullptr);
-    attend_back(dh.data(), dy.data(), a.attn);
-    norm1.backward_into(dx, g.norm1, dh.data(), a.x_in.data(), a.mean1.data(), a.rstd1.data(), rows);
-  }
-  // LayerScale's backward: dy = gamma * dout, dgamma += sum over rows of dout * y (rows in order).
-  void scale_back(T* dy, Tensor<T>* dgamma, const T* dout, const T* y, std::int64_t rows, const T* gamma) const {
-    for (std::int64_t r = 0; r < rows; ++r)
-      for (std::int64_t i = 0; i < dim; ++i) {
-        dy[r * dim + i] = gamma ? gamma[i] * dout[r * dim + i] : dout[r * dim + i];
-        if (dgamma) (*dgamma)[i] += dout[r * dim + i] * y[r * dim + i];
-      }
-  }
-
-  // x[r] += gamma * y[r] (gamma: LayerScale, or null for 1)
-  void residual(T* x, const T* y, std::int64_t rows, const T* gamma) const {
-    parallel_for(rows, rows * dim, [&](std::int64_t lo, std::int64_t hi) {
-      for (auto r = lo; r < hi; ++r) {
-        T* xr = x + r * dim;
-        const T* yr = y + r * dim;
-        if (gamma) for (std::int64_t i = 0; i < dim; ++i) xr[i] += gamma[i] * yr[i];
-        else for (std::int64_t i = 0; i < dim; ++i) xr[i] += yr[i];
-      }
-    });
-  }
-};
+// ViT's blocks: timm's Block with this config's width, heads, MLP, biases, q/k norm, LayerScale.
+template <class T>
+inline ViTBlock<T> vit_block(const ViTConfig& c) {
+  return ViTBlock<T>(c.embed_dim, c.num_heads, c.mlp_hidden(), c.qkv_bias, c.qk_norm, c.act, c.init_values);
+}
 
 // timm's AttentionPoolLatent (global_pool "map"): one learned latent query attends over all
 // tokens, then proj, and a residual MLP on its LayerNorm: x + mlp(norm(x)). -> (B, D).
@@ -368,7 +251,7 @@ struct ViT {
     if (c.reg_tokens) reg_token = Tensor<T>({1, c.reg_tokens, c.embed_dim});
     pos_embed = Tensor<T>({1, c.embed_len(), c.embed_dim});
     if (c.pre_norm) norm_pre = nn::LayerNorm<T>(c.embed_dim, 1e-6);
-    for (std::int64_t i = 0; i < c.depth; ++i) blocks.emplace_back(c);
+    for (std::int64_t i = 0; i < c.depth; ++i) blocks.push_back(vit_block<T>(c));
     if (c.use_fc_norm()) fc_norm = nn::LayerNorm<T>(c.embed_dim, 1e-6);
     else norm = nn::LayerNorm<T>(c.embed_dim, 1e-6);
     if (c.global_pool == "map") attn_pool = AttentionPoolLatent<T>(c.embed_dim, c.num_heads, c.mlp_hidden());

@@ -44,16 +44,21 @@
 #include "../core/tensor.hpp"
 #include "../einops/rearrange.hpp"
 #include "../nn/activation.hpp"
+#include "../nn/adaln.hpp"  // Trace
 #include "../nn/attention.hpp"
 #include "../nn/linear.hpp"
 #include "../nn/module.hpp"
+#include "../nn/state_dict.hpp"
 #include "../nn/norm.hpp"
 #include "../nn/buffers.hpp"
 #include "../nn/patch.hpp"
 #include "config.hpp"
-#include "vit.hpp"
+#include "../nn/vit_block.hpp"
 
 namespace ditto::models {
+
+using nn::Trace;
+using nn::ViTBlock;
 
 struct ViViTConfig {
   std::string model = "spatio_temporal";  // or factorized_encoder, factorized_self_attention, factorized_dot_product
@@ -73,11 +78,10 @@ struct ViViTConfig {
   bool cls() const { return classifier == "token"; }
   std::int64_t mlp_hidden() const { return detail::scaled_width(embed_dim, mlp_ratio); }
 
-  // The ViT whose blocks these are (depth and tokens aside).
-  ViTConfig block_config() const {
-    ViTConfig v;
-    v.embed_dim = embed_dim, v.num_heads = num_heads, v.mlp_ratio = mlp_ratio, v.qkv_bias = qkv_bias, v.act = act;
-    return v;
+  // One of its blocks: timm's Block as a ViT of this width, heads and MLP has it.
+  template <class T>
+  nn::ViTBlock<T> block() const {
+    return nn::ViTBlock<T>(embed_dim, num_heads, mlp_hidden(), qkv_bias, false, act);
   }
 
   static ViViTConfig from_json(const nlohmann::json& j) {
@@ -214,7 +218,7 @@ struct ViViTEncoder {
   ViViTEncoder(const ViViTConfig& c, std::int64_t n, std::int64_t depth) : has_cls(c.cls()), norm(c.embed_dim, 1e-6) {
     if (has_cls) cls_token = Tensor<T>({1, 1, c.embed_dim});
     pos_embed = Tensor<T>({1, n + (has_cls ? 1 : 0), c.embed_dim});
-    for (std::int64_t i = 0; i < depth; ++i) blocks.emplace_back(c.block_config());
+    for (std::int64_t i = 0; i < depth; ++i) blocks.push_back(c.template block<T>());
   }
 
   template <class V>
@@ -346,7 +350,7 @@ struct ViViTFactorizedBlock {
 
   ViViTFactorizedBlock() = default;
   explicit ViViTFactorizedBlock(const ViViTConfig& c)
-      : spatial(c.block_config()), temporal_norm(c.embed_dim, 1e-6), temporal_attn(c.embed_dim, c.num_heads, c.qkv_bias) {}
+      : spatial(c.template block<T>()), temporal_norm(c.embed_dim, 1e-6), temporal_attn(c.embed_dim, c.num_heads, c.qkv_bias) {}
 
   template <class V>
   void visit(V& v) {
@@ -469,7 +473,7 @@ struct ViViT {
     if (c.model == "factorized_self_attention")
       for (std::int64_t i = 0; i < c.depth; ++i) factorized_blocks.emplace_back(c);
     if (c.model == "factorized_dot_product")
-      for (std::int64_t i = 0; i < c.depth; ++i) blocks.emplace_back(c.block_config());
+      for (std::int64_t i = 0; i < c.depth; ++i) blocks.push_back(c.template block<T>());
     if (factorized()) {
       pos_embed = Tensor<T>({1, c.nt() * c.ns(), D});
       norm = nn::LayerNorm<T>(D, 1e-6);
@@ -671,10 +675,13 @@ struct ViViT {
   // time. Model 2's temporal encoder keeps its own weights; model 3's temporal attention is set
   // to zero so that each block starts as the image model's. The ViT must match (embed_dim,
   // heads, MLP, patch size, channels, class token for models 1 and 2, patch positions).
-  void init_from_vit(const ViT<T>& vit, TubeletInit init = TubeletInit::central_frame) {
+  // VisionTransformer: models::ViT<T> (models/vit.hpp; a template so that this header does not
+  // include another model's).
+  template <class VisionTransformer>
+  void init_from_vit(const VisionTransformer& vit, TubeletInit init = TubeletInit::central_frame) {
     using ditto::detail::cat;
     const ViViTConfig& c = config;
-    const ViTConfig& v = vit.config;
+    const auto& v = vit.config;
     if (v.embed_dim != c.embed_dim || v.num_heads != c.num_heads || v.mlp_hidden() != c.mlp_hidden() || v.patch_size != c.patch_size ||
         v.in_chans != c.in_chans || v.reg_tokens != 0 || v.init_values || v.qk_norm || v.pre_norm || v.use_fc_norm() ||
         v.qkv_bias != c.qkv_bias || v.act != c.act || v.no_embed_class)

@@ -13,7 +13,9 @@
 #include <functional>
 #include <string>
 
+#include "../core/tensor.hpp"
 #include "../core/threading.hpp"
+#include "linear.hpp"
 #include "norm.hpp"
 
 namespace ditto::nn {
@@ -110,5 +112,57 @@ inline void gated_add_backward(T* dy, T* dgate, const T* dout, const T* y, const
     }
   });
 }
+
+// DiT's final layer (Latte's too): LayerNorm without affine, modulated by (shift, scale) =
+// adaLN_modulation(SiLU(c)), then the linear projection to p * p * out_channels per token.
+template <class T = float>
+struct FinalLayer {
+  std::int64_t hidden_size = 0;
+  Linear<T> linear, adaLN_modulation;  // "adaLN_modulation.1"
+
+  FinalLayer() = default;
+  FinalLayer(std::int64_t hidden, std::int64_t patch, std::int64_t out_channels)
+      : hidden_size(hidden), linear(hidden, patch * patch * out_channels), adaLN_modulation(hidden, 2 * hidden) {}
+
+  template <class V>
+  void visit(V& v) {
+    v("linear", linear);
+    v("adaLN_modulation.1", adaLN_modulation);
+  }
+
+  // x: B * n rows of D; silu_c: (B, D) -> (B, n, p*p*out)
+  Tensor<T> forward(const T* x, std::int64_t B, std::int64_t n, const Tensor<T>& silu_c, T* scratch) const {
+    const Tensor<T> mod = adaLN_modulation.forward(silu_c);  // shift, scale
+    norm_modulate(x, scratch, B * n, n, hidden_size, mod.data(), mod.data() + hidden_size, 2 * hidden_size, 1e-6);
+    Tensor<T> out = Tensor<T>::empty({B, n, linear.out_features});
+    linear.forward_into(scratch, out.data(), B * n);
+    return out;
+  }
+
+  // Training: keeps its input rows, the LayerNorm statistics, the modulated rows and mod.
+  struct Acts {
+    Tensor<T> x, mean, rstd, h, mod;
+  };
+  Tensor<T> forward_train(const T* x, std::int64_t B, std::int64_t n, const Tensor<T>& silu_c, Acts& a) const {
+    const std::int64_t rows = B * n, D = hidden_size;
+    a.mod = adaLN_modulation.forward(silu_c);
+    a.x = Tensor<T>::empty({rows, D}), a.h = Tensor<T>::empty({rows, D}), a.mean = Tensor<T>::empty({rows}), a.rstd = Tensor<T>::empty({rows});
+    std::copy(x, x + rows * D, a.x.data());
+    norm_modulate(x, a.h.data(), rows, n, D, a.mod.data(), a.mod.data() + D, 2 * D, 1e-6, a.mean.data(), a.rstd.data());
+    Tensor<T> out = Tensor<T>::empty({B, n, linear.out_features});
+    linear.forward_into(a.h.data(), out.data(), rows);
+    return out;
+  }
+  // dout: (B, n, p*p*out). Accumulates g, dx (rows, D) and dsilu_c (B, D).
+  void backward(T* dx, FinalLayer& g, T* dsilu_c, const Tensor<T>& silu_c, const Tensor<T>& dout, const Acts& a) const {
+    const std::int64_t rows = a.x.size(0), D = hidden_size, B = silu_c.size(0);
+    Tensor<T> dh({rows, D}), dmod({B, 2 * D});
+    linear.backward_into(dh.data(), g.linear, dout.data(), a.h.data(), rows);
+    norm_modulate_backward(dx, dmod.data(), dmod.data() + D, dh.data(), a.x.data(), a.mean.data(), a.rstd.data(),
+                               a.mod.data() + D, rows, rows / B, D, 2 * D);
+    adaLN_modulation.backward_into(dsilu_c, g.adaLN_modulation, dmod.data(), silu_c.data(), B);
+  }
+};
+
 
 }  // namespace ditto::nn

@@ -1,4 +1,4 @@
-// How blocks own and list their parameters, and how weights load and save.
+// How blocks own and list their parameters (loading and saving them: nn/state_dict.hpp).
 //
 // A block is a plain struct whose members are tensors and other blocks, named as in the
 // upstream PyTorch module. It lists them in one function:
@@ -6,8 +6,8 @@
 //   template <class V> void visit(V& v) { v("fc1", fc1); v("fc2", fc2); }
 //
 // and everything else is built on that: named_parameters(block) yields ("fc1.weight", tensor),
-// ..., exactly PyTorch's state_dict() keys; load() and save() read and write .safetensors under
-// those names; counting, gradients and optimizers walk the same list. No string lookups at run
+// ..., exactly PyTorch's state_dict() keys; load() and save() (nn/state_dict.hpp) read and write
+// .safetensors under those names; counting, gradients and optimizers walk the same list. No string lookups at run
 // time. A tensor upstream keeps with requires_grad=False (a fixed sin-cos table) is listed as
 // v("pos_embed", pos_embed, nn::fixed): in the state dict, but not trainable.
 #pragma once
@@ -162,183 +162,6 @@ inline std::int64_t count_parameters(Block& block) {
   std::int64_t n = 0;
   for (auto& [name, t] : named_parameters<T>(block)) n += t->numel();
   return n;
-}
-
-// What load() found: like PyTorch's _IncompatibleKeys.
-struct LoadReport {
-  std::vector<std::string> missing, unexpected;
-  bool ok() const { return missing.empty() && unexpected.empty(); }
-};
-
-namespace detail {
-// One IoError listing every problem of a load, or nothing when there is none to report.
-inline void throw_if_problems(const std::string& path, const LoadReport& report, const std::vector<std::string>& wrong,
-                              bool strict) {
-  if (wrong.empty() && (!strict || report.ok())) return;
-  auto list = [](const std::vector<std::string>& v) {
-    std::string s;
-    for (std::size_t i = 0; i < v.size() && i < 10; ++i) s += (i ? ", " : "") + v[i];
-    if (v.size() > 10) s += ditto::detail::cat(", ... (", v.size() - 10, " more)");
-    return s;
-  };
-  std::string msg = "load(\"" + path + "\"): ";
-  bool first = true;
-  auto part = [&](const std::vector<std::string>& v, const char* what) {
-    if (v.empty()) return;
-    msg += ditto::detail::cat(first ? "" : ", ", v.size(), " ", what, " (", list(v), ")");
-    first = false;
-  };
-  part(report.missing, "missing");
-  if (strict) part(report.unexpected, "unexpected");
-  part(wrong, "wrong shape");
-  throw IoError(msg);
-}
-}  // namespace detail
-
-// Loads a block's tensors from a safetensors file by name, converting dtypes. A wrongly shaped
-// tensor is always an error; with strict (the default, as load_state_dict) so is any missing or
-// unexpected name. All problems are reported together in one IoError, and a load refused for
-// its names or shapes leaves the block as it was: they are all in the file's header and are
-// checked before any tensor is read (reading then assigns tensor by tensor, so no more than one
-// copy of the weights is held; a checkpoint, train/checkpoint.hpp, reads everything first).
-// `rename` maps a file's name to the block's name ("" drops it): one conversion table per
-// foreign layout of the same weights (e.g. diffusers' names), applied here, at load time.
-template <class T, class Block>
-inline LoadReport load(Block& block, const SafetensorsFile& file, bool strict = true,
-                       const std::function<std::string(const std::string&)>& rename = {}) {
-  auto params = named_parameters<T>(block);
-  std::map<std::string, std::string> file_names;  // block name -> file name
-  LoadReport report;
-  for (const auto& name : file.names()) {
-    const std::string mine = rename ? rename(name) : name;
-    if (mine.empty()) continue;
-    file_names[mine] = name;
-  }
-  std::vector<std::string> wrong;
-  std::set<std::string> used;
-  std::vector<std::pair<Tensor<T>*, std::string>> to_read;
-  for (auto& [name, t] : params) {
-    auto it = file_names.find(name);
-    if (it == file_names.end()) {
-      report.missing.push_back(name);
-      continue;
-    }
-    used.insert(name);
-    const auto& info = file.info(it->second);
-    if (info.shape != t->shape()) {
-      wrong.push_back(ditto::detail::cat(name, ": file ", shape_str(info.shape), ", model ", shape_str(t->shape())));
-      continue;
-    }
-    to_read.emplace_back(t, it->second);
-  }
-  for (const auto& [mine, theirs] : file_names)
-    if (!used.count(mine)) report.unexpected.push_back(theirs);
-  detail::throw_if_problems(file.path(), report, wrong, strict);
-  for (auto& [t, source] : to_read) *t = file.get<T>(source);
-  return report;
-}
-template <class T, class Block>
-inline LoadReport load(Block& block, const std::string& path, bool strict = true,
-                       const std::function<std::string(const std::string&)>& rename = {}) {
-  return load<T>(block, SafetensorsFile(path), strict, rename);
-}
-
-// A conversion table: how another layout of the same weights maps onto a block's names. Each
-// rule makes the block's tensor `target` from the file's tensors `sources`, concatenated along
-// dim 0 (one source: a rename; several: a fusion, e.g. diffusers' to_q, to_k, to_v into timm's
-// qkv). "{i}" in a rule stands for a layer index (digits) and is carried from target to sources.
-// Names no rule matches load as they are. Document each table next to the model that uses it.
-struct ConversionRule {
-  std::string target;
-  std::vector<std::string> sources;
-};
-using ConversionTable = std::vector<ConversionRule>;
-
-namespace detail {
-// Matches name against pattern with at most one "{i}"; sets index on success.
-inline bool match_rule(const std::string& pattern, const std::string& name, std::string& index) {
-  const auto at = pattern.find("{i}");
-  if (at == std::string::npos) return pattern == name;
-  const std::string pre = pattern.substr(0, at), post = pattern.substr(at + 3);
-  if (name.size() <= pre.size() + post.size() || name.compare(0, pre.size(), pre) != 0 ||
-      name.compare(name.size() - post.size(), post.size(), post) != 0)
-    return false;
-  index = name.substr(pre.size(), name.size() - pre.size() - post.size());
-  return !index.empty() && index.find_first_not_of("0123456789") == std::string::npos;
-}
-inline std::string fill_rule(const std::string& pattern, const std::string& index) {
-  const auto at = pattern.find("{i}");
-  return at == std::string::npos ? pattern : pattern.substr(0, at) + index + pattern.substr(at + 3);
-}
-}  // namespace detail
-
-// load() through a conversion table. Missing names are reported under the file's (source) names.
-template <class T, class Block>
-inline LoadReport load(Block& block, const SafetensorsFile& file, const ConversionTable& table, bool strict = true) {
-  LoadReport report;
-  std::vector<std::string> wrong;
-  std::set<std::string> used;
-  std::vector<std::tuple<Tensor<T>*, Shape, std::vector<std::string>>> to_read;  // read once nothing is wrong
-  for (auto& [name, t] : named_parameters<T>(block)) {
-    std::vector<std::string> sources{name};
-    for (const auto& rule : table) {
-      std::string index;
-      if (detail::match_rule(rule.target, name, index)) {
-        sources.clear();
-        for (const auto& src : rule.sources) sources.push_back(detail::fill_rule(src, index));
-        break;
-      }
-    }
-    bool complete = true;
-    for (const auto& src : sources) {
-      if (!file.contains(src)) {
-        report.missing.push_back(src);
-        complete = false;
-      } else {
-        used.insert(src);  // claimed by this rule, even when a sibling is missing
-      }
-    }
-    if (!complete) continue;
-    Shape shape = file.info(sources[0]).shape;
-    bool same_tail = !shape.empty();
-    for (std::size_t k = 1; k < sources.size() && same_tail; ++k) {
-      const Shape& sk = file.info(sources[k]).shape;
-      same_tail = sk.size() == shape.size() && std::equal(sk.begin() + 1, sk.end(), shape.begin() + 1);
-      if (same_tail) shape[0] += sk[0];
-    }
-    if (!same_tail || shape != t->shape()) {
-      wrong.push_back(ditto::detail::cat(name, ": file ", same_tail ? shape_str(shape) : std::string("(sources do not concatenate)"),
-                                         ", model ", shape_str(t->shape())));
-      continue;
-    }
-    to_read.emplace_back(t, shape, std::move(sources));
-  }
-  for (const auto& name : file.names())
-    if (!used.count(name)) report.unexpected.push_back(name);
-  detail::throw_if_problems(file.path(), report, wrong, strict);
-  for (auto& [t, shape, sources] : to_read) {
-    if (sources.size() == 1) {
-      *t = file.get<T>(sources[0]);
-      continue;
-    }
-    Tensor<T> fused = Tensor<T>::empty(shape);
-    std::int64_t at = 0;
-    for (const auto& src : sources) {
-      const Tensor<T> part = file.get<T>(src);
-      std::copy(part.begin(), part.end(), fused.data() + at);
-      at += part.numel();
-    }
-    *t = std::move(fused);
-  }
-  return report;
-}
-
-// Saves every tensor of a block under its state-dict name.
-template <class T, class Block>
-inline void save(Block& block, const std::string& path, const std::map<std::string, std::string>& metadata = {}) {
-  std::vector<std::pair<std::string, Tensor<T>>> tensors;
-  for (auto& [name, t] : named_parameters<T>(block)) tensors.emplace_back(name, *t);
-  save_safetensors<T>(path, tensors, metadata);
 }
 
 }  // namespace ditto::nn

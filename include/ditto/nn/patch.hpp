@@ -132,4 +132,17 @@ inline Tensor<T> unpatchify_backward(const Tensor<T>& dy, std::int64_t patch) {
   return rearrange(dy, "n c (h p) (w q) -> n (h w) (p q c)", {{"p", patch}, {"q", patch}});
 }
 
+// timm's PatchEmbed is a stride-p convolution, so an image whose size p does not divide loses
+// its last rows and columns: x (B, C, S, S) cropped to the largest multiple of p.
+template <class T>
+inline Tensor<T> crop_to_patches(const Tensor<T>& x, std::int64_t p) {
+  const std::int64_t S = x.size(2), kept = S / p * p, BC = x.size(0) * x.size(1);
+  if (kept == S && x.size(3) == S) return x;
+  Tensor<T> out = Tensor<T>::empty({x.size(0), x.size(1), kept, kept});
+  for (std::int64_t bc = 0; bc < BC; ++bc)
+    for (std::int64_t r = 0; r < kept; ++r)
+      std::copy(x.data() + (bc * S + r) * x.size(3), x.data() + (bc * S + r) * x.size(3) + kept, out.data() + (bc * kept + r) * kept);
+  return out;
+}
+
 }  // namespace ditto::nn
