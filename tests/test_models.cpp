@@ -14,6 +14,7 @@
 #include <ditto/nn/module.hpp>
 
 #include <cstdio>
+#include <cstring>
 #include <set>
 #include <tuple>
 
@@ -394,25 +395,33 @@ TEST_CASE("AutoencoderKL loads diffusers' names as diffusers' converter maps the
       hash_weights(n, *t);
       compvis[n] = *t;
     }
-    // the file as diffusers stores it: its names, its shapes (attention projections as Linear)
-    std::vector<std::pair<std::string, Tensor<float>>> file;
-    for (const auto& [dname, entry] : c["keys"].items()) {
-      const std::string from = entry[0];
-      REQUIRE(compvis.count(from));
-      file.emplace_back(dname, compvis[from].clone().reshape(entry[1].get<Shape>()));
+    // the file as diffusers stores it: its names, its shapes (attention projections as Linear);
+    // then as older diffusers named the attention projections (query, key, value, proj_attn)
+    for (bool old_names : {false, true}) {
+      INFO((old_names ? "old diffusers attention names" : "diffusers names"));
+      std::vector<std::pair<std::string, Tensor<float>>> file;
+      for (const auto& [dname, entry] : c["keys"].items()) {
+        const std::string from = entry[0];
+        REQUIRE(compvis.count(from));
+        std::string n = dname;
+        for (const auto& [now, before] : {std::pair{".to_q.", ".query."}, std::pair{".to_k.", ".key."}, std::pair{".to_v.", ".value."},
+                                          std::pair{".to_out.0.", ".proj_attn."}})
+          if (const auto at = n.find(now); old_names && at != std::string::npos) n = n.substr(0, at) + before + n.substr(at + std::strlen(now));
+        file.emplace_back(n, compvis[from].clone().reshape(entry[1].get<Shape>()));
+      }
+      REQUIRE(file.size() == compvis.size());
+      const std::string path = "ditto_test_vae_diffusers_" + name + ".safetensors";
+      save_safetensors(path, file);
+      AutoencoderKL<float> got(VAEConfig::from_json(kwargs));
+      const SafetensorsFile f(path);
+      CHECK(has_diffusers_vae_names(f));
+      CHECK(load_diffusers(got, f).ok());
+      for (auto& [n, t] : nn::named_parameters<float>(got)) {
+        INFO(n);
+        ditto_test::require_equal(*t, compvis[n]);
+      }
+      std::remove(path.c_str());
     }
-    REQUIRE(file.size() == compvis.size());
-    const std::string path = "ditto_test_vae_diffusers_" + name + ".safetensors";
-    save_safetensors(path, file);
-    AutoencoderKL<float> got(VAEConfig::from_json(kwargs));
-    const SafetensorsFile f(path);
-    CHECK(has_diffusers_vae_names(f));
-    CHECK(load_diffusers(got, f).ok());
-    for (auto& [n, t] : nn::named_parameters<float>(got)) {
-      INFO(n);
-      ditto_test::require_equal(*t, compvis[n]);
-    }
-    std::remove(path.c_str());
   }
   // a missing weight is named in the diffusers naming
   AutoencoderKL<float> vae(VAEConfig::from_json({{"ddconfig", table["small"]["ddconfig"]}, {"embed_dim", 3}}));

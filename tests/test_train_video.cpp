@@ -93,7 +93,8 @@ TEST_CASE("Latte backward equals central differences in every variant, with imag
     const Tensor<std::int64_t> y({2}, std::vector<std::int64_t>{2, 0}), yi({2, 2}, std::vector<std::int64_t>{1, 2, 0, 1});  // the I = 2 case's
     const Tensor<std::int64_t>* yp = c.extras == 2 ? &y : nullptr;
     const Tensor<std::int64_t>* yip = c.extras == 2 && I > 0 ? &yi : nullptr;
-    check_model_backward(m, x, gen, 4, [&] { return m.forward(x, t, yp, {}, I, yip); },
+    // with images, enough coordinates of x that the image frames are among them
+    check_model_backward(m, x, gen, I > 0 ? 16 : 4, [&] { return m.forward(x, t, yp, {}, I, yip); },
                          [&](models::Latte<double>::Acts& a) { return m.forward_train(x, t, yp, a, I, yip); });
   }
   SECTION("text (extras = 78): the projection's weight and the text embedding") {
@@ -167,6 +168,9 @@ TEST_CASE("the autoencoder's encoder and decoder backwards equal central differe
       {{"ddconfig", {{"double_z", true}, {"z_channels", 2}, {"resolution", 8}, {"in_channels", 1}, {"out_ch", 1}, {"ch", 32}, {"ch_mult", {1, 2}},
                      {"num_res_blocks", 1}, {"attn_resolutions", nlohmann::json::array()}, {"attn_type", "none"}, {"resamp_with_conv", false}, {"tanh_out", true}}},
        {"embed_dim", 1}, {"scale_factor", 0.5}},
+      {{"ddconfig", {{"double_z", true}, {"z_channels", 1}, {"resolution", 8}, {"in_channels", 1}, {"out_ch", 1}, {"ch", 32}, {"ch_mult", {1, 1}},
+                     {"num_res_blocks", 1}, {"attn_resolutions", {8}}, {"give_pre_end", true}}},
+       {"embed_dim", 2}},
   };
   Generator gen(47);
   for (const auto& j : configs) {
@@ -174,6 +178,8 @@ TEST_CASE("the autoencoder's encoder and decoder backwards equal central differe
     models::AutoencoderKL<double> vae(models::VAEConfig::from_json(j));
     randomize<double>(vae, gen, 0.15);
     const auto& c = vae.config;
+    // one logvar channel far above the clamp's 20: its gradient must be 0, as torch.clamp's
+    vae.quant_conv.bias[c.embed_dim] = 45;
     Tensor<double> x = gen.normal<double>({2, c.in_channels, 4, 6}), z = gen.normal<double>({1, c.embed_dim, 2, 3});
     // encode: L = sum(mean * gm) + sum(logvar * gl), every parameter and x
     models::AutoencoderKL<double>::EncodeActs ea;
@@ -181,6 +187,7 @@ TEST_CASE("the autoencoder's encoder and decoder backwards equal central differe
     const auto ref = vae.encode(x);
     CHECK_CLOSE(post.mean, ref.mean, 1e-13);
     CHECK_CLOSE(post.logvar, ref.logvar, 1e-13);
+    CHECK(post.logvar[0] == 20.0);  // clamped
     const Tensor<double> gm = gen.normal<double>(post.mean.shape()), gl = gen.normal<double>(post.mean.shape());
     auto g = nn::zeros_like<double>(vae);
     Tensor<double> dx;

@@ -100,8 +100,10 @@ void check_model_backward(Model& model, Tensor<double>& x, Generator& gen, int p
   ck.checkpoint = true;
   (void)forward_train(ck);
   auto g2 = nn::zeros_like<double>(model);
-  model.backward(g2, ck, gout);
+  Tensor<double> dx2;
+  model.backward(g2, ck, gout, &dx2);
   require_same_grads<double>(g, g2);
+  ditto_test::require_equal(dx, dx2);
 }
 // tests/fixtures/grad_{nn,dit}_{f32,f64}.safetensors (tools/gen_grad_fixtures.py: PyTorch autograd
 // on upstream's modules, L = sum(out * grad_out)): "case.w.*", "case.in.*", "case.grad_out",

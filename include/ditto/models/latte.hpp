@@ -133,6 +133,8 @@ struct LatteConfig {
     if (timestep_injection != "adaln" && timestep_injection != "token")
       throw ArgumentError("Latte config: timestep_injection must be \"adaln\" or \"token\", got \"" + timestep_injection + "\"");
     if (num_frames < 1) throw ArgumentError(cat("Latte config: num_frames must be >= 1, got ", num_frames));
+    if (extras == 2 && num_classes < 1)
+      throw ArgumentError(cat("Latte config: a class-conditional model (extras = 2) needs num_classes >= 1, got ", num_classes));
     if (extras != 1 && extras != 2 && extras != 78)
       throw ArgumentError(cat("Latte config: extras must be 1 (timestep), 2 (+ class labels) or 78 (+ text embedding), got ", extras));
     if (attention_mode != "math" && attention_mode != "xformers" && attention_mode != "flash")
@@ -483,6 +485,7 @@ struct Latte {
     Tensor<T> patches;                      // (B Ft N, C p p): x_embedder's input rows
     std::optional<Tensor<std::int64_t>> y, y_image;
     Tensor<T> text;                         // (B, 77 768): the flattened text embedding
+    Shape text_shape;                       // as the caller gave it
     typename TimestepEmbedder<T>::Acts t_acts;
     Tensor<T> temb;
     Conditions cd;
@@ -509,12 +512,13 @@ struct Latte {
     a.temb = t_embedder.forward_train(t, a.t_acts);
     std::optional<Tensor<T>> ye, te, yi;
     a.y.reset(), a.y_image.reset();
-    if (y) a.y = *y, ye = y_embedder.forward(*y);
+    if (y) a.y = y->clone(), ye = y_embedder.forward(*y);  // own copies: the caller may change its inputs before backward
     if (text_embedding) {
-      a.text = text_embedding->reshape({B, LatteConfig::text_features});
+      a.text = text_embedding->reshape({B, LatteConfig::text_features}).clone();
+      a.text_shape = text_embedding->shape();
       te = text_embedding_projection.forward(nn::silu(a.text));
     }
-    if (image_labels) a.y_image = *y_image, yi = y_embedder.forward(y_image->reshape({B * I}));
+    if (image_labels) a.y_image = y_image->clone(), yi = y_embedder.forward(y_image->reshape({B * I}));
     a.cd = conditions(a.temb, ye ? &*ye : nullptr, te ? &*te : nullptr, yi ? &*yi : nullptr, B, I);
     Tensor<T> tokens = assemble(patch_rows.data(), a.cd.cond, B, Ft);
     const auto layout = layouts(B, Ft);
@@ -547,7 +551,8 @@ struct Latte {
   }
 
   // dout: the gradient of forward_train's output. Accumulates g (nn::zeros_like of this model)
-  // and sets *dx (x's shape; 0 where crop_to_patches cut) and *dtext (text_embedding's) when given.
+  // and sets *dx (x's shape; 0 where crop_to_patches cut) and, with text (extras 78), *dtext
+  // (text_embedding's shape) when given.
   void backward(Latte& g, const Acts& a, const Tensor<T>& dout, Tensor<T>* dx = nullptr, Tensor<T>* dtext = nullptr) const {
     using ditto::detail::cat;
     const LatteConfig& c = config;
@@ -559,7 +564,7 @@ struct Latte {
     (void)nn::zip_parameters<T>(const_cast<Latte&>(*this), g, "Latte.backward");
     const Shape out_shape{B, Ft, c.out_channels(), gr * p, gr * p};
     if (dout.shape() != out_shape) throw ShapeError(cat("Latte.backward: expected dout of shape ", shape_str(out_shape), ", got ", shape_str(dout.shape())));
-    if (a.checkpoint != !a.block_in.empty())
+    if (a.block_in.size() != (a.checkpoint ? blocks.size() : 0))
       throw ArgumentError("Latte.backward: checkpoint was set after forward_train (set it before: the blocks' inputs were not kept)");
     if (a.check_finite) nn::require_finite<T>("Latte.backward's dout (the loss's gradient)", "value", dout.data(), dout.numel());
     const Tensor<T> dout_rows = nn::unpatchify_backward(dout.reshape({B * Ft, c.out_channels(), gr * p, gr * p}), p);  // (B Ft, N, P)
@@ -576,7 +581,10 @@ struct Latte {
       for (std::int64_t bf = 0; bf < B * Ft; ++bf)
         std::copy(drows.data() + bf * N * D, drows.data() + (bf + 1) * N * D, dtokens.data() + (bf * Np + lead) * D);
     }
-    if (a.check_finite) nn::require_finite<T>("Latte.final_layer", "input gradient", dtokens.data(), dtokens.numel(), &g.final_layer);
+    if (a.check_finite) {
+      if (c.adaln()) nn::require_finite<T>("Latte.final_layer", "input gradient", dtokens.data(), dtokens.numel(), &g.final_layer);
+      else nn::require_finite<T>("Latte.final_layer", "input gradient", dtokens.data(), dtokens.numel(), &g.token_final_layer);
+    }
     const auto layout = layouts(B, Ft);
     for (std::size_t i = blocks.size(); i-- > 0;) {
       const BlockCall bc = block_call(i, B, Ft, image_labels, layout);
@@ -626,6 +634,7 @@ struct Latte {
       if (dtext) {
         *dtext = Tensor<T>({B, LatteConfig::text_features});
         nn::activate_backward(dtext->data(), dsilu_text.data(), a.text.data(), dtext->numel(), nn::Activation::silu);
+        *dtext = dtext->reshape(a.text_shape);
       }
     }
     t_embedder.backward(g.t_embedder, a.t_acts, dtemb);
@@ -681,7 +690,7 @@ struct Latte {
     if (t.dim() != 1 || t.size(0) != B) throw ShapeError(cat("Latte: expected t of shape (", B, "), got ", shape_str(t.shape())));
     if ((c.extras == 2) != static_cast<bool>(y))
       throw ArgumentError(c.extras == 2 ? "Latte: the model is class-conditional (extras = 2), so y is required"
-                                        : "Latte: the model takes no labels (extras = 1), but y was given");
+                                        : cat("Latte: the model takes no labels (extras = ", c.extras, "), but y was given"));
     if ((c.extras == 78) != static_cast<bool>(text_embedding))
       throw ArgumentError(c.extras == 78 ? "Latte: the model is text-conditioned (extras = 78), so text_embedding (B, 77, 768) is required"
                                          : cat("Latte: the model takes no text (extras = ", c.extras, "), but text_embedding was given"));

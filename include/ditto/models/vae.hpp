@@ -405,7 +405,7 @@ struct VAEEncoder {
     typename nn::GroupNorm<T>::Acts gn;
   };
   Tensor<T> forward_train(const Tensor<T>& x, Acts& a) const {
-    a.x = x;
+    a.x = x.clone();  // its own copy: the caller may change x before backward
     Tensor<T> h = conv_in.forward(x);
     a.down.assign(down.size(), {});
     for (std::size_t i = 0; i < down.size(); ++i) h = down[i].run_train(h, a.down[i]);
@@ -468,7 +468,7 @@ struct VAEDecoder {
     if (tanh_out)
       for (auto& v : h) v = std::tanh(v);
     a.out = h;
-    return h;
+    return h.clone();  // the caller's own tensor: a.out (the tanh gradient's) stays as it was
   }
   void backward(VAEDecoder& g, const Acts& a, const Tensor<T>& dy, Tensor<T>* dz) const {
     Tensor<T> dh = dy.clone();
@@ -615,8 +615,8 @@ struct AutoencoderKL {
     (void)nn::zip_parameters<T>(const_cast<AutoencoderKL&>(*this), g, "AutoencoderKL.encode_backward");
     const Shape shape = a.logvar_raw.shape();
     if (a.h.numel() == 0) throw ArgumentError("AutoencoderKL.encode_backward: the activations were not made by encode_train");
-    for (const Tensor<T>* d : {&dmean, &dlogvar})
-      if (d->numel() && d->shape() != shape)
+    for (const Tensor<T>* d : {&dmean, &dlogvar})  // an empty tensor (no elements, rank <= 1): no gradient
+      if ((d->numel() || d->dim() > 1) && d->shape() != shape)
         throw ShapeError(ditto::detail::cat("AutoencoderKL.encode_backward: expected gradients of the posterior's shape ", shape_str(shape), ", got ",
                                             shape_str(d->shape())));
     const std::int64_t B = shape[0], E = shape[1], S = shape[2] * shape[3];
@@ -633,8 +633,9 @@ struct AutoencoderKL {
   }
   // sample's backward: z = s (mean + exp(logvar / 2) noise) -> (dmean, dlogvar) from dz.
   std::pair<Tensor<T>, Tensor<T>> sample_backward(const Posterior& p, const Tensor<T>& noise, const Tensor<T>& dz) const {
-    if (noise.shape() != p.mean.shape() || dz.shape() != p.mean.shape())
-      throw ShapeError(ditto::detail::cat("AutoencoderKL.sample_backward: noise and dz must be shaped like the mean ", shape_str(p.mean.shape())));
+    if (noise.shape() != p.mean.shape() || dz.shape() != p.mean.shape() || p.logvar.shape() != p.mean.shape())
+      throw ShapeError(ditto::detail::cat("AutoencoderKL.sample_backward: logvar, noise and dz must be shaped like the mean ", shape_str(p.mean.shape()),
+                                          ", got ", shape_str(p.logvar.shape()), ", ", shape_str(noise.shape()), " and ", shape_str(dz.shape())));
     Tensor<T> dmean = Tensor<T>::empty(dz.shape()), dlogvar = Tensor<T>::empty(dz.shape());
     const T s = static_cast<T>(config.scale_factor);
     for (std::int64_t i = 0; i < dz.numel(); ++i) {
@@ -647,17 +648,23 @@ struct AutoencoderKL {
   struct DecodeActs {
     typename VAEDecoder<T>::Acts decoder;
     Tensor<T> unscaled;  // post_quant_conv's input, z / scale_factor
+    Shape out_shape;
   };
   Tensor<T> decode_train(const Tensor<T>& z, DecodeActs& a) const {
     check_latent(z, "AutoencoderKL.decode_train");
     a.unscaled = unscale(z);
-    return decoder.forward_train(post_quant_conv.forward(a.unscaled), a.decoder);
+    Tensor<T> out = decoder.forward_train(post_quant_conv.forward(a.unscaled), a.decoder);
+    a.out_shape = out.shape();
+    return out;
   }
   // dout: the decoded images' gradient. Accumulates g (the decoder's and post_quant_conv's);
   // sets *dz (the scaled latent's gradient) when given.
   void decode_backward(AutoencoderKL& g, const DecodeActs& a, const Tensor<T>& dout, Tensor<T>* dz = nullptr) const {
     (void)nn::zip_parameters<T>(const_cast<AutoencoderKL&>(*this), g, "AutoencoderKL.decode_backward");
     if (a.unscaled.numel() == 0) throw ArgumentError("AutoencoderKL.decode_backward: the activations were not made by decode_train");
+    if (dout.shape() != a.out_shape)
+      throw ShapeError(ditto::detail::cat("AutoencoderKL.decode_backward: expected dout of the decoded images' shape ", shape_str(a.out_shape),
+                                          ", got ", shape_str(dout.shape())));
     Tensor<T> dh, du;
     decoder.backward(g.decoder, a.decoder, dout, &dh);
     post_quant_conv.backward(g.post_quant_conv, a.unscaled, dh, dz ? &du : nullptr);
@@ -815,15 +822,16 @@ inline std::vector<std::string> diffusers_vae_names(const std::string& name, std
 
 // diffusers' layout of AutoencoderKL's weights as a conversion table (nn/state_dict.hpp): one
 // rule per parameter, from diffusers_vae_names (old diffusers' query / key / value / proj_attn
-// as the alternative of to_q / to_k / to_v / to_out.0), squeezing: the attention projections,
-// Linear (C, C) in diffusers, load into the 1x1 convolutions.
+// as the alternative of to_q / to_k / to_v / to_out.0), squeezing the 1x1 convolutions: the
+// attention projections, Linear (C, C) in diffusers, load into them.
 template <class T>
 inline nn::ConversionTable diffusers_vae_table(AutoencoderKL<T>& vae) {
   nn::ConversionTable table;
   for (auto& [name, t] : nn::named_parameters<T>(vae)) {
     std::string sources;
     for (const auto& n : diffusers_vae_names(name, vae.config.ch_mult.size())) sources += (sources.empty() ? "" : "|") + n;
-    table.push_back({name, {sources}, /*squeeze=*/true});
+    const bool pointwise = t->dim() == 4 && t->size(2) == 1 && t->size(3) == 1;  // a 1x1 conv: diffusers may hold a Linear
+    table.push_back({name, {sources}, pointwise});
   }
   return table;
 }

@@ -626,7 +626,7 @@ struct ViViT {
       const Tensor<T> dframes = temporal.backward(g.temporal, a.temporal, dpooled, a.check_finite, "temporal.");  // (B, nt, D)
       dtokens = encoder.backward(g.encoder, a.encoder, dframes.reshape({B * nt, D}), a.check_finite, "spatial.");
     } else {
-      if (a.checkpoint != !a.block_in.empty())
+      if (a.block_in.size() != (a.checkpoint ? static_cast<std::size_t>(c.depth) : 0))
         throw ArgumentError("ViViT.backward: checkpoint was set after forward_train (set it before: the blocks' inputs were not kept)");
       Tensor<T> dnormed({rows, D});
       for (std::int64_t b = 0; b < B; ++b)  // the mean over every token
@@ -653,7 +653,11 @@ struct ViViT {
             nn::factorized_dot_product_attention_backward(blk.attn, g.blocks[i].attn, dh, dy, ai.blocks[i].h1.data(), rows, frames, positions, nt, ns, aa);
           });
         }
-        if (a.check_finite) nn::require_finite<T>("ViViT.blocks." + std::to_string(i), "input gradient", dtokens.data(), dtokens.numel());
+        if (a.check_finite) {
+          const std::string where = "ViViT.blocks." + std::to_string(i);
+          if (c.model == "factorized_self_attention") nn::require_finite<T>(where, "input gradient", dtokens.data(), dtokens.numel(), &g.factorized_blocks[i]);
+          else nn::require_finite<T>(where, "input gradient", dtokens.data(), dtokens.numel(), &g.blocks[i]);
+        }
       }
       for (std::int64_t b = 0; b < B; ++b)
         for (std::int64_t i = 0; i < nt * ns * D; ++i) g.pos_embed[i] += dtokens[b * nt * ns * D + i];

@@ -858,9 +858,13 @@ template <class T, class Run>
 inline void factorized_heads(const Attention<T>& attn, const T* qkv, T* o, T* lse, std::int64_t rows, const std::vector<std::int64_t>& frames,
                              const std::vector<std::int64_t>& positions, std::int64_t nt, std::int64_t ns, Run&& run) {
   const std::int64_t C = attn.dim, H = attn.num_heads, D = C / H, H2 = H / 2;
-  if (frames.empty() || frames.back() != rows || static_cast<std::int64_t>(positions.size()) * nt != rows)
-    throw ShapeError(ditto::detail::cat("factorized_dot_product_attention: the frames must end at the ", rows, " rows and the ",
-                                        positions.size(), " positions times ", nt, " frames must cover them"));
+  bool ok = !frames.empty() && frames.front() == 0 && frames.back() == rows && static_cast<std::int64_t>(positions.size()) * nt == rows &&
+            nt >= 1 && ns >= 1;
+  for (std::size_t s = 0; ok && s + 1 < frames.size(); ++s) ok = frames[s] <= frames[s + 1];
+  for (std::size_t i = 0; ok && i < positions.size(); ++i) ok = positions[i] >= 0 && positions[i] + (nt - 1) * ns < rows;
+  if (!ok)
+    throw ShapeError(ditto::detail::cat("factorized_dot_product_attention: the frames must run from 0 to the ", rows, " rows in order, and the ",
+                                        positions.size(), " positions, each ", nt, " rows ", ns, " apart, must cover them"));
   std::vector<AttentionProblem<T>> spatial, temporal;
   for (std::size_t s = 0; s + 1 < frames.size(); ++s)
     for (std::int64_t hh = 0; hh < H2; ++hh) {
@@ -911,7 +915,7 @@ inline void factorized_dot_product_attention_backward(const Attention<T>& attn, 
                                                       const std::vector<std::int64_t>& positions, std::int64_t nt, std::int64_t ns,
                                                       const typename Attention<T>::Acts& a) {
   const std::int64_t C = attn.dim;
-  if (a.qkv.numel() != rows * 3 * C || a.lse.numel() != rows * attn.num_heads)
+  if (a.qkv.numel() != rows * 3 * C || a.o.numel() != rows * C || a.lse.numel() != rows * attn.num_heads)
     throw ShapeError("factorized_dot_product_attention_backward: the activations were not made by its _train on these rows");
   Tensor<T> d_o({rows, C}), dqkv({rows, 3 * C});
   attn.proj.backward_into(d_o.data(), g.proj, dout, a.o.data(), rows);

@@ -438,39 +438,43 @@ inline void conv3x3_winograd(const T* x, const T* w, const T* bias, T* y, const 
 // col[kk][r * Wo + ow] = x[c][do*sd - pd + i][ho*sh - ph + j][ow*sw - pw + l], or 0 outside, for
 // kk = (c, i, j, l) over K = Cg kd kh kw. Fold = true runs it backwards (col2im): each column
 // value is added to the input position it was read from (the backward of the unfolding).
+// Parallel over input channels: each channel's kernel offsets stay with one thread, so Fold's
+// sums into a channel run in the same order (the same bits) for any thread count.
 template <bool Fold, class T>
 inline void unfold_rows(T* xg, const ConvGeometry& g, std::int64_t K, std::int64_t r0, std::int64_t nr, T* col) {
-  const std::int64_t row_len = g.Wo, cols = nr * row_len;
-  for (std::int64_t kk = 0; kk < K; ++kk) {
-    const std::int64_t l = kk % g.k[2], j = (kk / g.k[2]) % g.k[1], i = (kk / (g.k[2] * g.k[1])) % g.k[0];
-    const std::int64_t c = kk / (g.k[0] * g.k[1] * g.k[2]);
-    T* dst = col + kk * cols;
-    // the ow range whose input column is inside: iw = ow * sw - pw + l in [0, W)
-    const std::int64_t sw = g.s[2], off = l - g.pad[4];
-    const std::int64_t ow0 = std::clamp<std::int64_t>(off >= 0 ? 0 : (-off + sw - 1) / sw, 0, row_len);
-    const std::int64_t ow1 = std::clamp<std::int64_t>(g.W - off > 0 ? (g.W - off + sw - 1) / sw : 0, ow0, row_len);
-    for (std::int64_t r = 0; r < nr; ++r) {
-      const std::int64_t od = (r0 + r) / g.Ho, oh = (r0 + r) % g.Ho;
-      const std::int64_t id = od * g.s[0] - g.pad[0] + i, ih = oh * g.s[1] - g.pad[2] + j;
-      T* d = dst + r * row_len;
-      const bool inside = !(id < 0 || id >= g.D || ih < 0 || ih >= g.H);
-      if constexpr (Fold) {
-        if (!inside) continue;
-        T* src = xg + (c * g.D + id) * g.H * g.W + ih * g.W + off;
-        for (std::int64_t ow = ow0; ow < ow1; ++ow) src[ow * sw] += d[ow];
-      } else {
-        if (!inside) {
-          std::fill(d, d + row_len, T(0));
-          continue;
+  const std::int64_t row_len = g.Wo, cols = nr * row_len, kvol = g.k[0] * g.k[1] * g.k[2];
+  parallel_for(K / kvol, K * cols, [&](std::int64_t c_lo, std::int64_t c_hi) {
+    for (std::int64_t kk = c_lo * kvol; kk < c_hi * kvol; ++kk) {
+      const std::int64_t l = kk % g.k[2], j = (kk / g.k[2]) % g.k[1], i = (kk / (g.k[2] * g.k[1])) % g.k[0];
+      const std::int64_t c = kk / (g.k[0] * g.k[1] * g.k[2]);
+      T* dst = col + kk * cols;
+      // the ow range whose input column is inside: iw = ow * sw - pw + l in [0, W)
+      const std::int64_t sw = g.s[2], off = l - g.pad[4];
+      const std::int64_t ow0 = std::clamp<std::int64_t>(off >= 0 ? 0 : (-off + sw - 1) / sw, 0, row_len);
+      const std::int64_t ow1 = std::clamp<std::int64_t>(g.W - off > 0 ? (g.W - off + sw - 1) / sw : 0, ow0, row_len);
+      for (std::int64_t r = 0; r < nr; ++r) {
+        const std::int64_t od = (r0 + r) / g.Ho, oh = (r0 + r) % g.Ho;
+        const std::int64_t id = od * g.s[0] - g.pad[0] + i, ih = oh * g.s[1] - g.pad[2] + j;
+        T* d = dst + r * row_len;
+        const bool inside = !(id < 0 || id >= g.D || ih < 0 || ih >= g.H);
+        if constexpr (Fold) {
+          if (!inside) continue;
+          T* src = xg + (c * g.D + id) * g.H * g.W + ih * g.W + off;
+          for (std::int64_t ow = ow0; ow < ow1; ++ow) src[ow * sw] += d[ow];
+        } else {
+          if (!inside) {
+            std::fill(d, d + row_len, T(0));
+            continue;
+          }
+          const T* src = xg + (c * g.D + id) * g.H * g.W + ih * g.W + off;
+          std::fill(d, d + ow0, T(0));
+          if (sw == 1) std::copy(src + ow0, src + ow1, d + ow0);  // the common case: one contiguous copy
+          else for (std::int64_t ow = ow0; ow < ow1; ++ow) d[ow] = src[ow * sw];
+          std::fill(d + ow1, d + row_len, T(0));
         }
-        const T* src = xg + (c * g.D + id) * g.H * g.W + ih * g.W + off;
-        std::fill(d, d + ow0, T(0));
-        if (sw == 1) std::copy(src + ow0, src + ow1, d + ow0);  // the common case: one contiguous copy
-        else for (std::int64_t ow = ow0; ow < ow1; ++ow) d[ow] = src[ow * sw];
-        std::fill(d + ow1, d + row_len, T(0));
       }
     }
-  }
+  });
 }
 
 // The general path: blocked im2col and a matrix product, any kernel, stride, padding, groups.

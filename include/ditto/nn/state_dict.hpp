@@ -117,7 +117,7 @@ inline LoadReport load_with(Block& block, const SafetensorsFile& file, SourceOf&
     }
     if (!complete) continue;
     Shape shape = file.info(src.names[0]).shape;
-    bool same_tail = !shape.empty();
+    bool same_tail = src.names.size() == 1 || !shape.empty();  // a fusion concatenates along dim 0; one source may be a scalar
     for (std::size_t k = 1; k < src.names.size() && same_tail; ++k) {
       const Shape& sk = file.info(src.names[k]).shape;
       same_tail = sk.size() == shape.size() && std::equal(sk.begin() + 1, sk.end(), shape.begin() + 1);
