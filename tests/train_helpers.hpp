@@ -179,6 +179,21 @@ struct GradFixture {
     CHECK(std::abs(d - dot_ref) <= bound * r_abs);  // what max |got - ref| <= bound implies for the dot
   }
 };
+// A model's weights as the hashed-weight generators make them (tools/gen_grad_unet_fixtures.py,
+// gen_grad_vae_fixtures.py): hash_weights of each state-dict name, under exactly the names and
+// shapes the config entry records.
+template <class T, class Model>
+void hash_model_weights(Model& m, const nlohmann::json& entry) {
+  std::size_t n = 0;
+  for (auto& [pname, t] : nn::named_parameters<T>(m)) {
+    INFO(pname);
+    REQUIRE(entry["state_dict"].contains(pname));
+    CHECK(t->shape() == entry["state_dict"][pname].template get<Shape>());
+    ditto_test::hash_weights(pname, *t);
+    ++n;
+  }
+  CHECK(n == entry["state_dict"].size());
+}
 template <class T>
 constexpr double block_tol() { return std::is_same_v<T, float> ? 1e-5 : 1e-10; }
 }  // namespace train_test
