@@ -105,3 +105,17 @@ def store_autograd(out, name, o, grad_out, m, x):
     grads = th.autograd.grad((o * grad_out).sum(), [v for _, v in named], allow_unused=True)
     for (k, v), gr in zip(named, grads):
         out[f"{name}.grad.{k}"] = th.zeros_like(v) if gr is None else gr
+
+
+def store_grad(out, name, key, gr, dtype, whole, head=64):
+    """Stores the gradient `gr` of `key` in case `name`: whole (`name.grad.<key>`) up to `whole`
+    values, else as a sketch the test recomputes from its own gradient: `.head` (the first `head`
+    values), `.absmax` (max |g|, [1]) and `.dot` (float64 sum g * r with
+    r = hash_weights("sketch." + key) in the run's dtype, [1]), so every element counts."""
+    if gr.numel() <= whole:
+        out[f"{name}.grad.{key}"] = gr
+        return
+    r = hash_weights("sketch." + key, list(gr.shape)).to(dtype)
+    out[f"{name}.grad.{key}.head"] = gr.reshape(-1)[:head].clone()
+    out[f"{name}.grad.{key}.absmax"] = gr.abs().max().reshape(1)
+    out[f"{name}.grad.{key}.dot"] = (gr.double() * r.double()).sum().reshape(1)

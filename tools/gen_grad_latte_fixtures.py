@@ -52,7 +52,7 @@ sys.path.insert(0, os.path.join(src, "models"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import latte  # noqa: E402  (models/latte.py alone: models/__init__.py pulls in text models)
 import latte_img  # noqa: E402
-from fixture_common import hash_weights, timestep_embedding_f64, write_configs, write_fixture  # noqa: E402
+from fixture_common import hash_weights, store_grad, timestep_embedding_f64, write_configs, write_fixture  # noqa: E402
 from gen_latte_variants_fixtures import LatteVariant  # noqa: E402  (main() runs only as a script)
 
 upstream_embedding = latte.TimestepEmbedder.timestep_embedding
@@ -120,16 +120,6 @@ def build(kind, kwargs):
     return m
 
 
-def store_grad(out, name, key, gr, dtype):
-    if gr.numel() <= WHOLE:
-        out[f"{name}.grad.{key}"] = gr
-        return
-    r = hash_weights("sketch." + key, list(gr.shape)).to(dtype)
-    out[f"{name}.grad.{key}.head"] = gr.reshape(-1)[:HEAD].clone()
-    out[f"{name}.grad.{key}.absmax"] = gr.abs().max().reshape(1)
-    out[f"{name}.grad.{key}.dot"] = (gr.double() * r.double()).sum().reshape(1)
-
-
 def cases(dtype, configs):
     for mod in (latte, latte_img):
         embedding = upstream_embedding if dtype == th.float32 else timestep_embedding_f64
@@ -176,7 +166,7 @@ def cases(dtype, configs):
             named.append(("text_embedding", text))
         grads = th.autograd.grad((o * grad_out).sum(), [v for _, v in named], allow_unused=True)
         for (k, v), gr in zip(named, grads):
-            store_grad(out, name, k, th.zeros_like(v) if gr is None else gr, dtype)
+            store_grad(out, name, k, th.zeros_like(v) if gr is None else gr, dtype, WHOLE, HEAD)
         assert grads[len(named) - 1 - (text is not None)].abs().max() > 0, f"{name}: the gradient of x is all zero"
     return out
 

@@ -29,7 +29,7 @@ sys.path.insert(0, src)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from guided_diffusion import nn as gnn  # noqa: E402
 from guided_diffusion import unet  # noqa: E402
-from fixture_common import hash_weights, qkv_attention_f64, timestep_embedding_f64, write_configs, write_fixture  # noqa: E402
+from fixture_common import hash_weights, qkv_attention_f64, store_grad, timestep_embedding_f64, write_configs, write_fixture  # noqa: E402
 
 upstream_embedding, upstream_gn = unet.timestep_embedding, gnn.GroupNorm32.forward
 upstream_attention = unet.QKVAttention.forward, unet.QKVAttentionLegacy.forward
@@ -86,13 +86,7 @@ def cases(dtype, configs):
         named = [(k, p) for k, p in m.named_parameters() if p.requires_grad]
         grads = th.autograd.grad((o * grad_out).sum(), [p for _, p in named] + [x])
         for (k, _), gr in zip(named, grads):
-            if gr.numel() <= WHOLE:
-                out[f"{name}.grad.{k}"] = gr
-            else:
-                r = hash_weights("sketch." + k, list(gr.shape)).to(dtype)
-                out[f"{name}.grad.{k}.head"] = gr.reshape(-1)[:HEAD].clone()
-                out[f"{name}.grad.{k}.absmax"] = gr.abs().max().reshape(1)
-                out[f"{name}.grad.{k}.dot"] = (gr.double() * r.double()).sum().reshape(1)
+            store_grad(out, name, k, gr, dtype, WHOLE, HEAD)
         out[f"{name}.grad.x"] = grads[-1]
     return out
 

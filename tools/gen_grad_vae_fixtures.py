@@ -36,7 +36,7 @@ if not src:
 sys.path.insert(0, src)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from libs import autoencoder as ae  # noqa: E402
-from fixture_common import hash_weights, write_configs, write_fixture  # noqa: E402
+from fixture_common import hash_weights, store_grad, write_configs, write_fixture  # noqa: E402
 
 WHOLE = 512  # gradients up to this many values are stored whole
 HEAD = 64
@@ -86,14 +86,7 @@ def store(out, name, m, inp_name, inp, o, grad_out, dtype):
     named = [(k, p) for k, p in m.named_parameters()]
     grads = th.autograd.grad((o * grad_out).sum(), [p for _, p in named] + [inp], allow_unused=True)
     for (k, p), gr in zip(named, grads):
-        gr = th.zeros_like(p) if gr is None else gr
-        if gr.numel() <= WHOLE:
-            out[f"{name}.grad.{k}"] = gr
-        else:
-            r = hash_weights("sketch." + k, list(gr.shape)).to(dtype)
-            out[f"{name}.grad.{k}.head"] = gr.reshape(-1)[:HEAD].clone()
-            out[f"{name}.grad.{k}.absmax"] = gr.abs().max().reshape(1)
-            out[f"{name}.grad.{k}.dot"] = (gr.double() * r.double()).sum().reshape(1)
+        store_grad(out, name, k, th.zeros_like(p) if gr is None else gr, dtype, WHOLE, HEAD)
     out[f"{name}.grad.{inp_name}"] = grads[-1]
 
 
