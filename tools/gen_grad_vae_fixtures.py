@@ -23,8 +23,6 @@ numbers (upstream's Normalize is plain torch GroupNorm: nothing to patch for flo
 
     PYTHONPATH=/path/to/einops UVIT_SRC=/path/to/U-ViT /usr/bin/python3 tools/gen_grad_vae_fixtures.py
 """
-import contextlib
-import io
 import os
 import sys
 
@@ -36,7 +34,8 @@ if not src:
 sys.path.insert(0, src)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from libs import autoencoder as ae  # noqa: E402
-from fixture_common import hash_weights, store_grad, write_configs, write_fixture  # noqa: E402
+from fixture_common import store_grad, write_configs, write_fixture  # noqa: E402
+from gen_vae_fixtures import build as build_hashed  # noqa: E402
 
 WHOLE = 512  # gradients up to this many values are stored whole
 HEAD = 64
@@ -53,27 +52,8 @@ CASES = {  # config: (FrozenAutoencoderKL kwargs as gen_vae_fixtures.py, image s
 
 
 def build(kwargs, dtype):
-    """FrozenAutoencoderKL(**kwargs) in dtype with every parameter hash_weights(name) (in dtype:
-    float64 not rounded to float32) and requires_grad (upstream freezes it in __init__)."""
-    dd = kwargs["ddconfig"]
-    probe = th.nn.Module()
-    with contextlib.redirect_stdout(io.StringIO()):  # upstream prints what it builds
-        probe.encoder, probe.decoder = ae.Encoder(**dd), ae.Decoder(**dd)
-    probe.quant_conv = th.nn.Conv2d(2 * dd["z_channels"], 2 * kwargs["embed_dim"], 1)
-    probe.post_quant_conv = th.nn.Conv2d(kwargs["embed_dim"], dd["z_channels"], 1)
-    sd = {k: hash_weights(k, list(v.shape)).float() for k, v in probe.state_dict().items()}
-    load = th.load
-    th.load = lambda *a, **k: sd  # FrozenAutoencoderKL loads its weights in __init__
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            m = ae.FrozenAutoencoderKL(**{**kwargs, "pretrained_path": "unused"})
-    finally:
-        th.load = load
-    m = m.to(dtype)
-    with th.no_grad():
-        for k, p in m.state_dict().items():
-            p.copy_(hash_weights(k, list(p.shape)))
-    return m.requires_grad_(True)
+    """gen_vae_fixtures.py's hashed FrozenAutoencoderKL, with requires_grad (upstream freezes it)."""
+    return build_hashed(kwargs, dtype).requires_grad_(True)
 
 
 def encode_mean(m, x):

@@ -57,52 +57,65 @@ CASES = {  # name: (FrozenAutoencoderKL kwargs, image shape, latent shape to dec
                          embed_dim=2, scale_factor=0.5, pretrained_path="ignored.pth"), (1, 3, 8, 8), (2, 2, 3, 2)),
 }
 
-configs = {}
-for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
-    g = th.Generator().manual_seed(0)
-    out = {}
-    for name, (kwargs, xshape, zshape) in CASES.items():
-        dd = kwargs["ddconfig"]
-        probe = th.nn.Module()
-        with contextlib.redirect_stdout(io.StringIO()):  # upstream prints what it builds
-            probe.encoder, probe.decoder = ae.Encoder(**dd), ae.Decoder(**dd)
-        probe.quant_conv = th.nn.Conv2d(2 * dd["z_channels"], 2 * kwargs["embed_dim"], 1)
-        probe.post_quant_conv = th.nn.Conv2d(kwargs["embed_dim"], dd["z_channels"], 1)
-        sd = {k: hash_weights(k, list(v.shape)).float() for k, v in probe.state_dict().items()}
-        load = th.load
-        th.load = lambda *a, **k: sd  # FrozenAutoencoderKL loads its weights in __init__
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                m = ae.FrozenAutoencoderKL(**{**kwargs, "pretrained_path": "unused"})
-        finally:
-            th.load = load
-        m = m.to(dtype)
-        with th.no_grad():
-            for k, p in m.state_dict().items():
-                p.copy_(hash_weights(k, list(p.shape)))  # in the model's dtype (float64: not rounded to float32)
-        configs[name] = {"kwargs": kwargs, "state_dict": {k: list(v.shape) for k, v in m.state_dict().items()}}
-        x = (th.rand(*xshape, generator=g, dtype=th.float64) * 2 - 1).to(dtype)
-        z_in = th.randn(*zshape, generator=g, dtype=th.float64).to(dtype)
-        with th.no_grad():
-            moments, traces = run_traced([("encoder", m.encoder), ("quant_conv", m.quant_conv)], lambda: m.encode_moments(x))
-            for k, v in traces.items():  # each top-level submodule's output, what ditto-forward --trace writes
-                out[f"{name}.trace_encode.{k}"] = v
-            mean, logvar = th.chunk(moments, 2, dim=1)
-            noise = th.randn(mean.shape, generator=g, dtype=th.float64).to(dtype)
-            randn_like = th.randn_like
-            th.randn_like = lambda t: noise
-            try:
-                z = m.sample(moments)
-            finally:
-                th.randn_like = randn_like
-            out[f"{name}.in.x"], out[f"{name}.in.noise"], out[f"{name}.in.z"] = x, noise, z_in
-            out[f"{name}.mean"], out[f"{name}.logvar"], out[f"{name}.z"] = mean, th.clamp(logvar, -30.0, 20.0), z
-            out[f"{name}.decoded"], traces = run_traced([("post_quant_conv", m.post_quant_conv), ("decoder", m.decoder)],
-                                                        lambda: m.decode(z_in))
-            for k, v in traces.items():
-                out[f"{name}.trace_decode.{k}"] = v
-            if name == "attn_nonsquare":  # tiles of 4 latent pixels, a quarter overlapping, on a 9x7 latent
-                z_big = th.randn(1, 4, 9, 7, generator=g, dtype=th.float64).to(dtype)
-                out[f"{name}.in.z_big"], out[f"{name}.tiled"] = z_big, tiled_decode(m, z_big, 4, 0.25)
-    write_fixture("vae", suffix, out)
-write_configs("vae", configs)
+def build(kwargs, dtype):
+    """FrozenAutoencoderKL(**kwargs) in dtype with every parameter hash_weights(name), made in the
+    model's dtype (float64: not rounded to float32). Upstream loads its weights in __init__ (and
+    prints what it builds), so th.load hands it the hashed state dict."""
+    dd = kwargs["ddconfig"]
+    probe = th.nn.Module()
+    with contextlib.redirect_stdout(io.StringIO()):
+        probe.encoder, probe.decoder = ae.Encoder(**dd), ae.Decoder(**dd)
+    probe.quant_conv = th.nn.Conv2d(2 * dd["z_channels"], 2 * kwargs["embed_dim"], 1)
+    probe.post_quant_conv = th.nn.Conv2d(kwargs["embed_dim"], dd["z_channels"], 1)
+    sd = {k: hash_weights(k, list(v.shape)).float() for k, v in probe.state_dict().items()}
+    load = th.load
+    th.load = lambda *a, **k: sd
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            m = ae.FrozenAutoencoderKL(**{**kwargs, "pretrained_path": "unused"})
+    finally:
+        th.load = load
+    m = m.to(dtype)
+    with th.no_grad():
+        for k, p in m.state_dict().items():
+            p.copy_(hash_weights(k, list(p.shape)))
+    return m
+
+
+def main():
+    configs = {}
+    for dtype, suffix in ((th.float32, "f32"), (th.float64, "f64")):
+        g = th.Generator().manual_seed(0)
+        out = {}
+        for name, (kwargs, xshape, zshape) in CASES.items():
+            m = build(kwargs, dtype)
+            configs[name] = {"kwargs": kwargs, "state_dict": {k: list(v.shape) for k, v in m.state_dict().items()}}
+            x = (th.rand(*xshape, generator=g, dtype=th.float64) * 2 - 1).to(dtype)
+            z_in = th.randn(*zshape, generator=g, dtype=th.float64).to(dtype)
+            with th.no_grad():
+                moments, traces = run_traced([("encoder", m.encoder), ("quant_conv", m.quant_conv)], lambda: m.encode_moments(x))
+                for k, v in traces.items():  # each top-level submodule's output, what ditto-forward --trace writes
+                    out[f"{name}.trace_encode.{k}"] = v
+                mean, logvar = th.chunk(moments, 2, dim=1)
+                noise = th.randn(mean.shape, generator=g, dtype=th.float64).to(dtype)
+                randn_like = th.randn_like
+                th.randn_like = lambda t: noise
+                try:
+                    z = m.sample(moments)
+                finally:
+                    th.randn_like = randn_like
+                out[f"{name}.in.x"], out[f"{name}.in.noise"], out[f"{name}.in.z"] = x, noise, z_in
+                out[f"{name}.mean"], out[f"{name}.logvar"], out[f"{name}.z"] = mean, th.clamp(logvar, -30.0, 20.0), z
+                out[f"{name}.decoded"], traces = run_traced([("post_quant_conv", m.post_quant_conv), ("decoder", m.decoder)],
+                                                            lambda: m.decode(z_in))
+                for k, v in traces.items():
+                    out[f"{name}.trace_decode.{k}"] = v
+                if name == "attn_nonsquare":  # tiles of 4 latent pixels, a quarter overlapping, on a 9x7 latent
+                    z_big = th.randn(1, 4, 9, 7, generator=g, dtype=th.float64).to(dtype)
+                    out[f"{name}.in.z_big"], out[f"{name}.tiled"] = z_big, tiled_decode(m, z_big, 4, 0.25)
+        write_fixture("vae", suffix, out)
+    write_configs("vae", configs)
+
+
+if __name__ == "__main__":
+    main()
