@@ -45,6 +45,39 @@ TEST_CASE("linear and activation backwards equal central differences", "[train][
   }
 }
 
+TEST_CASE("the activations' SIMD derivatives equal the plain scalar ones, out to the flat ends", "[train][grad]") {
+  // activate_backward runs in SIMD lanes for float and double (one exp: 0.5 (1 + tanh u) = r,
+  // 1 - tanh^2 u = 4 r e r); the scalar gelu_grad, gelu_tanh_grad, silu_grad are the reference.
+  std::vector<double> xs;
+  for (double v = -120; v <= 120; v += 0.37) xs.push_back(v);
+  for (double v : {0.0, -0.0, 1e-30, -1e-30, 9.0, -9.0, 10.7, -10.7, 44.0, -44.0, 88.0, -88.0, 1e30, -1e30}) xs.push_back(v);
+  const auto n = static_cast<std::int64_t>(xs.size());
+  for (auto [name, act] : {std::pair{"gelu", nn::Activation::gelu}, std::pair{"gelu_tanh", nn::Activation::gelu_tanh},
+                           std::pair{"silu", nn::Activation::silu}}) {
+    INFO(name);
+    auto scalar = [&](double v) {
+      return act == nn::Activation::gelu ? nn::gelu_grad(v) : act == nn::Activation::gelu_tanh ? nn::gelu_tanh_grad(v) : nn::silu_grad(v);
+    };
+    std::vector<double> dx(xs.size(), 0.0), ones(xs.size(), 1.0);
+    nn::activate_backward(dx.data(), ones.data(), xs.data(), n, act);
+    std::vector<float> xf(xs.begin(), xs.end()), dxf(xs.size(), 0.0f), onesf(xs.size(), 1.0f);
+    nn::activate_backward(dxf.data(), onesf.data(), xf.data(), n, act);
+    for (std::size_t i = 0; i < xs.size(); ++i) {
+      INFO("x = " << xs[i]);
+      const double ref = scalar(xs[i]);
+      REQUIRE(std::isfinite(dx[i]));
+      CHECK(std::abs(dx[i] - ref) <= 1e-14 * std::max(1.0, std::abs(ref)));
+      // float: against the double reference at the float input
+      const double reff = scalar(static_cast<double>(xf[i]));
+      CHECK(std::abs(static_cast<double>(dxf[i]) - reff) <= 1e-6 * std::max(1.0, std::abs(reff)));
+    }
+    // a NaN stays NaN
+    double nan = std::numeric_limits<double>::quiet_NaN(), d = 0, one = 1;
+    nn::activate_backward(&d, &one, &nan, 1, act);
+    CHECK(std::isnan(d));
+  }
+}
+
 TEST_CASE("adaLN modulation and gate backwards equal central differences", "[train][grad]") {
   Generator gen(2);
   const std::int64_t B = 2, n = 3, D = 8, S = 6 * D, rows = B * n;
@@ -105,6 +138,44 @@ TEST_CASE("attention backward: blocked equals the plain reference and central di
   }
 }
 
+TEST_CASE("attention backward with a thread per problem equals the plain reference", "[train][grad][attention]") {
+  // 17 problems (>= 16: one pass per problem, on 256 x 128 blocks): 330 queries (256 + 74) and 290
+  // keys (128 + 128 + 34), and 150 x 150 (one block each: a last block up to a quarter longer takes
+  // the rest); each problem its own gradients, the inputs shared (read only)
+  Generator gen(4);
+  for (auto [nq, nk] : {std::pair<std::int64_t, std::int64_t>{330, 290}, {150, 150}}) {
+    for (bool masked : {false, true}) {
+      const std::int64_t d = 6, dv = 5, n = 17;
+      const Tensor<double> q = gen.normal<double>({nq, d}), k = gen.normal<double>({nk, d}), v = gen.normal<double>({nk, dv});
+      const Tensor<double> gout = gen.normal<double>({nq, dv});
+      Tensor<std::uint8_t> mask({nq, nk});
+      for (std::int64_t i = 0; i < nq * nk; ++i) mask[i] = (i * 7919 % 5) != 0 || i % nk == 0;
+      const std::uint8_t* mk = masked ? mask.data() : nullptr;
+      const nn::AttentionLayout L{d, dv, d, d, dv, dv, masked ? nk : 0};
+      Tensor<double> o({nq, dv}), lse({nq});
+      nn::attention_kernel<double>({{q.data(), k.data(), v.data(), o.data(), nq, nk, mk, lse.data()}}, L, 0.4);
+      Tensor<double> dq({n, nq, d}), dk({n, nk, d}), dvv({n, nk, dv}), rq({nq, d}), rk({nk, d}), rv({nk, dv});
+      std::vector<nn::AttentionGradProblem<double>> problems;
+      for (std::int64_t i = 0; i < n; ++i)
+        problems.push_back({q.data(), k.data(), v.data(), o.data(), gout.data(), lse.data(), dq.data() + i * nq * d, dk.data() + i * nk * d,
+                            dvv.data() + i * nk * dv, nq, nk, mk});
+      nn::attention_backward<double>(problems, L, 0.4);
+      nn::attention_backward_reference<double>({{q.data(), k.data(), v.data(), o.data(), gout.data(), lse.data(), rq.data(), rk.data(), rv.data(), nq, nk, mk}},
+                                               L, 0.4);
+      auto part = [](const Tensor<double>& t, std::int64_t i, const Tensor<double>& like) {
+        const double* at = t.data() + i * like.numel();
+        return Tensor<double>(like.shape(), std::vector<double>(at, at + like.numel()));
+      };
+      for (std::int64_t i = 0; i < n; ++i) {
+        INFO("nq " << nq << ", nk " << nk << ", masked " << masked << ", problem " << i);
+        CHECK_CLOSE(part(dq, i, rq), rq, 1e-12);
+        CHECK_CLOSE(part(dk, i, rk), rk, 1e-12);
+        CHECK_CLOSE(part(dvv, i, rv), rv, 1e-12);
+      }
+    }
+  }
+}
+
 TEST_CASE("the reductions ditto writes itself are the same bits at 1 and 3 threads", "[train][threads]") {
   Generator gen(9);
   const std::int64_t B = 4, n = 300, D = 96, S = 6 * D, rows = B * n;
@@ -122,7 +193,23 @@ TEST_CASE("the reductions ditto writes itself are the same bits at 1 and 3 threa
     const nn::AttentionLayout L{32, 32, 32, 32, 32, 32, 0};
     nn::attention_kernel<float>({{q.data(), k.data(), v.data(), o.data(), rows, rows, nullptr, lse.data()}}, L, 0.2f);
     nn::attention_backward<float>({{q.data(), k.data(), v.data(), o.data(), dy.data(), lse.data(), dq.data(), dk.data(), dv.data(), rows, rows}}, L, 0.2f);
-    return std::vector<Tensor<float>>{h, dx, dmod, dyy, db, dq, dk, dv};
+    // and 20 problems of 60 rows (a thread per problem)
+    Tensor<float> o20({rows, 32}), lse20({rows}), dq20({rows, 32}), dk20({rows, 32}), dv20({rows, 32});
+    std::vector<nn::AttentionProblem<float>> fw;
+    std::vector<nn::AttentionGradProblem<float>> bw;
+    for (std::int64_t i = 0; i < 20; ++i) {
+      const std::int64_t at = i * 60 * 32;
+      fw.push_back({q.data() + at, k.data() + at, v.data() + at, o20.data() + at, 60, 60, nullptr, lse20.data() + i * 60});
+      bw.push_back({q.data() + at, k.data() + at, v.data() + at, o20.data() + at, dy.data() + at, lse20.data() + i * 60, dq20.data() + at,
+                    dk20.data() + at, dv20.data() + at, 60, 60});
+    }
+    nn::attention_kernel<float>(fw, L, 0.2f);
+    nn::attention_backward<float>(bw, L, 0.2f);
+    // the activations (in SIMD lanes; 1201 values, so each thread's range ends off a vector)
+    Tensor<float> act({1201}), dact({1201});
+    nn::activate(x.data(), act.data(), 1201, nn::Activation::gelu_tanh);
+    nn::activate_backward(dact.data(), dy.data(), x.data(), 1201, nn::Activation::gelu_tanh);
+    return std::vector<Tensor<float>>{h, dx, dmod, dyy, db, dq, dk, dv, dq20, dk20, dv20, act, dact};
   };
   const int before = get_num_threads();
   const auto one = run(1), three = run(3);

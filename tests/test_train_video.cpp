@@ -215,12 +215,70 @@ TEST_CASE("the autoencoder's encoder and decoder backwards equal central differe
       if (name.rfind("decoder.", 0) == 0 || name.rfind("post_quant_conv.", 0) == 0) dchecked.emplace_back(name, p, gp);
     dchecked.emplace_back("z", &z, &dz);
     worst_fd_error([&] { return dot(vae.decode(z), gout); }, dchecked, 3);
+    // activation checkpointing (each ResnetBlock and AttnBlock recomputed in backward): the same bits
+    {
+      models::AutoencoderKL<double>::EncodeActs ec;
+      ec.checkpoint = true;
+      (void)vae.encode_train(x, ec);
+      CHECK(ec.encoder.down[0].block[0].h1.numel() == 0);  // the block's activations were dropped
+      auto gc = nn::zeros_like<double>(vae);
+      Tensor<double> dxc;
+      vae.encode_backward(gc, ec, gm, gl, &dxc);
+      require_same_grads<double>(g, gc);
+      ditto_test::require_equal(dx, dxc);
+      models::AutoencoderKL<double>::DecodeActs dc;
+      dc.checkpoint = true;
+      (void)vae.decode_train(z, dc);
+      auto gd = nn::zeros_like<double>(vae);
+      Tensor<double> dzc;
+      vae.decode_backward(gd, dc, gout, &dzc);
+      require_same_grads<double>(g2, gd);
+      ditto_test::require_equal(dz, dzc);
+    }
     // the reparameterized sample's backward: z = s (mean + exp(logvar / 2) noise)
     const Tensor<double> noise = gen.normal<double>(post.mean.shape()), gz = gen.normal<double>(post.mean.shape());
     auto [dmean, dlogvar] = vae.sample_backward(post, noise, gz);
     auto p = post;
     worst_fd_error([&] { return dot(vae.sample(p, noise), gz); }, {{"mean", &p.mean, &dmean}, {"logvar", &p.logvar, &dlogvar}}, 20);
   }
+}
+
+TEST_CASE("the autoencoder's check mode names the first block that makes a NaN or an infinity", "[train][check_finite][vae]") {
+  models::AutoencoderKL<float> vae(models::VAEConfig::from_json(
+      {{"ddconfig", {{"double_z", true}, {"z_channels", 2}, {"resolution", 8}, {"in_channels", 2}, {"out_ch", 2}, {"ch", 32}, {"ch_mult", {1, 1}},
+                     {"num_res_blocks", 1}, {"attn_resolutions", {4}}, {"dropout", 0.0}}},
+       {"embed_dim", 2}}));
+  Generator gen(5);
+  randomize<float>(vae, gen, 0.15f);
+  const Tensor<float> x = gen.normal<float>({1, 2, 8, 8}), z = gen.normal<float>({1, 2, 4, 4});
+  // a NaN weight in encoder.down.1's attention: the first block whose output holds it
+  auto& w = vae.encoder.down[1].attn[0].proj_out.weight;
+  const Tensor<float> saved = w.clone();
+  w[3] = std::numeric_limits<float>::quiet_NaN();
+  models::AutoencoderKL<float>::EncodeActs ea;
+  ea.check_finite = true;
+  CHECK_THROWS_WITH(vae.encode_train(x, ea), Catch::Contains("AutoencoderKL.encoder.down.1.attn.0 produced a non-finite output"));
+  models::AutoencoderKL<float>::EncodeActs off;  // off by default: no error, the NaN flows out
+  CHECK(std::isnan(vae.encode_train(x, off).mean[0]));
+  std::copy(saved.begin(), saved.end(), w.begin());
+  // an infinite loss gradient into decode_backward; a gradient that turns non-finite in a block
+  models::AutoencoderKL<float>::DecodeActs da;
+  da.check_finite = true;
+  const Tensor<float> out = vae.decode_train(z, da);  // finite: passes
+  auto g = nn::zeros_like<float>(vae);
+  vae.decode_backward(g, da, Tensor<float>::ones(out.shape()));
+  Tensor<float> bad = Tensor<float>::ones(out.shape());
+  bad[5] = std::numeric_limits<float>::infinity();
+  CHECK_THROWS_WITH(vae.decode_backward(g, da, bad), Catch::Contains("decode_backward's dout (the loss's gradient) produced a non-finite value"));
+  nn::zero_grad<float>(g);
+  g.decoder.up[1].block[0].conv2.weight[0] = std::numeric_limits<float>::infinity();  // its tree poisoned: read after its backward
+  CHECK_THROWS_WITH(vae.decode_backward(g, da, Tensor<float>::ones(out.shape())),
+                    Catch::Contains("AutoencoderKL.decoder.up.1.block.0 produced a non-finite gradient of conv2.weight"));
+  // a weight that overflows decoder.mid.block_1 (the decoder's first block)
+  vae.decoder.mid.block_1.conv1.weight.fill(3e37f);
+  models::AutoencoderKL<float>::DecodeActs db;
+  db.check_finite = true;
+  CHECK_THROWS_WITH(vae.decode_train(z, db), Catch::Contains("AutoencoderKL.decoder.mid.block_1 produced a non-finite output"));
 }
 
 TEMPLATE_TEST_CASE("autoencoder gradients equal PyTorch autograd on U-ViT's FrozenAutoencoderKL", "[train][grad][fixtures][vae]", float, double) {

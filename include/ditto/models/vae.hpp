@@ -121,6 +121,43 @@ template <class T>
 inline Tensor<T> vae_norm_silu(const nn::GroupNorm<T>& norm, const Tensor<T>& x) {
   return norm.forward(x, /*silu_after=*/true);
 }
+
+// The training options of encode_train / decode_train (AutoencoderKL::EncodeActs, DecodeActs),
+// carried down to the blocks with the upstream module name of where they are.
+struct VAETrain {
+  bool checkpoint = false, check_finite = false;
+  std::string name;  // e.g. "encoder.down.1"
+  VAETrain at(const std::string& child) const { return {checkpoint, check_finite, name + "." + child}; }
+};
+// One ResnetBlock or AttnBlock of a training forward. checkpoint: keep only its input (in kept)
+// and drop its activations; backward runs its forward_train again from there.
+template <class Block, class T>
+inline Tensor<T> vae_block_train(const Block& b, const Tensor<T>& x, typename Block::Acts& a, Tensor<T>& kept, const VAETrain& o) {
+  Tensor<T> y;
+  if (o.checkpoint) {
+    kept = x;
+    typename Block::Acts dropped;
+    y = b.forward_train(x, dropped);
+  } else {
+    y = b.forward_train(x, a);
+  }
+  if (o.check_finite) nn::require_finite<T>(o.name, "output", y.data(), y.numel());
+  return y;
+}
+template <class Block, class T>
+inline Tensor<T> vae_block_backward(const Block& b, Block& g, const typename Block::Acts& a, const Tensor<T>& kept, const Tensor<T>& dy,
+                                    const VAETrain& o) {
+  Tensor<T> dx;
+  if (o.checkpoint) {
+    typename Block::Acts recomputed;
+    (void)b.forward_train(kept, recomputed);
+    dx = b.backward(g, recomputed, dy);
+  } else {
+    dx = b.backward(g, a, dy);
+  }
+  if (o.check_finite) nn::require_finite<T>(o.name, "input gradient", dx.data(), dx.numel(), &g);
+  return dx;
+}
 }  // namespace detail
 
 // CompVis ResnetBlock without a time embedding: x + conv2(silu(norm2(conv1(silu(norm1(x)))))),
@@ -310,14 +347,17 @@ struct VAELevel {  // encoder.down.N / decoder.up.N
   struct Acts {
     std::vector<typename VAEResnetBlock<T>::Acts> block;
     std::vector<typename VAEAttnBlock<T>::Acts> attn;
+    std::vector<Tensor<T>> block_in, attn_in;  // checkpoint: the blocks' inputs instead
     Tensor<T> resample_in, conv_in;
   };
-  Tensor<T> run_train(Tensor<T> h, Acts& a) const {
+  Tensor<T> run_train(Tensor<T> h, Acts& a, const detail::VAETrain& o) const {
     a.block.assign(block.size(), {});
     a.attn.assign(attn.size(), {});
+    a.block_in.assign(block.size(), {});
+    a.attn_in.assign(attn.size(), {});
     for (std::size_t i = 0; i < block.size(); ++i) {
-      h = block[i].forward_train(h, a.block[i]);
-      if (!attn.empty()) h = attn[i].forward_train(h, a.attn[i]);
+      h = detail::vae_block_train(block[i], h, a.block[i], a.block_in[i], o.at("block." + std::to_string(i)));
+      if (!attn.empty()) h = detail::vae_block_train(attn[i], h, a.attn[i], a.attn_in[i], o.at("attn." + std::to_string(i)));
     }
     if (!resample) return h;
     a.resample_in = h;
@@ -326,7 +366,7 @@ struct VAELevel {  // encoder.down.N / decoder.up.N
     a.conv_in = h;
     return conv.forward(h);
   }
-  Tensor<T> backward(VAELevel& g, const Acts& a, Tensor<T> dh) const {
+  Tensor<T> backward(VAELevel& g, const Acts& a, Tensor<T> dh, const detail::VAETrain& o) const {
     if (resample) {
       if (with_conv) {
         Tensor<T> d;
@@ -338,8 +378,8 @@ struct VAELevel {  // encoder.down.N / decoder.up.N
       if (!down) dh = nn::upsample_nearest_backward(dh);
     }
     for (std::size_t i = block.size(); i-- > 0;) {
-      if (!attn.empty()) dh = attn[i].backward(g.attn[i], a.attn[i], dh);
-      dh = block[i].backward(g.block[i], a.block[i], dh);
+      if (!attn.empty()) dh = detail::vae_block_backward(attn[i], g.attn[i], a.attn[i], a.attn_in[i], dh, o.at("attn." + std::to_string(i)));
+      dh = detail::vae_block_backward(block[i], g.block[i], a.block[i], a.block_in[i], dh, o.at("block." + std::to_string(i)));
     }
     return dh;
   }
@@ -365,16 +405,17 @@ struct VAEMid {
   struct Acts {
     typename VAEResnetBlock<T>::Acts block_1, block_2;
     typename VAEAttnBlock<T>::Acts attn_1;
+    Tensor<T> block_1_in, attn_1_in, block_2_in;  // checkpoint: the blocks' inputs instead
   };
-  Tensor<T> forward_train(const Tensor<T>& x, Acts& a) const {
-    Tensor<T> h = block_1.forward_train(x, a.block_1);
-    if (attention) h = attn_1.forward_train(h, a.attn_1);
-    return block_2.forward_train(h, a.block_2);
+  Tensor<T> forward_train(const Tensor<T>& x, Acts& a, const detail::VAETrain& o) const {
+    Tensor<T> h = detail::vae_block_train(block_1, x, a.block_1, a.block_1_in, o.at("block_1"));
+    if (attention) h = detail::vae_block_train(attn_1, h, a.attn_1, a.attn_1_in, o.at("attn_1"));
+    return detail::vae_block_train(block_2, h, a.block_2, a.block_2_in, o.at("block_2"));
   }
-  Tensor<T> backward(VAEMid& g, const Acts& a, const Tensor<T>& dy) const {
-    Tensor<T> dh = block_2.backward(g.block_2, a.block_2, dy);
-    if (attention) dh = attn_1.backward(g.attn_1, a.attn_1, dh);
-    return block_1.backward(g.block_1, a.block_1, dh);
+  Tensor<T> backward(VAEMid& g, const Acts& a, const Tensor<T>& dy, const detail::VAETrain& o) const {
+    Tensor<T> dh = detail::vae_block_backward(block_2, g.block_2, a.block_2, a.block_2_in, dy, o.at("block_2"));
+    if (attention) dh = detail::vae_block_backward(attn_1, g.attn_1, a.attn_1, a.attn_1_in, dh, o.at("attn_1"));
+    return detail::vae_block_backward(block_1, g.block_1, a.block_1, a.block_1_in, dh, o.at("block_1"));
   }
 };
 
@@ -403,24 +444,30 @@ struct VAEEncoder {
     std::vector<typename VAELevel<T>::Acts> down;
     typename VAEMid<T>::Acts mid;
     typename nn::GroupNorm<T>::Acts gn;
+    bool checkpointed = false;  // what forward_train ran with
   };
-  Tensor<T> forward_train(const Tensor<T>& x, Acts& a) const {
+  Tensor<T> forward_train(const Tensor<T>& x, Acts& a, const detail::VAETrain& o = {}) const {
     a.x = x.clone();  // its own copy: the caller may change x before backward
+    a.checkpointed = o.checkpoint;
     Tensor<T> h = conv_in.forward(x);
     a.down.assign(down.size(), {});
-    for (std::size_t i = 0; i < down.size(); ++i) h = down[i].run_train(h, a.down[i]);
-    a.mid_out = mid.forward_train(h, a.mid);
+    for (std::size_t i = 0; i < down.size(); ++i) h = down[i].run_train(h, a.down[i], o.at("down." + std::to_string(i)));
+    a.mid_out = mid.forward_train(h, a.mid, o.at("mid"));
     a.h_out = norm_out.forward(a.mid_out, true, &a.gn);
-    return conv_out.forward(a.h_out);
+    Tensor<T> out = conv_out.forward(a.h_out);
+    if (o.check_finite) nn::require_finite<T>(o.name + ".conv_out", "output", out.data(), out.numel());
+    return out;
   }
   // dy: the gradient of the output (B, 2 z_channels, h, w). Accumulates g; sets *dx when given.
-  void backward(VAEEncoder& g, const Acts& a, const Tensor<T>& dy, Tensor<T>* dx) const {
+  void backward(VAEEncoder& g, const Acts& a, const Tensor<T>& dy, Tensor<T>* dx, detail::VAETrain o = {}) const {
+    o.checkpoint = a.checkpointed;
     Tensor<T> dh;
     conv_out.backward(g.conv_out, a.h_out, dy, &dh);
-    dh = mid.backward(g.mid, a.mid, norm_out.backward(g.norm_out, a.mid_out, a.gn, dh, true));
-    for (std::size_t i = down.size(); i-- > 0;) dh = down[i].backward(g.down[i], a.down[i], dh);
+    dh = mid.backward(g.mid, a.mid, norm_out.backward(g.norm_out, a.mid_out, a.gn, dh, true), o.at("mid"));
+    for (std::size_t i = down.size(); i-- > 0;) dh = down[i].backward(g.down[i], a.down[i], dh, o.at("down." + std::to_string(i)));
     Tensor<T> d;
     conv_in.backward(g.conv_in, a.x, dh, dx ? &d : nullptr);
+    if (o.check_finite && dx) nn::require_finite<T>(o.name + ".conv_in", "input gradient", d.data(), d.numel(), &g.conv_in);
     if (dx) *dx = std::move(d);
   }
 };
@@ -455,22 +502,26 @@ struct VAEDecoder {
     typename VAEMid<T>::Acts mid;
     std::vector<typename VAELevel<T>::Acts> up;
     typename nn::GroupNorm<T>::Acts gn;
+    bool checkpointed = false;  // what forward_train ran with
   };
-  Tensor<T> forward_train(const Tensor<T>& z, Acts& a) const {
+  Tensor<T> forward_train(const Tensor<T>& z, Acts& a, const detail::VAETrain& o = {}) const {
     a.z = z;
-    Tensor<T> h = mid.forward_train(conv_in.forward(z), a.mid);
+    a.checkpointed = o.checkpoint;
+    Tensor<T> h = mid.forward_train(conv_in.forward(z), a.mid, o.at("mid"));
     a.up.assign(up.size(), {});
-    for (std::size_t i = up.size(); i-- > 0;) h = up[i].run_train(h, a.up[i]);
+    for (std::size_t i = up.size(); i-- > 0;) h = up[i].run_train(h, a.up[i], o.at("up." + std::to_string(i)));
     if (give_pre_end) return h;
     a.up_out = h;
     a.h_out = norm_out.forward(h, true, &a.gn);
     h = conv_out.forward(a.h_out);
     if (tanh_out)
       for (auto& v : h) v = std::tanh(v);
+    if (o.check_finite) nn::require_finite<T>(o.name + ".conv_out", "output", h.data(), h.numel());
     a.out = h;
     return h.clone();  // the caller's own tensor: a.out (the tanh gradient's) stays as it was
   }
-  void backward(VAEDecoder& g, const Acts& a, const Tensor<T>& dy, Tensor<T>* dz) const {
+  void backward(VAEDecoder& g, const Acts& a, const Tensor<T>& dy, Tensor<T>* dz, detail::VAETrain o = {}) const {
+    o.checkpoint = a.checkpointed;
     Tensor<T> dh = dy.clone();
     if (!give_pre_end) {
       if (tanh_out)
@@ -479,10 +530,11 @@ struct VAEDecoder {
       conv_out.backward(g.conv_out, a.h_out, dh, &d);
       dh = norm_out.backward(g.norm_out, a.up_out, a.gn, d, true);
     }
-    for (std::size_t i = 0; i < up.size(); ++i) dh = up[i].backward(g.up[i], a.up[i], dh);
-    dh = mid.backward(g.mid, a.mid, dh);
+    for (std::size_t i = 0; i < up.size(); ++i) dh = up[i].backward(g.up[i], a.up[i], dh, o.at("up." + std::to_string(i)));
+    dh = mid.backward(g.mid, a.mid, dh, o.at("mid"));
     Tensor<T> d;
     conv_in.backward(g.conv_in, a.z, dh, dz ? &d : nullptr);
+    if (o.check_finite && dz) nn::require_finite<T>(o.name + ".conv_in", "input gradient", d.data(), d.numel(), &g.conv_in);
     if (dz) *dz = std::move(d);
   }
 };
@@ -597,13 +649,19 @@ struct AutoencoderKL {
 
   // Training (docs/training.md): encode and decode each keep their own activations. The
   // posterior's logvar is clamped as upstream's, so its gradient is 0 where the clamp held.
+  //
+  // Options, set before encode_train / decode_train, as DiT::Acts's: checkpoint keeps only each
+  // ResnetBlock's and AttnBlock's input and recomputes its activations in backward (the same
+  // bits); check_finite makes a NaN or infinity in any block's output or input gradient an error
+  // naming the block by its upstream name ("AutoencoderKL.encoder.down.1.block.0").
   struct EncodeActs {
+    bool checkpoint = false, check_finite = false;
     typename VAEEncoder<T>::Acts encoder;
     Tensor<T> h, logvar_raw;  // quant_conv's input; the logvar before the clamp
   };
   Posterior encode_train(const Tensor<T>& x, EncodeActs& a) const {
     check_images(x, "AutoencoderKL.encode_train");
-    a.h = encoder.forward_train(x, a.encoder);
+    a.h = encoder.forward_train(x, a.encoder, {a.checkpoint, a.check_finite, "AutoencoderKL.encoder"});
     Posterior p = split_moments(quant_conv.forward(a.h));
     a.logvar_raw = p.logvar.clone();
     for (auto& v : p.logvar) v = std::clamp(v, T(-30), T(20));
@@ -627,9 +685,10 @@ struct AutoencoderKL {
         const T raw = a.logvar_raw[b * E * S + i];
         if (dlogvar.numel() && raw >= T(-30) && raw <= T(20)) dmoments[(b * 2 + 1) * E * S + i] = dlogvar[b * E * S + i];
       }
+    if (a.check_finite) nn::require_finite<T>("AutoencoderKL.encode_backward's dmean / dlogvar", "value", dmoments.data(), dmoments.numel());
     Tensor<T> dh;
     quant_conv.backward(g.quant_conv, a.h, dmoments, &dh);
-    encoder.backward(g.encoder, a.encoder, dh, dx);
+    encoder.backward(g.encoder, a.encoder, dh, dx, {false, a.check_finite, "AutoencoderKL.encoder"});
   }
   // sample's backward: z = s (mean + exp(logvar / 2) noise) -> (dmean, dlogvar) from dz.
   std::pair<Tensor<T>, Tensor<T>> sample_backward(const Posterior& p, const Tensor<T>& noise, const Tensor<T>& dz) const {
@@ -646,6 +705,7 @@ struct AutoencoderKL {
   }
 
   struct DecodeActs {
+    bool checkpoint = false, check_finite = false;  // as EncodeActs's
     typename VAEDecoder<T>::Acts decoder;
     Tensor<T> unscaled;  // post_quant_conv's input, z / scale_factor
     Shape out_shape;
@@ -653,7 +713,7 @@ struct AutoencoderKL {
   Tensor<T> decode_train(const Tensor<T>& z, DecodeActs& a) const {
     check_latent(z, "AutoencoderKL.decode_train");
     a.unscaled = unscale(z);
-    Tensor<T> out = decoder.forward_train(post_quant_conv.forward(a.unscaled), a.decoder);
+    Tensor<T> out = decoder.forward_train(post_quant_conv.forward(a.unscaled), a.decoder, {a.checkpoint, a.check_finite, "AutoencoderKL.decoder"});
     a.out_shape = out.shape();
     return out;
   }
@@ -665,8 +725,9 @@ struct AutoencoderKL {
     if (dout.shape() != a.out_shape)
       throw ShapeError(ditto::detail::cat("AutoencoderKL.decode_backward: expected dout of the decoded images' shape ", shape_str(a.out_shape),
                                           ", got ", shape_str(dout.shape())));
+    if (a.check_finite) nn::require_finite<T>("AutoencoderKL.decode_backward's dout (the loss's gradient)", "value", dout.data(), dout.numel());
     Tensor<T> dh, du;
-    decoder.backward(g.decoder, a.decoder, dout, &dh);
+    decoder.backward(g.decoder, a.decoder, dout, &dh, {false, a.check_finite, "AutoencoderKL.decoder"});
     post_quant_conv.backward(g.post_quant_conv, a.unscaled, dh, dz ? &du : nullptr);
     if (dz) *dz = unscale(du);  // d(z / s) / dz = 1 / s
   }

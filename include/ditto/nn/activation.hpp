@@ -52,7 +52,7 @@ inline B exp_clamped(B a) {
   return xsimd::select(nan, a, xsimd::exp(c));
 }
 // SIMD versions (xsimd picks the widest instruction set the compiler targets: SSE2 without
-// -march flags, AVX2 or AVX-512 with them); the scalar functions above finish the tail.
+// -march flags, AVX2 or AVX-512 with them); the scalar functions above are the plain references.
 template <class B>
 inline B gelu_simd(B x) {
   return B(0.5) * x * (B(1) + xsimd::erf(x * B(0.70710678118654752440)));
@@ -67,13 +67,67 @@ template <class B>
 inline B silu_simd(B x) {
   return x / (B(1) + exp_clamped(-x));
 }
-template <class T, class F, class S>
-inline void map(const T* x, T* y, std::int64_t lo, std::int64_t hi, F&& simd, S&& scalar) {
+// y[i] = simd(x[i]) over [lo, hi). The tail shorter than a vector goes through the same SIMD code
+// on a zero-padded copy, so every value is computed alike wherever a thread's range ends (results
+// do not depend on the thread count).
+template <class T, class F>
+inline void map(const T* x, T* y, std::int64_t lo, std::int64_t hi, F&& simd) {
   using B = xsimd::batch<T>;
   constexpr std::int64_t W = static_cast<std::int64_t>(B::size);
   std::int64_t i = lo;
   for (; i + W <= hi; i += W) simd(B::load_unaligned(x + i)).store_unaligned(y + i);
-  for (; i < hi; ++i) y[i] = scalar(x[i]);
+  if (i < hi) {
+    alignas(64) T buf[W] = {};
+    std::copy(x + i, x + hi, buf);
+    simd(B::load_aligned(buf)).store_aligned(buf);
+    std::copy(buf, buf + (hi - i), y + i);
+  }
+}
+// dx[i] += dy[i] * grad(x[i]) over [lo, hi), the tail as map's.
+template <class T, class G>
+inline void map_backward(T* dx, const T* dy, const T* x, std::int64_t lo, std::int64_t hi, G&& grad) {
+  using B = xsimd::batch<T>;
+  constexpr std::int64_t W = static_cast<std::int64_t>(B::size);
+  std::int64_t i = lo;
+  for (; i + W <= hi; i += W)
+    (B::load_unaligned(dx + i) + B::load_unaligned(dy + i) * grad(B::load_unaligned(x + i))).store_unaligned(dx + i);
+  if (i < hi) {
+    alignas(64) T bx[W] = {}, bdy[W] = {}, bdx[W] = {};
+    std::copy(x + i, x + hi, bx);
+    std::copy(dy + i, dy + hi, bdy);
+    std::copy(dx + i, dx + hi, bdx);
+    (B::load_aligned(bdx) + B::load_aligned(bdy) * grad(B::load_aligned(bx))).store_aligned(bdx);
+    std::copy(bdx, bdx + (hi - i), dx + i);
+  }
+}
+// The derivatives in SIMD lanes, at the pre-activation x. With e = exp(a), a = -2u, and
+// r = 1 / (1 + e): 0.5 (1 + tanh u) = r and 1 - tanh^2 u = 4 r (e r), with no cancellation where
+// tanh u is near +-1. Beyond |a| = 80 the derivative is within 1e-32 of 0 or 1: taken as such, so
+// an infinite e (or an x^3 that overflows) never makes inf * 0.
+template <class B>
+inline B saturate(B a, B g) {
+  using T = typename B::value_type;
+  const B cap(T(80));
+  return xsimd::select(a > cap, B(T(0)), xsimd::select(a < -cap, B(T(1)), g));  // NaN compares false: stays NaN
+}
+template <class B>
+inline B gelu_tanh_grad_simd(B x) {
+  const B k(0.79788456080286535588), c(0.044715);
+  const B x2 = x * x;
+  const B a = B(-2) * k * (x + c * x2 * x);
+  const B e = exp_clamped(a);
+  const B r = B(1) / (B(1) + e);
+  return saturate(a, r + B(2) * k * x * (B(1) + B(3) * c * x2) * ((e * r) * r));
+}
+template <class B>
+inline B gelu_grad_simd(B x) {  // Phi(x) + x phi(x)
+  return B(0.5) * (B(1) + xsimd::erf(x * B(0.70710678118654752440))) + x * B(0.39894228040143267794) * exp_clamped(B(-0.5) * x * x);
+}
+template <class B>
+inline B silu_grad_simd(B x) {  // s (1 + x (1 - s)), 1 - s = e s with e = exp(-x)
+  const B e = exp_clamped(-x);
+  const B s = B(1) / (B(1) + e);
+  return saturate(-x, s * (B(1) + x * (e * s)));
 }
 }  // namespace detail
 
@@ -88,13 +142,13 @@ inline void activate(const T* x, T* y, std::int64_t n, Activation a) {
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
       switch (a) {
         case Activation::gelu:
-          detail::map(x, y, lo, hi, [](auto b) { return detail::gelu_simd(b); }, [](T v) { return gelu(v); });
+          detail::map(x, y, lo, hi, [](auto b) { return detail::gelu_simd(b); });
           break;
         case Activation::gelu_tanh:
-          detail::map(x, y, lo, hi, [](auto b) { return detail::gelu_tanh_simd(b); }, [](T v) { return gelu_tanh(v); });
+          detail::map(x, y, lo, hi, [](auto b) { return detail::gelu_tanh_simd(b); });
           break;
         case Activation::silu:
-          detail::map(x, y, lo, hi, [](auto b) { return detail::silu_simd(b); }, [](T v) { return silu(v); });
+          detail::map(x, y, lo, hi, [](auto b) { return detail::silu_simd(b); });
           break;
         default: break;
       }
@@ -132,16 +186,26 @@ inline T silu_grad(T x) {  // s(x) (1 + x (1 - s(x)))
   return s * (T(1) + x * (T(1) - s));
 }
 
-// dx += dy * act'(x) over n values, x the pre-activation. Each value on its own, so any split
-// over threads gives the same bits. (A scalar loop: the backward's products dominate its time.)
+// dx += dy * act'(x) over n values, x the pre-activation, in SIMD lanes for float and double (the
+// scalar derivatives above are the plain reference, and serve other types). Each value on its own,
+// so any split over threads gives the same bits.
 template <class T>
 inline void activate_backward(T* dx, const T* dy, const T* x, std::int64_t n, Activation a) {
   parallel_for(n, n * 30, [&](std::int64_t lo, std::int64_t hi) {
-    switch (a) {
-      case Activation::gelu: for (auto i = lo; i < hi; ++i) dx[i] += dy[i] * gelu_grad(x[i]); break;
-      case Activation::gelu_tanh: for (auto i = lo; i < hi; ++i) dx[i] += dy[i] * gelu_tanh_grad(x[i]); break;
-      case Activation::silu: for (auto i = lo; i < hi; ++i) dx[i] += dy[i] * silu_grad(x[i]); break;
-      default: for (auto i = lo; i < hi; ++i) dx[i] += dy[i];
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+      switch (a) {
+        case Activation::gelu: detail::map_backward(dx, dy, x, lo, hi, [](auto b) { return detail::gelu_grad_simd(b); }); break;
+        case Activation::gelu_tanh: detail::map_backward(dx, dy, x, lo, hi, [](auto b) { return detail::gelu_tanh_grad_simd(b); }); break;
+        case Activation::silu: detail::map_backward(dx, dy, x, lo, hi, [](auto b) { return detail::silu_grad_simd(b); }); break;
+        default: for (auto i = lo; i < hi; ++i) dx[i] += dy[i];
+      }
+    } else {
+      switch (a) {
+        case Activation::gelu: for (auto i = lo; i < hi; ++i) dx[i] += dy[i] * gelu_grad(x[i]); break;
+        case Activation::gelu_tanh: for (auto i = lo; i < hi; ++i) dx[i] += dy[i] * gelu_tanh_grad(x[i]); break;
+        case Activation::silu: for (auto i = lo; i < hi; ++i) dx[i] += dy[i] * silu_grad(x[i]); break;
+        default: for (auto i = lo; i < hi; ++i) dx[i] += dy[i];
+      }
     }
   });
 }

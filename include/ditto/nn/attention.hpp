@@ -50,6 +50,10 @@ struct AttentionLayout {
 
 namespace detail {
 inline constexpr std::int64_t kAttnBlockQ = 64, kAttnBlockK = 64;
+// The backward with a thread per problem (at least kAttnBwdMinProblems of them: a constant, not
+// the thread count, so the summation order, and the bits, never depend on the threads) runs on
+// larger blocks, where the library's products are nearer their peak than at 64 x 64 x 64.
+inline constexpr std::int64_t kAttnBwdMinProblems = 16, kAttnBwdBlockQ = 256, kAttnBwdBlockK = 128;
 
 // Floats per SIMD vector for the tiled path (1: no such path for this type).
 template <class T>
@@ -251,8 +255,11 @@ struct AttentionGradProblem {
 // (query block, key block) pair are recomputed from q, k and lse (p = exp(s - lse)), never
 // stored whole. With D_i = dout_i . o_i (the softmax's Jacobian term):
 //   dv += p^T dout,  dp = dout v^T,  ds = p (dp - D),  dq += scale ds k,  dk += scale ds^T q.
-// Two passes, so no two threads write one gradient row: over key blocks (dk, dv), then over query
-// blocks (dq). Each gradient row is summed in the same order for any thread count.
+// No two threads write one gradient row: with many problems (batch x heads >= 16) a thread takes
+// whole problems, in one pass over their block pairs; with few, two passes split each problem,
+// over key blocks (dk, dv), then over query blocks (dq), recomputing p. Either way each gradient
+// row is summed in the same order for any thread count. Problems must not share query rows
+// either (dq, as dk and dv), as no forward here shares them.
 template <class T>
 inline void attention_backward(const std::vector<AttentionGradProblem<T>>& problems, const AttentionLayout& L, T scale) {
   using detail::kAttnBlockK;
@@ -279,16 +286,52 @@ inline void attention_backward(const std::vector<AttentionGradProblem<T>>& probl
     gemm<T>(false, true, bq, bk, L.d, scale, P.q + q0 * L.sq, L.sq, P.k + k0 * L.sk, L.sk, T(0), s, bk);
     gemm<T>(false, true, bq, bk, L.dv, T(1), P.dout + q0 * L.so, L.so, P.v + k0 * L.sv, L.sv, T(0), dp, bk);
     for (std::int64_t i = 0; i < bq; ++i) {
-      const T lse = P.lse[q0 + i];
-      const std::uint8_t* mi = P.mask ? P.mask + (q0 + i) * L.mask_stride + k0 : nullptr;
-      for (std::int64_t j = 0; j < bk; ++j) {
-        const bool visible = (!mi || mi[j]) && lse != -std::numeric_limits<T>::infinity();
-        const T pij = visible ? std::exp(s[i * bk + j] - lse) : T(0);
-        s[i * bk + j] = pij;                             // s now holds p
-        dp[i * bk + j] = pij * (dp[i * bk + j] - D[q0 + i]);  // dp now holds ds
+      const T lse = P.lse[q0 + i], Di = D[q0 + i];
+      T* si = s + i * bk;
+      T* di = dp + i * bk;
+      if (lse == -std::numeric_limits<T>::infinity()) {  // a row that sees nothing: no gradient
+        std::fill(si, si + bk, T(0));
+        std::fill(di, di + bk, T(0));
+        continue;
       }
+      detail::exp_shift_sum(si, si, bk, lse);  // s now holds p (in SIMD lanes)
+      if (P.mask) {
+        const std::uint8_t* mi = P.mask + (q0 + i) * L.mask_stride + k0;
+        for (std::int64_t j = 0; j < bk; ++j)
+          if (!mi[j]) si[j] = T(0);
+      }
+      for (std::int64_t j = 0; j < bk; ++j) di[j] = si[j] * (di[j] - Di);  // dp now holds ds
     }
   };
+  if (static_cast<std::int64_t>(problems.size()) >= detail::kAttnBwdMinProblems) {
+    // Enough problems to share out: one thread per problem and one pass over its (key block,
+    // query block) pairs, five products per pair (dq accumulates in place, in the same order at
+    // any thread count), on blocks large enough for the library's kernels.
+    parallel_for(static_cast<std::int64_t>(problems.size()), 2 * flops, [&](std::int64_t lo, std::int64_t hi) {
+      using detail::kAttnBwdBlockK;
+      using detail::kAttnBwdBlockQ;
+      // a last block up to a quarter longer takes the rest (257 keys: 128 + 129, not 128 + 128 + 1)
+      auto block = [](std::int64_t at, std::int64_t n, std::int64_t b) { return n - at <= b + b / 4 ? n - at : b; };
+      const std::size_t most = static_cast<std::size_t>((kAttnBwdBlockQ + kAttnBwdBlockQ / 4) * (kAttnBwdBlockK + kAttnBwdBlockK / 4));
+      std::vector<T> s(most), ds(most);
+      for (auto p = lo; p < hi; ++p) {
+        const auto& P = problems[static_cast<std::size_t>(p)];
+        const T* D = Dv.data() + d_at[static_cast<std::size_t>(p)];
+        for (std::int64_t k0 = 0, bk = 0; k0 < P.nk; k0 += bk) {
+          bk = block(k0, P.nk, kAttnBwdBlockK);
+          for (std::int64_t q0 = 0, bq = 0; q0 < P.nq; q0 += bq) {
+            bq = block(q0, P.nq, kAttnBwdBlockQ);
+            block_ds(P, D, q0, bq, k0, bk, s.data(), ds.data());
+            gemm<T>(true, false, bk, L.dv, bq, T(1), s.data(), bk, P.dout + q0 * L.so, L.so, T(1), P.dv + k0 * L.sv, L.sv);
+            gemm<T>(true, false, bk, L.d, bq, scale, ds.data(), bk, P.q + q0 * L.sq, L.sq, T(1), P.dk + k0 * L.sk, L.sk);
+            gemm<T>(false, false, bq, L.d, bk, scale, ds.data(), bk, P.k + k0 * L.sk, L.sk, T(1), P.dq + q0 * L.sq, L.sq);
+          }
+        }
+      }
+    });
+    return;
+  }
+  // Few problems (one long sequence, few heads): split each over threads by blocks instead.
   struct Item {
     std::size_t p;
     std::int64_t at;

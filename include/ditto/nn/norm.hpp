@@ -275,7 +275,7 @@ struct GroupNorm {
         }
         if (silu_after) {
           if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>)
-            detail::map(yg, yg, 0, group, [](auto b) { return detail::silu_simd(b); }, [](T v) { return silu(v); });
+            detail::map(yg, yg, 0, group, [](auto b) { return detail::silu_simd(b); });
           else
             for (std::int64_t i = 0; i < group; ++i) yg[i] = silu(yg[i]);
         }
