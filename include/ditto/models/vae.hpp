@@ -364,13 +364,17 @@ struct VAELevel {  // encoder.down.N / decoder.up.N
     if (!down) h = nn::upsample_nearest(h);
     if (!with_conv) return down ? nn::avg_pool2d(h, 2) : h;
     a.conv_in = h;
-    return conv.forward(h);
+    Tensor<T> out = conv.forward(h);
+    if (o.check_finite) nn::require_finite<T>(o.name + (down ? ".downsample.conv" : ".upsample.conv"), "output", out.data(), out.numel());
+    return out;
   }
   Tensor<T> backward(VAELevel& g, const Acts& a, Tensor<T> dh, const detail::VAETrain& o) const {
     if (resample) {
       if (with_conv) {
         Tensor<T> d;
         conv.backward(g.conv, a.conv_in, dh, &d);
+        if (o.check_finite)
+          nn::require_finite<T>(o.name + (down ? ".downsample.conv" : ".upsample.conv"), "input gradient", d.data(), d.numel(), &g.conv);
         dh = std::move(d);
       } else if (down) {
         dh = nn::avg_pool2d_backward(dh, a.resample_in.shape(), 2);
@@ -408,6 +412,7 @@ struct VAEMid {
     Tensor<T> block_1_in, attn_1_in, block_2_in;  // checkpoint: the blocks' inputs instead
   };
   Tensor<T> forward_train(const Tensor<T>& x, Acts& a, const detail::VAETrain& o) const {
+    a = Acts{};  // nothing left from an earlier call
     Tensor<T> h = detail::vae_block_train(block_1, x, a.block_1, a.block_1_in, o.at("block_1"));
     if (attention) h = detail::vae_block_train(attn_1, h, a.attn_1, a.attn_1_in, o.at("attn_1"));
     return detail::vae_block_train(block_2, h, a.block_2, a.block_2_in, o.at("block_2"));
@@ -463,11 +468,14 @@ struct VAEEncoder {
     o.checkpoint = a.checkpointed;
     Tensor<T> dh;
     conv_out.backward(g.conv_out, a.h_out, dy, &dh);
-    dh = mid.backward(g.mid, a.mid, norm_out.backward(g.norm_out, a.mid_out, a.gn, dh, true), o.at("mid"));
+    if (o.check_finite) nn::require_finite<T>(o.name + ".conv_out", "input gradient", dh.data(), dh.numel(), &g.conv_out);
+    dh = norm_out.backward(g.norm_out, a.mid_out, a.gn, dh, true);
+    if (o.check_finite) nn::require_finite<T>(o.name + ".norm_out", "input gradient", dh.data(), dh.numel(), &g.norm_out);
+    dh = mid.backward(g.mid, a.mid, dh, o.at("mid"));
     for (std::size_t i = down.size(); i-- > 0;) dh = down[i].backward(g.down[i], a.down[i], dh, o.at("down." + std::to_string(i)));
     Tensor<T> d;
     conv_in.backward(g.conv_in, a.x, dh, dx ? &d : nullptr);
-    if (o.check_finite && dx) nn::require_finite<T>(o.name + ".conv_in", "input gradient", d.data(), d.numel(), &g.conv_in);
+    if (o.check_finite) nn::require_finite<T>(o.name + ".conv_in", "input gradient", d.data(), d.numel(), &g.conv_in);
     if (dx) *dx = std::move(d);
   }
 };
@@ -528,13 +536,15 @@ struct VAEDecoder {
         for (std::int64_t i = 0; i < dh.numel(); ++i) dh[i] *= T(1) - a.out[i] * a.out[i];
       Tensor<T> d;
       conv_out.backward(g.conv_out, a.h_out, dh, &d);
+      if (o.check_finite) nn::require_finite<T>(o.name + ".conv_out", "input gradient", d.data(), d.numel(), &g.conv_out);
       dh = norm_out.backward(g.norm_out, a.up_out, a.gn, d, true);
+      if (o.check_finite) nn::require_finite<T>(o.name + ".norm_out", "input gradient", dh.data(), dh.numel(), &g.norm_out);
     }
     for (std::size_t i = 0; i < up.size(); ++i) dh = up[i].backward(g.up[i], a.up[i], dh, o.at("up." + std::to_string(i)));
     dh = mid.backward(g.mid, a.mid, dh, o.at("mid"));
     Tensor<T> d;
     conv_in.backward(g.conv_in, a.z, dh, dz ? &d : nullptr);
-    if (o.check_finite && dz) nn::require_finite<T>(o.name + ".conv_in", "input gradient", d.data(), d.numel(), &g.conv_in);
+    if (o.check_finite) nn::require_finite<T>(o.name + ".conv_in", "input gradient", d.data(), d.numel(), &g.conv_in);
     if (dz) *dz = std::move(d);
   }
 };
@@ -688,6 +698,7 @@ struct AutoencoderKL {
     if (a.check_finite) nn::require_finite<T>("AutoencoderKL.encode_backward's dmean / dlogvar", "value", dmoments.data(), dmoments.numel());
     Tensor<T> dh;
     quant_conv.backward(g.quant_conv, a.h, dmoments, &dh);
+    if (a.check_finite) nn::require_finite<T>("AutoencoderKL.quant_conv", "input gradient", dh.data(), dh.numel(), &g.quant_conv);
     encoder.backward(g.encoder, a.encoder, dh, dx, {false, a.check_finite, "AutoencoderKL.encoder"});
   }
   // sample's backward: z = s (mean + exp(logvar / 2) noise) -> (dmean, dlogvar) from dz.
@@ -729,6 +740,7 @@ struct AutoencoderKL {
     Tensor<T> dh, du;
     decoder.backward(g.decoder, a.decoder, dout, &dh, {false, a.check_finite, "AutoencoderKL.decoder"});
     post_quant_conv.backward(g.post_quant_conv, a.unscaled, dh, dz ? &du : nullptr);
+    if (a.check_finite) nn::require_finite<T>("AutoencoderKL.post_quant_conv", "input gradient", du.data(), du.numel(), &g.post_quant_conv);
     if (dz) *dz = unscale(du);  // d(z / s) / dz = 1 / s
   }
 

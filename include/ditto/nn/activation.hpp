@@ -51,11 +51,23 @@ inline B exp_clamped(B a) {
   c = xsimd::select(c > high, high, c);
   return xsimd::select(nan, a, xsimd::exp(c));
 }
+// erf with its argument clamped to +-6 (where erf is +-1 in float and double already) and NaN
+// routed around: xsimd's erf takes an exp of -a^2, whose range reduction would convert an
+// infinite or NaN value to an integer (undefined; UBSan flags it for double without AVX-512DQ).
+template <class B>
+inline B erf_clamped(B a) {
+  using T = typename B::value_type;
+  const auto nan = xsimd::isnan(a);
+  B c = xsimd::select(nan, B(T(0)), a);
+  c = xsimd::select(c < B(T(-6)), B(T(-6)), c);
+  c = xsimd::select(c > B(T(6)), B(T(6)), c);
+  return xsimd::select(nan, a, xsimd::erf(c));
+}
 // SIMD versions (xsimd picks the widest instruction set the compiler targets: SSE2 without
 // -march flags, AVX2 or AVX-512 with them); the scalar functions above are the plain references.
 template <class B>
 inline B gelu_simd(B x) {
-  return B(0.5) * x * (B(1) + xsimd::erf(x * B(0.70710678118654752440)));
+  return B(0.5) * x * (B(1) + erf_clamped(x * B(0.70710678118654752440)));
 }
 // 0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u)) exactly: one exp instead of a tanh (measured 2x faster).
 template <class B>
@@ -121,7 +133,7 @@ inline B gelu_tanh_grad_simd(B x) {
 }
 template <class B>
 inline B gelu_grad_simd(B x) {  // Phi(x) + x phi(x)
-  return B(0.5) * (B(1) + xsimd::erf(x * B(0.70710678118654752440))) + x * B(0.39894228040143267794) * exp_clamped(B(-0.5) * x * x);
+  return B(0.5) * (B(1) + erf_clamped(x * B(0.70710678118654752440))) + x * B(0.39894228040143267794) * exp_clamped(B(-0.5) * x * x);
 }
 template <class B>
 inline B silu_grad_simd(B x) {  // s (1 + x (1 - s)), 1 - s = e s with e = exp(-x)
