@@ -62,6 +62,17 @@ TEST_CASE("einops: length products that wrap int64 are refused" " not matched", 
                     Catch::Contains("more elements than fit in int64"));
 }
 
+TEST_CASE("einops: a pattern holding the recipe cache's separator never reuses another pattern's recipe", "[hostile][einops]") {
+  // found by fuzz_einops (its input kept as tests/fuzz/corpus_einops/regression-cache-key; it fails
+  // only after another input filled the cache): "(a b) -> a" with a
+  // length for a was cached under the key that "(a b) -> a|a" with no lengths then looked up,
+  // and the reused recipe read a length that was not there (undefined behaviour)
+  const Tensor<float> x = Tensor<float>::arange(2);
+  CHECK(reduce(x, "(a b) -> a", "prod", {{"a", 2}}).shape() == Shape{2});
+  CHECK_THROWS_AS(reduce(x, "(a b) -> a|a", "prod"), EinopsError);
+  CHECK_THROWS_AS(rearrange(x, "(a b) -> a|a"), EinopsError);
+}
+
 TEST_CASE("einops: reductions over an empty axis give the identity as einops does", "[hostile][einops]") {
   const Tensor<float> x({0, 3});
   const auto sum = reduce(x, "a b -> b", "sum"), prod = reduce(x, "a b -> b", "prod"), mean = reduce(x, "a b -> b", "mean");

@@ -342,14 +342,21 @@ inline std::size_t recipe_cache_size() {
 inline std::shared_ptr<const Recipe> cached_recipe(std::string_view pattern, Op op, Reduction red,
                                                    const AxisLengths& lengths, int ndim, const Shape& shape) {
   auto& c = RecipeCache::instance();
+  // The key: op, reduction, rank, then the pattern and each given axis name, each prefixed by its
+  // length, so no pattern can spell another's key ("(a b) -> a|a" with no lengths is not
+  // "(a b) -> a" with a length for a: a separator inside a pattern once made them collide).
   std::string key;
-  key.reserve(pattern.size() + 16 + lengths.size() * 4);
+  key.reserve(pattern.size() + 24 + lengths.size() * 8);
   key += static_cast<char>('0' + static_cast<int>(op));
+  key += static_cast<char>('0' + static_cast<int>(red));
   key += std::to_string(ndim);
-  key += '|';
+  key += ':';
+  key += std::to_string(pattern.size());
+  key += ':';
   key += pattern;
   for (const auto& kv : lengths) {
-    key += '|';
+    key += std::to_string(kv.first.size());
+    key += ':';
     key += kv.first;
   }
   {
