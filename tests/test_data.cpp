@@ -197,3 +197,96 @@ TEST_CASE("shuffled batches: every item once an epoch, seeded, and a restored st
   CHECK_THROWS_AS(a.restore({0, 104}), ArgumentError);
   CHECK_THROWS_AS(a.restore({-1, 0}), ArgumentError);
 }
+
+TEST_CASE("ImageFolder: torchvision's order, DiT's center_crop_arr with Pillow's bytes", "[data]") {
+  const auto want = ditto_test::load_json("image_folder_expected.json");
+  const std::string root = std::string(DITTO_FIXTURES) + "/image_folder";
+  const auto f = data::load_image_folder(root, want["size"].get<std::int64_t>());
+  CHECK(f.classes == want["classes"].get<std::vector<std::string>>());
+  REQUIRE(f.files.size() == want["pictures"].size());
+  REQUIRE(f.set.images.shape() == Shape{static_cast<std::int64_t>(f.files.size()), 3, 16, 16});
+  int compared = 0;
+  for (std::size_t i = 0; i < f.files.size(); ++i) {
+    const auto& p = want["pictures"][i];
+    INFO(p["file"]);
+    CHECK(f.files[i] == root + "/" + p["file"].get<std::string>());
+    CHECK(f.set.labels[static_cast<std::int64_t>(i)] == p["label"].get<std::int64_t>());
+    if (!p.contains("chw")) continue;
+    const auto chw = p["chw"].get<std::vector<int>>();
+    int differ = 0;
+    for (std::size_t k = 0; k < chw.size(); ++k) differ += f.set.images[static_cast<std::int64_t>(i * chw.size() + k)] != chw[k];
+    CHECK(differ == 0);  // every byte as Pillow's BOX / BICUBIC resizes make it
+    ++compared;
+  }
+  CHECK(compared == 5);
+  // the flip, at batch time: the last column becomes the first
+  const auto [x, y] = data::picture_batch(f.set, {1, 1}, {false, true});
+  CHECK(x(0, 2, 5, 0) == x(1, 2, 5, 15));
+  CHECK(x(0, 0, 3, 15) == x(1, 0, 3, 0));
+  CHECK(y[0] == f.set.labels[1]);
+  CHECK(x(0, 1, 2, 3) == -1.0f + 2.0f / 255.0f * f.set.images[(1 * 3 + 1) * 256 + 2 * 16 + 3]);
+
+  // what is refused, naming it
+  const auto tmp = std::filesystem::temp_directory_path() / ("ditto_folder_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(tmp);
+  std::filesystem::create_directories(tmp / "empty");
+  CHECK_THROWS_WITH(data::load_image_folder(tmp.string(), 16), Catch::Contains("\"empty\" holds no picture"));
+  std::filesystem::copy_file(root + "/coats/y.png", tmp / "empty" / "y.png");
+  std::ofstream(tmp / "empty" / "w.bmp") << "BM";
+  CHECK_THROWS_WITH(data::load_image_folder(tmp.string(), 16), Catch::Contains("w.bmp has an image extension ditto does not decode"));
+  std::filesystem::remove(tmp / "empty" / "w.bmp");
+  std::ofstream(tmp / "empty" / "notes.txt") << "not a picture";  // not an image extension: skipped, as torchvision
+  CHECK(data::load_image_folder(tmp.string(), 8).files.size() == 1);
+  CHECK_THROWS_WITH(data::load_image_folder((tmp / "absent").string(), 16), Catch::Contains("not a folder"));
+  CHECK_THROWS_WITH(data::load_image_folder((tmp / "empty").string(), 16), Catch::Contains("no class sub-folders"));
+  std::filesystem::remove_all(tmp);
+}
+
+TEST_CASE("moving Fashion-MNIST: clips are pure functions of (seed, index) and move as labelled", "[data]") {
+  const data::MovingFashionMnist set(data::load_fashion_mnist("test"), {}, 5, 1000);
+  const auto a = set.clip(17), b = set.clip(17), c = set.clip(18);
+  REQUIRE(a.frames.shape() == Shape{8, 1, 32, 32});
+  CHECK(std::equal(a.frames.begin(), a.frames.end(), b.frames.begin()));
+  CHECK(!std::equal(a.frames.begin(), a.frames.end(), c.frames.begin()));
+  const auto other_seed = data::MovingFashionMnist(data::load_fashion_mnist("test"), {}, 6, 1000).clip(17).frames;
+  CHECK(!std::equal(a.frames.begin(), a.frames.end(), other_seed.begin()));
+  std::vector<int> classes(10), dirs(4), items(4);
+  int moved_as_labelled = 0, counted = 0;
+  for (std::int64_t i = 0; i < 400; ++i) {
+    const auto k = set.clip(i);
+    ++classes[static_cast<std::size_t>(k.cls)], ++dirs[static_cast<std::size_t>(k.direction)], ++items[static_cast<std::size_t>(k.items)];
+    for (float v : k.frames) REQUIRE((v >= 0.0f && v <= 1.0f));
+    if (k.items != 1) continue;
+    // one item: its centroid moves 2 pixels in the labelled direction from frame 0 to 1 (unless it bounces)
+    auto centroid = [&](std::int64_t t) {
+      double s = 0, sx = 0, sy = 0;
+      for (std::int64_t r = 0; r < 32; ++r)
+        for (std::int64_t q = 0; q < 32; ++q) {
+          const double v = k.frames(t, 0, r, q);
+          s += v, sx += v * q, sy += v * r;
+        }
+      return std::pair{sx / s, sy / s};
+    };
+    const auto [x0, y0] = centroid(0);
+    const auto [x1, y1] = centroid(1);
+    const double want_x = std::array{2.0, 0.0, -2.0, 0.0}[static_cast<std::size_t>(k.direction)];
+    const double want_y = std::array{0.0, 2.0, 0.0, -2.0}[static_cast<std::size_t>(k.direction)];
+    ++counted;
+    moved_as_labelled += std::abs(x1 - x0 - want_x) < 1.01 && std::abs(y1 - y0 - want_y) < 1.01;
+  }
+  for (int n : classes) CHECK(n > 20);  // about 40 each
+  for (int n : dirs) CHECK(n > 70);     // about 100 each
+  CHECK(items[0] == 0);
+  CHECK(items[1] > 100);
+  CHECK(items[3] > 100);
+  INFO(moved_as_labelled << " of " << counted);
+  CHECK(moved_as_labelled >= 0.8 * counted);
+  // batches: Latte's (B, T, C, H, W) and the joint label
+  const auto [x, y] = set.batch({17, 18}, -1.0f, 1.0f);
+  CHECK(x.shape() == Shape{2, 8, 1, 32, 32});
+  CHECK(y[0] == a.cls * 4 + a.direction);
+  CHECK(x[100] == -1.0f + 2.0f * a.frames[100]);
+  CHECK(std::string(data::direction_name(3, 4)) == "up");
+  CHECK_THROWS_WITH(set.clip(1000), Catch::Contains("index 1000 of a set of 1000"));
+  CHECK_THROWS_WITH(data::MovingFashionMnist(data::load_fashion_mnist("test"), {.item = 13}, 0, 10), Catch::Contains("item must divide 28"));
+}

@@ -8,7 +8,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config git
   libeigen3-dev libxtensor-dev libxsimd-dev nlohmann-json3-dev libstb-dev
-  catch2 libbenchmark-dev libopenblas-openmp-dev zlib1g-dev dataset-fashion-mnist
+  catch2 libbenchmark-dev libopenblas-openmp-dev zlib1g-dev dataset-fashion-mnist libcli11-dev libopenmpi-dev openmpi-bin
   clang-19 clang-tools-19 libomp-19-dev libclang-rt-19-dev
   python3
 )

@@ -85,11 +85,11 @@ inline bool image_is_complete(const std::string& bytes, bool png) {
 }
 }  // namespace detail
 
-// Reads a PNG or JPEG file into a (C, H, W) tensor in [-1, 1]; C = 3 (RGB) unless `channels`
+// Reads a PNG or JPEG file into a (C, H, W) tensor of its bytes; C = 3 (RGB) unless `channels`
 // asks for 1 (gray) or 4 (RGBA). Other formats (which stb_image would also take, with weaker
 // checks) are refused, so are truncated files and pictures of more than `max_pixels` pixels
 // (checked from the header, before anything is decoded).
-inline Tensor<float> read_image(const std::string& path, int channels = 3, std::int64_t max_pixels = kMaxImagePixels) {
+inline Tensor<std::uint8_t> read_image_bytes(const std::string& path, int channels = 3, std::int64_t max_pixels = kMaxImagePixels) {
   const std::string what = detail::cat("read_image(\"", path, "\")");
   if (channels != 1 && channels != 3 && channels != 4)
     throw ArgumentError(detail::cat(what, ": channels must be 1, 3 or 4, got ", channels));
@@ -133,10 +133,17 @@ inline Tensor<float> read_image(const std::string& path, int channels = 3, std::
     const char* why = stbi_failure_reason();
     throw IoError(detail::cat(what, ": cannot decode: ", why && *why ? why : "corrupt or truncated data"));
   }
-  Tensor<float> out = Tensor<float>::empty({channels, h, w});
+  Tensor<std::uint8_t> out = Tensor<std::uint8_t>::empty({channels, h, w});
   for (int ch = 0; ch < channels; ++ch)
-    for (std::int64_t i = 0, n = std::int64_t{h} * w; i < n; ++i)
-      out[ch * n + i] = pixels.get()[i * channels + ch] / 127.5f - 1.0f;
+    for (std::int64_t i = 0, n = std::int64_t{h} * w; i < n; ++i) out[ch * n + i] = pixels.get()[i * channels + ch];
+  return out;
+}
+
+// As read_image_bytes, in [-1, 1] (byte b -> b / 127.5 - 1).
+inline Tensor<float> read_image(const std::string& path, int channels = 3, std::int64_t max_pixels = kMaxImagePixels) {
+  const Tensor<std::uint8_t> b = read_image_bytes(path, channels, max_pixels);
+  Tensor<float> out = Tensor<float>::empty(b.shape());
+  for (std::int64_t i = 0; i < b.numel(); ++i) out[i] = b[i] / 127.5f - 1.0f;
   return out;
 }
 

@@ -333,26 +333,38 @@ constexpr DType dtype_of() {
 }
 }  // namespace detail
 
-// Writes tensors (in their own dtype) in name order, with optional string metadata. The header
-// is padded with spaces to a multiple of 8 bytes, as the reference writer does.
+// One tensor to write, whatever its dtype: a view of bytes the caller keeps alive.
+struct TensorView {
+  std::string name;
+  DType dtype;
+  Shape shape;
+  const void* data;
+};
+
 template <class T>
-inline void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor<T>>>& tensors,
-                             const std::map<std::string, std::string>& metadata = {}) {
-  std::vector<std::pair<std::string, const Tensor<T>*>> sorted;
-  for (const auto& [name, t] : tensors) sorted.emplace_back(name, &t);
-  std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+inline TensorView view_of(const std::string& name, const Tensor<T>& t) {
+  return {name, detail::dtype_of<T>(), t.shape(), t.data()};
+}
+
+// Writes tensors of any dtypes in name order, with optional string metadata. The header is
+// padded with spaces to a multiple of 8 bytes, as the reference writer does.
+//   save_safetensors("samples.safetensors", {view_of("images", x), view_of("labels", y)});
+inline void save_safetensors(const std::string& path, std::vector<TensorView> tensors, const std::map<std::string, std::string>& metadata = {}) {
+  std::sort(tensors.begin(), tensors.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::uint64_t offset = 0;
-  for (std::size_t i = 0; i < sorted.size(); ++i) {
-    if (i > 0 && sorted[i].first == sorted[i - 1].first)
-      throw IoError(detail::cat("save_safetensors(\"", path, "\"): the name \"", sorted[i].first, "\" is given twice"));
-    if (sorted[i].first == "__metadata__")
+  std::vector<std::uint64_t> sizes;
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    if (i > 0 && tensors[i].name == tensors[i - 1].name)
+      throw IoError(detail::cat("save_safetensors(\"", path, "\"): the name \"", tensors[i].name, "\" is given twice"));
+    if (tensors[i].name == "__metadata__")
       throw IoError(detail::cat("save_safetensors(\"", path, "\"): \"__metadata__\" is reserved"));
-    const std::uint64_t bytes = static_cast<std::uint64_t>(sorted[i].second->numel()) * sizeof(T);
-    header[sorted[i].first] = {{"dtype", dtype_name(detail::dtype_of<T>())},
-                               {"shape", sorted[i].second->shape()},
-                               {"data_offsets", {offset, offset + bytes}}};
+    std::uint64_t n = 1;
+    for (auto d : tensors[i].shape) n *= static_cast<std::uint64_t>(d);
+    const std::uint64_t bytes = n * dtype_size(tensors[i].dtype);
+    sizes.push_back(bytes);
+    header[tensors[i].name] = {{"dtype", dtype_name(tensors[i].dtype)}, {"shape", tensors[i].shape}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
   std::string h = header.dump();
@@ -363,9 +375,18 @@ inline void save_safetensors(const std::string& path, const std::vector<std::pai
   for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(static_cast<std::uint64_t>(h.size()) >> (8 * i));
   f.write(len, 8);
   f.write(h);
-  for (const auto& [name, t] : sorted)
-    if (t->numel()) f.write(t->data(), static_cast<std::size_t>(t->numel()) * sizeof(T));
+  for (std::size_t i = 0; i < tensors.size(); ++i)
+    if (sizes[i]) f.write(tensors[i].data, static_cast<std::size_t>(sizes[i]));
   f.commit();
+}
+
+// Tensors of one scalar type (written in their own dtype).
+template <class T>
+inline void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor<T>>>& tensors,
+                             const std::map<std::string, std::string>& metadata = {}) {
+  std::vector<TensorView> views;
+  for (const auto& [name, t] : tensors) views.push_back(view_of(name, t));
+  save_safetensors(path, std::move(views), metadata);
 }
 
 }  // namespace ditto

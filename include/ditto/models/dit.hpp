@@ -40,6 +40,7 @@
 #include "../nn/mlp.hpp"
 #include "../nn/module.hpp"
 #include "../nn/state_dict.hpp"
+#include "../nn/init.hpp"
 #include "../nn/norm.hpp"
 #include "../nn/patch.hpp"
 #include "config.hpp"
@@ -423,5 +424,19 @@ struct DiT {
     return out;
   }
 };
+
+// DiT.initialize_weights, rule for rule: every Linear xavier_uniform with zero bias, the patch
+// embedding xavier_uniform as a (hidden, C p p) matrix, the label table and the timestep MLP
+// N(0, 0.02), and zeros for every adaLN modulation and the final linear layer (adaLN-Zero: each
+// block starts as the identity and the model predicts 0). pos_embed stays the fixed sin-cos.
+template <class T>
+inline void initialize_weights(DiT<T>& m, Generator& gen) {
+  auto ends = [](const std::string& s, const std::string& e) { return s.size() >= e.size() && s.compare(s.size() - e.size(), e.size(), e) == 0; };
+  for (auto& [name, t] : nn::trainable_parameters<T>(m)) {
+    if (name.find("adaLN_modulation") != std::string::npos || name.rfind("final_layer.linear.", 0) == 0 || ends(name, ".bias")) nn::fill_constant(*t, 0.0);
+    else if (name == "y_embedder.embedding_table.weight" || name.rfind("t_embedder.mlp.", 0) == 0) gen.fill_normal(*t, 0.0, 0.02);
+    else nn::xavier_uniform(*t, gen, 1.0, /*as_matrix=*/name == "x_embedder.proj.weight");
+  }
+}
 
 }  // namespace ditto::models

@@ -31,6 +31,7 @@
 #include "../nn/linear.hpp"
 #include "../nn/module.hpp"
 #include "../nn/state_dict.hpp"
+#include "../nn/init.hpp"
 #include "../nn/mlp.hpp"
 #include "../nn/norm.hpp"
 #include "../nn/patch.hpp"
@@ -497,5 +498,25 @@ struct UViT {
                                    : "out_blocks." + std::to_string(i - in_blocks.size() - 1);
   }
 };
+
+// U-ViT's _init_weights: every Linear trunc_normal(.02) with zero bias, LayerNorms 1 and 0,
+// pos_embed trunc_normal(.02); the rest keep torch's defaults (the convolutions U(+-1/sqrt(fan_in)),
+// the label table N(0, 1)).
+template <class T>
+inline void initialize_weights(UViT<T>& m, Generator& gen) {
+  auto ends = [](const std::string& s, const std::string& e) { return s.size() >= e.size() && s.compare(s.size() - e.size(), e.size(), e) == 0; };
+  for (auto& [name, t] : nn::trainable_parameters<T>(m)) {
+    const bool conv = name.rfind("patch_embed.proj.", 0) == 0 || name.rfind("final_layer.", 0) == 0;
+    if (conv) {
+      const Tensor<T>* w = nullptr;
+      for (auto& [n2, t2] : nn::trainable_parameters<T>(m))
+        if (n2 == name.substr(0, name.rfind('.')) + ".weight") w = t2;
+      nn::default_uniform(*t, gen, w->numel() / w->size(0));
+    } else if (name == "label_emb.weight") gen.fill_normal(*t, 0.0, 1.0);
+    else if (name.find("norm") != std::string::npos && t->dim() == 1) nn::fill_constant(*t, ends(name, ".weight") ? 1.0 : 0.0);
+    else if (ends(name, ".bias")) nn::fill_constant(*t, 0.0);
+    else nn::trunc_normal(*t, gen, 0.02);
+  }
+}
 
 }  // namespace ditto::models

@@ -31,6 +31,7 @@
 #include "../nn/linear.hpp"
 #include "../nn/module.hpp"
 #include "../nn/state_dict.hpp"
+#include "../nn/init.hpp"
 #include "../nn/mlp.hpp"
 #include "../nn/norm.hpp"
 #include "../nn/patch.hpp"
@@ -566,5 +567,28 @@ struct ViT {
       for (std::int64_t d = 0; d < D; ++d) g[(prefix + p) * D + d] += dsrc[d * hw * hw + p];
   }
 };
+
+// timm's VisionTransformer.init_weights (weight_init "", timm 0.9): pos_embed trunc_normal(.02),
+// the class token N(0, 1e-6), register tokens zeros, every Linear trunc_normal(.02) with zero
+// bias, norms 1 and 0, and torch's defaults for the patch embedding's convolution (and attention
+// pooling's latent query trunc_normal_tf_(std = dim^-0.5): cut at 2 standard deviations).
+template <class T>
+inline void initialize_weights(ViT<T>& m, Generator& gen) {
+  auto ends = [](const std::string& s, const std::string& e) { return s.size() >= e.size() && s.compare(s.size() - e.size(), e.size(), e) == 0; };
+  const std::int64_t patch_fan_in = m.config.in_chans * m.config.patch_size[0] * m.config.patch_size[1];
+  for (auto& [name, t] : nn::trainable_parameters<T>(m)) {
+    if (name == "cls_token") gen.fill_normal(*t, 0.0, 1e-6);
+    else if (name == "reg_token") nn::fill_constant(*t, 0.0);
+    else if (name.rfind("patch_embed.proj.", 0) == 0) nn::default_uniform(*t, gen, patch_fan_in);
+    else if (name == "attn_pool.latent") {
+      const double sd = std::pow(static_cast<double>(m.config.embed_dim), -0.5);
+      nn::trunc_normal(*t, gen, sd, 0.0, -2 * sd, 2 * sd);
+    }
+    else if (name.find("norm") != std::string::npos && t->dim() == 1) nn::fill_constant(*t, ends(name, ".weight") ? 1.0 : 0.0);
+    else if (name.find("gamma") != std::string::npos || name.find(".ls") != std::string::npos) continue;  // LayerScale keeps init_values
+    else if (ends(name, ".bias")) nn::fill_constant(*t, 0.0);
+    else nn::trunc_normal(*t, gen, 0.02);
+  }
+}
 
 }  // namespace ditto::models

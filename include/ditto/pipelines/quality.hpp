@@ -1,0 +1,129 @@
+// Measuring generators with a classifier ditto trained: class agreement (the share of samples
+// the classifier labels as the class they were asked for) and the Frechet distance between the
+// classifier's penultimate features of the samples and of real images (FID's formula, on
+// Fashion-MNIST's own feature space instead of Inception's).
+//
+//   const auto vit = pipelines::load_classifier("examples/models/classifier.safetensors");
+//   const Tensor<float> f = pipelines::features(vit, images);        // (N, embed_dim), images in [-1, 1]
+//   const double fd = pipelines::frechet_distance(pipelines::stats(f), pipelines::stats(f_test));
+//   const double agree = pipelines::agreement(pipelines::classify(vit, images), labels);
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <Eigen/Dense>
+
+#include "../core/error.hpp"
+#include "../core/rng.hpp"
+#include "../core/tensor.hpp"
+#include "../data/fashion_mnist.hpp"
+#include "../io/safetensors.hpp"
+#include "../models/vit.hpp"
+#include "../nn/state_dict.hpp"
+#include "generate.hpp"
+
+namespace ditto::pipelines {
+
+inline models::ViT<float> load_classifier(const std::string& path) {
+  const SafetensorsFile f(path);
+  const ModelFile m = ModelFile::read(f, path);
+  if (m.kind != "vit") throw ArgumentError(path + ": a \"" + m.kind + "\" model file; expected a vit classifier");
+  models::ViT<float> vit(models::ViTConfig::from_json(m.config));
+  nn::load<float>(vit, f);
+  return vit;
+}
+
+// The classifier's pre-logits features (timm's forward_head(pre_logits=True)) and its labels,
+// in batches of 250.
+inline std::pair<Tensor<float>, std::vector<std::int64_t>> features_and_labels(const models::ViT<float>& vit, const Tensor<float>& images) {
+  if (images.dim() != 4 || images.size(0) < 1) throw ShapeError("features: expected images (N, C, H, W), got " + shape_str(images.shape()));
+  const std::int64_t N = images.size(0), per = images.numel() / N, D = vit.config.embed_dim;
+  Tensor<float> feats({N, D});
+  std::vector<std::int64_t> labels;
+  for (std::int64_t lo = 0; lo < N; lo += 250) {
+    const std::int64_t B = std::min<std::int64_t>(250, N - lo);
+    Tensor<float> x({B, images.size(1), images.size(2), images.size(3)});
+    std::copy(images.data() + lo * per, images.data() + (lo + B) * per, x.data());
+    Tensor<float> pooled;
+    const Tensor<float> logits = vit.forward(x, [&](const std::string& name, const Tensor<float>& t) {
+      if (name == "head_drop") pooled = t.clone();
+    });
+    std::copy(pooled.data(), pooled.data() + B * D, feats.data() + lo * D);
+    const std::int64_t C = logits.size(1);
+    for (std::int64_t b = 0; b < B; ++b) labels.push_back(std::max_element(logits.data() + b * C, logits.data() + (b + 1) * C) - (logits.data() + b * C));
+  }
+  return {feats, labels};
+}
+
+inline double agreement(const std::vector<std::int64_t>& got, const std::vector<std::int64_t>& wanted) {
+  if (got.size() != wanted.size() || got.empty())
+    throw ShapeError(ditto::detail::cat("agreement: ", got.size(), " labels against ", wanted.size(), " wanted"));
+  std::size_t same = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) same += got[i] == wanted[i];
+  return static_cast<double>(same) / static_cast<double>(got.size());
+}
+
+struct GaussianStats {
+  Eigen::VectorXd mean;
+  Eigen::MatrixXd cov;  // unbiased (N - 1), as FID's np.cov
+};
+
+inline GaussianStats stats(const Tensor<float>& f) {
+  if (f.dim() != 2 || f.size(0) < 2) throw ShapeError("stats: expected features (N >= 2, D), got " + shape_str(f.shape()));
+  const std::int64_t N = f.size(0), D = f.size(1);
+  Eigen::MatrixXd X(N, D);
+  for (std::int64_t i = 0; i < N; ++i)
+    for (std::int64_t j = 0; j < D; ++j) X(i, j) = f(i, j);
+  GaussianStats s;
+  s.mean = X.colwise().mean().transpose();
+  const Eigen::MatrixXd C = X.rowwise() - s.mean.transpose();
+  s.cov = C.transpose() * C / static_cast<double>(N - 1);
+  return s;
+}
+
+// |m1 - m2|^2 + tr(C1 + C2 - 2 (C1 C2)^(1/2)); tr((C1 C2)^(1/2)) = sum of the square roots of the
+// eigenvalues of C1^(1/2) C2 C1^(1/2) (symmetric, so no complex parts to drop, unlike scipy's sqrtm).
+inline double frechet_distance(const GaussianStats& a, const GaussianStats& b) {
+  if (a.mean.size() != b.mean.size()) throw ShapeError(ditto::detail::cat("frechet_distance: ", a.mean.size(), " features against ", b.mean.size()));
+  Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> ea(a.cov);
+  const Eigen::MatrixXd root = ea.eigenvectors() * ea.eigenvalues().cwiseMax(0.0).cwiseSqrt().asDiagonal() * ea.eigenvectors().transpose();
+  Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> em(root * b.cov * root);
+  const double tr_sqrt = em.eigenvalues().cwiseMax(0.0).cwiseSqrt().sum();
+  return (a.mean - b.mean).squaredNorm() + a.cov.trace() + b.cov.trace() - 2 * tr_sqrt;
+}
+
+// The baseline generator: each class's pixel mean and covariance (over the training images),
+// sampled as a Gaussian (images in [-1, 1], clipped). A model that only learned these two
+// moments per class would draw this.
+inline Tensor<float> class_gaussian_samples(const data::LabelledImages& train, const std::vector<std::int64_t>& labels, std::uint64_t seed) {
+  const std::int64_t H = train.images.size(1), W = train.images.size(2), P = H * W, N = static_cast<std::int64_t>(labels.size());
+  Tensor<float> out({N, 1, H, W});
+  Generator gen(seed);
+  for (std::int64_t c = 0; c < 10; ++c) {
+    std::vector<std::int64_t> idx;
+    for (std::int64_t i = 0; i < train.size(); ++i)
+      if (train.labels[i] == c) idx.push_back(i);
+    if (idx.empty()) continue;
+    Eigen::MatrixXd X(static_cast<Eigen::Index>(idx.size()), P);
+    for (std::size_t r = 0; r < idx.size(); ++r)
+      for (std::int64_t k = 0; k < P; ++k) X(static_cast<Eigen::Index>(r), k) = train.images.data()[idx[r] * P + k] / 127.5 - 1.0;
+    const Eigen::VectorXd mu = X.colwise().mean().transpose();
+    const Eigen::MatrixXd C = X.rowwise() - mu.transpose();
+    Eigen::MatrixXd cov = C.transpose() * C / static_cast<double>(idx.size() - 1);
+    cov.diagonal().array() += 1e-4;  // border pixels are always 0: a tiny floor makes it positive definite
+    const Eigen::MatrixXd L = cov.llt().matrixL();
+    for (std::int64_t n = 0; n < N; ++n) {
+      if (labels[static_cast<std::size_t>(n)] != c) continue;
+      const Tensor<double> z = gen.normal<double>({P});
+      const Eigen::VectorXd x = mu + L * Eigen::Map<const Eigen::VectorXd>(z.data(), P);
+      for (std::int64_t k = 0; k < P; ++k) out[n * P + k] = static_cast<float>(std::clamp(x(k), -1.0, 1.0));
+    }
+  }
+  return out;
+}
+
+}  // namespace ditto::pipelines

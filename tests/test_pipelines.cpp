@@ -1,0 +1,357 @@
+// pipelines/: ditto-train as a library call (its config, a tiny training on Fashion-MNIST whose
+// loss falls, a resume that continues bit for bit, micro-batches), upstream initializations,
+// sampling a trained model, the embedded models of examples/models/, and the two programs.
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include <ditto/ditto.hpp>
+
+#include "helpers.hpp"
+
+using namespace ditto;
+using Catch::Contains;
+using ditto_test::rel_error;
+
+namespace {
+std::string run_dir(const std::string& name) {
+  const auto d = std::filesystem::temp_directory_path() / ("ditto_pipe_" + std::to_string(::getpid())) / name;
+  std::filesystem::remove_all(d);
+  return d.string();
+}
+
+nlohmann::json tiny_dit(std::int64_t steps = 20) {
+  return {{"model", "dit"},
+          {"model_config", {{"input_size", 28}, {"patch_size", 4}, {"in_channels", 1}, {"hidden_size", 32}, {"depth", 2}, {"num_heads", 2}, {"num_classes", 10}}},
+          {"data", {{"dataset", "fashion_mnist"}, {"hflip", true}}},
+          {"train", {{"global_batch_size", 16}, {"steps", steps}, {"lr", 1e-3}, {"ema_decay", 0.9}, {"log_every", 0}, {"grad_clip", 1.0}}},
+          {"diffusion", {{"sample_steps", 5}, {"cfg_scale", 2.0}}}};
+}
+
+std::vector<std::pair<std::string, Tensor<float>>> all_tensors(const std::string& path) {
+  const SafetensorsFile f(path);
+  std::vector<std::pair<std::string, Tensor<float>>> out;
+  for (const auto& name : f.names()) out.emplace_back(name, f.get<float>(name));
+  return out;
+}
+
+double mean(const std::vector<float>& v, std::size_t lo, std::size_t hi) {
+  double s = 0;
+  for (std::size_t i = lo; i < hi; ++i) s += v[i];
+  return s / static_cast<double>(hi - lo);
+}
+}  // namespace
+
+TEST_CASE("ditto-train's config: every section's unknown key is an error naming it", "[pipelines]") {
+  auto j = tiny_dit();
+  CHECK_NOTHROW(pipelines::RunConfig::from_json(j));
+  auto bad = j;
+  bad["train"]["learning_rate"] = 1e-3;
+  CHECK_THROWS_WITH(pipelines::RunConfig::from_json(bad), Contains("unknown argument \"learning_rate\"") && Contains("global_batch_size"));
+  bad = j;
+  bad["data"]["shuffle"] = true;
+  CHECK_THROWS_WITH(pipelines::RunConfig::from_json(bad), Contains("data config: unknown argument \"shuffle\""));
+  bad = j;
+  bad["optimizer"] = "adamw";
+  CHECK_THROWS_WITH(pipelines::RunConfig::from_json(bad), Contains("unknown key \"optimizer\""));
+  bad = j;
+  bad["model"] = "latte";
+  CHECK_THROWS_WITH(pipelines::RunConfig::from_json(bad), Contains("\"latte\"") && Contains("dit, uvit"));
+  bad = j;
+  bad["diffusion"]["sampler"] = "euler";
+  CHECK_THROWS_WITH(pipelines::RunConfig::from_json(bad), Contains("ddim, ddpm or dpm++"));
+  bad = j;
+  bad["train"]["global_batch_size"] = 0;
+  CHECK_THROWS_WITH(pipelines::RunConfig::from_json(bad), Contains("global_batch_size must be from 1 to 65536, got 0"));
+  bad = j;
+  bad["data"]["dataset"] = "cifar10";
+  CHECK_THROWS_WITH(pipelines::RunConfig::from_json(bad), Contains("\"cifar10\" is not known"));
+  bad = j;
+  bad["model_config"]["hidden_sise"] = 32;  // the model's own Kwargs, when the run starts
+  CHECK_THROWS_WITH(pipelines::train(pipelines::RunConfig::from_json(bad), {.output = run_dir("bad"), .progress = false}),
+                    Contains("unknown argument \"hidden_sise\""));
+}
+
+TEST_CASE("upstream initializations: DiT's adaLN-Zero and xavier bounds, timm's ViT", "[pipelines]") {
+  models::DiT<float> dit(models::DiTConfig::from_json(tiny_dit()["model_config"]));
+  Generator gen(3);
+  models::initialize_weights(dit, gen);
+  for (auto& [name, t] : nn::trainable_parameters<float>(dit)) {
+    float mx = 0;
+    for (float v : *t) mx = std::max(mx, std::abs(v));
+    INFO(name);
+    if (name.find("adaLN_modulation") != std::string::npos || name.rfind("final_layer.linear", 0) == 0 || name.find(".bias") != std::string::npos)
+      CHECK(mx == 0.0f);
+    else if (name == "blocks.0.attn.qkv.weight") {
+      const double bound = std::sqrt(6.0 / (32 + 96));  // xavier_uniform over (96, 32)
+      CHECK(mx <= bound);
+      CHECK(mx > 0.9 * bound);
+    } else if (name == "x_embedder.proj.weight") {
+      CHECK(mx <= std::sqrt(6.0 / (16 + 32)));  // viewed as a (32, 1 * 4 * 4) matrix
+      CHECK(mx > 0.9 * std::sqrt(6.0 / (16 + 32)));
+    } else if (name == "y_embedder.embedding_table.weight" || name == "t_embedder.mlp.0.weight") {
+      double s2 = 0;
+      for (float v : *t) s2 += static_cast<double>(v) * v;
+      CHECK(std::abs(std::sqrt(s2 / static_cast<double>(t->numel())) - 0.02) < 0.003);  // N(0, 0.02), not xavier
+    } else
+      CHECK(mx > 0.0f);
+  }
+  // adaLN-Zero: the initialized model predicts exactly 0
+  const Tensor<float> x = Generator(1).normal<float>({2, 1, 28, 28});
+  const Tensor<float> out = dit.forward(x, Tensor<float>({2}, {5.0f, 500.0f}), Tensor<std::int64_t>({2}, {1, 10}));
+  for (float v : out) REQUIRE(v == 0.0f);
+
+  models::ViT<float> vit(models::ViTConfig::from_json({{"img_size", 28}, {"patch_size", 7}, {"in_chans", 1}, {"embed_dim", 32}, {"depth", 1},
+                                                        {"num_heads", 2}, {"num_classes", 10}}));
+  models::initialize_weights(vit, gen);
+  for (auto& [name, t] : nn::trainable_parameters<float>(vit)) {
+    double s2 = 0;
+    for (float v : *t) s2 += static_cast<double>(v) * v;
+    const double rms = std::sqrt(s2 / static_cast<double>(t->numel()));
+    INFO(name << " rms " << rms);
+    if (name == "blocks.0.mlp.fc1.weight") CHECK(std::abs(rms - 0.02) < 0.002);
+    if (name == "cls_token") CHECK(rms < 1e-5);
+    if (name == "norm.weight") CHECK(rms == 1.0);
+    if (name == "patch_embed.proj.weight") CHECK(std::abs(rms - 1 / std::sqrt(3.0 * 49)) < 0.2 / std::sqrt(3.0 * 49));  // U(+-1/sqrt(49))
+  }
+  models::UViT<float> uvit(models::UViTConfig::from_json({{"img_size", 28}, {"patch_size", 4}, {"in_chans", 1}, {"embed_dim", 32}, {"depth", 3},
+                                                          {"num_heads", 2}, {"num_classes", 11}}));
+  models::initialize_weights(uvit, gen);
+  for (auto& [name, t] : nn::trainable_parameters<float>(uvit)) {
+    double s2 = 0, mx = 0;
+    for (float v : *t) s2 += static_cast<double>(v) * v, mx = std::max(mx, static_cast<double>(std::abs(v)));
+    const double rms = std::sqrt(s2 / static_cast<double>(t->numel()));
+    INFO(name << " rms " << rms);
+    if (name == "mid_block.mlp.fc1.weight" || name == "pos_embed") CHECK(std::abs(rms - 0.02) < 0.003);  // trunc_normal(.02)
+    if (name == "mid_block.mlp.fc1.bias") CHECK(mx == 0.0);
+    if (name == "label_emb.weight") CHECK(std::abs(rms - 1.0) < 0.15);  // nn.Embedding's N(0, 1)
+    if (name == "final_layer.weight") CHECK((mx > 0 && mx <= 1 / 3.0));  // Conv2d(1, 1, 3): U(+-1/sqrt(9))
+    if (name == "norm.weight") CHECK(rms == 1.0);
+  }
+}
+
+TEST_CASE("ditto-train: a tiny DiT on Fashion-MNIST learns, and a resume continues bit for bit", "[pipelines][slow]") {
+  const auto rc = pipelines::RunConfig::from_json(tiny_dit(20));
+  const std::string a = run_dir("straight"), b = run_dir("resumed");
+  const auto full = pipelines::train(rc, {.output = a, .progress = false});
+  REQUIRE(full.losses.size() == 20);
+  INFO("loss " << mean(full.losses, 0, 5) << " -> " << mean(full.losses, 15, 20));
+  CHECK(mean(full.losses, 15, 20) < 0.9 * mean(full.losses, 0, 5));  // adaLN-Zero starts slowly: 1.00 -> 0.85 here
+  for (const char* f : {"/checkpoint.safetensors", "/model.safetensors", "/loss.png", "/samples.png", "/config.json"})
+    CHECK(std::filesystem::exists(a + f));
+
+  const auto first = pipelines::train(rc, {.output = b, .progress = false, .stop_after = 8});
+  CHECK(first.steps == 8);
+  const auto second = pipelines::train(rc, {.output = b, .resume = true, .progress = false});
+  CHECK(second.steps == 20);
+  CHECK(second.losses == full.losses);  // the same values, bit for bit, the 8 before the stop included
+  const auto ta = all_tensors(a + "/checkpoint.safetensors"), tb = all_tensors(b + "/checkpoint.safetensors");
+  REQUIRE(ta.size() == tb.size());
+  for (std::size_t i = 0; i < ta.size(); ++i) {
+    INFO(ta[i].first);
+    REQUIRE(ta[i].first == tb[i].first);
+    CHECK(std::equal(ta[i].second.begin(), ta[i].second.end(), tb[i].second.begin()));
+  }
+
+  // a resume with another recipe is refused, naming the key, and the checkpoint stays as it was
+  auto other = tiny_dit(30);
+  other["train"]["lr"] = 2e-3;
+  const auto before = std::filesystem::last_write_time(b + "/checkpoint.safetensors");
+  CHECK_THROWS_WITH(pipelines::train(pipelines::RunConfig::from_json(other), {.output = b, .resume = true, .progress = false}),
+                    Contains("another config") && Contains("train"));
+  CHECK(std::filesystem::last_write_time(b + "/checkpoint.safetensors") == before);
+  // but a longer run of the same recipe continues
+  const auto longer = pipelines::train(pipelines::RunConfig::from_json(tiny_dit(24)), {.output = b, .resume = true, .progress = false});
+  CHECK(longer.steps == 24);
+  CHECK(std::equal(full.losses.begin(), full.losses.end(), longer.losses.begin()));
+
+  // the model file samples: 10 classes, in [-1, 1], the same values in any chunking
+  const auto g = pipelines::ImageDiffusion::load(a + "/model.safetensors");
+  CHECK(g.num_classes() == 10);
+  CHECK(g.classes[9] == "Ankle boot");
+  pipelines::SampleSettings s{.sampler = "ddim", .steps = 4, .cfg_scale = 2.0, .seed = 7};
+  const Tensor<float> x = g.sample({0, 3, 9}, s);
+  REQUIRE(x.shape() == Shape{3, 1, 28, 28});
+  for (float v : x) REQUIRE((v >= -1.0f && v <= 1.0f));
+  s.chunk = 1;
+  CHECK_CLOSE(g.sample({0, 3, 9}, s), x, 1e-5);
+  const Tensor<float> two = g.sample({0, 3}, s);  // a sample does not depend on how many are drawn
+  for (std::int64_t i = 0; i < two.numel(); ++i) REQUIRE(std::abs(two[i] - x[i]) <= 1e-5f);
+  s.seed = 8;
+  CHECK(rel_error(g.sample({0, 3, 9}, s), x) > 1e-2);
+}
+
+TEST_CASE("ditto-train: micro-batches give the one-batch run's losses", "[pipelines][slow]") {
+  auto j = tiny_dit(3);
+  const auto whole = pipelines::train(pipelines::RunConfig::from_json(j), {.output = run_dir("whole"), .progress = false});
+  j["train"]["micro_batch_size"] = 5;  // 5 + 5 + 5 + 1
+  const auto micro = pipelines::train(pipelines::RunConfig::from_json(j), {.output = run_dir("micro"), .progress = false});
+  REQUIRE(micro.losses.size() == 3);
+  CHECK(std::abs(micro.losses[0] - whole.losses[0]) <= 1e-6 * std::abs(whole.losses[0]));  // same weights, same samples
+  for (int i = 1; i < 3; ++i) CHECK(std::abs(micro.losses[i] - whole.losses[i]) <= 1e-3 * std::abs(whole.losses[i]));
+}
+
+TEST_CASE("ditto-train: a ViT classifier and a U-ViT on Fashion-MNIST learn", "[pipelines][slow]") {
+  nlohmann::json vit = {{"model", "vit"},
+                        {"model_config", {{"img_size", 28}, {"patch_size", 7}, {"in_chans", 1}, {"embed_dim", 32}, {"depth", 2}, {"num_heads", 2},
+                                          {"num_classes", 10}}},
+                        {"train", {{"global_batch_size", 64}, {"steps", 40}, {"lr", 2e-3}, {"ema_decay", 0.0}, {"log_every", 0}, {"label_smoothing", 0.1}}}};
+  const auto r = pipelines::train(pipelines::RunConfig::from_json(vit), {.output = run_dir("vit"), .progress = false});
+  INFO("loss " << mean(r.losses, 0, 5) << " -> " << mean(r.losses, 35, 40) << ", test accuracy " << r.test_accuracy);
+  CHECK(mean(r.losses, 35, 40) < 0.9 * mean(r.losses, 0, 5));  // 2.27 -> 1.85 here
+  CHECK(r.test_accuracy > 0.25);  // chance is 0.1; 0.37 here
+  vit["diffusion"] = nlohmann::json::object();
+  CHECK_THROWS_WITH(pipelines::RunConfig::from_json(vit), Contains("no \"diffusion\""));
+
+  nlohmann::json uvit = {{"model", "uvit"},
+                         {"model_config", {{"img_size", 28}, {"patch_size", 4}, {"in_chans", 1}, {"embed_dim", 32}, {"depth", 3}, {"num_heads", 2},
+                                           {"num_classes", 11}}},
+                         {"train", {{"global_batch_size", 16}, {"steps", 20}, {"lr", 1e-3}, {"ema_decay", 0.9}, {"log_every", 0}}},
+                         {"diffusion", {{"sample_steps", 3}}}};
+  const std::string ud = run_dir("uvit");
+  const auto u = pipelines::train(pipelines::RunConfig::from_json(uvit), {.output = ud, .progress = false});
+  INFO("U-ViT loss " << mean(u.losses, 0, 5) << " -> " << mean(u.losses, 15, 20));
+  CHECK(mean(u.losses, 15, 20) < 0.9 * mean(u.losses, 0, 5));  // 1.01 -> 0.84 here
+  CHECK(pipelines::ImageDiffusion::load(ud + "/model.safetensors").num_classes() == 10);
+  uvit["model_config"]["num_classes"] = 10;  // U-ViT counts the null class in num_classes
+  uvit["train"]["steps"] = 1;
+  CHECK_THROWS_WITH(pipelines::train(pipelines::RunConfig::from_json(uvit), {.output = run_dir("uvit10"), .progress = false}),
+                    Contains("null class") || Contains("plus the null class"));
+}
+
+TEST_CASE("save_safetensors writes tensors of several dtypes in one file", "[pipelines][io]") {
+  const std::string p = run_dir("mixed") + ".safetensors";
+  std::filesystem::create_directories(std::filesystem::path(p).parent_path());
+  const Tensor<float> x({2, 3}, {1, 2, 3, 4, 5, 6.5f});
+  const Tensor<std::int64_t> y({2}, {7, -9});
+  save_safetensors(p, {view_of("labels", y), view_of("images", x)}, {{"k", "v"}});
+  const SafetensorsFile f(p);
+  CHECK(f.info("labels").dtype == DType::I64);
+  CHECK(f.get<std::int64_t>("labels")[1] == -9);
+  CHECK(f.get<float>("images")[5] == 6.5f);
+  CHECK(f.metadata().at("k") == "v");
+  CHECK_THROWS_WITH(save_safetensors(p, {view_of("a", x), view_of("a", y)}), Contains("given twice"));
+  CHECK(f.get<float>("images")[0] == 1.0f);  // the refused save left the file whole
+  CHECK(SafetensorsFile(p).get<float>("images")[5] == 6.5f);
+}
+
+#ifdef DITTO_TRAIN
+TEST_CASE("ditto-train and ditto-sample: exit codes and messages", "[pipelines][cli]") {
+  const std::string dir = run_dir("cli");
+  std::filesystem::create_directories(dir);
+  auto run = [&](const std::string& cmd) {
+    const std::string err = dir + "/err.txt";
+    const int status = std::system((cmd + " > " + dir + "/out.txt 2> " + err).c_str());
+    std::ifstream f(err);
+    std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    return std::pair{WEXITSTATUS(status), text};
+  };
+  const std::string train = DITTO_TRAIN, sample = DITTO_SAMPLE;
+  CHECK(run(train + " --help").first == 0);
+  CHECK(run(sample + " --help").first == 0);
+  auto [code, err] = run(train + " --bogus x.json");
+  CHECK(code == 2);
+  CHECK_THAT(err, Contains("--bogus"));
+  std::tie(code, err) = run(train + " " + dir + "/absent.json");
+  CHECK(code == 1);
+  CHECK_THAT(err, Contains("absent.json"));
+  auto j = tiny_dit(2);
+  j["train"]["batch"] = 3;
+  std::ofstream(dir + "/bad.json") << j.dump();
+  std::tie(code, err) = run(train + " " + dir + "/bad.json -o " + dir + "/run");
+  CHECK(code == 1);
+  CHECK_THAT(err, Contains("unknown argument \"batch\""));
+  std::tie(code, err) = run(sample + " --sampler euler");
+  CHECK(code == 2);
+  CHECK_THAT(err, Contains("--sampler"));
+  std::tie(code, err) = run(sample + " --model " + dir + "/bad.json");
+  CHECK(code == 1);
+  std::tie(code, err) = run(train + " " + dir + "/bad.json --resume -o " + dir + "/nothing");
+  CHECK(code == 1);
+}
+#endif
+
+#if defined(DITTO_TRAIN) && defined(DITTO_MPIEXEC)
+TEST_CASE("ditto-train over MPI: 2 ranks give 1 rank's weights after 10 steps", "[pipelines][cli][mpi]") {
+  const std::string dir = run_dir("mpi");
+  std::filesystem::create_directories(dir);
+  auto j = tiny_dit(10);
+  j["train"]["threads"] = 1;
+  j["train"]["ckpt_every"] = 5;
+  j["train"]["micro_batch_size"] = 8;  // 16 = 2 micro-batches: one a rank, or both on one rank
+  std::ofstream(dir + "/tiny.json") << j.dump();
+  const std::string train = DITTO_TRAIN, mpi = std::string(DITTO_MPIEXEC) + " -np 2 --oversubscribe --allow-run-as-root ";
+  REQUIRE(std::system((train + " " + dir + "/tiny.json -q -o " + dir + "/one > " + dir + "/one.txt 2>&1").c_str()) == 0);
+  REQUIRE(std::system((mpi + train + " " + dir + "/tiny.json -q -o " + dir + "/two > " + dir + "/two.txt 2>&1").c_str()) == 0);
+  const auto one = all_tensors(dir + "/one/checkpoint.safetensors"), two = all_tensors(dir + "/two/checkpoint.safetensors");
+  REQUIRE(one.size() == two.size());
+  double worst = 0;
+  for (std::size_t i = 0; i < one.size(); ++i) {
+    REQUIRE(one[i].first == two[i].first);
+    worst = std::max(worst, rel_error(two[i].second, one[i].second));
+  }
+  INFO("worst relative error over the checkpoint's tensors: " << worst);
+  CHECK(worst == 0.0);  // the micro-batch gradients add up in one tree on 1 rank and on 2: the same bits
+  // a resume on 2 ranks continues the 1-rank run
+  j["train"]["steps"] = 12;
+  std::ofstream(dir + "/longer.json") << j.dump();
+  REQUIRE(std::system((mpi + train + " " + dir + "/longer.json -q --resume -o " + dir + "/two > " + dir + "/two.txt 2>&1").c_str()) == 0);
+  REQUIRE(std::system((train + " " + dir + "/longer.json -q --resume -o " + dir + "/one > " + dir + "/one.txt 2>&1").c_str()) == 0);
+  const auto one12 = all_tensors(dir + "/one/checkpoint.safetensors"), two12 = all_tensors(dir + "/two/checkpoint.safetensors");
+  worst = 0;
+  for (std::size_t i = 0; i < one12.size(); ++i) worst = std::max(worst, rel_error(two12[i].second, one12[i].second));
+  CHECK(worst == 0.0);
+  // without micro-batches each rank's half is one backward, the one rank's whole batch another:
+  // the same up to the rounding of the products' sums (the issue asks 1e-6)
+  j["train"]["micro_batch_size"] = 0;
+  j["train"]["steps"] = 10;
+  std::ofstream(dir + "/whole.json") << j.dump();
+  REQUIRE(std::system((train + " " + dir + "/whole.json -q -o " + dir + "/one_w > " + dir + "/one.txt 2>&1").c_str()) == 0);
+  REQUIRE(std::system((mpi + train + " " + dir + "/whole.json -q -o " + dir + "/two_w > " + dir + "/two.txt 2>&1").c_str()) == 0);
+  const auto one_w = all_tensors(dir + "/one_w/checkpoint.safetensors"), two_w = all_tensors(dir + "/two_w/checkpoint.safetensors");
+  worst = 0;
+  for (std::size_t i = 0; i < one_w.size(); ++i)
+    if (one_w[i].first.rfind("model.", 0) == 0) worst = std::max(worst, rel_error(two_w[i].second, one_w[i].second));
+  INFO("whole batches: worst relative error over the weights " << worst);
+  CHECK(worst <= 1e-5);
+  // a global batch the ranks cannot share is refused, by every rank, with a message
+  j["train"]["global_batch_size"] = 15;
+  std::ofstream(dir + "/odd.json") << j.dump();
+  CHECK(std::system((mpi + train + " " + dir + "/odd.json -q -o " + dir + "/odd > " + dir + "/odd.txt 2>&1").c_str()) != 0);
+  std::ifstream f(dir + "/odd.txt");
+  const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  CHECK_THAT(text, Contains("global_batch_size 15 cannot be split evenly over 2 ranks"));
+}
+#endif
+
+TEST_CASE("the embedded models load, sample as they did, and the classifier still recognizes them", "[pipelines][embedded]") {
+  const std::string dir = DITTO_MODELS_DIR;
+  const auto g = pipelines::ImageDiffusion::load(dir + "/image.safetensors");
+  const auto vit = pipelines::load_classifier(dir + "/classifier.safetensors");
+  CHECK(g.num_classes() == 10);
+  CHECK(g.classes == std::vector<std::string>(data::fashion_mnist_classes.begin(), data::fashion_mnist_classes.end()));
+  // the stored fixture: ditto-sample --model image --per-class 1 --steps 10 --seed 0 --tensors (tools/gen_embedded_fixture.sh)
+  const SafetensorsFile f(std::string(DITTO_FIXTURES) + "/embedded_samples.safetensors");
+  const Tensor<float> stored = f.get<float>("images");
+  const Tensor<std::int64_t> labels = f.get<std::int64_t>("labels");
+  REQUIRE(stored.shape() == Shape{10, 1, 28, 28});
+  pipelines::SampleSettings s{.sampler = g.diffusion.sampler, .steps = 10, .cfg_scale = g.diffusion.cfg_scale, .seed = 0};
+  Tensor<float> x = g.sample(std::vector<std::int64_t>(labels.begin(), labels.end()), s);
+  for (auto& v : x) v = (v + 1.0f) * 0.5f;  // ditto-sample's [0, 1]
+  double worst = 0;
+  for (std::int64_t i = 0; i < x.numel(); ++i) worst = std::max(worst, static_cast<double>(std::abs(x[i] - stored[i])));
+  INFO("max |sample - stored| " << worst);
+  CHECK(worst <= 1e-3);
+  Tensor<float> a = x.clone(), b = stored.clone();
+  for (auto& v : a) v = 2 * v - 1;
+  for (auto& v : b) v = 2 * v - 1;
+  const auto la = pipelines::features_and_labels(vit, a).second, lb = pipelines::features_and_labels(vit, b).second;
+  CHECK(la == lb);
+  CHECK(pipelines::agreement(la, std::vector<std::int64_t>(labels.begin(), labels.end())) >= 0.7);  // 10 steps, 1 sample a class
+  // and the classifier is the one the docs measured: its accuracy on the first 1000 test images
+  const auto test = data::load_fashion_mnist("test");
+  std::vector<std::int64_t> idx(1000);
+  for (int i = 0; i < 1000; ++i) idx[static_cast<std::size_t>(i)] = i;
+  auto [tx, ty] = data::image_batch(test, idx, -1.0f, 1.0f);
+  CHECK(pipelines::agreement(pipelines::features_and_labels(vit, tx).second, std::vector<std::int64_t>(ty.begin(), ty.end())) >= 0.85);  // 0.88 on the whole test set
+}
