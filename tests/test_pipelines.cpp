@@ -13,7 +13,11 @@ using namespace ditto;
 using Catch::Contains;
 using ditto_test::rel_error;
 
+
 namespace {
+std::string run_dir_keep(const std::string& name) {  // a run's folder, as it is
+  return (std::filesystem::temp_directory_path() / ("ditto_pipe_" + std::to_string(::getpid())) / name).string();
+}
 std::string run_dir(const std::string& name) {
   const auto d = std::filesystem::temp_directory_path() / ("ditto_pipe_" + std::to_string(::getpid())) / name;
   std::filesystem::remove_all(d);
@@ -26,6 +30,25 @@ nlohmann::json tiny_dit(std::int64_t steps = 20) {
           {"data", {{"dataset", "fashion_mnist"}, {"hflip", true}}},
           {"train", {{"global_batch_size", 16}, {"steps", steps}, {"lr", 1e-3}, {"ema_decay", 0.9}, {"log_every", 0}, {"grad_clip", 1.0}}},
           {"diffusion", {{"sample_steps", 5}, {"cfg_scale", 2.0}}}};
+}
+
+// A tiny class-conditional Latte on moving Fashion-MNIST: 8 frames of 32 x 32, 40 joint labels.
+nlohmann::json tiny_latte(std::int64_t steps = 20) {
+  return {{"model", "latte"},
+          {"model_config", {{"input_size", 32}, {"patch_size", 4}, {"in_channels", 1}, {"hidden_size", 32}, {"depth", 2}, {"num_heads", 2},
+                            {"num_frames", 8}, {"num_classes", 40}, {"extras", 2}}},
+          {"data", {{"dataset", "moving_fashion_mnist"}, {"train_clips", 4000}}},
+          {"train", {{"global_batch_size", 16}, {"steps", steps}, {"lr", 1e-3}, {"ema_decay", 0.9}, {"log_every", 0}, {"grad_clip", 1.0}}},
+          {"diffusion", {{"sample_steps", 3}, {"cfg_scale", 2.0}}}};
+}
+
+// A tiny ViViT classifier of the 40 (class, direction) labels: tubelets of 2 x 8 x 8.
+nlohmann::json tiny_vivit() {
+  return {{"model", "vivit"},
+          {"model_config", {{"num_frames", 8}, {"img_size", 32}, {"patch_size", 8}, {"tubelet_size", 2}, {"in_chans", 1}, {"embed_dim", 32}, {"depth", 2},
+                            {"num_heads", 2}, {"num_classes", 40}}},
+          {"data", {{"dataset", "moving_fashion_mnist"}, {"train_clips", 4000}, {"test_clips", 500}}},
+          {"train", {{"global_batch_size", 32}, {"steps", 200}, {"lr", 2e-3}, {"ema_decay", 0.0}, {"log_every", 0}}}};
 }
 
 std::vector<std::pair<std::string, Tensor<float>>> all_tensors(const std::string& path) {
@@ -55,8 +78,26 @@ TEST_CASE("ditto-train's config: every section's unknown key is an error naming 
   bad["optimizer"] = "adamw";
   CHECK_THROWS_WITH(pipelines::RunConfig::from_json(bad), Contains("unknown key \"optimizer\""));
   bad = j;
-  bad["model"] = "latte";
-  CHECK_THROWS_WITH(pipelines::RunConfig::from_json(bad), Contains("\"latte\"") && Contains("dit, uvit"));
+  bad["model"] = "unet";
+  CHECK_THROWS_WITH(pipelines::RunConfig::from_json(bad), Contains("\"unet\"") && Contains("dit, uvit, latte"));
+  bad = j;
+  bad["model"] = "latte";  // a video model on pictures
+  CHECK_THROWS_WITH(pipelines::RunConfig::from_json(bad), Contains("a latte trains on video clips") && Contains("moving_fashion_mnist"));
+  bad = tiny_latte();
+  bad["data"]["hflip"] = true;  // it would reverse the direction labels
+  CHECK_THROWS_WITH(pipelines::RunConfig::from_json(bad), Contains("hflip would reverse"));
+  bad = tiny_latte();
+  bad["model"] = "dit";
+  CHECK_THROWS_WITH(pipelines::RunConfig::from_json(bad), Contains("a dit trains on pictures"));
+  bad = j;
+  bad["data"]["frames"] = 8;  // a clip key on pictures
+  CHECK_THROWS_WITH(pipelines::RunConfig::from_json(bad), Contains("\"frames\" is a moving_fashion_mnist key"));
+  bad = tiny_latte();
+  bad["data"]["directions"] = 6;
+  CHECK_THROWS_WITH(pipelines::RunConfig::from_json(bad), Contains("directions must be 4 or 8, got 6"));
+  bad = j;
+  bad["diffusion"]["snr_gamma"] = -1;
+  CHECK_THROWS_WITH(pipelines::RunConfig::from_json(bad), Contains("snr_gamma must be 0 (off) or a positive number"));
   bad = j;
   bad["diffusion"]["sampler"] = "euler";
   CHECK_THROWS_WITH(pipelines::RunConfig::from_json(bad), Contains("ddim, ddpm or dpm++"));
@@ -128,6 +169,169 @@ TEST_CASE("upstream initializations: DiT's adaLN-Zero and xavier bounds, timm's 
     if (name == "final_layer.weight") CHECK((mx > 0 && mx <= 1 / 3.0));  // Conv2d(1, 1, 3): U(+-1/sqrt(9))
     if (name == "norm.weight") CHECK(rms == 1.0);
   }
+}
+
+TEST_CASE("upstream initializations: Latte's adaLN-Zero (the model starts at 0) and timm's scheme in ViViT", "[pipelines][video]") {
+  models::Latte<float> latte(models::LatteConfig::from_json(tiny_latte()["model_config"]));
+  Generator gen(4);
+  models::initialize_weights(latte, gen);
+  for (auto& [name, t] : nn::trainable_parameters<float>(latte)) {
+    double s2 = 0, mx = 0;
+    for (float v : *t) s2 += static_cast<double>(v) * v, mx = std::max(mx, static_cast<double>(std::abs(v)));
+    const double rms = std::sqrt(s2 / static_cast<double>(t->numel()));
+    INFO(name << " rms " << rms << " max " << mx);
+    if (name.find("adaLN_modulation") != std::string::npos || name.rfind("final_layer.linear", 0) == 0 || name.find(".bias") != std::string::npos)
+      CHECK(mx == 0.0);
+    else if (name == "x_embedder.proj.weight") {
+      const double bound = std::sqrt(6.0 / (16 + 32));  // a (32, 1 * 4 * 4) matrix
+      CHECK(mx <= bound);
+      CHECK(mx > 0.9 * bound);
+    } else if (name == "blocks.1.attn.qkv.weight") {
+      CHECK(mx <= std::sqrt(6.0 / (32 + 96)));
+      CHECK(mx > 0.9 * std::sqrt(6.0 / (32 + 96)));
+    } else if (name == "y_embedder.embedding_table.weight" || name == "t_embedder.mlp.2.weight")
+      CHECK(std::abs(rms - 0.02) < 0.003);
+    else
+      CHECK(mx > 0.0);
+  }
+  // the fixed sin-cos tables are untouched, and the initialized model predicts exactly 0
+  CHECK(rel_error(latte.pos_embed, nn::sincos_pos_embed_2d<float>(32, 8, 8).reshape({1, 64, 32})) == 0.0);
+  const Tensor<float> x = Generator(1).normal<float>({2, 8, 1, 32, 32});
+  const Tensor<std::int64_t> y({2}, {3, 40});
+  const Tensor<float> out = latte.forward(x, Tensor<float>({2}, {5.0f, 500.0f}), &y);
+  REQUIRE(out.shape() == Shape{2, 8, 2, 32, 32});
+  for (float v : out) REQUIRE(v == 0.0f);
+
+  models::ViViT<float> vivit(models::ViViTConfig::from_json(tiny_vivit()["model_config"]));
+  models::initialize_weights(vivit, gen);
+  int seen = 0;
+  for (auto& [name, t] : nn::trainable_parameters<float>(vivit)) {
+    double s2 = 0, mx = 0;
+    for (float v : *t) s2 += static_cast<double>(v) * v, mx = std::max(mx, static_cast<double>(std::abs(v)));
+    const double rms = std::sqrt(s2 / static_cast<double>(t->numel()));
+    INFO(name << " rms " << rms);
+    if (name == "blocks.0.mlp.fc1.weight" || name == "pos_embed" || name == "head.weight") {
+      CHECK(std::abs(rms - 0.02) < 0.003);
+      ++seen;
+    }
+    if (name == "blocks.0.mlp.fc1.bias" || name == "norm.bias") {
+      CHECK(mx == 0.0);
+      ++seen;
+    }
+    if (name == "norm.weight") {
+      CHECK(rms == 1.0);
+      ++seen;
+    }
+    if (name == "cls_token") {
+      CHECK((rms > 0 && rms < 1e-5));
+      ++seen;
+    }
+    if (name == "patch_embed.proj.weight") {  // torch's Conv3d default: U(+-1/sqrt(1 * 2 * 8 * 8))
+      CHECK(mx <= 1 / std::sqrt(128.0));
+      CHECK(mx > 0.9 / std::sqrt(128.0));
+      ++seen;
+    }
+  }
+  CHECK(seen == 8);
+}
+
+TEST_CASE("ditto-train: a tiny Latte and a ViViT on moving Fashion-MNIST learn; the Latte's file samples videos", "[pipelines][slow][video]") {
+  const auto rc = pipelines::RunConfig::from_json(tiny_latte(20));
+  const std::string a = run_dir("latte"), b = run_dir("latte_resumed");
+  const auto full = pipelines::train(rc, {.output = a, .progress = false});
+  REQUIRE(full.losses.size() == 20);
+  INFO("Latte loss " << mean(full.losses, 0, 5) << " -> " << mean(full.losses, 15, 20));
+  CHECK(mean(full.losses, 15, 20) < 0.9 * mean(full.losses, 0, 5));
+  CHECK(std::filesystem::exists(a + "/samples.png"));  // a row of frames per (class, direction)
+  const auto first = pipelines::train(rc, {.output = b, .progress = false, .stop_after = 8});
+  const auto second = pipelines::train(rc, {.output = b, .resume = true, .progress = false});
+  CHECK(second.losses == full.losses);  // bit for bit through the resume
+
+  const auto g = pipelines::ImageDiffusion::load(a + "/model.safetensors");
+  REQUIRE(g.video());
+  CHECK(g.num_classes() == 40);
+  CHECK(g.moving_directions == 4);
+  CHECK(g.classes[1] == "T-shirt/top, down");
+  CHECK(g.classes[39] == "Ankle boot, up");
+  CHECK(pipelines::video_labels_per_class(10, 4, 6) [5] == 1);  // class 0's clips: directions 0 1 2 3 0 1
+  CHECK(pipelines::video_labels_per_class(10, 4, 6) [6] == 4);  // class 1 starts again at direction 0
+  pipelines::SampleSettings s{.sampler = "ddim", .steps = 3, .cfg_scale = 2.0, .seed = 7};
+  const Tensor<float> v = g.sample({0, 17, 39}, s);
+  REQUIRE(v.shape() == Shape{3, 8, 1, 32, 32});
+  for (float x : v) REQUIRE((x >= -1.0f && x <= 1.0f));
+  s.chunk = 1;
+  CHECK_CLOSE(g.sample({0, 17, 39}, s), v, 1e-5);
+  s.sampler = "dpm++";
+  CHECK(g.sample({17}, s).shape() == Shape{1, 8, 1, 32, 32});
+
+  // the clips' shape must be the model's, and the labels the (class, direction) pairs
+  auto bad = tiny_latte(1);
+  bad["model_config"]["num_frames"] = 4;
+  CHECK_THROWS_WITH(pipelines::train(pipelines::RunConfig::from_json(bad), {.output = run_dir("latte_frames"), .progress = false}),
+                    Contains("the clips are 8 frames of 1 x 32 x 32; model_config takes 4 frames"));
+  bad = tiny_latte(1);
+  bad["model_config"]["num_classes"] = 10;
+  CHECK_THROWS_WITH(pipelines::train(pipelines::RunConfig::from_json(bad), {.output = run_dir("latte_classes"), .progress = false}),
+                    Contains("num_classes is 10; the dataset has 40 (class, direction) pairs, so expected 40"));
+  bad = tiny_latte(1);
+  bad["model_config"]["extras"] = 1;
+  CHECK_THROWS_WITH(pipelines::train(pipelines::RunConfig::from_json(bad), {.output = run_dir("latte_extras"), .progress = false}),
+                    Contains("extras must be 2"));
+
+  const auto r = pipelines::train(pipelines::RunConfig::from_json(tiny_vivit()), {.output = run_dir("vivit"), .progress = false});
+  INFO("ViViT loss " << mean(r.losses, 0, 20) << " -> " << mean(r.losses, 180, 200) << ", test accuracy " << r.test_accuracy);
+  CHECK(mean(r.losses, 180, 200) < 0.97 * mean(r.losses, 0, 20));  // 3.69 (ln 40) -> 3.51 here
+  CHECK(r.test_accuracy > 0.04);  // chance is 1/40; 0.06 here
+  {  // the model file classifies the test clips as the run measured them
+    const auto vivit = pipelines::load_video_classifier(run_dir_keep("vivit") + "/model.safetensors");
+    data::MovingFashionMnist test(data::load_fashion_mnist("test"), {}, 1, 500);  // the run's test split: clip_seed 0 -> seed 1
+    std::vector<std::int64_t> idx(500);
+    for (std::int64_t i = 0; i < 500; ++i) idx[static_cast<std::size_t>(i)] = i;
+    auto [clips, joint] = test.batch(idx, -1.0f, 1.0f);
+    const auto got = pipelines::classify_videos(vivit, clips);
+    const std::vector<std::int64_t> want(joint.begin(), joint.end());
+    CHECK(pipelines::agreement(got, want) == Approx(r.test_accuracy).epsilon(1e-12));
+    CHECK(pipelines::agreement(pipelines::class_of(got, 4), pipelines::class_of(want, 4)) >= r.test_accuracy);
+    CHECK(pipelines::agreement(pipelines::direction_of(got, 4), pipelines::direction_of(want, 4)) >= r.test_accuracy);
+    CHECK(pipelines::direction_of({13}, 4)[0] == 1);
+    CHECK(pipelines::class_of({13}, 4)[0] == 3);
+  }
+
+#ifdef DITTO_SAMPLE
+  // ditto-sample on the Latte's file: a GIF, a PNG and the tensors, labels in class order and the directions cycling
+  const std::string out = run_dir("latte_sample");
+  std::filesystem::create_directories(out);
+  const std::string cmd = std::string(DITTO_SAMPLE) + " --model " + a + "/model.safetensors --per-class 3 --steps 2 --gif " + out + "/c.gif --png " + out +
+                          "/c.png --tensors " + out + "/c.safetensors > " + out + "/log.txt 2>&1";
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  std::ifstream gif(out + "/c.gif", std::ios::binary);
+  std::string head(6, '\0');
+  gif.read(head.data(), 6);
+  CHECK(head == "GIF89a");
+  CHECK(std::filesystem::exists(out + "/c.png"));
+  const SafetensorsFile f(out + "/c.safetensors");
+  const Tensor<float> videos = f.get<float>("videos");
+  const Tensor<std::int64_t> labels = f.get<std::int64_t>("labels"), dirs = f.get<std::int64_t>("directions");
+  REQUIRE(videos.shape() == Shape{30, 8, 1, 32, 32});
+  for (float x : videos) REQUIRE((x >= 0.0f && x <= 1.0f));
+  for (std::int64_t i = 0; i < 30; ++i) {
+    CHECK(labels[i] == i / 3);
+    CHECK(dirs[i] == i % 3);  // 3 clips of a class: directions 0, 1, 2
+  }
+  // the same clip from the library call: the k-th clip of label (c, d) starts from its own noise
+  pipelines::SampleSettings s2{.sampler = g.diffusion.sampler, .steps = 2, .cfg_scale = g.diffusion.cfg_scale, .seed = 0};
+  const Tensor<float> lib = g.sample({5 * 4 + 2}, s2);  // class 5, direction 2: the tensors' row 17
+  double worst = 0;
+  for (std::int64_t i = 0; i < lib.numel(); ++i) worst = std::max(worst, std::abs((lib[i] + 1.0) * 0.5 - videos[17 * lib.numel() + i]));
+  CHECK(worst < 1e-6);
+#ifdef DITTO_MODELS_DIR
+  const std::string img = std::string(DITTO_SAMPLE) + " --model " + DITTO_MODELS_DIR + "/image.safetensors --gif " + out + "/x.gif > " + out + "/err.txt 2>&1";
+  CHECK(WEXITSTATUS(std::system(img.c_str())) == 1);
+  std::ifstream ef(out + "/err.txt");
+  const std::string etext((std::istreambuf_iterator<char>(ef)), std::istreambuf_iterator<char>());
+  CHECK_THAT(etext, Contains("--gif needs a video model"));
+#endif
+#endif
 }
 
 TEST_CASE("ditto-train: a tiny DiT on Fashion-MNIST learns, and a resume continues bit for bit", "[pipelines][slow]") {
@@ -347,11 +551,13 @@ TEST_CASE("the embedded models load, sample as they did, and the classifier stil
   for (auto& v : b) v = 2 * v - 1;
   const auto la = pipelines::features_and_labels(vit, a).second, lb = pipelines::features_and_labels(vit, b).second;
   CHECK(la == lb);
-  CHECK(pipelines::agreement(la, std::vector<std::int64_t>(labels.begin(), labels.end())) >= 0.7);  // 10 steps, 1 sample a class
+  // 10 steps, 1 sample a class: 6 of 10 by the patch-7 classifier (which finds 61.8% over 1000
+  // samples of 50 steps; chance is 1 in 10)
+  CHECK(pipelines::agreement(la, std::vector<std::int64_t>(labels.begin(), labels.end())) >= 0.5);
   // and the classifier is the one the docs measured: its accuracy on the first 1000 test images
   const auto test = data::load_fashion_mnist("test");
   std::vector<std::int64_t> idx(1000);
   for (int i = 0; i < 1000; ++i) idx[static_cast<std::size_t>(i)] = i;
   auto [tx, ty] = data::image_batch(test, idx, -1.0f, 1.0f);
-  CHECK(pipelines::agreement(pipelines::features_and_labels(vit, tx).second, std::vector<std::int64_t>(ty.begin(), ty.end())) >= 0.85);  // 0.88 on the whole test set
+  CHECK(pipelines::agreement(pipelines::features_and_labels(vit, tx).second, std::vector<std::int64_t>(ty.begin(), ty.end())) >= 0.87);  // 0.8997 on the whole test set
 }

@@ -1438,6 +1438,50 @@ TEST_CASE("the hybrid loss's gradient equals central differences with the mean d
   }
 }
 
+TEST_CASE("Min-SNR-gamma weights the mse term by min(SNR, gamma) over SNR, SNR or SNR + 1, and its gradient follows", "[train][grad][loss]") {
+  Generator gen(13);
+  const auto betas = diffusion::linear_betas(1000);
+  const diffusion::Schedule s(betas);
+  const std::int64_t B = 4;
+  const Tensor<double> x0 = gen.uniform<double>({B, 2, 4, 4}, -1, 1), noise = gen.normal<double>({B, 2, 4, 4});
+  const std::vector<std::int64_t> t = {1, 40, 300, 999};  // SNR from ~1e4 down to ~4e-5: both sides of gamma = 5
+  const Tensor<double> x_t = diffusion::q_sample(s, x0, t, noise);
+  Tensor<double> out = gen.normal<double>({B, 4, 4, 4}, 0.0, 0.5);
+  int clipped = 0;
+  for (auto mean : {diffusion::ModelMeanType::epsilon, diffusion::ModelMeanType::start_x, diffusion::ModelMeanType::v}) {
+    diffusion::LossOptions plain, weighted;
+    plain.mean_type = weighted.mean_type = mean;
+    weighted.snr_gamma = 5;
+    const auto a = diffusion::training_losses(s, out, x0, x_t, t, noise, plain);
+    const auto w = diffusion::training_losses(s, out, x0, x_t, t, noise, weighted);
+    for (std::int64_t b = 0; b < B; ++b) {
+      double abar = 1;  // the SNR from the betas themselves, not from the schedule's tables
+      for (std::int64_t k = 0; k <= t[b]; ++k) abar *= 1 - betas[static_cast<std::size_t>(k)];
+      const double snr = abar / (1 - abar), m = std::min(snr, 5.0);
+      const double want = mean == diffusion::ModelMeanType::epsilon ? m / snr : mean == diffusion::ModelMeanType::start_x ? m : m / (snr + 1);
+      clipped += snr > 5;
+      CHECK(std::abs(w.mse[b] - want * a.mse[b]) <= 1e-12 * a.mse[b]);
+      CHECK(w.vb[b] == a.vb[b]);  // the variational bound is not weighted
+      CHECK(w.loss[b] == Approx(w.mse[b] + w.vb[b]).epsilon(1e-14));
+    }
+    // the gradient of the weighted objective: mse on the current mean, vb on the frozen mean
+    const Tensor<double> frozen = out.clone();
+    auto L = [&] {
+      Tensor<double> mix = out.clone();
+      for (std::int64_t b = 0; b < B; ++b)
+        for (std::int64_t i = 0; i < 32; ++i) mix[b * 64 + i] = frozen[b * 64 + i];
+      const auto terms_mse = diffusion::training_losses(s, out, x0, x_t, t, noise, weighted);
+      const auto terms_vb = diffusion::training_losses(s, mix, x0, x_t, t, noise, weighted);
+      double sum = 0;
+      for (std::int64_t b = 0; b < B; ++b) sum += (terms_mse.mse[b] + terms_vb.vb[b]) / B;
+      return sum;
+    };
+    Tensor<double> g = diffusion::training_losses_grad(s, out, x0, x_t, t, noise, weighted);
+    worst_fd_error(L, {{"model_output", &out, &g}}, 256);
+  }
+  CHECK(clipped == 6);  // t = 1 and 40 sit above gamma in each of the 3 mean types
+}
+
 TEMPLATE_TEST_CASE("DiT's training loss and its parameter gradients equal upstream's", "[train][grad][loss][fixtures]", float, double) {
   using T = TestType;
   const GradFixture<T> fx("dit", "small");

@@ -35,6 +35,13 @@ struct LossOptions {
   ModelVarType var_type = ModelVarType::learned_range;  // DiT with learn_sigma
   LossType loss_type = LossType::mse;                   // DiT's default (rescale_learned_sigmas=False)
   int channel_dim = 1;                                  // 2 for Latte's (B, F, C, H, W) videos
+  // Min-SNR-gamma weighting (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR
+  // Weighting Strategy"; diffusers' --snr_gamma): 0 = off (upstream DiT). Otherwise sample b's
+  // mse term is multiplied by min(SNR_t, gamma) / SNR_t for epsilon, min(SNR_t, gamma) for x_0
+  // and min(SNR_t, gamma) / (SNR_t + 1) for v, with SNR_t = abar_t / (1 - abar_t): the nearly
+  // clean steps, whose targets conflict with the noisy ones', stop dominating the gradient.
+  // The vb term is not weighted.
+  double snr_gamma = 0;
 };
 
 // Per-sample terms, each of length B. mse / vb are empty where the loss type has none.
@@ -113,6 +120,19 @@ inline std::vector<T> vb_terms_bpd(const Schedule& s, const Tensor<T>& model_out
 }
 }  // namespace detail
 
+namespace detail {
+// The mse term's weight at step k: 1, or Min-SNR-gamma's (see LossOptions::snr_gamma).
+inline double mse_weight(const Schedule& s, std::int64_t k, const LossOptions& o) {
+  if (o.snr_gamma <= 0) return 1.0;
+  const double a = s.alphas_cumprod[static_cast<std::size_t>(k)], snr = a / (1.0 - a), m = std::min(snr, o.snr_gamma);
+  switch (o.mean_type) {
+    case ModelMeanType::epsilon: return m / snr;
+    case ModelMeanType::start_x: return m;
+    default: return m / (snr + 1.0);  // v
+  }
+}
+}  // namespace detail
+
 // The loss terms for one batch, from the model's output on x_t = q_sample(x_start, t, noise).
 template <class T>
 inline LossTerms<T> training_losses(const Schedule& s, const Tensor<T>& model_output, const Tensor<T>& x_start,
@@ -145,7 +165,7 @@ inline LossTerms<T> training_losses(const Schedule& s, const Tensor<T>& model_ou
     T acc = 0;
     for (std::int64_t i = 0; i < per; ++i) acc += (tgt[i] - pb[i]) * (tgt[i] - pb[i]);
     const auto k = static_cast<std::size_t>(b);
-    r.mse[k] = acc / static_cast<T>(per);
+    r.mse[k] = acc / static_cast<T>(per) * static_cast<T>(detail::mse_weight(s, t[k], o));
     r.loss[k] = r.mse[k] + (learned ? r.vb[k] : T(0));
   }
   return r;
@@ -191,9 +211,10 @@ inline Tensor<T> training_losses_grad(const Schedule& s, const Tensor<T>& model_
     throw ShapeError(ditto::detail::cat("training_losses_grad: expected ", B, " weights, got ", weight.size()));
   const Tensor<T> target = detail::mse_target(s, x_start, t, noise, o.mean_type);
   Tensor<T> dmean(x_t.shape()), dvar(learned ? x_t.shape() : Shape{0});
-  for (std::int64_t b = 0; b < B; ++b)
-    for (std::int64_t i = b * per; i < (b + 1) * per; ++i)
-      dmean[i] = T(-2) * (target[i] - pred[i]) / static_cast<T>(per) * weight[static_cast<std::size_t>(b)];
+  for (std::int64_t b = 0; b < B; ++b) {
+    const T wb = weight[static_cast<std::size_t>(b)] * static_cast<T>(detail::mse_weight(s, t[static_cast<std::size_t>(b)], o));
+    for (std::int64_t i = b * per; i < (b + 1) * per; ++i) dmean[i] = T(-2) * (target[i] - pred[i]) / static_cast<T>(per) * wb;
+  }
   if (learned) {
     const auto truth = q_posterior_mean_variance(s, x_start, x_t, t);
     const auto p = p_mean_variance(s, model_output, x_t, t, o.mean_type, o.var_type, /*clip_denoised=*/false, {}, o.channel_dim);

@@ -49,6 +49,7 @@
 #include "../nn/buffers.hpp"
 #include "../nn/conditioning.hpp"
 #include "../nn/embedding.hpp"
+#include "../nn/init.hpp"
 #include "../nn/linear.hpp"
 #include "../nn/mlp.hpp"
 #include "../nn/module.hpp"
@@ -786,5 +787,22 @@ struct Latte {
                               out[static_cast<std::size_t>(k)]);
   }
 };
+
+// Latte's initialize_weights (models/latte.py, DiT's scheme): xavier-uniform Linear weights
+// (x_embedder's conv as a (D, C p p) matrix) with zero biases, N(0, 0.02) for the label table and
+// the timestep MLP, zeros for every adaLN modulation and the final linear (adaLN-Zero: each block
+// starts as the identity, the model's output as 0). pos_embed and temp_embed are the fixed
+// sin-cos tables the constructor made. LayerNorms with an affine (the "token" injection, a ditto
+// extension) start at 1 and 0, as torch's.
+template <class T>
+inline void initialize_weights(Latte<T>& m, Generator& gen) {
+  auto ends = [](const std::string& s, const std::string& e) { return s.size() >= e.size() && s.compare(s.size() - e.size(), e.size(), e) == 0; };
+  for (auto& [name, t] : nn::trainable_parameters<T>(m)) {
+    if (name.find("adaLN_modulation") != std::string::npos || name.rfind("final_layer.linear.", 0) == 0 || ends(name, ".bias")) nn::fill_constant(*t, 0.0);
+    else if (name == "y_embedder.embedding_table.weight" || name.rfind("t_embedder.mlp.", 0) == 0) gen.fill_normal(*t, 0.0, 0.02);
+    else if (t->dim() == 1) nn::fill_constant(*t, 1.0);  // a LayerNorm's weight
+    else nn::xavier_uniform(*t, gen, 1.0, /*as_matrix=*/name == "x_embedder.proj.weight");
+  }
+}
 
 }  // namespace ditto::models

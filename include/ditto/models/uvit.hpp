@@ -13,6 +13,7 @@
 // (eps 1e-5), GELU, attention in upstream's "math" mode (scale qk_scale or head_dim^-0.5).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -505,13 +506,13 @@ struct UViT {
 template <class T>
 inline void initialize_weights(UViT<T>& m, Generator& gen) {
   auto ends = [](const std::string& s, const std::string& e) { return s.size() >= e.size() && s.compare(s.size() - e.size(), e.size(), e) == 0; };
-  for (auto& [name, t] : nn::trainable_parameters<T>(m)) {
+  const auto params = nn::trainable_parameters<T>(m);
+  for (auto& [name, t] : params) {
     const bool conv = name.rfind("patch_embed.proj.", 0) == 0 || name.rfind("final_layer.", 0) == 0;
-    if (conv) {
-      const Tensor<T>* w = nullptr;
-      for (auto& [n2, t2] : nn::trainable_parameters<T>(m))
-        if (n2 == name.substr(0, name.rfind('.')) + ".weight") w = t2;
-      nn::default_uniform(*t, gen, w->numel() / w->size(0));
+    if (conv) {  // torch's default: bounds from the fan-in of the layer's weight
+      const std::string weight = name.substr(0, name.rfind('.')) + ".weight";
+      const auto w = std::find_if(params.begin(), params.end(), [&](const auto& p) { return p.first == weight; });
+      nn::default_uniform(*t, gen, w->second->numel() / w->second->size(0));
     } else if (name == "label_emb.weight") gen.fill_normal(*t, 0.0, 1.0);
     else if (name.find("norm") != std::string::npos && t->dim() == 1) nn::fill_constant(*t, ends(name, ".weight") ? 1.0 : 0.0);
     else if (ends(name, ".bias")) nn::fill_constant(*t, 0.0);

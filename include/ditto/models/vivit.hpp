@@ -51,6 +51,7 @@
 #include "../nn/state_dict.hpp"
 #include "../nn/norm.hpp"
 #include "../nn/buffers.hpp"
+#include "../nn/init.hpp"
 #include "../nn/patch.hpp"
 #include "config.hpp"
 #include "../nn/vit_block.hpp"
@@ -785,5 +786,25 @@ struct ViViT {
     });
   }
 };
+
+// The initialization of timm's VisionTransformer (its default weight_init ""), which ViViT's
+// blocks are: cls tokens N(0, 1e-6), position embeddings and every Linear weight truncated
+// N(0, 0.02) with zero biases, LayerNorms 1 and 0, the patch / tubelet embedding torch's default
+// (uniform in +-1/sqrt(fan_in)).
+template <class T>
+inline void initialize_weights(ViViT<T>& m, Generator& gen) {
+  auto ends = [](const std::string& s, const std::string& e) { return s.size() >= e.size() && s.compare(s.size() - e.size(), e.size(), e) == 0; };
+  const auto params = nn::trainable_parameters<T>(m);
+  std::int64_t patch_fan_in = 1;
+  for (auto& [name, t] : params)
+    if (name == "patch_embed.proj.weight") patch_fan_in = t->numel() / t->size(0);
+  for (auto& [name, t] : params) {
+    if (ends(name, "cls_token")) gen.fill_normal(*t, 0.0, 1e-6);
+    else if (name.rfind("patch_embed.proj.", 0) == 0) nn::default_uniform(*t, gen, patch_fan_in);
+    else if (name.find("norm") != std::string::npos && t->dim() == 1) nn::fill_constant(*t, ends(name, ".weight") ? 1.0 : 0.0);
+    else if (ends(name, ".bias")) nn::fill_constant(*t, 0.0);
+    else nn::trunc_normal(*t, gen, 0.02);
+  }
+}
 
 }  // namespace ditto::models

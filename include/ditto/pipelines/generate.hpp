@@ -37,6 +37,7 @@
 #include "../io/safetensors.hpp"
 #include "../models/config.hpp"
 #include "../models/dit.hpp"
+#include "../models/latte.hpp"
 #include "../models/uvit.hpp"
 #include "../models/vit.hpp"
 #include "../nn/state_dict.hpp"
@@ -51,6 +52,7 @@ struct DiffusionSettings {
   std::string sampler = "ddim";           // ddim, ddpm or dpm++
   std::int64_t sample_steps = 50;
   double cfg_scale = 1.0;                 // DiT's convention: uncond + s (cond - uncond); 1 = none
+  double snr_gamma = 0;                   // training only: Min-SNR-gamma loss weighting (diffusion::LossOptions); 0 = off, as DiT
 
   static DiffusionSettings from_json(const nlohmann::json& j) {
     models::Kwargs kw(j, "diffusion");
@@ -60,18 +62,21 @@ struct DiffusionSettings {
     d.sampler = kw.get("sampler", d.sampler);
     d.sample_steps = kw.get("sample_steps", d.sample_steps);
     d.cfg_scale = kw.get("cfg_scale", d.cfg_scale);
+    d.snr_gamma = kw.get("snr_gamma", d.snr_gamma);
     kw.finish();
     d.validate();
     return d;
   }
   nlohmann::json to_json() const {
-    return {{"noise_schedule", noise_schedule}, {"diffusion_steps", diffusion_steps}, {"sampler", sampler}, {"sample_steps", sample_steps}, {"cfg_scale", cfg_scale}};
+    return {{"noise_schedule", noise_schedule}, {"diffusion_steps", diffusion_steps}, {"sampler", sampler}, {"sample_steps", sample_steps}, {"cfg_scale", cfg_scale}, {"snr_gamma", snr_gamma}};
   }
   void validate() const {
     using ditto::detail::cat;
     if (diffusion_steps < 2 || diffusion_steps > 100000) throw ArgumentError(cat("diffusion config: diffusion_steps must be from 2 to 100000, got ", diffusion_steps));
     (void)diffusion::named_beta_schedule(noise_schedule, static_cast<int>(diffusion_steps));  // names the known schedules when unknown
     check_sampler(sampler, sample_steps, cfg_scale, diffusion_steps, "diffusion config");
+    if (!std::isfinite(snr_gamma) || snr_gamma < 0 || snr_gamma > 1e6)
+      throw ArgumentError(cat("diffusion config: snr_gamma must be 0 (off) or a positive number up to 1e6 (Min-SNR-gamma; the paper uses 5), got ", snr_gamma));
   }
   static void check_sampler(const std::string& sampler, std::int64_t steps, double cfg, std::int64_t T, const std::string& who) {
     using ditto::detail::cat;
@@ -93,7 +98,7 @@ struct SampleSettings {
 
 // The model file's metadata, checked.
 struct ModelFile {
-  std::string kind;          // dit, uvit, vit
+  std::string kind;          // dit, uvit, latte, vit, vivit
   nlohmann::json config, run;
   std::vector<std::string> classes;
 
@@ -107,8 +112,8 @@ struct ModelFile {
     };
     ModelFile m;
     m.kind = need("ditto_model");
-    if (m.kind != "dit" && m.kind != "uvit" && m.kind != "vit")
-      throw IoError(cat(path, ": ditto_model is \"", m.kind.substr(0, 64), "\"; expected dit, uvit or vit"));
+    if (m.kind != "dit" && m.kind != "uvit" && m.kind != "vit" && m.kind != "latte" && m.kind != "vivit")
+      throw IoError(cat(path, ": ditto_model is \"", m.kind.substr(0, 64), "\"; expected dit, uvit, latte, vit or vivit"));
     m.config = parse_json(need("config"), path + " config");
     m.run = parse_json(need("run"), path + " run");
     const nlohmann::json classes = parse_json(need("classes"), path + " classes");
@@ -123,19 +128,21 @@ struct ModelFile {
 };
 
 // A DiT or a U-ViT that generates images of a class (the conditioning every ditto-train
-// diffusion run uses), with its diffusion.
+// diffusion run uses), or a Latte that generates videos (B, T, C, H, W) of a label (for moving
+// Fashion-MNIST, a (class, direction) pair), with its diffusion.
 struct ImageDiffusion {
-  std::string kind;  // "dit" or "uvit"
+  std::string kind;  // "dit", "uvit" or "latte"
   std::shared_ptr<models::DiT<float>> dit;
   std::shared_ptr<models::UViT<float>> uvit;
+  std::shared_ptr<models::Latte<float>> latte;
   DiffusionSettings diffusion;
   std::vector<std::string> classes;
 
   static ImageDiffusion load(const std::string& path) {
     const SafetensorsFile f(path);
     const ModelFile m = ModelFile::read(f, path);
-    if (m.kind != "dit" && m.kind != "uvit")
-      throw ArgumentError(ditto::detail::cat(path, ": a \"", m.kind, "\" model does not generate images (expected a dit or uvit model file)"));
+    if (m.kind != "dit" && m.kind != "uvit" && m.kind != "latte")
+      throw ArgumentError(ditto::detail::cat(path, ": a \"", m.kind, "\" model does not generate (expected a dit, uvit or latte model file)"));
     ImageDiffusion g;
     g.kind = m.kind;
     g.classes = m.classes;
@@ -143,6 +150,10 @@ struct ImageDiffusion {
     if (m.kind == "dit") {
       g.dit = std::make_shared<models::DiT<float>>(models::DiTConfig::from_json(m.config));
       nn::load<float>(*g.dit, f);
+    } else if (m.kind == "latte") {
+      g.latte = std::make_shared<models::Latte<float>>(models::LatteConfig::from_json(m.config));
+      nn::load<float>(*g.latte, f);
+      g.moving_directions = m.run.contains("data") ? m.run["data"].value("directions", std::int64_t{4}) : 4;
     } else {
       g.uvit = std::make_shared<models::UViT<float>>(models::UViTConfig::from_json(m.config));
       nn::load<float>(*g.uvit, f);
@@ -165,22 +176,34 @@ struct ImageDiffusion {
     return g;
   }
 
-  // The classes the model is conditioned on (without the null class) and the null class.
-  std::int64_t num_classes() const { return dit ? dit->config.num_classes : uvit->config.num_classes - 1; }
-  std::int64_t null_class() const { return dit ? dit->config.num_classes : uvit->config.num_classes - 1; }
-  bool has_null() const { return dit ? dit->y_embedder.embedding_table.num_embeddings > dit->config.num_classes : uvit->config.num_classes >= 2; }
+  std::int64_t moving_directions = 4;  // latte on moving Fashion-MNIST: the directions of its joint labels
+
+  bool video() const { return latte != nullptr; }
+  // The labels the model is conditioned on (without the null class) and the null class.
+  std::int64_t num_classes() const { return dit ? dit->config.num_classes : latte ? latte->config.num_classes : uvit->config.num_classes - 1; }
+  std::int64_t null_class() const { return num_classes(); }
+  bool has_null() const {
+    if (dit) return dit->y_embedder.embedding_table.num_embeddings > dit->config.num_classes;
+    if (latte) return latte->config.extras == 2 && latte->y_embedder.embedding_table.num_embeddings > latte->config.num_classes;
+    return uvit->config.num_classes >= 2;
+  }
+  // (B, C, H, W) images, or (B, T, C, H, W) videos
   Shape image_shape(std::int64_t B) const {
     if (dit) return {B, dit->config.in_channels, dit->config.input_size, dit->config.input_size};
+    if (latte) return {B, latte->config.num_frames, latte->config.in_channels, latte->config.input_size, latte->config.input_size};
     return {B, uvit->config.in_chans, uvit->config.img_size, uvit->config.img_size};
   }
-  bool learned_sigma() const { return dit && dit->config.learn_sigma; }
-  // As DiT's create_diffusion: learned_range with learn_sigma, else fixed_large (sigma_small is
-  // False); U-ViT predicts the noise alone and ditto-train trains it with fixed_small.
+  bool learned_sigma() const { return (dit && dit->config.learn_sigma) || (latte && latte->config.learn_sigma); }
+  // As DiT's create_diffusion (Latte's too): learned_range with learn_sigma, else fixed_large
+  // (sigma_small is False); U-ViT predicts the noise alone and ditto-train trains it with fixed_small.
   diffusion::ModelVarType var_type() const {
-    if (dit) return dit->config.learn_sigma ? diffusion::ModelVarType::learned_range : diffusion::ModelVarType::fixed_large;
+    if (dit || latte) return learned_sigma() ? diffusion::ModelVarType::learned_range : diffusion::ModelVarType::fixed_large;
     return diffusion::ModelVarType::fixed_small;
   }
+  int channel_dim() const { return latte ? 2 : 1; }
   void check() const {
+    if (latte && latte->config.extras != 2)
+      throw ArgumentError("ImageDiffusion: a latte generates by label when extras is 2 (timestep + class), got " + std::to_string(latte->config.extras));
     if (num_classes() >= (std::int64_t{1} << 24)) throw ArgumentError("ImageDiffusion: more than 2^24 classes");
     if (uvit && uvit->config.num_classes < 2)
       throw ArgumentError("ImageDiffusion: a U-ViT generates by class when num_classes counts the classes plus the null class (U-ViT's convention), got " +
@@ -193,7 +216,8 @@ struct ImageDiffusion {
   Tensor<float> forward(const Tensor<float>& x, const std::vector<std::int64_t>& t, const Tensor<std::int64_t>& y) const {
     Tensor<float> tf({static_cast<std::int64_t>(t.size())});
     for (std::size_t i = 0; i < t.size(); ++i) tf[static_cast<std::int64_t>(i)] = static_cast<float>(t[i]);
-    return dit ? dit->forward(x, tf, y) : uvit->forward(x, tf, &y);
+    if (dit) return dit->forward(x, tf, y);
+    return latte ? latte->forward(x, tf, &y) : uvit->forward(x, tf, &y);
   }
 
   // Samples (labels.size(), C, H, W) in [-1, 1]. The k-th sample of label c starts from the noise
@@ -234,22 +258,25 @@ struct ImageDiffusion {
       std::vector<std::int64_t> ys(labels.begin() + lo, labels.begin() + lo + B), y2 = ys;
       for (std::int64_t b = 0; b < B; ++b) y2.push_back(null_class());
       const Tensor<std::int64_t> y_plain({B}, ys), y_cfg({2 * B}, y2);
-      const std::int64_t guided = dit ? std::min<std::int64_t>(3, dit->config.out_channels()) : -1;  // DiT's forward_with_cfg: 3 channels
+      // DiT's forward_with_cfg guides 3 channels, Latte's 4 (of dimension 2), U-ViT's all
+      const std::int64_t guided = dit ? std::min<std::int64_t>(3, dit->config.out_channels()) : latte ? std::min<std::int64_t>(4, latte->config.out_channels()) : -1;
       auto model = [&](const Tensor<float>& x, const std::vector<std::int64_t>& t) {
         if (s.cfg_scale == 1.0) return forward(x, t, y_plain);
         auto two = [&](const Tensor<float>& x2, const std::vector<std::int64_t>& t2) { return forward(x2, t2, y_cfg); };
-        return diffusion::cfg_model<float>(two, diffusion::Guidance{s.cfg_scale, guided, 1})(x, t);
+        return diffusion::cfg_model<float>(two, diffusion::Guidance{s.cfg_scale, guided, channel_dim()})(x, t);
       };
       Generator gen(s.seed, (static_cast<std::uint64_t>(1) << 60) + static_cast<std::uint64_t>(lo) * (1u << 24));  // ddpm's noise
       Tensor<float> xs;
       diffusion::SampleOptions o;
       o.var_type = var_type();
       o.clip_denoised = true;  // pixels live in [-1, 1]
+      o.channel_dim = channel_dim();
       o.progress = s.progress ? diffusion::terminal_progress(s.sampler.c_str()) : diffusion::Progress();
       if (s.sampler == "dpm++") {
         diffusion::DpmSolverPPOptions pp;
         pp.steps = static_cast<int>(s.steps);
         pp.progress = o.progress;
+        pp.channel_dim = channel_dim();
         xs = diffusion::dpmpp_sample_loop<float>(diffusion::Schedule(betas), model, x0.shape(), gen, pp, x0);
       } else {
         const std::string spacing = (s.sampler == "ddim" ? "ddim" : "") + std::to_string(s.steps);
@@ -270,6 +297,15 @@ inline std::vector<std::int64_t> labels_per_class(std::int64_t classes, std::int
   std::vector<std::int64_t> y;
   for (std::int64_t c = 0; c < classes; ++c)
     for (std::int64_t k = 0; k < K; ++k) y.push_back(c);
+  return y;
+}
+
+// Moving Fashion-MNIST's joint labels for K clips of each class in class order, the directions
+// cycling within a class: clip k of class c is c * directions + k % directions.
+inline std::vector<std::int64_t> video_labels_per_class(std::int64_t classes, std::int64_t directions, std::int64_t K) {
+  if (directions < 1) throw ArgumentError(ditto::detail::cat("video_labels_per_class: expected directions >= 1, got ", directions));
+  std::vector<std::int64_t> y;
+  for (const std::int64_t c : labels_per_class(classes, K)) y.push_back(c * directions + static_cast<std::int64_t>(y.size() % static_cast<std::size_t>(K)) % directions);
   return y;
 }
 

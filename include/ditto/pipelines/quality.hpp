@@ -7,6 +7,11 @@
 //   const Tensor<float> f = pipelines::features(vit, images);        // (N, embed_dim), images in [-1, 1]
 //   const double fd = pipelines::frechet_distance(pipelines::stats(f), pipelines::stats(f_test));
 //   const double agree = pipelines::agreement(pipelines::classify(vit, images), labels);
+//
+// Videos (moving Fashion-MNIST): a ViViT ditto trained labels clips by their joint (class,
+// direction) label; class_of / direction_of split it, for the class and direction agreements.
+//   const auto vivit = pipelines::load_video_classifier("examples/models/video-classifier.safetensors");
+//   const auto got = pipelines::classify_videos(vivit, videos);     // videos (N, T, 1, H, W) in [-1, 1]
 #pragma once
 
 #include <algorithm>
@@ -22,7 +27,9 @@
 #include "../core/tensor.hpp"
 #include "../data/fashion_mnist.hpp"
 #include "../io/safetensors.hpp"
+#include "../einops/rearrange.hpp"
 #include "../models/vit.hpp"
+#include "../models/vivit.hpp"
 #include "../nn/state_dict.hpp"
 #include "generate.hpp"
 
@@ -35,6 +42,44 @@ inline models::ViT<float> load_classifier(const std::string& path) {
   models::ViT<float> vit(models::ViTConfig::from_json(m.config));
   nn::load<float>(vit, f);
   return vit;
+}
+
+inline models::ViViT<float> load_video_classifier(const std::string& path) {
+  const SafetensorsFile f(path);
+  const ModelFile m = ModelFile::read(f, path);
+  if (m.kind != "vivit") throw ArgumentError(path + ": a \"" + m.kind + "\" model file; expected a vivit classifier");
+  models::ViViT<float> vivit(models::ViViTConfig::from_json(m.config));
+  nn::load<float>(vivit, f);
+  return vivit;
+}
+
+// The ViViT's labels of videos (N, T, C, H, W) in [-1, 1] (Latte's layout, as ditto-sample and
+// MovingFashionMnist::batch give them), in batches of 100.
+inline std::vector<std::int64_t> classify_videos(const models::ViViT<float>& vivit, const Tensor<float>& videos) {
+  if (videos.dim() != 5 || videos.size(0) < 1) throw ShapeError("classify_videos: expected videos (N, T, C, H, W), got " + shape_str(videos.shape()));
+  const std::int64_t N = videos.size(0), per = videos.numel() / N;
+  std::vector<std::int64_t> labels;
+  for (std::int64_t lo = 0; lo < N; lo += 100) {
+    const std::int64_t B = std::min<std::int64_t>(100, N - lo);
+    Tensor<float> x({B, videos.size(1), videos.size(2), videos.size(3), videos.size(4)});
+    std::copy(videos.data() + lo * per, videos.data() + (lo + B) * per, x.data());
+    const Tensor<float> logits = vivit.forward(rearrange(x, "b t c h w -> b c t h w"));
+    const std::int64_t C = logits.size(1);
+    for (std::int64_t b = 0; b < B; ++b) labels.push_back(std::max_element(logits.data() + b * C, logits.data() + (b + 1) * C) - (logits.data() + b * C));
+  }
+  return labels;
+}
+
+// The class and the direction parts of joint labels class * directions + direction.
+inline std::vector<std::int64_t> class_of(const std::vector<std::int64_t>& joint, std::int64_t directions) {
+  std::vector<std::int64_t> out;
+  for (auto j : joint) out.push_back(j / directions);
+  return out;
+}
+inline std::vector<std::int64_t> direction_of(const std::vector<std::int64_t>& joint, std::int64_t directions) {
+  std::vector<std::int64_t> out;
+  for (auto j : joint) out.push_back(j % directions);
+  return out;
 }
 
 // The classifier's pre-logits features (timm's forward_head(pre_logits=True)) and its labels,

@@ -6,9 +6,9 @@
 //   pipelines::train(run, {.output = "runs/image"});                    // or {.resume = true}
 //
 // The config (docs/train.md has every key):
-//   {"model": "dit" | "uvit" | "vit",
+//   {"model": "dit" | "uvit" | "vit" | "latte" | "vivit",
 //    "model_config": {upstream constructor arguments},
-//    "data": {"dataset": "fashion_mnist", "hflip": false, ...},
+//    "data": {"dataset": "fashion_mnist" | "image_folder" | "moving_fashion_mnist", "hflip": false, ...},
 //    "train": {"global_batch_size": 256, "steps": 1000, "lr": 1e-4, "weight_decay": 0, "ema_decay": 0.9999,
 //              "ckpt_every": 0, "log_every": 100, "sample_every": 0, "seed": 0, ...},
 //    "diffusion": {"noise_schedule": "linear", "diffusion_steps": 1000, "sampler": "ddim", ...}}
@@ -22,8 +22,10 @@
 //
 // In the output folder: checkpoint.safetensors (model, EMA, optimizer, step, data position,
 // losses: train/checkpoint.hpp, written atomically), model.safetensors (the EMA weights with the
-// metadata pipelines/generate.hpp reads), loss.png, samples.png (diffusion: 10 rows of classes)
-// or accuracy lines (classifiers), and config.json.
+// metadata pipelines/generate.hpp reads), loss.png, samples.png (diffusion: 10 rows of classes,
+// or a row of frames per (class, direction) clip) or accuracy lines (classifiers), and config.json.
+// Video models (latte, vivit) train on moving Fashion-MNIST clips (data/moving.hpp), labelled by
+// the joint (class, direction) label class * directions + direction.
 #pragma once
 
 #include <algorithm>
@@ -31,7 +33,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <cerrno>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
@@ -39,7 +41,6 @@
 #include <utility>
 #include <vector>
 
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
@@ -51,16 +52,20 @@
 #include "../data/fashion_mnist.hpp"
 #include "../data/image_folder.hpp"
 #include "../data/loader.hpp"
+#include "../data/moving.hpp"
 #include "../diffusion/gaussian.hpp"
 #include "../diffusion/losses.hpp"
 #include "../diffusion/schedule.hpp"
+#include "../einops/rearrange.hpp"
 #include "../io/file.hpp"
 #include "../io/image.hpp"
 #include "../io/json.hpp"
 #include "../models/config.hpp"
 #include "../models/dit.hpp"
 #include "../models/uvit.hpp"
+#include "../models/latte.hpp"
 #include "../models/vit.hpp"
+#include "../models/vivit.hpp"
 #include "../nn/loss.hpp"
 #include "../nn/module.hpp"
 #include "../nn/state_dict.hpp"
@@ -136,12 +141,18 @@ struct TrainSettings {
 };
 
 struct DataSettings {
-  std::string dataset = "fashion_mnist";  // or "image_folder"
-  std::string root;         // fashion_mnist: "" for DITTO_FASHION_MNIST or Debian's folder; image_folder: root/<class>/<picture>
+  std::string dataset = "fashion_mnist";  // or "image_folder", or "moving_fashion_mnist" (video clips)
+  std::string root;         // fashion_mnist (and the clips' source): "" for DITTO_FASHION_MNIST or Debian's folder; image_folder: root/<class>/<picture>
   std::string test_root;    // image_folder: another such folder, for a classifier's test accuracy ("" : none)
   std::int64_t image_size = 0, channels = 3;  // image_folder: DiT's center_crop_arr to image_size; 3 (RGB) or 1 (grey)
   bool hflip = false;       // random horizontal flip (DiT's transform flips; clothes survive it)
   double p_uncond = 0.1;    // U-ViT's label dropout (its dataset config's p_uncond); DiT's is class_dropout_prob
+  // moving_fashion_mnist: the clips' recipe (data::MovingOptions), how many clips each split
+  // has, and the seed that fixes them (clip i of the training split is a pure function of it)
+  data::MovingOptions moving;
+  std::int64_t train_clips = 60000, test_clips = 10000, clip_seed = 0;
+
+  bool is_video() const { return dataset == "moving_fashion_mnist"; }
 
   static DataSettings from_json(const nlohmann::json& j) {
     models::Kwargs kw(j, "data");
@@ -153,10 +164,19 @@ struct DataSettings {
     d.channels = kw.get("channels", d.channels);
     d.hflip = kw.get("hflip", d.hflip);
     d.p_uncond = kw.get("p_uncond", d.p_uncond);
+    d.moving.frames = kw.get("frames", d.moving.frames);
+    d.moving.canvas = kw.get("canvas", d.moving.canvas);
+    d.moving.item = kw.get("item", d.moving.item);
+    d.moving.max_items = kw.get("max_items", d.moving.max_items);
+    d.moving.directions = kw.get("directions", d.moving.directions);
+    d.moving.speed = kw.get("speed", d.moving.speed);
+    d.train_clips = kw.get("train_clips", d.train_clips);
+    d.test_clips = kw.get("test_clips", d.test_clips);
+    d.clip_seed = kw.get("clip_seed", d.clip_seed);
     kw.finish();
     using ditto::detail::cat;
-    if (d.dataset != "fashion_mnist" && d.dataset != "image_folder")
-      throw ArgumentError("data config: dataset \"" + d.dataset + "\" is not known; expected \"fashion_mnist\" or \"image_folder\"");
+    if (d.dataset != "fashion_mnist" && d.dataset != "image_folder" && d.dataset != "moving_fashion_mnist")
+      throw ArgumentError("data config: dataset \"" + d.dataset + "\" is not known; expected \"fashion_mnist\", \"image_folder\" or \"moving_fashion_mnist\"");
     if (d.dataset == "image_folder") {
       if (d.root.empty()) throw ArgumentError("data config: an image_folder needs \"root\", the folder of class sub-folders");
       if (d.image_size < 1 || d.image_size > 4096) throw ArgumentError(cat("data config: an image_folder needs \"image_size\" from 1 to 4096, got ", d.image_size));
@@ -164,13 +184,23 @@ struct DataSettings {
     } else if (d.image_size != 0 || !d.test_root.empty() || j.contains("channels")) {
       throw ArgumentError("data config: image_size, channels and test_root are an image_folder's (Fashion-MNIST is 28 x 28 grey, with its test split)");
     }
+    for (const char* k : {"frames", "canvas", "item", "max_items", "directions", "speed", "train_clips", "test_clips", "clip_seed"})
+      if (!d.is_video() && j.contains(k))
+        throw ArgumentError(cat("data config: \"", k, "\" is a moving_fashion_mnist key; dataset is \"", d.dataset, "\""));
+    if (d.is_video()) {
+      d.moving.validate();
+      if (d.hflip) throw ArgumentError("data config: hflip would reverse the clips' left and right motion, so their direction labels; moving_fashion_mnist trains without it");
+      if (d.train_clips < 1 || d.train_clips > 100000000 || d.test_clips < 0 || d.test_clips > 100000000)
+        throw ArgumentError(cat("data config: train_clips must be from 1 to 10^8 and test_clips from 0 to 10^8, got ", d.train_clips, " and ", d.test_clips));
+      if (d.clip_seed < 0) throw ArgumentError(cat("data config: clip_seed must be >= 0, got ", d.clip_seed));
+    }
     if (!(d.p_uncond >= 0 && d.p_uncond < 1)) throw ArgumentError(cat("data config: p_uncond must be in [0, 1), got ", d.p_uncond));
     return d;
   }
 };
 
 struct RunConfig {
-  std::string model;           // dit, uvit, vit
+  std::string model;           // dit, uvit, latte (diffusion); vit, vivit (classifiers)
   nlohmann::json model_config;  // the constructor's arguments
   DataSettings data;
   TrainSettings train;
@@ -184,20 +214,23 @@ struct RunConfig {
         throw ArgumentError("ditto-train config: unknown key \"" + k + "\"; expected model, model_config, data, train and (diffusion models) diffusion");
     RunConfig r;
     r.raw = j;
-    if (!j.contains("model") || !j["model"].is_string()) throw ArgumentError("ditto-train config: \"model\" must name the model (dit, uvit or vit)");
+    if (!j.contains("model") || !j["model"].is_string()) throw ArgumentError("ditto-train config: \"model\" must name the model (dit, uvit, latte, vit or vivit)");
     r.model = j["model"].get<std::string>();
-    if (r.model != "dit" && r.model != "uvit" && r.model != "vit")
+    if (r.model != "dit" && r.model != "uvit" && r.model != "vit" && r.model != "latte" && r.model != "vivit")
       throw ArgumentError("ditto-train config: model \"" + r.model.substr(0, 64) +
-                          "\" is not one ditto-train trains yet; expected dit, uvit (class-conditional diffusion) or vit (a classifier)");
+                          "\" is not one ditto-train trains yet; expected dit, uvit, latte (class-conditional diffusion) or vit, vivit (classifiers)");
     if (!j.contains("model_config")) throw ArgumentError("ditto-train config: \"model_config\" (the model's constructor arguments) is missing");
     r.model_config = j["model_config"];
     r.data = DataSettings::from_json(j.value("data", nlohmann::json::object()));
+    if (r.is_video() != r.data.is_video())
+      throw ArgumentError("ditto-train config: a " + r.model + (r.is_video() ? " trains on video clips (data: {\"dataset\": \"moving_fashion_mnist\"})"
+                                                                                 : " trains on pictures (dataset fashion_mnist or image_folder), not on \"" + r.data.dataset + "\""));
     r.train = TrainSettings::from_json(j.value("train", nlohmann::json::object()));
-    if (r.model == "vit" && j.contains("diffusion")) throw ArgumentError("ditto-train config: a vit classifier has no \"diffusion\" section");
+    if (!r.is_diffusion() && j.contains("diffusion")) throw ArgumentError("ditto-train config: a " + r.model + " classifier has no \"diffusion\" section");
     r.diffusion = DiffusionSettings::from_json(j.value("diffusion", nlohmann::json::object()));
-    if (r.model != "vit" && r.train.label_smoothing != 0) throw ArgumentError("train config: label_smoothing is for classifiers (model vit)");
+    if (r.is_diffusion() && r.train.label_smoothing != 0) throw ArgumentError("train config: label_smoothing is for classifiers (model vit or vivit)");
     if (r.model != "uvit" && j.contains("data") && j["data"].is_object() && j["data"].contains("p_uncond"))
-      throw ArgumentError("data config: p_uncond is U-ViT's label dropout; a dit takes class_dropout_prob in model_config, a vit none");
+      throw ArgumentError("data config: p_uncond is U-ViT's label dropout; a dit or latte takes class_dropout_prob in model_config, a classifier none");
     if (r.model == "vit" && r.model_config.is_object()) {  // what timm's constructor takes for training but ditto does not do
       for (const char* k : {"drop_rate", "pos_drop_rate", "patch_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate"})
         if (r.model_config.contains(k) && !(r.model_config[k].is_number() && r.model_config[k].get<double>() == 0))
@@ -221,7 +254,8 @@ struct RunConfig {
     }
     return r;
   }
-  bool is_diffusion() const { return model != "vit"; }
+  bool is_diffusion() const { return model == "dit" || model == "uvit" || model == "latte"; }
+  bool is_video() const { return model == "latte" || model == "vivit"; }
 };
 
 // The keys a resumed run may change: how long it runs and how often it reports.
@@ -269,15 +303,10 @@ inline Generator sample_generator(std::int64_t seed, std::int64_t step, std::int
 inline double uniform01(Generator& g) { return g.uniform<double>({1})[0]; }
 
 inline void make_dirs(const std::string& path) {
-  std::string cur;
-  for (std::size_t i = 0; i <= path.size(); ++i) {
-    if (i == path.size() || path[i] == '/') {
-      if (!cur.empty() && ::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST) throw IoError("ditto-train: cannot make the folder \"" + cur + "\"");
-    }
-    if (i < path.size()) cur += path[i];
-  }
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) throw IoError("ditto-train: \"" + path + "\" is not a folder");
+  std::error_code ec;
+  std::filesystem::create_directories(path, ec);  // no error when it exists already
+  if (ec) throw IoError("ditto-train: cannot make the folder \"" + path + "\": " + ec.message());
+  if (!std::filesystem::is_directory(path, ec)) throw IoError("ditto-train: \"" + path + "\" is not a folder");
 }
 
 // A loss curve (and its moving average over 1% of the steps) on white, (3, H, W) in [-1, 1].
@@ -382,10 +411,22 @@ struct ProgressBar {
 };
 }  // namespace detail
 
-// The training split's pictures and labels, and the test split (for classifiers' accuracy).
+// The training split's pictures and labels, and the test split (for classifiers' accuracy); or,
+// for moving_fashion_mnist, the two splits' clips (made on demand: clip i is a pure function of
+// the clip seed and i) and their joint (class, direction) labels.
 struct Dataset {
   data::LabelledPictures train, test;  // (N, C, H, W) bytes
-  std::vector<std::string> classes;
+  std::shared_ptr<const data::MovingFashionMnist> train_clips, test_clips;
+  std::vector<std::string> classes;    // for clips: "<class>, <direction>" in joint-label order
+
+  bool video() const { return train_clips != nullptr; }
+  std::int64_t train_size() const { return video() ? train_clips->size() : train.size(); }
+  std::int64_t test_size() const { return video() ? (test_clips ? test_clips->size() : 0) : test.size(); }
+  // values in one sample: C H W, or T C H W
+  std::int64_t sample_values() const {
+    if (video()) return train_clips->options().frames * train_clips->options().canvas * train_clips->options().canvas;
+    return train.images.numel() / std::max<std::int64_t>(train.size(), 1);
+  }
 };
 
 inline data::LabelledPictures as_pictures(data::LabelledImages d) {
@@ -393,9 +434,23 @@ inline data::LabelledPictures as_pictures(data::LabelledImages d) {
   return {d.images.reshape({N, 1, H, W}), std::move(d.labels)};
 }
 
+// The joint labels' names of moving Fashion-MNIST: class c with direction d is c * directions + d.
+inline std::vector<std::string> moving_classes(std::int64_t directions) {
+  std::vector<std::string> names;
+  for (const char* c : data::fashion_mnist_classes)
+    for (std::int64_t d = 0; d < directions; ++d) names.push_back(std::string(c) + ", " + data::direction_name(d, directions));
+  return names;
+}
+
 inline Dataset load_dataset(const DataSettings& d, bool with_test) {
   Dataset out;
-  if (d.dataset == "fashion_mnist") {
+  if (d.is_video()) {  // the training split's clips from Fashion-MNIST's training pictures, the test split's from its test pictures
+    const auto seed = static_cast<std::uint64_t>(d.clip_seed);
+    out.train_clips = std::make_shared<data::MovingFashionMnist>(data::load_fashion_mnist("train", d.root), d.moving, 2 * seed, d.train_clips);
+    if (with_test && d.test_clips > 0)
+      out.test_clips = std::make_shared<data::MovingFashionMnist>(data::load_fashion_mnist("test", d.root), d.moving, 2 * seed + 1, d.test_clips);
+    out.classes = moving_classes(d.moving.directions);
+  } else if (d.dataset == "fashion_mnist") {
     out.train = as_pictures(data::load_fashion_mnist("train", d.root));
     if (with_test) out.test = as_pictures(data::load_fashion_mnist("test", d.root));
     out.classes.assign(data::fashion_mnist_classes.begin(), data::fashion_mnist_classes.end());
@@ -415,18 +470,21 @@ inline Dataset load_dataset(const DataSettings& d, bool with_test) {
 }
 
 // The batch of these dataset indices: images (B, C, H, W) in [-1, 1] (flipped where the
-// sample's generator says so) and labels. gens[i] is sample i's generator, advanced past the flip.
+// sample's generator says so) or clips (B, T, 1, S, S) in [-1, 1], and labels. gens[i] is sample
+// i's generator, advanced past the flip.
 inline std::pair<Tensor<float>, Tensor<std::int64_t>> training_batch(const Dataset& ds, const DataSettings& d, const std::vector<std::int64_t>& indices,
                                                                     std::vector<Generator>& gens) {
   std::vector<bool> flips;
   for (auto& g : gens) flips.push_back(detail::uniform01(g) < 0.5 && d.hflip);  // drawn always: the stream does not depend on hflip
+  if (ds.video()) return ds.train_clips->batch(indices, -1.0f, 1.0f);
   return data::picture_batch(ds.train, indices, flips, -1.0f, 1.0f);
 }
 
 // ---- the tasks: what one model does with a batch ---------------------------------------------
 
-// Class-conditional diffusion (DiT, U-ViT): label dropout to the null class, a uniform timestep,
-// Gaussian noise, DiT's loss (mse on the noise, plus vb with a learned sigma).
+// Class-conditional diffusion (DiT, U-ViT on pictures; Latte on clips, (B, T, C, H, W)): label
+// dropout to the null class, a uniform timestep, Gaussian noise, DiT's loss (mse on the noise,
+// plus vb with a learned sigma).
 template <class Model>
 struct DiffusionTask {
   Model model, ema;
@@ -437,7 +495,14 @@ struct DiffusionTask {
 
   DiffusionTask(const RunConfig& rc, Model m) : model(std::move(m)) {
     schedule = diffusion::Schedule(diffusion::named_beta_schedule(rc.diffusion.noise_schedule, static_cast<int>(rc.diffusion.diffusion_steps)));
-    if constexpr (std::is_same_v<Model, models::DiT<float>>) {
+    loss.snr_gamma = rc.diffusion.snr_gamma;
+    if constexpr (std::is_same_v<Model, models::DiT<float>> || std::is_same_v<Model, models::Latte<float>>) {
+      if constexpr (std::is_same_v<Model, models::Latte<float>>) {
+        if (model.config.extras != 2)
+          throw ArgumentError(ditto::detail::cat("ditto-train: a latte trains class-conditionally here: model_config extras must be 2 (timestep + class), got ",
+                                                 model.config.extras));
+        loss.channel_dim = 2;  // (B, T, C, H, W): a learned variance doubles dimension 2
+      }
       null_class = model.config.num_classes;
       p_drop = model.config.class_dropout_prob;
       loss.var_type = model.config.learn_sigma ? diffusion::ModelVarType::learned_range : diffusion::ModelVarType::fixed_large;  // create_diffusion's
@@ -452,7 +517,7 @@ struct DiffusionTask {
   std::int64_t classes() const { return null_class; }
   Tensor<float> forward_train(const Tensor<float>& x, const Tensor<float>& t, const Tensor<std::int64_t>& y, typename Model::Acts& a) const {
     if constexpr (std::is_same_v<Model, models::DiT<float>>) return model.forward_train(x, t, y, a);
-    else return model.forward_train(x, t, &y, a);
+    else return model.forward_train(x, t, &y, a);  // U-ViT, Latte
   }
 
   // Accumulates into g the gradient of (sum over these samples of their loss) * weight; returns
@@ -481,15 +546,23 @@ struct DiffusionTask {
   }
 };
 
-// A classifier (ViT): cross-entropy (with label smoothing) on the labels.
-struct ClassifierTask {
-  models::ViT<float> model, ema;
-  double label_smoothing = 0;
-  ClassifierTask(const RunConfig& rc, models::ViT<float> m) : model(std::move(m)), label_smoothing(rc.train.label_smoothing) {}
+// A classifier (ViT on pictures, ViViT on clips): cross-entropy (with label smoothing) on the
+// labels. ViViT takes videos as torch's Conv3d does, (B, C, T, H, W).
+template <class Model>
+inline Tensor<float> classifier_input(const Tensor<float>& x) {
+  if constexpr (std::is_same_v<Model, models::ViViT<float>>) return rearrange(x, "b t c h w -> b c t h w");
+  else return x;
+}
 
-  double accumulate(models::ViT<float>& g, const Tensor<float>& x, const Tensor<std::int64_t>& y, std::vector<Generator>&, double weight) const {
-    models::ViT<float>::Acts acts;
-    const Tensor<float> logits = model.forward_train(x, acts);
+template <class Model>
+struct ClassifierTask {
+  Model model, ema;
+  double label_smoothing = 0;
+  ClassifierTask(const RunConfig& rc, Model m) : model(std::move(m)), label_smoothing(rc.train.label_smoothing) {}
+
+  double accumulate(Model& g, const Tensor<float>& x, const Tensor<std::int64_t>& y, std::vector<Generator>&, double weight) const {
+    typename Model::Acts acts;
+    const Tensor<float> logits = model.forward_train(classifier_input<Model>(x), acts);
     auto ce = nn::cross_entropy(logits, y, label_smoothing);  // the mean over these rows
     const double rows = static_cast<double>(x.size(0));
     for (auto& v : ce.grad) v = static_cast<float>(v * rows * weight);
@@ -498,21 +571,24 @@ struct ClassifierTask {
   }
 };
 
-// The share of a set's pictures a classifier labels as their labels (batches of 500).
-inline double accuracy(const models::ViT<float>& m, const data::LabelledPictures& d) {
+// The share of a split a classifier labels as its labels (batches of 500): the pictures of
+// `d`, or the clips of `clips` (joint labels).
+template <class Model>
+inline double accuracy(const Model& m, const data::LabelledPictures& d, const data::MovingFashionMnist* clips = nullptr) {
   std::int64_t right = 0;
-  for (std::int64_t lo = 0; lo < d.size(); lo += 500) {
+  const std::int64_t n = clips ? clips->size() : d.size();
+  for (std::int64_t lo = 0; lo < n; lo += 500) {
     std::vector<std::int64_t> idx;
-    for (std::int64_t i = lo; i < std::min(d.size(), lo + 500); ++i) idx.push_back(i);
-    auto [x, y] = data::picture_batch(d, idx, std::vector<bool>(idx.size(), false), -1.0f, 1.0f);
-    const Tensor<float> logits = m.forward(x);
+    for (std::int64_t i = lo; i < std::min(n, lo + 500); ++i) idx.push_back(i);
+    auto [x, y] = clips ? clips->batch(idx, -1.0f, 1.0f) : data::picture_batch(d, idx, std::vector<bool>(idx.size(), false), -1.0f, 1.0f);
+    const Tensor<float> logits = m.forward(classifier_input<Model>(x));
     const std::int64_t C = logits.size(1);
     for (std::int64_t b = 0; b < x.size(0); ++b) {
       const float* row = logits.data() + b * C;
       if (std::max_element(row, row + C) - row == y[b]) ++right;
     }
   }
-  return static_cast<double>(right) / static_cast<double>(d.size());
+  return static_cast<double>(right) / static_cast<double>(n);
 }
 
 // ---- the loop ----------------------------------------------------------------------------------
@@ -546,14 +622,26 @@ inline TrainResult run(Task& task, const RunConfig& rc, const TrainOptions& o) {
     if constexpr (std::is_same_v<Model, models::UViT<float>>) have = task.model.config.num_classes, want = K + 1, rule = "num_classes (U-ViT counts the null class)";
     else have = task.model.config.num_classes;
     if (have != want)
-      throw ArgumentError(cat("ditto-train: model_config ", rule, " is ", have, "; the dataset has ", K, " classes, so expected ", want));
-    if (G > ds.train.size())
-      throw ArgumentError(cat("ditto-train: global_batch_size ", G, " is larger than the ", ds.train.size(), " training pictures"));
-    const std::int64_t per = ds.train.images.numel() / std::max<std::int64_t>(ds.train.size(), 1);
+      throw ArgumentError(cat("ditto-train: model_config ", rule, " is ", have, "; the dataset has ", K, ds.video() ? " (class, direction) pairs" : " classes",
+                              ", so expected ", want));
+    if (G > ds.train_size())
+      throw ArgumentError(cat("ditto-train: global_batch_size ", G, " is larger than the ", ds.train_size(), ds.video() ? " training clips" : " training pictures"));
+    const std::int64_t per = ds.sample_values();
     if (per > (std::int64_t{1} << 24))  // each sample's generator has 2^24 counters (2^25 values)
-      throw ArgumentError(cat("ditto-train: a picture of ", per, " values is more than the 2^24 a sample's generator may draw"));
+      throw ArgumentError(cat("ditto-train: a sample of ", per, " values is more than the 2^24 a sample's generator may draw"));
+    if (ds.video()) {  // the clips' shape must be the model's
+      const auto& mo = ds.train_clips->options();
+      std::int64_t frames = 0, size = 0, chans = 0;
+      if constexpr (std::is_same_v<Model, models::Latte<float>>) frames = task.model.config.num_frames, size = task.model.config.input_size, chans = task.model.config.in_channels;
+      if constexpr (std::is_same_v<Model, models::ViViT<float>>)
+        frames = task.model.config.num_frames, size = task.model.config.img_size[0] == task.model.config.img_size[1] ? task.model.config.img_size[0] : -1,
+        chans = task.model.config.in_chans;
+      if (frames != mo.frames || size != mo.canvas || chans != 1)
+        throw ArgumentError(cat("ditto-train: the clips are ", mo.frames, " frames of 1 x ", mo.canvas, " x ", mo.canvas, "; model_config takes ", frames,
+                                " frames of ", chans, " x ", size, " x ", size, " (num_frames, the input size and the channels must match data's frames and canvas, and 1)"));
+    }
   }
-  if (!o.resume && writer && ::access(ckpt_path.c_str(), F_OK) == 0)
+  if (!o.resume && writer && std::filesystem::exists(ckpt_path))
     throw IoError("ditto-train: " + ckpt_path + " exists (an earlier run); pass --resume to continue it, or choose another --output");
   const std::int64_t micro = ts.micro_batch_size > 0 ? std::min(ts.micro_batch_size, shard) : shard;
 
@@ -562,7 +650,7 @@ inline TrainResult run(Task& task, const RunConfig& rc, const TrainOptions& o) {
   task.ema = task.model;
   train::update_ema<float>(task.ema, task.model, 0.0);  // a copy with its own storage, as train.py's deepcopy
   train::AdamW<float, Model> opt(task.model, {.lr = ts.lr, .beta1 = ts.beta1, .beta2 = ts.beta2, .eps = 1e-8, .weight_decay = ts.weight_decay});
-  data::ShuffledBatches order(ds.train.size(), G, order_seed(ts.seed));
+  data::ShuffledBatches order(ds.train_size(), G, order_seed(ts.seed));
   std::int64_t step = 0;
   Generator unused(0);  // (the run draws from per-sample generators; the checkpoint's generator slot stays 0)
   TrainResult result;
@@ -571,7 +659,7 @@ inline TrainResult run(Task& task, const RunConfig& rc, const TrainOptions& o) {
 
   if (o.resume) {
     {  // the recipe first (a clearer message than the optimizer's or the model's mismatch below)
-      if (::access(ckpt_path.c_str(), F_OK) != 0)
+      if (!std::filesystem::exists(ckpt_path))
         throw IoError("ditto-train --resume: " + ckpt_path + " not found (nothing to resume; leave out --resume to start the run)");
       const SafetensorsFile f(ckpt_path);
       if (f.metadata().count("args")) {
@@ -626,20 +714,27 @@ inline TrainResult run(Task& task, const RunConfig& rc, const TrainOptions& o) {
   };
   auto report = [&]() {  // samples (diffusion) or test accuracy (classifiers) from the EMA model
     if (!writer) return;
-    if constexpr (std::is_same_v<Model, models::ViT<float>>) {
-      if (ds.test.size() == 0) return;  // an image_folder without test_root
-      result.test_accuracy = accuracy(task.ema, ds.test);
+    if constexpr (std::is_same_v<Model, models::ViT<float>> || std::is_same_v<Model, models::ViViT<float>>) {
+      if (ds.test_size() == 0) return;  // an image_folder without test_root, or test_clips 0
+      result.test_accuracy = accuracy(task.ema, ds.test, ds.test_clips.get());
       if (o.progress) std::printf("step %lld  test accuracy %.4f (EMA)\n", static_cast<long long>(step), result.test_accuracy);
     } else {
       ImageDiffusion g;
       g.kind = rc.model;
       if constexpr (std::is_same_v<Model, models::DiT<float>>) g.dit = std::make_shared<Model>(task.ema);
+      else if constexpr (std::is_same_v<Model, models::Latte<float>>) g.latte = std::make_shared<Model>(task.ema);
       else g.uvit = std::make_shared<Model>(task.ema);
       g.diffusion = rc.diffusion;
       g.classes = ds.classes;
       SampleSettings s{.sampler = rc.diffusion.sampler, .steps = rc.diffusion.sample_steps, .cfg_scale = rc.diffusion.cfg_scale, .seed = 0};
-      const Tensor<float> x = g.sample(labels_per_class(g.num_classes(), 8), s);
-      write_png(o.output + "/samples.png", make_grid(x, 8, 2, 1.0f));
+      if (g.video()) {  // a clip of each (class, direction), a row of frames each
+        const std::int64_t dirs = rc.data.moving.directions;
+        const Tensor<float> v = g.sample(video_labels_per_class(g.num_classes() / dirs, dirs, dirs), s);
+        write_png(o.output + "/samples.png", make_grid(v.reshape({v.size(0) * v.size(1), v.size(2), v.size(3), v.size(4)}), v.size(1), 2, 1.0f));
+      } else {
+        const Tensor<float> x = g.sample(labels_per_class(g.num_classes(), 8), s);
+        write_png(o.output + "/samples.png", make_grid(x, 8, 2, 1.0f));
+      }
     }
   };
 
@@ -725,8 +820,16 @@ inline TrainResult train(const RunConfig& rc, const TrainOptions& o = {}) {
     DiffusionTask<models::UViT<float>> task(rc, models::UViT<float>(models::UViTConfig::from_json(rc.model_config)));
     return detail::run<DiffusionTask<models::UViT<float>>, models::UViT<float>>(task, rc, o);
   }
-  ClassifierTask task(rc, models::ViT<float>(models::ViTConfig::from_json(rc.model_config)));
-  return detail::run<ClassifierTask, models::ViT<float>>(task, rc, o);
+  if (rc.model == "latte") {
+    DiffusionTask<models::Latte<float>> task(rc, models::Latte<float>(models::LatteConfig::from_json(rc.model_config)));
+    return detail::run<DiffusionTask<models::Latte<float>>, models::Latte<float>>(task, rc, o);
+  }
+  if (rc.model == "vivit") {
+    ClassifierTask<models::ViViT<float>> task(rc, models::ViViT<float>(models::ViViTConfig::from_json(rc.model_config)));
+    return detail::run<ClassifierTask<models::ViViT<float>>, models::ViViT<float>>(task, rc, o);
+  }
+  ClassifierTask<models::ViT<float>> task(rc, models::ViT<float>(models::ViTConfig::from_json(rc.model_config)));
+  return detail::run<ClassifierTask<models::ViT<float>>, models::ViT<float>>(task, rc, o);
 }
 
 }  // namespace ditto::pipelines
