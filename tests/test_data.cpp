@@ -101,7 +101,7 @@ TEST_CASE("IDX files that are wrong in any way are refused, naming what was expe
   std::filesystem::remove_all(dir);
 }
 
-TEST_CASE("Fashion-MNIST: a folder of the four files, checked; a missing one names the Debian package", "[data][fashion]") {
+TEST_CASE("Fashion-MNIST: a folder of the four files, checked, and a missing one names the Debian package", "[data][fashion]") {
   const std::string dir = temp_dir();
   // a small stand-in folder in the dataset's layout
   auto labels = idx_bytes({12});

@@ -696,7 +696,7 @@ TEST_CASE("ditto-forward runs U-ViT (with and without y) and refuses guidance fo
   }
 }
 
-TEST_CASE("ditto-forward runs the U-Net (class-conditional; non-square, unconditional)", "[models][unet][forward]") {
+TEST_CASE("ditto-forward runs the U-Net (class-conditional, and non-square unconditional)", "[models][unet][forward]") {
   const ModelFixture<float> fx("unet");
   const ForwardRun r;
   for (const std::string c : {"cond_legacy", "scaleshift_updown_neworder_nonsquare"}) {

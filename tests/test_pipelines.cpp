@@ -235,7 +235,7 @@ TEST_CASE("upstream initializations: Latte's adaLN-Zero (the model starts at 0) 
   CHECK(seen == 8);
 }
 
-TEST_CASE("ditto-train: a tiny Latte and a ViViT on moving Fashion-MNIST learn; the Latte's file samples videos", "[pipelines][slow][video]") {
+TEST_CASE("ditto-train: a tiny Latte and a ViViT on moving Fashion-MNIST learn, and the Latte's file samples videos", "[pipelines][slow][video]") {
   const auto rc = pipelines::RunConfig::from_json(tiny_latte(20));
   const std::string a = run_dir("latte"), b = run_dir("latte_resumed");
   const auto full = pipelines::train(rc, {.output = a, .progress = false});

@@ -44,7 +44,7 @@ TEMPLATE_TEST_CASE("ViViT equals ditto's PyTorch re-implementation of the paper:
   CHECK(models.size() == 7);
 }
 
-TEST_CASE("ViViT embeddings: a one-frame tubelet is ViT's patch embedding; central-frame and inflated initializations",
+TEST_CASE("ViViT embeddings: a one-frame tubelet is ViT's patch embedding, and the central-frame and inflated initializations",
           "[models][vivit]") {
   Generator g(1);
   const ViViTConfig uni = vivit(R"({"embedding": "uniform", "num_frames": 4, "img_size": 8, "patch_size": 4, "embed_dim": 8,
@@ -92,7 +92,7 @@ TEST_CASE("ViViT embeddings: a one-frame tubelet is ViT's patch embedding; centr
   CHECK(std::vector<float>(picked.begin(), picked.end()) == std::vector<float>{0, 3, 6, 9});
 }
 
-TEST_CASE("ViViT and ViT: model 1 on one frame is the ViT; from an image ViT (sec. 3.4), model 3 starts as the ViT on each frame",
+TEST_CASE("ViViT and ViT: model 1 on one frame is the ViT, and from an image ViT (sec. 3.4) model 3 starts as the ViT on each frame",
           "[models][vivit]") {
   const ViTConfig vc = ViTConfig::from_json(nlohmann::json::parse(
       R"({"img_size": [8, 12], "patch_size": 4, "embed_dim": 16, "depth": 2, "num_heads": 4, "num_classes": 5})"));
