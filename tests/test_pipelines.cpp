@@ -291,8 +291,7 @@ TEST_CASE("ditto-train: a tiny Latte and a ViViT on moving Fashion-MNIST learn, 
     const auto got = pipelines::classify_videos(vivit, clips);
     const std::vector<std::int64_t> want(joint.begin(), joint.end());
     CHECK(pipelines::agreement(got, want) == Approx(r.test_accuracy).epsilon(1e-12));
-    CHECK(pipelines::agreement(pipelines::class_of(got, 4), pipelines::class_of(want, 4)) >= r.test_accuracy);
-    CHECK(pipelines::agreement(pipelines::direction_of(got, 4), pipelines::direction_of(want, 4)) >= r.test_accuracy);
+    // the split labels: class 3 with direction 1 (down) is joint label 13
     CHECK(pipelines::direction_of({13}, 4)[0] == 1);
     CHECK(pipelines::class_of({13}, 4)[0] == 3);
   }
