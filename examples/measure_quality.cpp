@@ -1,14 +1,23 @@
-// measure_quality: how good ditto's image generator is, by ditto's own classifier. For N samples
-// (N / 10 of each class) it prints the class agreement (the share the classifier labels as the
-// class asked for) and the Frechet distance of the classifier's penultimate features against
-// the Fashion-MNIST test set, next to the same figures for real training images, for the
-// baseline that samples each class's pixel mean and covariance, and for uniform noise.
+// measure_quality: how good ditto's generators are, by ditto's own classifiers.
 //
-//   build/examples/measure_quality --generator examples/models/image.safetensors
-//       --classifier examples/models/classifier.safetensors [--n 1000] [--settings ddim:50:3,dpm++:20:3] [--seed 0]
+// Images (a DiT or U-ViT on Fashion-MNIST): for N samples (N / 10 of each class) it prints the
+// class agreement (the share the ViT labels as the class asked for) and the Frechet distance of
+// the ViT's penultimate features against the Fashion-MNIST test set, next to the same figures
+// for real training images, for the baseline that samples each class's pixel mean and
+// covariance, and for uniform noise.
+//
+// Videos (a Latte on moving Fashion-MNIST): for N clips (N / 10 of each class, the directions
+// cycling) it prints the class, direction and (class, direction) agreement by the ViViT, next to
+// the same figures for real clips of the training and test splits (made by the Latte's own data
+// recipe, from its file) and for uniform noise.
+//
+//   build/examples/measure_quality [--generator examples/models/image.safetensors]
+//       [--classifier examples/models/classifier.safetensors] [--n 1000] [--settings ddim:50:3,dpm++:20:3] [--seed 0]
+//   build/examples/measure_quality --generator examples/models/video.safetensors
+//       [--classifier examples/models/video-classifier.safetensors] ...
 //
 // --settings: the sampler:steps:cfg_scale settings to measure, comma-separated (docs/train.md
-// lists the table this printed).
+// lists the tables this printed).
 #include <chrono>
 #include <cstdio>
 #include <map>
@@ -21,15 +30,76 @@
 
 using namespace ditto;
 
+// "sampler:steps:cfg_scale,..." (empty: the model's own best setting)
+static std::vector<pipelines::SampleSettings> parse_settings(const std::string& text, const pipelines::ImageDiffusion& gen, std::uint64_t seed) {
+  std::stringstream ss(text.empty() ? gen.diffusion.sampler + ":" + std::to_string(gen.diffusion.sample_steps) + ":" + detail::cat(gen.diffusion.cfg_scale) : text);
+  std::vector<pipelines::SampleSettings> out;
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    pipelines::SampleSettings s;
+    const auto c1 = item.find(':'), c2 = item.rfind(':');
+    if (c1 == std::string::npos || c1 == c2) throw ArgumentError("measure_quality: --settings expects sampler:steps:cfg_scale, got \"" + item + "\"");
+    s.sampler = item.substr(0, c1);
+    s.steps = std::stol(item.substr(c1 + 1, c2 - c1 - 1));
+    s.cfg_scale = std::stod(item.substr(c2 + 1));
+    s.seed = seed;
+    out.push_back(s);
+  }
+  return out;
+}
+
+// The video table: class, direction and joint agreement by the ViViT.
+static int videos(const pipelines::ImageDiffusion& gen, const std::string& gen_path, const std::string& classifier_path, long n,
+                  const std::vector<pipelines::SampleSettings>& settings, std::uint64_t seed) {
+  const auto vivit = pipelines::load_video_classifier(classifier_path);
+  const SafetensorsFile f(gen_path);
+  const auto run = pipelines::ModelFile::read(f, gen_path).run;
+  const auto d = pipelines::DataSettings::from_json(run.contains("data") ? run["data"] : nlohmann::json::object());
+  if (!d.is_video()) throw ArgumentError("measure_quality: " + gen_path + " was not trained on moving_fashion_mnist");
+  const std::int64_t dirs = d.moving.directions;
+  if (vivit.config.num_classes != gen.num_classes())
+    throw ArgumentError(detail::cat("measure_quality: the ViViT has ", vivit.config.num_classes, " classes, the Latte ", gen.num_classes()));
+  auto row = [&](const std::string& what, const Tensor<float>& clips, const std::vector<std::int64_t>& wanted, double seconds) {
+    const auto got = pipelines::classify_videos(vivit, clips);
+    std::printf("| %s | %.1f%% | %.1f%% | %.1f%% | %s |\n", what.c_str(),
+                100 * pipelines::agreement(pipelines::class_of(got, dirs), pipelines::class_of(wanted, dirs)),
+                100 * pipelines::agreement(pipelines::direction_of(got, dirs), pipelines::direction_of(wanted, dirs)), 100 * pipelines::agreement(got, wanted),
+                seconds > 0 ? detail::cat(seconds, " s").c_str() : "");
+    std::fflush(stdout);
+  };
+  std::printf("| %ld clips | class agreement | direction agreement | (class, direction) agreement | sampling time |\n|---|---|---|---|---|\n", n);
+  const auto data = pipelines::load_dataset(d, true);
+  std::vector<std::int64_t> first(static_cast<std::size_t>(n));
+  for (long i = 0; i < n; ++i) first[static_cast<std::size_t>(i)] = i;
+  for (const auto& [what, clips] : {std::pair{"real clips, training split", data.train_clips}, std::pair{"real clips, test split", data.test_clips}}) {
+    if (!clips || clips->size() < n) {
+      std::printf("| %s | (the split has %lld clips, fewer than %ld) | | | |\n", what, static_cast<long long>(clips ? clips->size() : 0), n);
+      continue;
+    }
+    auto [x, y] = clips->batch(first, -1.0f, 1.0f);
+    row(what, x, std::vector<std::int64_t>(y.begin(), y.end()), 0);
+  }
+  const auto labels = pipelines::video_labels_per_class(gen.num_classes() / dirs, dirs, n / (gen.num_classes() / dirs));
+  row("uniform noise", Generator(seed).uniform<float>(gen.image_shape(static_cast<std::int64_t>(labels.size())), -1.0, 1.0), labels, 0);
+  for (const auto& st : settings) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const Tensor<float> x = gen.sample(labels, st);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    row(detail::cat("ditto's latte, ", st.sampler, " ", st.steps, " steps, cfg scale ", st.cfg_scale), x, labels, secs);
+  }
+  return 0;
+}
+
 int main(int argc, char** argv) try {
   std::map<std::string, std::string> a = {{"--generator", "examples/models/image.safetensors"},
-                                          {"--classifier", "examples/models/classifier.safetensors"},
+                                          {"--classifier", ""},
                                           {"--n", "1000"},
                                           {"--settings", ""},
                                           {"--seed", "0"}};
   for (int i = 1; i < argc; i += 2) {
     if (std::string(argv[i]) == "--help") {
-      std::puts("usage: measure_quality [--generator G.safetensors] [--classifier C.safetensors] [--n 1000] [--settings ddim:50:3,...] [--seed 0]");
+      std::puts("usage: measure_quality [--generator G.safetensors] [--classifier C.safetensors] [--n 1000] [--settings ddim:50:3,...] [--seed 0]\n"
+                "(the classifier defaults to examples/models/classifier.safetensors for images, video-classifier.safetensors for videos)");
       return 0;
     }
     if (!a.count(argv[i]) || i + 1 >= argc) throw ArgumentError(std::string("measure_quality: unknown argument or missing value: ") + argv[i]);
@@ -38,8 +108,10 @@ int main(int argc, char** argv) try {
   const long n = std::stol(a["--n"]);
   if (n < 20 || n > 100000 || n % 10) throw ArgumentError("measure_quality: --n must be a multiple of 10 from 20 to 100000");
   const auto seed = std::stoull(a["--seed"]);
-  const auto vit = pipelines::load_classifier(a["--classifier"]);
   const auto gen = pipelines::ImageDiffusion::load(a["--generator"]);
+  const auto settings = parse_settings(a["--settings"], gen, seed);
+  if (gen.video()) return videos(gen, a["--generator"], a["--classifier"].empty() ? "examples/models/video-classifier.safetensors" : a["--classifier"], n, settings, seed);
+  const auto vit = pipelines::load_classifier(a["--classifier"].empty() ? "examples/models/classifier.safetensors" : a["--classifier"]);
   const auto test = data::load_fashion_mnist("test"), train = data::load_fashion_mnist("train");
   std::vector<std::int64_t> all(static_cast<std::size_t>(test.size()));
   for (std::int64_t i = 0; i < test.size(); ++i) all[static_cast<std::size_t>(i)] = i;
@@ -64,21 +136,11 @@ int main(int argc, char** argv) try {
   row("baseline: each class's pixel mean and covariance", pipelines::class_gaussian_samples(train, labels, seed), 0);
   row("uniform noise", Generator(seed).uniform<float>({n, 1, 28, 28}, -1.0, 1.0), 0);
 
-  std::stringstream ss(a["--settings"].empty() ? gen.diffusion.sampler + ":" + std::to_string(gen.diffusion.sample_steps) + ":" + detail::cat(gen.diffusion.cfg_scale)
-                                               : a["--settings"]);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    pipelines::SampleSettings s;
-    const auto c1 = item.find(':'), c2 = item.rfind(':');
-    if (c1 == std::string::npos || c1 == c2) throw ArgumentError("measure_quality: --settings expects sampler:steps:cfg_scale, got \"" + item + "\"");
-    s.sampler = item.substr(0, c1);
-    s.steps = std::stol(item.substr(c1 + 1, c2 - c1 - 1));
-    s.cfg_scale = std::stod(item.substr(c2 + 1));
-    s.seed = seed;
+  for (const auto& st : settings) {
     const auto t0 = std::chrono::steady_clock::now();
-    const Tensor<float> x = gen.sample(labels, s);
+    const Tensor<float> x = gen.sample(labels, st);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    row(detail::cat("ditto's ", gen.kind, ", ", s.sampler, " ", s.steps, " steps, cfg scale ", s.cfg_scale), x, secs);
+    row(detail::cat("ditto's ", gen.kind, ", ", st.sampler, " ", st.steps, " steps, cfg scale ", st.cfg_scale), x, secs);
   }
   return 0;
 } catch (const std::exception& e) {

@@ -252,6 +252,22 @@ TEST_CASE("ditto-train: a tiny Latte and a ViViT on moving Fashion-MNIST learn, 
   CHECK(g.num_classes() == 40);
   CHECK(g.moving_directions == 4);
   CHECK(g.classes[1] == "T-shirt/top, down");
+  {  // a file whose run names directions other than 4 or 8 is refused, naming them
+    const SafetensorsFile f(a + "/model.safetensors");
+    auto meta = f.metadata();
+    auto run = nlohmann::json::parse(meta.at("run"));
+    run["data"]["directions"] = 5;
+    meta["run"] = run.dump();
+    std::vector<TensorView> views;
+    const auto tensors = all_tensors(a + "/model.safetensors");
+    for (const auto& [name, t] : tensors) views.push_back(view_of(name, t));
+    save_safetensors(a + "/five.safetensors", views, meta);
+    CHECK_THROWS_WITH(pipelines::ImageDiffusion::load(a + "/five.safetensors"), Contains("the run's data.directions is 5; expected 4 or 8"));
+    run["data"]["directions"] = "4";
+    meta["run"] = run.dump();
+    save_safetensors(a + "/text.safetensors", views, meta);
+    CHECK_THROWS_WITH(pipelines::ImageDiffusion::load(a + "/text.safetensors"), Contains("the run's data.directions is \"4\"; expected 4 or 8"));
+  }
   CHECK(g.classes[39] == "Ankle boot, up");
   CHECK(pipelines::video_labels_per_class(10, 4, 6) [5] == 1);  // class 0's clips: directions 0 1 2 3 0 1
   CHECK(pipelines::video_labels_per_class(10, 4, 6) [6] == 4);  // class 1 starts again at direction 0
@@ -422,6 +438,88 @@ TEST_CASE("ditto-train: a ViT classifier and a U-ViT on Fashion-MNIST learn", "[
                     Contains("null class") || Contains("plus the null class"));
 }
 
+// (the resume is the loop's, the same for every model: the DiT and Latte tests check it bit for bit)
+TEST_CASE("ditto-train: a tiny autoencoder on Fashion-MNIST learns to reconstruct and its file loads", "[pipelines][slow][vae]") {
+  nlohmann::json vae = {{"model", "vae"},
+                        {"model_config", {{"embed_dim", 4},
+                                          {"ddconfig", {{"double_z", true}, {"z_channels", 4}, {"resolution", 28}, {"in_channels", 1}, {"out_ch", 1}, {"ch", 32},
+                                                        {"ch_mult", {1, 2}}, {"num_res_blocks", 1}, {"attn_resolutions", nlohmann::json::array()}, {"dropout", 0.0}}}}},
+                        {"train", {{"global_batch_size", 8}, {"steps", 20}, {"lr", 2e-3}, {"ema_decay", 0.5}, {"log_every", 0}, {"grad_clip", 100.0}}}};
+  const auto rc = pipelines::RunConfig::from_json(vae);
+  const std::string a = run_dir("vae");
+  const auto full = pipelines::train(rc, {.output = a, .progress = false});
+  REQUIRE(full.losses.size() == 20);
+  INFO("loss " << mean(full.losses, 0, 5) << " -> " << mean(full.losses, 15, 20) << ", test reconstruction " << full.test_reconstruction);
+  CHECK(mean(full.losses, 15, 20) < 0.7 * mean(full.losses, 0, 5));  // the sum of |x - x'| over 784 pixels: 604 -> 274 here
+  CHECK(std::filesystem::exists(a + "/samples.png"));                   // pictures over their reconstructions
+  // the file is ldm's AutoencoderKL with the EMA weights, and reconstructs the test pictures as the run measured
+  const auto ae = pipelines::load_autoencoder(a + "/model.safetensors");
+  CHECK(ae.config.embed_dim == 4);
+  const auto test = pipelines::as_pictures(data::load_fashion_mnist("test"));
+  CHECK(pipelines::AutoencoderTask<float>::reconstruction_error(ae, test, 1000) == Approx(full.test_reconstruction).epsilon(1e-12));
+  CHECK(full.test_reconstruction > 0);
+  CHECK(full.test_reconstruction < 0.5);  // the best constant picture (all background) scores about 0.57; 0.34 here
+  CHECK_THROWS_WITH(pipelines::ImageDiffusion::load(a + "/model.safetensors"), Contains("a \"vae\" model does not generate"));
+  // refused: a picture the model cannot take, the autoencoder's keys elsewhere, a diffusion section
+  auto bad = vae;
+  bad["model_config"]["ddconfig"]["in_channels"] = 3;
+  CHECK_THROWS_WITH(pipelines::train(pipelines::RunConfig::from_json(bad), {.output = run_dir("vae_rgb"), .progress = false}),
+                    Contains("the pictures are 1 x 28 x 28; the autoencoder takes in_channels 3"));
+  bad = vae;
+  bad["model_config"]["ddconfig"]["ch_mult"] = {1, 2, 4, 4};
+  CHECK_THROWS_WITH(pipelines::train(pipelines::RunConfig::from_json(bad), {.output = run_dir("vae_deep"), .progress = false}),
+                    Contains("need sides divisible by 8"));
+  bad = vae;
+  bad["train"]["reconstruction"] = "l3";
+  CHECK_THROWS_WITH(pipelines::RunConfig::from_json(bad), Contains("reconstruction must be \"l1\" or \"l2\", got \"l3\""));
+  bad = tiny_dit(1);
+  bad["train"]["kl_weight"] = 1e-6;
+  CHECK_THROWS_WITH(pipelines::RunConfig::from_json(bad), Contains("\"kl_weight\" is the autoencoder's (model vae); this model is a dit"));
+  bad = vae;
+  bad["diffusion"] = nlohmann::json::object();
+  CHECK_THROWS_WITH(pipelines::RunConfig::from_json(bad), Contains("a vae autoencoder has no \"diffusion\" section"));
+}
+
+TEST_CASE("upstream initialization of the autoencoder: torch's defaults", "[pipelines][vae]") {
+  models::AutoencoderKL<float> ae(models::VAEConfig::from_json({{"embed_dim", 4},
+                                                                 {"ddconfig", {{"z_channels", 4}, {"resolution", 28}, {"in_channels", 1}, {"out_ch", 1}, {"ch", 32},
+                                                                               {"ch_mult", {1, 2}}, {"num_res_blocks", 1}, {"attn_resolutions", {14}}}}}));
+  Generator gen(3);
+  for (auto& [name, t] : nn::trainable_parameters<float>(ae)) std::fill(t->begin(), t->end(), 7.0f);  // so that every rule shows
+  models::initialize_weights(ae, gen);
+  int seen = 0;
+  for (auto& [name, t] : nn::trainable_parameters<float>(ae)) {
+    float mx = -1e9f, mn = 1e9f;
+    for (float v : *t) mx = std::max(mx, v), mn = std::min(mn, v);
+    INFO(name);
+    CHECK(mx != 7.0f);  // every parameter has a rule
+    if (name == "encoder.down.0.block.0.norm1.weight") {
+      ++seen;
+      CHECK((mn == 1.0f && mx == 1.0f));
+    }
+    if (name == "encoder.down.0.block.0.norm1.bias") {
+      ++seen;
+      CHECK((mn == 0.0f && mx == 0.0f));
+    }
+    if (name == "encoder.conv_in.weight") {  // fan-in 1 x 3 x 3: U(-1/3, 1/3) over 288 values
+      ++seen;
+      CHECK(std::max(mx, -mn) <= 1.0f / 3.0f);
+      CHECK(mx > 0.9f / 3.0f);
+      CHECK(mn < -0.9f / 3.0f);
+    }
+    if (name == "encoder.conv_in.bias") {  // the weight's fan-in, not zeros
+      ++seen;
+      CHECK((std::max(mx, -mn) <= 1.0f / 3.0f && mx > mn));
+    }
+    if (name == "encoder.mid.attn_1.q.weight") {  // a 1x1 conv of 64 channels: fan-in 64, 4096 values
+      ++seen;
+      CHECK(std::max(mx, -mn) <= 0.125f);
+      CHECK(mx > 0.12f);
+    }
+  }
+  CHECK(seen == 5);
+}
+
 TEST_CASE("save_safetensors writes tensors of several dtypes in one file", "[pipelines][io]") {
   const std::string p = run_dir("mixed") + ".safetensors";
   std::filesystem::create_directories(std::filesystem::path(p).parent_path());
@@ -471,6 +569,10 @@ TEST_CASE("ditto-train and ditto-sample: exit codes and messages", "[pipelines][
   CHECK(code == 1);
   std::tie(code, err) = run(train + " " + dir + "/bad.json --resume -o " + dir + "/nothing");
   CHECK(code == 1);
+  // an embedded model missing from DITTO_MODELS' folder is named
+  std::tie(code, err) = run("DITTO_MODELS=" + dir + "/no-models " + sample + " --model video");
+  CHECK(code == 1);
+  CHECK_THAT(err, Contains("the embedded video model " + dir + "/no-models/video.safetensors is missing"));
 }
 #endif
 
@@ -559,4 +661,48 @@ TEST_CASE("the embedded models load, sample as they did, and the classifier stil
   for (int i = 0; i < 1000; ++i) idx[static_cast<std::size_t>(i)] = i;
   auto [tx, ty] = data::image_batch(test, idx, -1.0f, 1.0f);
   CHECK(pipelines::agreement(pipelines::features_and_labels(vit, tx).second, std::vector<std::int64_t>(ty.begin(), ty.end())) >= 0.87);  // 0.8997 on the whole test set
+}
+
+TEST_CASE("the embedded video models load, sample as they did, and the ViViT still recognizes them", "[pipelines][embedded][video]") {
+  const std::string dir = DITTO_MODELS_DIR;
+  const auto g = pipelines::ImageDiffusion::load(dir + "/video.safetensors");
+  const auto vivit = pipelines::load_video_classifier(dir + "/video-classifier.safetensors");
+  REQUIRE(g.video());
+  CHECK(g.num_classes() == 40);
+  CHECK(g.moving_directions == 4);
+  CHECK(g.classes == pipelines::moving_classes(4));
+  CHECK(vivit.config.num_classes == 40);
+  // the stored fixture: ditto-sample --model video --per-class 1 --steps 10 --seed 0 --tensors (tools/gen_embedded_fixture.sh)
+  const SafetensorsFile f(std::string(DITTO_FIXTURES) + "/embedded_video_samples.safetensors");
+  const Tensor<float> stored = f.get<float>("videos");
+  const Tensor<std::int64_t> cls = f.get<std::int64_t>("labels"), dirs = f.get<std::int64_t>("directions");
+  REQUIRE(stored.shape() == Shape{10, 8, 1, 32, 32});
+  std::vector<std::int64_t> joint;
+  for (std::int64_t i = 0; i < cls.numel(); ++i) joint.push_back(cls[i] * 4 + dirs[i]);
+  CHECK(joint == pipelines::video_labels_per_class(10, 4, 1));
+  pipelines::SampleSettings s{.sampler = g.diffusion.sampler, .steps = 10, .cfg_scale = g.diffusion.cfg_scale, .seed = 0};
+  Tensor<float> x = g.sample(joint, s);
+  REQUIRE(x.shape() == stored.shape());
+  for (auto& v : x) v = (v + 1.0f) * 0.5f;  // ditto-sample's [0, 1]
+  double worst = 0;
+  for (std::int64_t i = 0; i < x.numel(); ++i) worst = std::max(worst, static_cast<double>(std::abs(x[i] - stored[i])));
+  INFO("max |sample - stored| " << worst);
+  CHECK(worst <= 1e-3);
+  Tensor<float> a = x.clone(), b = stored.clone();
+  for (auto& v : a) v = 2 * v - 1;
+  for (auto& v : b) v = 2 * v - 1;
+  const auto la = pipelines::classify_videos(vivit, a), lb = pipelines::classify_videos(vivit, b);
+  CHECK(la == lb);
+  // and the ViViT is the one the docs measured: its joint accuracy on the first 500 test clips
+  const auto d = pipelines::DataSettings::from_json(pipelines::ModelFile::read(SafetensorsFile(dir + "/video.safetensors"), "video").run["data"]);
+  const auto data = pipelines::load_dataset(d, true);
+  std::vector<std::int64_t> idx(500);
+  for (int i = 0; i < 500; ++i) idx[static_cast<std::size_t>(i)] = i;
+  auto [tx, ty] = data.test_clips->batch(idx, -1.0f, 1.0f);
+  const auto got = pipelines::classify_videos(vivit, tx);
+  const std::vector<std::int64_t> want(ty.begin(), ty.end());
+  INFO("joint " << pipelines::agreement(got, want) << ", directions " << pipelines::agreement(pipelines::direction_of(got, 4), pipelines::direction_of(want, 4)));
+  // measured on the first 400 (examples/measure_quality): directions 98.5%, (class, direction) 64.2%; chance is 1/4 and 1/40
+  CHECK(pipelines::agreement(pipelines::direction_of(got, 4), pipelines::direction_of(want, 4)) >= 0.95);
+  CHECK(pipelines::agreement(got, want) >= 0.58);
 }

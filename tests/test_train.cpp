@@ -1438,6 +1438,46 @@ TEST_CASE("the hybrid loss's gradient equals central differences with the mean d
   }
 }
 
+TEST_CASE("the autoencoder's training objective (L1 or L2 plus the KL) has the gradient of central differences", "[train][grad][loss][vae]") {
+  // a small AutoencoderKL (2 levels, one attention) in double, the objective of ditto-train's
+  // AutoencoderTask: the gradient it accumulates against central differences of the loss it
+  // returns, with the noise of the same generators; the KL's weight large enough to matter
+  const nlohmann::json kw = {{"embed_dim", 2},
+                             {"ddconfig", {{"double_z", true}, {"z_channels", 2}, {"resolution", 8}, {"in_channels", 1}, {"out_ch", 1}, {"ch", 32},
+                                           {"ch_mult", {1, 2}}, {"num_res_blocks", 1}, {"attn_resolutions", {4}}, {"dropout", 0.0}}}};
+  for (const char* rec : {"l1", "l2"}) {
+    const auto rc = pipelines::RunConfig::from_json({{"model", "vae"}, {"model_config", kw}, {"train", {{"kl_weight", 0.5}, {"reconstruction", rec}}}});
+    pipelines::AutoencoderTask<double> task(rc, models::AutoencoderKL<double>(models::VAEConfig::from_json(kw)));
+    Generator init(3);
+    models::initialize_weights(task.model, init);
+    Generator gen(4);
+    const Tensor<double> x = gen.uniform<double>({2, 1, 8, 8}, -1, 1);
+    auto gens = [] { return std::vector<Generator>{Generator(9, 1u << 24), Generator(9, 2u << 24)}; };
+    // the objective by inference alone (encode, sample, decode): the mean over the 2 pictures
+    // of the reconstruction sum plus 0.5 KL, with the noise the task draws
+    auto L = [&] {
+      const auto post = task.model.encode(x);
+      auto g2 = gens();
+      Tensor<double> noise(post.mean.shape());
+      for (int b = 0; b < 2; ++b) {
+        const Tensor<double> z = g2[static_cast<std::size_t>(b)].normal<double>({post.mean.numel() / 2});
+        std::copy(z.begin(), z.end(), noise.data() + b * z.numel());
+      }
+      const Tensor<double> r = task.model.decode(task.model.sample(post, noise));
+      double sum = 0;
+      for (std::int64_t i = 0; i < x.numel(); ++i) sum += std::string(rec) == "l1" ? std::abs(r[i] - x[i]) : (r[i] - x[i]) * (r[i] - x[i]);
+      for (std::int64_t i = 0; i < post.mean.numel(); ++i)
+        sum += 0.5 * 0.5 * (post.mean[i] * post.mean[i] + std::exp(post.logvar[i]) - 1 - post.logvar[i]);
+      return sum / 2;
+    };
+    auto grads = nn::zeros_like<double>(task.model);
+    auto gs = gens();
+    INFO(rec);
+    CHECK(task.accumulate(grads, x, Tensor<std::int64_t>({2}), gs, 0.5) == Approx(L()).epsilon(1e-12));  // the loss it returns
+    worst_fd_error(L, params_of(task.model, grads), 2);
+  }
+}
+
 TEST_CASE("Min-SNR-gamma weights the mse term by min(SNR, gamma) over SNR, SNR or SNR + 1, and its gradient follows", "[train][grad][loss]") {
   Generator gen(13);
   const auto betas = diffusion::linear_betas(1000);

@@ -61,9 +61,8 @@ int main(int argc, char** argv) {
     const char* env = std::getenv("DITTO_MODELS");
     const std::string dir = env && *env ? env : DITTO_MODELS_DIR;
     const std::string path = model == "image" ? dir + "/image.safetensors" : model == "video" ? dir + "/video.safetensors" : model;
-    if (model == "video" && !std::filesystem::exists(path))
-      throw ArgumentError("ditto-sample: the video model (a Latte on moving Fashion-MNIST, " + path +
-                          ") is not trained yet; --model image or a model file (ditto-train can train one: docs/train.md)");
+    if ((model == "image" || model == "video") && !std::filesystem::exists(path))
+      throw ArgumentError("ditto-sample: the embedded " + model + " model " + path + " is missing (examples/models/ of the source tree holds it; DITTO_MODELS names another folder)");
     const auto g = pipelines::ImageDiffusion::load(path);
     if (!gif.empty() && !g.video()) throw ArgumentError("ditto-sample: --gif needs a video model; " + path + " generates images (--png, --tensors)");
     if (png.empty() && gif.empty() && tensors.empty()) (g.video() ? gif : png) = g.video() ? "samples.gif" : "samples.png";

@@ -28,7 +28,7 @@ int main(int argc, char** argv) {
   const ditto::pipelines::Communicator* comm = nullptr;
   const bool quiet_rank = false;
 #endif
-  CLI::App app{"ditto-train: trains a DiT, U-ViT (class-conditional diffusion) or ViT (a classifier) from one JSON config;\n"
+  CLI::App app{"ditto-train: trains a DiT, U-ViT, Latte (class-conditional diffusion), the autoencoder, or a ViT or ViViT (classifiers) from one JSON config;\n"
                "writes OUTPUT/checkpoint.safetensors, model.safetensors, loss.png and samples.png (docs/train.md)"};
   std::string config_path, output = "ditto-run";
   bool resume = false, quiet = false;
@@ -59,8 +59,9 @@ int main(int argc, char** argv) {
     std::printf("ditto-train: %lld steps in %.1f s, final loss %.5f", static_cast<long long>(r.steps), r.seconds,
                 r.losses.empty() ? 0.0 : static_cast<double>(r.losses.back()));
     if (r.test_accuracy >= 0) std::printf(", test accuracy %.4f", r.test_accuracy);
+    if (r.test_reconstruction >= 0) std::printf(", test reconstruction %.4f", r.test_reconstruction);
     std::printf("; wrote %s/{checkpoint,model}.safetensors, %s/loss.png%s\n", output.c_str(), output.c_str(),
-                rc.is_diffusion() ? (", " + output + "/samples.png").c_str() : "");
+                rc.is_diffusion() || rc.model == "vae" ? (", " + output + "/samples.png").c_str() : "");
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());

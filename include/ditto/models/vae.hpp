@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -28,6 +29,7 @@
 #include "../nn/activation.hpp"
 #include "../nn/attention.hpp"
 #include "../nn/conv.hpp"
+#include "../nn/init.hpp"
 #include "../io/safetensors.hpp"
 #include "../nn/module.hpp"
 #include "../nn/norm.hpp"
@@ -919,5 +921,22 @@ inline nn::LoadReport load_diffusers(AutoencoderKL<T>& vae, const SafetensorsFil
 // Whether a weights file uses diffusers' names (it has encoder.conv_norm_out, which CompVis
 // calls encoder.norm_out).
 inline bool has_diffusers_vae_names(const SafetensorsFile& file) { return file.contains("encoder.conv_norm_out.weight"); }
+
+// The initialization ldm's AutoencoderKL trains from (it sets none of its own): torch's defaults,
+// every convolution's weight and bias uniform in +-1/sqrt(fan_in) (the layer weight's fan-in),
+// GroupNorms 1 and 0.
+template <class T>
+inline void initialize_weights(AutoencoderKL<T>& m, Generator& gen) {
+  const auto params = nn::trainable_parameters<T>(m);
+  std::map<std::string, std::int64_t> fan_in;  // layer -> its weight's numel / out channels
+  for (auto& [name, t] : params)
+    if (name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0 && t->dim() == 4) fan_in[name.substr(0, name.size() - 7)] = t->numel() / t->size(0);
+  for (auto& [name, t] : params) {
+    const std::string layer = name.substr(0, name.rfind('.')), leaf = name.substr(name.rfind('.') + 1);
+    if (const auto f = fan_in.find(layer); f != fan_in.end()) nn::default_uniform(*t, gen, f->second);
+    else if (t->dim() == 1) nn::fill_constant(*t, leaf == "weight" ? 1.0 : 0.0);  // a GroupNorm
+    else throw ArgumentError("initialize_weights(AutoencoderKL): no rule for " + name);
+  }
+}
 
 }  // namespace ditto::models

@@ -28,6 +28,7 @@
 #include "../core/error.hpp"
 #include "../core/rng.hpp"
 #include "../core/tensor.hpp"
+#include "../data/moving.hpp"
 #include "../diffusion/dpm_solver.hpp"
 #include "../diffusion/guidance.hpp"
 #include "../diffusion/sampler.hpp"
@@ -39,6 +40,7 @@
 #include "../models/dit.hpp"
 #include "../models/latte.hpp"
 #include "../models/uvit.hpp"
+#include "../models/vae.hpp"
 #include "../models/vit.hpp"
 #include "../nn/state_dict.hpp"
 
@@ -98,7 +100,7 @@ struct SampleSettings {
 
 // The model file's metadata, checked.
 struct ModelFile {
-  std::string kind;          // dit, uvit, latte, vit, vivit
+  std::string kind;          // dit, uvit, latte, vit, vivit, vae
   nlohmann::json config, run;
   std::vector<std::string> classes;
 
@@ -112,8 +114,8 @@ struct ModelFile {
     };
     ModelFile m;
     m.kind = need("ditto_model");
-    if (m.kind != "dit" && m.kind != "uvit" && m.kind != "vit" && m.kind != "latte" && m.kind != "vivit")
-      throw IoError(cat(path, ": ditto_model is \"", m.kind.substr(0, 64), "\"; expected dit, uvit, latte, vit or vivit"));
+    if (m.kind != "dit" && m.kind != "uvit" && m.kind != "vit" && m.kind != "latte" && m.kind != "vivit" && m.kind != "vae")
+      throw IoError(cat(path, ": ditto_model is \"", m.kind.substr(0, 64), "\"; expected dit, uvit, latte, vit, vivit or vae"));
     m.config = parse_json(need("config"), path + " config");
     m.run = parse_json(need("run"), path + " run");
     const nlohmann::json classes = parse_json(need("classes"), path + " classes");
@@ -153,7 +155,14 @@ struct ImageDiffusion {
     } else if (m.kind == "latte") {
       g.latte = std::make_shared<models::Latte<float>>(models::LatteConfig::from_json(m.config));
       nn::load<float>(*g.latte, f);
-      g.moving_directions = m.run.contains("data") ? m.run["data"].value("directions", std::int64_t{4}) : 4;
+      // the joint labels' directions: the run's data.directions (MovingOptions' default when absent)
+      g.moving_directions = data::MovingOptions{}.directions;
+      if (m.run.contains("data") && m.run["data"].is_object() && m.run["data"].contains("directions")) {
+        const auto& d = m.run["data"]["directions"];
+        if (!d.is_number_integer() || (d.get<std::int64_t>() != 4 && d.get<std::int64_t>() != 8))
+          throw IoError(path + ": the run's data.directions is " + d.dump().substr(0, 64) + "; expected 4 or 8");
+        g.moving_directions = d.get<std::int64_t>();
+      }
     } else {
       g.uvit = std::make_shared<models::UViT<float>>(models::UViTConfig::from_json(m.config));
       nn::load<float>(*g.uvit, f);
@@ -204,7 +213,10 @@ struct ImageDiffusion {
   void check() const {
     if (latte && latte->config.extras != 2)
       throw ArgumentError("ImageDiffusion: a latte generates by label when extras is 2 (timestep + class), got " + std::to_string(latte->config.extras));
-    if (num_classes() >= (std::int64_t{1} << 24)) throw ArgumentError("ImageDiffusion: more than 2^24 classes");
+    // sample()'s noise keys: class << 40 stays below the DDPM stream's 2^60
+    if (num_classes() >= (std::int64_t{1} << 20)) throw ArgumentError(ditto::detail::cat("ImageDiffusion: ", num_classes(), " classes; at most 2^20 - 1"));
+    if (latte && num_classes() % moving_directions != 0)
+      throw ArgumentError(ditto::detail::cat("ImageDiffusion: a latte's ", num_classes(), " labels are not (class, direction) pairs of ", moving_directions, " directions"));
     if (uvit && uvit->config.num_classes < 2)
       throw ArgumentError("ImageDiffusion: a U-ViT generates by class when num_classes counts the classes plus the null class (U-ViT's convention), got " +
                           std::to_string(uvit->config.num_classes));
@@ -237,6 +249,8 @@ struct ImageDiffusion {
     Tensor<float> out(image_shape(N));
     const std::int64_t per = out.numel() / N;
     if (per > (std::int64_t{1} << 21)) throw ArgumentError(cat("ImageDiffusion.sample: a sample of ", per, " values is more than the 2^21 its generator may draw"));
+    if (s.sampler == "ddpm" && static_cast<double>(s.steps) * static_cast<double>(per) > 0x1p37)  // a chunk's stream below
+      throw ArgumentError(cat("ImageDiffusion.sample: ddpm draws ", s.steps, " x ", per, " values a sample, more than its noise stream's 2^37"));
     std::vector<std::uint64_t> noise_key(static_cast<std::size_t>(N));
     {
       std::vector<std::int64_t> seen(static_cast<std::size_t>(num_classes()), 0);
@@ -265,7 +279,8 @@ struct ImageDiffusion {
         auto two = [&](const Tensor<float>& x2, const std::vector<std::int64_t>& t2) { return forward(x2, t2, y_cfg); };
         return diffusion::cfg_model<float>(two, diffusion::Guidance{s.cfg_scale, guided, channel_dim()})(x, t);
       };
-      Generator gen(s.seed, (static_cast<std::uint64_t>(1) << 60) + static_cast<std::uint64_t>(lo) * (1u << 24));  // ddpm's noise
+      // ddpm's noise: chunk lo's stream starts at 2^60 + lo * 2^36, room for steps * B * per < 2^36 draws
+      Generator gen(s.seed, (static_cast<std::uint64_t>(1) << 60) + static_cast<std::uint64_t>(lo) * (std::uint64_t{1} << 36));
       Tensor<float> xs;
       diffusion::SampleOptions o;
       o.var_type = var_type();
@@ -289,6 +304,17 @@ struct ImageDiffusion {
     return out;
   }
 };
+
+// An autoencoder ditto-train made (model.safetensors of a "vae" run): ldm's AutoencoderKL with
+// the EMA weights, its config the run's model_config.
+inline models::AutoencoderKL<float> load_autoencoder(const std::string& path) {
+  const SafetensorsFile f(path);
+  const ModelFile m = ModelFile::read(f, path);
+  if (m.kind != "vae") throw ArgumentError(path + ": a \"" + m.kind + "\" model file; expected a vae (an autoencoder ditto-train made)");
+  models::AutoencoderKL<float> vae(models::VAEConfig::from_json(m.config));
+  nn::load<float>(vae, f);
+  return vae;
+}
 
 // K labels of each class in order: 0 x K, 1 x K, ... (a class grid's rows).
 inline std::vector<std::int64_t> labels_per_class(std::int64_t classes, std::int64_t K) {

@@ -6,7 +6,7 @@
 //   pipelines::train(run, {.output = "runs/image"});                    // or {.resume = true}
 //
 // The config (docs/train.md has every key):
-//   {"model": "dit" | "uvit" | "vit" | "latte" | "vivit",
+//   {"model": "dit" | "uvit" | "vit" | "latte" | "vivit" | "vae",
 //    "model_config": {upstream constructor arguments},
 //    "data": {"dataset": "fashion_mnist" | "image_folder" | "moving_fashion_mnist", "hflip": false, ...},
 //    "train": {"global_batch_size": 256, "steps": 1000, "lr": 1e-4, "weight_decay": 0, "ema_decay": 0.9999,
@@ -66,6 +66,7 @@
 #include "../models/latte.hpp"
 #include "../models/vit.hpp"
 #include "../models/vivit.hpp"
+#include "../models/vae.hpp"
 #include "../nn/loss.hpp"
 #include "../nn/module.hpp"
 #include "../nn/state_dict.hpp"
@@ -86,6 +87,8 @@ struct TrainSettings {
   std::int64_t warmup_steps = 0;
   std::string lr_schedule = "constant";  // or "cosine": from lr to 0 over the steps, after the warmup
   double label_smoothing = 0.0;          // classifiers only
+  double kl_weight = 1e-6;               // the autoencoder: the KL term's weight (ldm's lossconfig kl_weight)
+  std::string reconstruction = "l1";     // the autoencoder: "l1" (ldm's |x - x'|) or "l2" ((x - x')^2), summed over pixels
   std::int64_t ckpt_every = 0, log_every = 100, sample_every = 0;  // 0: only at the end (ckpt, sample), never (log)
   std::int64_t seed = 0, threads = 0;    // threads 0: the library's default
 
@@ -104,6 +107,8 @@ struct TrainSettings {
     t.warmup_steps = kw.get("warmup_steps", t.warmup_steps);
     t.lr_schedule = kw.get("lr_schedule", t.lr_schedule);
     t.label_smoothing = kw.get("label_smoothing", t.label_smoothing);
+    t.kl_weight = kw.get("kl_weight", t.kl_weight);
+    t.reconstruction = kw.get("reconstruction", t.reconstruction);
     t.ckpt_every = kw.get("ckpt_every", t.ckpt_every);
     t.log_every = kw.get("log_every", t.log_every);
     t.sample_every = kw.get("sample_every", t.sample_every);
@@ -129,6 +134,8 @@ struct TrainSettings {
     if (warmup_steps < 0) fail(cat("warmup_steps must be >= 0, got ", warmup_steps));
     if (lr_schedule != "constant" && lr_schedule != "cosine") fail("lr_schedule must be \"constant\" or \"cosine\", got \"" + lr_schedule + "\"");
     if (!(label_smoothing >= 0 && label_smoothing <= 1)) fail(cat("label_smoothing must be in [0, 1], got ", label_smoothing));
+    if (!(kl_weight >= 0 && kl_weight <= 1e6)) fail(cat("kl_weight must be from 0 to 10^6, got ", kl_weight));
+    if (reconstruction != "l1" && reconstruction != "l2") fail("reconstruction must be \"l1\" or \"l2\", got \"" + reconstruction.substr(0, 64) + "\"");
     if (ckpt_every < 0 || log_every < 0 || sample_every < 0) fail("ckpt_every, log_every and sample_every must be >= 0 (0: at the end only / never)");
     if (seed < 0) fail(cat("seed must be >= 0, got ", seed));
     if (threads < 0 || threads > 4096) fail(cat("threads must be from 0 (the default) to 4096, got ", threads));
@@ -200,7 +207,7 @@ struct DataSettings {
 };
 
 struct RunConfig {
-  std::string model;           // dit, uvit, latte (diffusion); vit, vivit (classifiers)
+  std::string model;           // dit, uvit, latte (diffusion); vit, vivit (classifiers); vae (the autoencoder)
   nlohmann::json model_config;  // the constructor's arguments
   DataSettings data;
   TrainSettings train;
@@ -214,11 +221,11 @@ struct RunConfig {
         throw ArgumentError("ditto-train config: unknown key \"" + k + "\"; expected model, model_config, data, train and (diffusion models) diffusion");
     RunConfig r;
     r.raw = j;
-    if (!j.contains("model") || !j["model"].is_string()) throw ArgumentError("ditto-train config: \"model\" must name the model (dit, uvit, latte, vit or vivit)");
+    if (!j.contains("model") || !j["model"].is_string()) throw ArgumentError("ditto-train config: \"model\" must name the model (dit, uvit, latte, vit, vivit or vae)");
     r.model = j["model"].get<std::string>();
-    if (r.model != "dit" && r.model != "uvit" && r.model != "vit" && r.model != "latte" && r.model != "vivit")
+    if (r.model != "dit" && r.model != "uvit" && r.model != "vit" && r.model != "latte" && r.model != "vivit" && r.model != "vae")
       throw ArgumentError("ditto-train config: model \"" + r.model.substr(0, 64) +
-                          "\" is not one ditto-train trains yet; expected dit, uvit, latte (class-conditional diffusion) or vit, vivit (classifiers)");
+                          "\" is not one ditto-train trains yet; expected dit, uvit, latte (class-conditional diffusion), vit, vivit (classifiers) or vae (the autoencoder)");
     if (!j.contains("model_config")) throw ArgumentError("ditto-train config: \"model_config\" (the model's constructor arguments) is missing");
     r.model_config = j["model_config"];
     r.data = DataSettings::from_json(j.value("data", nlohmann::json::object()));
@@ -226,9 +233,13 @@ struct RunConfig {
       throw ArgumentError("ditto-train config: a " + r.model + (r.is_video() ? " trains on video clips (data: {\"dataset\": \"moving_fashion_mnist\"})"
                                                                                  : " trains on pictures (dataset fashion_mnist or image_folder), not on \"" + r.data.dataset + "\""));
     r.train = TrainSettings::from_json(j.value("train", nlohmann::json::object()));
-    if (!r.is_diffusion() && j.contains("diffusion")) throw ArgumentError("ditto-train config: a " + r.model + " classifier has no \"diffusion\" section");
+    if (!r.is_diffusion() && j.contains("diffusion"))
+      throw ArgumentError("ditto-train config: a " + r.model + (r.model == "vae" ? " autoencoder" : " classifier") + " has no \"diffusion\" section");
     r.diffusion = DiffusionSettings::from_json(j.value("diffusion", nlohmann::json::object()));
-    if (r.is_diffusion() && r.train.label_smoothing != 0) throw ArgumentError("train config: label_smoothing is for classifiers (model vit or vivit)");
+    if (r.model != "vit" && r.model != "vivit" && r.train.label_smoothing != 0) throw ArgumentError("train config: label_smoothing is for classifiers (model vit or vivit)");
+    for (const char* k : {"kl_weight", "reconstruction"})
+      if (r.model != "vae" && j.contains("train") && j["train"].is_object() && j["train"].contains(k))
+        throw ArgumentError(std::string("train config: \"") + k + "\" is the autoencoder's (model vae); this model is a " + r.model);
     if (r.model != "uvit" && j.contains("data") && j["data"].is_object() && j["data"].contains("p_uncond"))
       throw ArgumentError("data config: p_uncond is U-ViT's label dropout; a dit or latte takes class_dropout_prob in model_config, a classifier none");
     if (r.model == "vit" && r.model_config.is_object()) {  // what timm's constructor takes for training but ditto does not do
@@ -289,6 +300,7 @@ struct TrainResult {
   std::vector<float> losses;   // every step's loss, from step 0
   double seconds = 0;          // training time of this process (a resumed run adds the earlier ones)
   double test_accuracy = -1;   // classifiers: the EMA model's accuracy on the test split at the end
+  double test_reconstruction = -1;  // the autoencoder: the EMA model's mean |x - x'| per pixel on 1000 test pictures
 };
 
 // ---- pieces ----------------------------------------------------------------------------------
@@ -571,6 +583,70 @@ struct ClassifierTask {
   }
 };
 
+// The autoencoder (ldm's AutoencoderKL on pictures): latent diffusion's first-stage objective
+// without its perceptual and adversarial terms, i.e. ldm's LPIPSWithDiscriminator with
+// perceptual_weight 0, the discriminator off and its logvar at 0. Per sample:
+//   sum over pixels of |x - x'| (or (x - x')^2) + kl_weight * KL(q(z|x) || N(0, I)),
+//   x' = decode(z), z = scale_factor * (mean + exp(logvar / 2) * noise),
+// KL = 0.5 * sum(mean^2 + exp(logvar) - 1 - logvar) over the latent (DiagonalGaussianDistribution.kl).
+// The noise is drawn from the sample's generator; the labels are not used.
+template <class T = float>
+struct AutoencoderTask {  // T: double for the gradient checks
+  using Model = models::AutoencoderKL<T>;
+  Model model, ema;
+  double kl_weight = 1e-6;
+  bool l2 = false;
+  AutoencoderTask(const RunConfig& rc, Model m) : model(std::move(m)), kl_weight(rc.train.kl_weight), l2(rc.train.reconstruction == "l2") {}
+
+  double accumulate(Model& g, const Tensor<T>& x, const Tensor<std::int64_t>&, std::vector<Generator>& gens, double weight) const {
+    typename Model::EncodeActs ea;
+    const typename Model::Posterior p = model.encode_train(x, ea);
+    const std::int64_t B = x.size(0), L = p.mean.numel() / B, P = x.numel() / B;
+    Tensor<T> noise(p.mean.shape());
+    for (std::int64_t b = 0; b < B; ++b) {
+      const Tensor<T> z = gens[static_cast<std::size_t>(b)].template normal<T>({L});
+      std::copy(z.begin(), z.end(), noise.data() + b * L);
+    }
+    typename Model::DecodeActs da;
+    const Tensor<T> rec = model.decode_train(model.sample(p, noise), da);
+    // the loss and its gradient: d/dx' of |x' - x| is sign(x' - x) (0 where equal, as torch's)
+    double sum = 0;
+    Tensor<T> drec(rec.shape());
+    for (std::int64_t i = 0; i < B * P; ++i) {
+      const double e = static_cast<double>(rec[i]) - static_cast<double>(x[i]);
+      sum += l2 ? e * e : std::abs(e);
+      drec[i] = static_cast<T>(weight * (l2 ? 2 * e : (e > 0) - (e < 0)));
+    }
+    for (std::int64_t i = 0; i < B * L; ++i) {
+      const double m = static_cast<double>(p.mean[i]), lv = static_cast<double>(p.logvar[i]);
+      sum += kl_weight * 0.5 * (m * m + std::exp(lv) - 1 - lv);
+    }
+    Tensor<T> dz;
+    model.decode_backward(g, da, drec, &dz);
+    auto [dmean, dlogvar] = model.sample_backward(p, noise, dz);
+    for (std::int64_t i = 0; i < B * L; ++i) {  // the KL term's own gradient
+      dmean[i] += static_cast<T>(weight * kl_weight * static_cast<double>(p.mean[i]));
+      dlogvar[i] += static_cast<T>(weight * kl_weight * 0.5 * (std::exp(static_cast<double>(p.logvar[i])) - 1));
+    }
+    model.encode_backward(g, ea, dmean, dlogvar);
+    return sum * weight;
+  }
+  // The mean |x - x'| per pixel over these pictures, x' the decoded posterior mean (the mode).
+  static double reconstruction_error(const Model& m, const data::LabelledPictures& d, std::int64_t n) {
+    double err = 0;
+    n = std::min(n, d.size());
+    for (std::int64_t lo = 0; lo < n; lo += 100) {
+      std::vector<std::int64_t> idx;
+      for (std::int64_t i = lo; i < std::min(n, lo + 100); ++i) idx.push_back(i);
+      const auto x = data::picture_batch(d, idx, std::vector<bool>(idx.size(), false), -1.0f, 1.0f).first;
+      const auto post = m.encode(x);
+      const Tensor<T> r = m.decode(m.sample(post, Tensor<T>(post.mean.shape())));  // zero noise: the mode
+      for (std::int64_t i = 0; i < x.numel(); ++i) err += std::abs(static_cast<double>(r[i]) - static_cast<double>(x[i]));
+    }
+    return err / static_cast<double>(n * d.images.numel() / std::max<std::int64_t>(d.size(), 1));
+  }
+};
+
 // The share of a split a classifier labels as its labels (batches of 500): the pictures of
 // `d`, or the clips of `clips` (joint labels).
 template <class Model>
@@ -615,7 +691,17 @@ inline TrainResult run(Task& task, const RunConfig& rc, const TrainOptions& o) {
   if (writer) make_dirs(o.output);
   const std::string ckpt_path = o.output + "/checkpoint.safetensors";
   const Dataset ds = load_dataset(rc.data, !rc.is_diffusion());
-  {  // the model's classes must be the dataset's
+  if constexpr (std::is_same_v<Model, models::AutoencoderKL<float>>) {  // the pictures' channels and size must suit the model
+    const auto& c = task.model.config;
+    const std::int64_t C = ds.train.images.size(1), H = ds.train.images.size(2), W = ds.train.images.size(3), f = std::int64_t{1} << (c.ch_mult.size() - 1);
+    if (c.in_channels != C || c.out_ch != C || H % f || W % f)
+      throw ArgumentError(cat("ditto-train: the pictures are ", C, " x ", H, " x ", W, "; the autoencoder takes in_channels ", c.in_channels, " and gives out_ch ",
+                              c.out_ch, " (both must be ", C, "), and its ", c.ch_mult.size(), " levels need sides divisible by ", f));
+    if (G > ds.train_size()) throw ArgumentError(cat("ditto-train: global_batch_size ", G, " is larger than the ", ds.train_size(), " training pictures"));
+    const std::int64_t latent = c.embed_dim * (H / f) * (W / f);
+    if (latent > (std::int64_t{1} << 24))  // each sample's generator has 2^24 counters (2^25 values)
+      throw ArgumentError(cat("ditto-train: a picture's latent of ", latent, " values is more than the 2^24 a sample's generator may draw"));
+  } else {  // the model's classes must be the dataset's
     const auto K = static_cast<std::int64_t>(ds.classes.size());
     std::int64_t have = 0, want = K;
     const char* rule = "num_classes";
@@ -712,9 +798,30 @@ inline TrainResult run(Task& task, const RunConfig& rc, const TrainOptions& o) {
     nn::save<float>(task.ema, o.output + "/model.safetensors", model_metadata(seconds()));
     write_png(o.output + "/loss.png", plot_curve(result.losses));
   };
-  auto report = [&]() {  // samples (diffusion) or test accuracy (classifiers) from the EMA model
+  auto report = [&]() {  // samples (diffusion), test accuracy (classifiers) or reconstructions (the autoencoder) from the EMA model
     if (!writer) return;
-    if constexpr (std::is_same_v<Model, models::ViT<float>> || std::is_same_v<Model, models::ViViT<float>>) {
+    if constexpr (std::is_same_v<Model, models::AutoencoderKL<float>>) {
+      const data::LabelledPictures& shown = ds.test.size() ? ds.test : ds.train;  // 2 rows of 8 pictures over their 2 rows of reconstructions
+      std::vector<std::int64_t> idx;
+      for (std::int64_t i = 0; i < std::min<std::int64_t>(16, shown.size()); ++i) idx.push_back(i);
+      const auto x = data::picture_batch(shown, idx, std::vector<bool>(idx.size(), false), -1.0f, 1.0f).first;
+      const auto post = task.ema.encode(x);
+      const Tensor<float> r = task.ema.decode(task.ema.sample(post, Tensor<float>(post.mean.shape())));
+      const std::int64_t cols = std::min<std::int64_t>(8, x.size(0)), rows = x.size(0) / cols, per = x.numel() / x.size(0);
+      Tensor<float> both({2 * rows * cols, x.size(1), x.size(2), x.size(3)});
+      for (std::int64_t k = 0; k < rows * cols; ++k) {  // row pairs: originals, then their reconstructions
+        const std::int64_t row = k / cols, col = k % cols;
+        std::copy(x.data() + k * per, x.data() + (k + 1) * per, both.data() + ((2 * row) * cols + col) * per);
+        std::copy(r.data() + k * per, r.data() + (k + 1) * per, both.data() + ((2 * row + 1) * cols + col) * per);
+      }
+      for (auto& v : both) v = std::clamp(v, -1.0f, 1.0f);
+      write_png(o.output + "/samples.png", make_grid(both, cols, 2, 1.0f));
+      if (ds.test.size()) {
+        result.test_reconstruction = AutoencoderTask<float>::reconstruction_error(task.ema, ds.test, 1000);
+        if (o.progress) std::printf("step %lld  test reconstruction %.4f (mean |x - x'| per pixel in [-1, 1], EMA, 1000 pictures)\n", static_cast<long long>(step),
+                                    result.test_reconstruction);
+      }
+    } else if constexpr (std::is_same_v<Model, models::ViT<float>> || std::is_same_v<Model, models::ViViT<float>>) {
       if (ds.test_size() == 0) return;  // an image_folder without test_root, or test_clips 0
       result.test_accuracy = accuracy(task.ema, ds.test, ds.test_clips.get());
       if (o.progress) std::printf("step %lld  test accuracy %.4f (EMA)\n", static_cast<long long>(step), result.test_accuracy);
@@ -823,6 +930,10 @@ inline TrainResult train(const RunConfig& rc, const TrainOptions& o = {}) {
   if (rc.model == "latte") {
     DiffusionTask<models::Latte<float>> task(rc, models::Latte<float>(models::LatteConfig::from_json(rc.model_config)));
     return detail::run<DiffusionTask<models::Latte<float>>, models::Latte<float>>(task, rc, o);
+  }
+  if (rc.model == "vae") {
+    AutoencoderTask<float> task(rc, models::AutoencoderKL<float>(models::VAEConfig::from_json(rc.model_config)));
+    return detail::run<AutoencoderTask<float>, models::AutoencoderKL<float>>(task, rc, o);
   }
   if (rc.model == "vivit") {
     ClassifierTask<models::ViViT<float>> task(rc, models::ViViT<float>(models::ViViTConfig::from_json(rc.model_config)));
