@@ -1,7 +1,7 @@
 // batch_prep: how long ditto-train takes to prepare a batch, next to how long a training step
 // takes, to decide whether a background thread preparing the next batch could pay
 // (docs/data.md#a-background-thread-for-the-next-batch). Prints the median of 20 runs of:
-// a batch of 128 Fashion-MNIST pictures (flipped at random, mapped to [-1, 1]) and batches of
+// a batch of 128 Fashion-MNIST pictures (every other one flipped, mapped to [-1, 1]) and batches of
 // 16 and 64 moving Fashion-MNIST clips (made on demand from their seed).
 //
 //   build/bench/batch_prep
