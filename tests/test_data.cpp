@@ -226,6 +226,29 @@ TEST_CASE("ImageFolder: torchvision's order, DiT's center_crop_arr with Pillow's
   CHECK(y[0] == f.set.labels[1]);
   CHECK(x(0, 1, 2, 3) == -1.0f + 2.0f / 255.0f * f.set.images[(1 * 3 + 1) * 256 + 2 * 16 + 3]);
 
+  // torchvision's RandomCrop(16, padding=P): pad every side with the fill, then cut 16 x 16 at
+  // (top, left); compared with that, written out plainly on a padded copy
+  const std::int64_t P = 3;
+  const std::vector<std::pair<std::int64_t, std::int64_t>> offsets = {{P, P}, {0, 2 * P}, {5, 1}};
+  const auto [xb, yb] = data::picture_batch(f.set, {0, 1, 2}, {false, false, false});
+  Tensor<float> cropped = xb.clone();
+  data::random_crop(cropped, offsets, P, -1.0f);
+  std::int64_t wrong = 0;
+  for (std::int64_t b = 0; b < 3; ++b)
+    for (std::int64_t c = 0; c < 3; ++c) {
+      std::vector<float> padded((16 + 2 * P) * (16 + 2 * P), -1.0f);
+      for (std::int64_t r = 0; r < 16; ++r)
+        for (std::int64_t q = 0; q < 16; ++q) padded[static_cast<std::size_t>((r + P) * (16 + 2 * P) + q + P)] = xb(b, c, r, q);
+      const auto [top, left] = offsets[static_cast<std::size_t>(b)];
+      for (std::int64_t r = 0; r < 16; ++r)
+        for (std::int64_t q = 0; q < 16; ++q) wrong += cropped(b, c, r, q) != padded[static_cast<std::size_t>((r + top) * (16 + 2 * P) + q + left)];
+    }
+  CHECK(wrong == 0);
+  CHECK(cropped(1, 0, 0, 15) == -1.0f);  // (top 0, left 2P): the top rows and the right columns are fill
+  CHECK(cropped(1, 0, 3, 12) == xb(1, 0, 0, 15));
+  CHECK_THROWS_WITH(data::random_crop(cropped, {{0, 0}, {0, 0}, {0, 7}}, P, -1.0f), Catch::Contains("offsets (0, 7) of picture 2 must be in [0, 6]"));
+  CHECK_THROWS_WITH(data::random_crop(cropped, {{0, 0}}, P, -1.0f), Catch::Contains("3 pictures and 1 offsets"));
+
   // what is refused, naming it
   const auto tmp = std::filesystem::temp_directory_path() / ("ditto_folder_" + std::to_string(::getpid()));
   std::filesystem::remove_all(tmp);

@@ -63,6 +63,16 @@ double mean(const std::vector<float>& v, std::size_t lo, std::size_t hi) {
   for (std::size_t i = lo; i < hi; ++i) s += v[i];
   return s / static_cast<double>(hi - lo);
 }
+// A fresh sample (in the model's [-1, 1]) against ditto-sample's stored one (in [0, 1]): the
+// largest difference, in [0, 1] units, and the stored set back in [-1, 1] for a classifier.
+std::pair<double, Tensor<float>> compare_with_stored(const Tensor<float>& x, const Tensor<float>& stored) {
+  REQUIRE(x.shape() == stored.shape());
+  double worst = 0;
+  for (std::int64_t i = 0; i < x.numel(); ++i) worst = std::max(worst, std::abs((static_cast<double>(x[i]) + 1) * 0.5 - stored[i]));
+  Tensor<float> b = stored.clone();
+  for (auto& v : b) v = 2 * v - 1;
+  return {worst, std::move(b)};
+}
 }  // namespace
 
 TEST_CASE("ditto-train's config: every section's unknown key is an error naming it", "[pipelines]") {
@@ -86,6 +96,12 @@ TEST_CASE("ditto-train's config: every section's unknown key is an error naming 
   bad = tiny_latte();
   bad["data"]["hflip"] = true;  // it would reverse the direction labels
   CHECK_THROWS_WITH(pipelines::RunConfig::from_json(bad), Contains("hflip would reverse"));
+  bad = tiny_latte();
+  bad["data"]["crop_padding"] = 2;
+  CHECK_THROWS_WITH(pipelines::RunConfig::from_json(bad), Contains("crop_padding is for pictures"));
+  bad = j;
+  bad["data"]["crop_padding"] = -1;
+  CHECK_THROWS_WITH(pipelines::RunConfig::from_json(bad), Contains("crop_padding must be from 0 to 64 pixels, got -1"));
   bad = tiny_latte();
   bad["model"] = "dit";
   CHECK_THROWS_WITH(pipelines::RunConfig::from_json(bad), Contains("a dit trains on pictures"));
@@ -347,6 +363,39 @@ TEST_CASE("ditto-train: a tiny Latte and a ViViT on moving Fashion-MNIST learn, 
   CHECK_THAT(etext, Contains("--gif needs a video model"));
 #endif
 #endif
+}
+
+TEST_CASE("ditto-train's batches: crop_padding shifts each picture by offsets its own generator draws after the flip", "[pipelines][data]") {
+  auto j = tiny_dit();
+  j["data"]["crop_padding"] = 2;
+  const auto rc = pipelines::RunConfig::from_json(j);
+  auto plain = rc.data;
+  plain.crop_padding = 0;
+  const auto ds = pipelines::load_dataset(rc.data, false);
+  const std::vector<std::int64_t> idx = {3, 14, 15, 92};
+  std::vector<Generator> g1, g2;
+  for (std::int64_t i = 0; i < 4; ++i) {
+    g1.push_back(pipelines::detail::sample_generator(0, 7, 4, i));
+    g2.push_back(pipelines::detail::sample_generator(0, 7, 4, i));
+  }
+  const auto [shifted, y1] = pipelines::training_batch(ds, rc.data, idx, g1);
+  auto [x, y2] = pipelines::training_batch(ds, plain, idx, g2);  // flips only; g2 stops after them
+  CHECK(std::vector<std::int64_t>(y1.begin(), y1.end()) == std::vector<std::int64_t>(y2.begin(), y2.end()));
+  auto max_diff = [](const Tensor<float>& a, const Tensor<float>& b) {
+    double m = 0;
+    for (std::int64_t i = 0; i < a.numel(); ++i) m = std::max(m, static_cast<double>(std::abs(a[i] - b[i])));
+    return m;
+  };
+  std::vector<std::pair<std::int64_t, std::int64_t>> offsets;
+  for (auto& g : g2) {  // the next two draws of each generator, mapped onto [0, 4]
+    const auto top = std::min<std::int64_t>(4, static_cast<std::int64_t>(pipelines::detail::uniform01(g) * 5));
+    offsets.emplace_back(top, std::min<std::int64_t>(4, static_cast<std::int64_t>(pipelines::detail::uniform01(g) * 5)));
+  }
+  const Tensor<float> unshifted = x.clone();
+  data::random_crop(x, offsets, 2, -1.0f);
+  CHECK(max_diff(shifted, x) == 0.0);
+  CHECK(max_diff(shifted, unshifted) > 0.5);  // some picture moved (4 pictures, 1 chance in 25 each to stay)
+  CHECK(pipelines::detail::uniform01(g1[0]) == pipelines::detail::uniform01(g2[0]));  // and the streams go on alike
 }
 
 TEST_CASE("ditto-train: a tiny DiT on Fashion-MNIST learns, and a resume continues bit for bit", "[pipelines][slow]") {
@@ -641,16 +690,11 @@ TEST_CASE("the embedded models load, sample as they did, and the classifier stil
   const Tensor<std::int64_t> labels = f.get<std::int64_t>("labels");
   REQUIRE(stored.shape() == Shape{10, 1, 28, 28});
   pipelines::SampleSettings s{.sampler = g.diffusion.sampler, .steps = 10, .cfg_scale = g.diffusion.cfg_scale, .seed = 0};
-  Tensor<float> x = g.sample(std::vector<std::int64_t>(labels.begin(), labels.end()), s);
-  for (auto& v : x) v = (v + 1.0f) * 0.5f;  // ditto-sample's [0, 1]
-  double worst = 0;
-  for (std::int64_t i = 0; i < x.numel(); ++i) worst = std::max(worst, static_cast<double>(std::abs(x[i] - stored[i])));
+  const Tensor<float> x = g.sample(std::vector<std::int64_t>(labels.begin(), labels.end()), s);
+  const auto [worst, b] = compare_with_stored(x, stored);
   INFO("max |sample - stored| " << worst);
   CHECK(worst <= 1e-3);
-  Tensor<float> a = x.clone(), b = stored.clone();
-  for (auto& v : a) v = 2 * v - 1;
-  for (auto& v : b) v = 2 * v - 1;
-  const auto la = pipelines::features_and_labels(vit, a).second, lb = pipelines::features_and_labels(vit, b).second;
+  const auto la = pipelines::features_and_labels(vit, x).second, lb = pipelines::features_and_labels(vit, b).second;
   CHECK(la == lb);
   // 10 steps, 1 sample a class: 6 of 10 by the patch-7 classifier (which finds 61.8% over 1000
   // samples of 50 steps; chance is 1 in 10)
@@ -681,17 +725,11 @@ TEST_CASE("the embedded video models load, sample as they did, and the ViViT sti
   for (std::int64_t i = 0; i < cls.numel(); ++i) joint.push_back(cls[i] * 4 + dirs[i]);
   CHECK(joint == pipelines::video_labels_per_class(10, 4, 1));
   pipelines::SampleSettings s{.sampler = g.diffusion.sampler, .steps = 10, .cfg_scale = g.diffusion.cfg_scale, .seed = 0};
-  Tensor<float> x = g.sample(joint, s);
-  REQUIRE(x.shape() == stored.shape());
-  for (auto& v : x) v = (v + 1.0f) * 0.5f;  // ditto-sample's [0, 1]
-  double worst = 0;
-  for (std::int64_t i = 0; i < x.numel(); ++i) worst = std::max(worst, static_cast<double>(std::abs(x[i] - stored[i])));
+  const Tensor<float> x = g.sample(joint, s);
+  const auto [worst, b] = compare_with_stored(x, stored);
   INFO("max |sample - stored| " << worst);
   CHECK(worst <= 1e-3);
-  Tensor<float> a = x.clone(), b = stored.clone();
-  for (auto& v : a) v = 2 * v - 1;
-  for (auto& v : b) v = 2 * v - 1;
-  const auto la = pipelines::classify_videos(vivit, a), lb = pipelines::classify_videos(vivit, b);
+  const auto la = pipelines::classify_videos(vivit, x), lb = pipelines::classify_videos(vivit, b);
   CHECK(la == lb);
   // and the ViViT is the one the docs measured: its joint accuracy on the first 500 test clips
   const auto d = pipelines::DataSettings::from_json(pipelines::ModelFile::read(SafetensorsFile(dir + "/video.safetensors"), "video").run["data"]);

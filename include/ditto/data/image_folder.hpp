@@ -228,4 +228,33 @@ inline std::pair<Tensor<float>, Tensor<std::int64_t>> picture_batch(const Labell
   return {std::move(x), std::move(y)};
 }
 
+// torchvision's RandomCrop(size = (H, W), padding = P) on a batch (B, C, H, W), in place: each
+// picture is padded by P pixels of `fill` on every side and cut back to H x W at (top, left) =
+// offsets[b], each in [0, 2P]; so it moves by (P - top, P - left) pixels, and what comes in is
+// background. A Fashion-MNIST item is a few pixels off centre in real photos too: the shift teaches
+// a coarse-patched ViT that the patch grid is not the item's.
+inline void random_crop(Tensor<float>& x, const std::vector<std::pair<std::int64_t, std::int64_t>>& offsets, std::int64_t padding, float fill) {
+  using ditto::detail::cat;
+  if (x.dim() != 4) throw ShapeError(cat("random_crop: expected pictures (B, C, H, W), got ", x.dim(), " dimensions"));
+  const std::int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  if (static_cast<std::int64_t>(offsets.size()) != B) throw ArgumentError(cat("random_crop: ", B, " pictures and ", offsets.size(), " offsets"));
+  if (padding < 0) throw ArgumentError(cat("random_crop: padding must be >= 0, got ", padding));
+  std::vector<float> plane(static_cast<std::size_t>(H * W));
+  for (std::int64_t b = 0; b < B; ++b) {
+    const auto [top, left] = offsets[static_cast<std::size_t>(b)];
+    if (top < 0 || top > 2 * padding || left < 0 || left > 2 * padding)
+      throw ArgumentError(cat("random_crop: offsets (", top, ", ", left, ") of picture ", b, " must be in [0, ", 2 * padding, "]"));
+    const std::int64_t dy = top - padding, dx = left - padding;  // output (r, c) reads input (r + dy, c + dx)
+    for (std::int64_t ch = 0; ch < C; ++ch) {
+      float* p = x.data() + (b * C + ch) * H * W;
+      std::copy(p, p + H * W, plane.begin());
+      for (std::int64_t r = 0; r < H; ++r)
+        for (std::int64_t c = 0; c < W; ++c) {
+          const std::int64_t rr = r + dy, cc = c + dx;
+          p[r * W + c] = (rr >= 0 && rr < H && cc >= 0 && cc < W) ? plane[static_cast<std::size_t>(rr * W + cc)] : fill;
+        }
+    }
+  }
+}
+
 }  // namespace ditto::data

@@ -307,13 +307,20 @@ struct ImageDiffusion {
 
 // An autoencoder ditto-train made (model.safetensors of a "vae" run): ldm's AutoencoderKL with
 // the EMA weights, its config the run's model_config.
-inline models::AutoencoderKL<float> load_autoencoder(const std::string& path) {
+// A model of one kind from a file ditto-train wrote: its config from the metadata, its weights
+// by name. `what` says what the caller wanted, for the error when the file holds another kind.
+template <class Model, class Config>
+Model load_model_file(const std::string& path, const std::string& kind, const std::string& what) {
   const SafetensorsFile f(path);
   const ModelFile m = ModelFile::read(f, path);
-  if (m.kind != "vae") throw ArgumentError(path + ": a \"" + m.kind + "\" model file; expected a vae (an autoencoder ditto-train made)");
-  models::AutoencoderKL<float> vae(models::VAEConfig::from_json(m.config));
-  nn::load<float>(vae, f);
-  return vae;
+  if (m.kind != kind) throw ArgumentError(path + ": a \"" + m.kind + "\" model file; expected " + what);
+  Model model(Config::from_json(m.config));
+  nn::load<float>(model, f);
+  return model;
+}
+
+inline models::AutoencoderKL<float> load_autoencoder(const std::string& path) {
+  return load_model_file<models::AutoencoderKL<float>, models::VAEConfig>(path, "vae", "a vae (an autoencoder ditto-train made)");
 }
 
 // K labels of each class in order: 0 x K, 1 x K, ... (a class grid's rows).

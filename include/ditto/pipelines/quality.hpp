@@ -36,21 +36,11 @@
 namespace ditto::pipelines {
 
 inline models::ViT<float> load_classifier(const std::string& path) {
-  const SafetensorsFile f(path);
-  const ModelFile m = ModelFile::read(f, path);
-  if (m.kind != "vit") throw ArgumentError(path + ": a \"" + m.kind + "\" model file; expected a vit classifier");
-  models::ViT<float> vit(models::ViTConfig::from_json(m.config));
-  nn::load<float>(vit, f);
-  return vit;
+  return load_model_file<models::ViT<float>, models::ViTConfig>(path, "vit", "a vit classifier");
 }
 
 inline models::ViViT<float> load_video_classifier(const std::string& path) {
-  const SafetensorsFile f(path);
-  const ModelFile m = ModelFile::read(f, path);
-  if (m.kind != "vivit") throw ArgumentError(path + ": a \"" + m.kind + "\" model file; expected a vivit classifier");
-  models::ViViT<float> vivit(models::ViViTConfig::from_json(m.config));
-  nn::load<float>(vivit, f);
-  return vivit;
+  return load_model_file<models::ViViT<float>, models::ViViTConfig>(path, "vivit", "a vivit classifier");
 }
 
 // The ViViT's labels of videos (N, T, C, H, W) in [-1, 1] (Latte's layout, as ditto-sample and

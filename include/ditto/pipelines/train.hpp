@@ -153,6 +153,7 @@ struct DataSettings {
   std::string test_root;    // image_folder: another such folder, for a classifier's test accuracy ("" : none)
   std::int64_t image_size = 0, channels = 3;  // image_folder: DiT's center_crop_arr to image_size; 3 (RGB) or 1 (grey)
   bool hflip = false;       // random horizontal flip (DiT's transform flips; clothes survive it)
+  std::int64_t crop_padding = 0;  // torchvision's RandomCrop(size, padding): a random shift of up to this many pixels (0: none)
   double p_uncond = 0.1;    // U-ViT's label dropout (its dataset config's p_uncond); DiT's is class_dropout_prob
   // moving_fashion_mnist: the clips' recipe (data::MovingOptions), how many clips each split
   // has, and the seed that fixes them (clip i of the training split is a pure function of it)
@@ -170,6 +171,7 @@ struct DataSettings {
     d.image_size = kw.get("image_size", d.image_size);
     d.channels = kw.get("channels", d.channels);
     d.hflip = kw.get("hflip", d.hflip);
+    d.crop_padding = kw.get("crop_padding", d.crop_padding);
     d.p_uncond = kw.get("p_uncond", d.p_uncond);
     d.moving.frames = kw.get("frames", d.moving.frames);
     d.moving.canvas = kw.get("canvas", d.moving.canvas);
@@ -197,10 +199,12 @@ struct DataSettings {
     if (d.is_video()) {
       d.moving.validate();
       if (d.hflip) throw ArgumentError("data config: hflip would reverse the clips' left and right motion, so their direction labels; moving_fashion_mnist trains without it");
+      if (d.crop_padding != 0) throw ArgumentError("data config: crop_padding is for pictures; the clips' items already move over their canvas (set \"speed\" and \"canvas\" instead)");
       if (d.train_clips < 1 || d.train_clips > 100000000 || d.test_clips < 0 || d.test_clips > 100000000)
         throw ArgumentError(cat("data config: train_clips must be from 1 to 10^8 and test_clips from 0 to 10^8, got ", d.train_clips, " and ", d.test_clips));
       if (d.clip_seed < 0) throw ArgumentError(cat("data config: clip_seed must be >= 0, got ", d.clip_seed));
     }
+    if (d.crop_padding < 0 || d.crop_padding > 64) throw ArgumentError(cat("data config: crop_padding must be from 0 to 64 pixels, got ", d.crop_padding));
     if (!(d.p_uncond >= 0 && d.p_uncond < 1)) throw ArgumentError(cat("data config: p_uncond must be in [0, 1), got ", d.p_uncond));
     return d;
   }
@@ -481,15 +485,26 @@ inline Dataset load_dataset(const DataSettings& d, bool with_test) {
   return out;
 }
 
-// The batch of these dataset indices: images (B, C, H, W) in [-1, 1] (flipped where the
-// sample's generator says so) or clips (B, T, 1, S, S) in [-1, 1], and labels. gens[i] is sample
-// i's generator, advanced past the flip.
+// The batch of these dataset indices: images (B, C, H, W) in [-1, 1] (flipped and shifted where
+// the sample's generator says so) or clips (B, T, 1, S, S) in [-1, 1], and labels. gens[i] is
+// sample i's generator, advanced past the flip (and the crop's two offsets, when crop_padding > 0).
 inline std::pair<Tensor<float>, Tensor<std::int64_t>> training_batch(const Dataset& ds, const DataSettings& d, const std::vector<std::int64_t>& indices,
                                                                     std::vector<Generator>& gens) {
   std::vector<bool> flips;
   for (auto& g : gens) flips.push_back(detail::uniform01(g) < 0.5 && d.hflip);  // drawn always: the stream does not depend on hflip
   if (ds.video()) return ds.train_clips->batch(indices, -1.0f, 1.0f);
-  return data::picture_batch(ds.train, indices, flips, -1.0f, 1.0f);
+  auto batch = data::picture_batch(ds.train, indices, flips, -1.0f, 1.0f);
+  if (d.crop_padding > 0) {  // drawn only then, so that the runs made before the option keep their streams
+    const std::int64_t n = 2 * d.crop_padding + 1;
+    auto offset = [n](Generator& g) { return std::min(n - 1, static_cast<std::int64_t>(detail::uniform01(g) * static_cast<double>(n))); };
+    std::vector<std::pair<std::int64_t, std::int64_t>> offsets;
+    for (auto& g : gens) {
+      const std::int64_t top = offset(g);
+      offsets.emplace_back(top, offset(g));
+    }
+    data::random_crop(batch.first, offsets, d.crop_padding, -1.0f);  // torchvision fills with 0: byte 0, Fashion-MNIST's background
+  }
+  return batch;
 }
 
 // ---- the tasks: what one model does with a batch ---------------------------------------------
