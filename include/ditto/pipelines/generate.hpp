@@ -305,8 +305,6 @@ struct ImageDiffusion {
   }
 };
 
-// An autoencoder ditto-train made (model.safetensors of a "vae" run): ldm's AutoencoderKL with
-// the EMA weights, its config the run's model_config.
 // A model of one kind from a file ditto-train wrote: its config from the metadata, its weights
 // by name. `what` says what the caller wanted, for the error when the file holds another kind.
 template <class Model, class Config>
@@ -319,6 +317,8 @@ Model load_model_file(const std::string& path, const std::string& kind, const st
   return model;
 }
 
+// An autoencoder ditto-train made (model.safetensors of a "vae" run): ldm's AutoencoderKL with
+// the EMA weights, its config the run's model_config.
 inline models::AutoencoderKL<float> load_autoencoder(const std::string& path) {
   return load_model_file<models::AutoencoderKL<float>, models::VAEConfig>(path, "vae", "a vae (an autoencoder ditto-train made)");
 }
