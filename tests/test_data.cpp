@@ -246,7 +246,9 @@ TEST_CASE("ImageFolder: torchvision's order, DiT's center_crop_arr with Pillow's
   CHECK(wrong == 0);
   CHECK(cropped(1, 0, 0, 15) == -1.0f);  // (top 0, left 2P): the top rows and the right columns are fill
   CHECK(cropped(1, 0, 3, 12) == xb(1, 0, 0, 15));
-  CHECK_THROWS_WITH(data::random_crop(cropped, {{0, 0}, {0, 0}, {0, 7}}, P, -1.0f), Catch::Contains("offsets (0, 7) of picture 2 must be in [0, 6]"));
+  const Tensor<float> before = cropped.clone();
+  CHECK_THROWS_WITH(data::random_crop(cropped, {{0, 0}, {1, 1}, {0, 7}}, P, -1.0f), Catch::Contains("offsets (0, 7) of picture 2 must be in [0, 6]"));
+  CHECK(std::equal(before.data(), before.data() + before.numel(), cropped.data()));  // refused before pictures 0 and 1 moved
   CHECK_THROWS_WITH(data::random_crop(cropped, {{0, 0}}, P, -1.0f), Catch::Contains("3 pictures and 1 offsets"));
 
   // what is refused, naming it

@@ -239,11 +239,15 @@ inline void random_crop(Tensor<float>& x, const std::vector<std::pair<std::int64
   const std::int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   if (static_cast<std::int64_t>(offsets.size()) != B) throw ArgumentError(cat("random_crop: ", B, " pictures and ", offsets.size(), " offsets"));
   if (padding < 0) throw ArgumentError(cat("random_crop: padding must be >= 0, got ", padding));
-  std::vector<float> plane(static_cast<std::size_t>(H * W));
+  // Every offset is checked before any picture moves: a bad one leaves the whole batch as it was.
   for (std::int64_t b = 0; b < B; ++b) {
     const auto [top, left] = offsets[static_cast<std::size_t>(b)];
     if (top < 0 || top > 2 * padding || left < 0 || left > 2 * padding)
       throw ArgumentError(cat("random_crop: offsets (", top, ", ", left, ") of picture ", b, " must be in [0, ", 2 * padding, "]"));
+  }
+  std::vector<float> plane(static_cast<std::size_t>(H * W));
+  for (std::int64_t b = 0; b < B; ++b) {
+    const auto [top, left] = offsets[static_cast<std::size_t>(b)];
     const std::int64_t dy = top - padding, dx = left - padding;  // output (r, c) reads input (r + dy, c + dx)
     for (std::int64_t ch = 0; ch < C; ++ch) {
       float* p = x.data() + (b * C + ch) * H * W;

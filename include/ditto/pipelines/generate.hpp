@@ -12,6 +12,11 @@
 // examples and tests (and ditto.hpp, which includes everything). A model card beside the file (image.safetensors -> image.json) holds the
 // command that made it, its training time and, under "sample", the sampler settings docs/
 // measured best, which become the defaults.
+//
+// Lazy on purpose: a function here that runs a model is a template (`template <int = 0>`,
+// ImageDiffusion an alias of BasicImageDiffusion<>) only so that a file that includes ditto.hpp
+// compiles a model's code when it calls one, not always. Inline non-templates would instantiate
+// every model's forward (and here its training) in every such file: about 13 s of its 19 s.
 #pragma once
 
 #include <algorithm>
@@ -132,7 +137,8 @@ struct ModelFile {
 // A DiT or a U-ViT that generates images of a class (the conditioning every ditto-train
 // diffusion run uses), or a Latte that generates videos (B, T, C, H, W) of a label (for moving
 // Fashion-MNIST, a (class, direction) pair), with its diffusion.
-struct ImageDiffusion {
+template <int = 0>  // lazy: see the top of this file
+struct BasicImageDiffusion {
   std::string kind;  // "dit", "uvit" or "latte"
   std::shared_ptr<models::DiT<float>> dit;
   std::shared_ptr<models::UViT<float>> uvit;
@@ -140,12 +146,12 @@ struct ImageDiffusion {
   DiffusionSettings diffusion;
   std::vector<std::string> classes;
 
-  static ImageDiffusion load(const std::string& path) {
+  static BasicImageDiffusion load(const std::string& path) {
     const SafetensorsFile f(path);
     const ModelFile m = ModelFile::read(f, path);
     if (m.kind != "dit" && m.kind != "uvit" && m.kind != "latte")
       throw ArgumentError(ditto::detail::cat(path, ": a \"", m.kind, "\" model does not generate (expected a dit, uvit or latte model file)"));
-    ImageDiffusion g;
+    BasicImageDiffusion g;
     g.kind = m.kind;
     g.classes = m.classes;
     g.diffusion = DiffusionSettings::from_json(m.run.contains("diffusion") ? m.run["diffusion"] : nlohmann::json::object());
@@ -304,6 +310,7 @@ struct ImageDiffusion {
     return out;
   }
 };
+using ImageDiffusion = BasicImageDiffusion<>;
 
 // A model of one kind from a file ditto-train wrote: its config from the metadata, its weights
 // by name. `what` says what the caller wanted, for the error when the file holds another kind.
@@ -319,6 +326,7 @@ Model load_model_file(const std::string& path, const std::string& kind, const st
 
 // An autoencoder ditto-train made (model.safetensors of a "vae" run): ldm's AutoencoderKL with
 // the EMA weights, its config the run's model_config.
+template <int = 0>  // lazy: see the top of this file
 inline models::AutoencoderKL<float> load_autoencoder(const std::string& path) {
   return load_model_file<models::AutoencoderKL<float>, models::VAEConfig>(path, "vae", "a vae (an autoencoder ditto-train made)");
 }

@@ -12,6 +12,11 @@
 // direction) label; class_of / direction_of split it, for the class and direction agreements.
 //   const auto vivit = pipelines::load_video_classifier("examples/models/video-classifier.safetensors");
 //   const auto got = pipelines::classify_videos(vivit, videos);     // videos (N, T, 1, H, W) in [-1, 1]
+//
+// Lazy on purpose: a function here that runs a model is a template (`template <int = 0>`,
+// ImageDiffusion an alias of BasicImageDiffusion<>) only so that a file that includes ditto.hpp
+// compiles a model's code when it calls one, not always. Inline non-templates would instantiate
+// every model's forward (and here its training) in every such file: about 13 s of its 19 s.
 #pragma once
 
 #include <algorithm>
@@ -35,16 +40,19 @@
 
 namespace ditto::pipelines {
 
+template <int = 0>  // lazy: see the top of this file
 inline models::ViT<float> load_classifier(const std::string& path) {
   return load_model_file<models::ViT<float>, models::ViTConfig>(path, "vit", "a vit classifier");
 }
 
+template <int = 0>  // lazy: see the top of this file
 inline models::ViViT<float> load_video_classifier(const std::string& path) {
   return load_model_file<models::ViViT<float>, models::ViViTConfig>(path, "vivit", "a vivit classifier");
 }
 
 // The ViViT's labels of videos (N, T, C, H, W) in [-1, 1] (Latte's layout, as ditto-sample and
 // MovingFashionMnist::batch give them), in batches of 100.
+template <int = 0>  // lazy: see the top of this file
 inline std::vector<std::int64_t> classify_videos(const models::ViViT<float>& vivit, const Tensor<float>& videos) {
   if (videos.dim() != 5 || videos.size(0) < 1) throw ShapeError("classify_videos: expected videos (N, T, C, H, W), got " + shape_str(videos.shape()));
   const std::int64_t N = videos.size(0), per = videos.numel() / N;
@@ -74,6 +82,7 @@ inline std::vector<std::int64_t> direction_of(const std::vector<std::int64_t>& j
 
 // The classifier's pre-logits features (timm's forward_head(pre_logits=True)) and its labels,
 // in batches of 250.
+template <int = 0>  // lazy: see the top of this file
 inline std::pair<Tensor<float>, std::vector<std::int64_t>> features_and_labels(const models::ViT<float>& vit, const Tensor<float>& images) {
   if (images.dim() != 4 || images.size(0) < 1) throw ShapeError("features: expected images (N, C, H, W), got " + shape_str(images.shape()));
   const std::int64_t N = images.size(0), per = images.numel() / N, D = vit.config.embed_dim;
@@ -107,6 +116,7 @@ struct GaussianStats {
   Eigen::MatrixXd cov;  // unbiased (N - 1), as FID's np.cov
 };
 
+template <int = 0>  // lazy: see the top of this file
 inline GaussianStats stats(const Tensor<float>& f) {
   if (f.dim() != 2 || f.size(0) < 2) throw ShapeError("stats: expected features (N >= 2, D), got " + shape_str(f.shape()));
   const std::int64_t N = f.size(0), D = f.size(1);
@@ -122,6 +132,7 @@ inline GaussianStats stats(const Tensor<float>& f) {
 
 // |m1 - m2|^2 + tr(C1 + C2 - 2 (C1 C2)^(1/2)); tr((C1 C2)^(1/2)) = sum of the square roots of the
 // eigenvalues of C1^(1/2) C2 C1^(1/2) (symmetric, so no complex parts to drop, unlike scipy's sqrtm).
+template <int = 0>  // lazy: see the top of this file
 inline double frechet_distance(const GaussianStats& a, const GaussianStats& b) {
   if (a.mean.size() != b.mean.size()) throw ShapeError(ditto::detail::cat("frechet_distance: ", a.mean.size(), " features against ", b.mean.size()));
   Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> ea(a.cov);
@@ -134,6 +145,7 @@ inline double frechet_distance(const GaussianStats& a, const GaussianStats& b) {
 // The baseline generator: each class's pixel mean and covariance (over the training images),
 // sampled as a Gaussian (images in [-1, 1], clipped). A model that only learned these two
 // moments per class would draw this.
+template <int = 0>  // lazy: see the top of this file
 inline Tensor<float> class_gaussian_samples(const data::LabelledImages& train, const std::vector<std::int64_t>& labels, std::uint64_t seed) {
   const std::int64_t H = train.images.size(1), W = train.images.size(2), P = H * W, N = static_cast<std::int64_t>(labels.size());
   Tensor<float> out({N, 1, H, W});

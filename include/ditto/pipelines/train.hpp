@@ -26,6 +26,11 @@
 // or a row of frames per (class, direction) clip) or accuracy lines (classifiers), and config.json.
 // Video models (latte, vivit) train on moving Fashion-MNIST clips (data/moving.hpp), labelled by
 // the joint (class, direction) label class * directions + direction.
+//
+// Lazy on purpose: a function here that runs a model is a template (`template <int = 0>`,
+// ImageDiffusion an alias of BasicImageDiffusion<>) only so that a file that includes ditto.hpp
+// compiles a model's code when it calls one, not always. Inline non-templates would instantiate
+// every model's forward (and here its training) in every such file: about 13 s of its 19 s.
 #pragma once
 
 #include <algorithm>
@@ -933,6 +938,7 @@ inline TrainResult run(Task& task, const RunConfig& rc, const TrainOptions& o) {
 }  // namespace detail
 
 // Trains rc's model as configured; see the top of this file.
+template <int = 0>  // lazy: see the top of this file
 inline TrainResult train(const RunConfig& rc, const TrainOptions& o = {}) {
   if (rc.model == "dit") {
     DiffusionTask<models::DiT<float>> task(rc, models::DiT<float>(models::DiTConfig::from_json(rc.model_config)));
