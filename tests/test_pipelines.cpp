@@ -696,7 +696,7 @@ TEST_CASE("the embedded models load, sample as they did, and the classifier stil
   CHECK(worst <= 1e-3);
   const auto la = pipelines::features_and_labels(vit, x).second, lb = pipelines::features_and_labels(vit, b).second;
   CHECK(la == lb);
-  // 10 steps, 1 sample a class: at least half by the classifier (which finds 93.0% over 1000
+  // 10 steps, 1 sample a class: at least half by the classifier (which finds 91.6% over 1000
   // samples of 50 steps; chance is 1 in 10)
   CHECK(pipelines::agreement(la, std::vector<std::int64_t>(labels.begin(), labels.end())) >= 0.5);
   // and the classifier is the one the docs measured: its accuracy on the first 1000 test images
@@ -704,7 +704,7 @@ TEST_CASE("the embedded models load, sample as they did, and the classifier stil
   std::vector<std::int64_t> idx(1000);
   for (int i = 0; i < 1000; ++i) idx[static_cast<std::size_t>(i)] = i;
   auto [tx, ty] = data::image_batch(test, idx, -1.0f, 1.0f);
-  CHECK(pipelines::agreement(pipelines::features_and_labels(vit, tx).second, std::vector<std::int64_t>(ty.begin(), ty.end())) >= 0.87);  // 0.8997 on the whole test set
+  CHECK(pipelines::agreement(pipelines::features_and_labels(vit, tx).second, std::vector<std::int64_t>(ty.begin(), ty.end())) >= 0.87);  // 0.9023 on the whole test set
 }
 
 TEST_CASE("the embedded video models load, sample as they did, and the ViViT still recognizes them", "[pipelines][embedded][video]") {

@@ -9,10 +9,10 @@
 // Every problem (unknown model, config key, missing or mis-shaped weight or input, input of
 // the wrong type) is a ditto error naming what was expected and what was found.
 //
-// Lazy on purpose: a function here that runs a model is a template (`template <int = 0>`,
-// ImageDiffusion an alias of BasicImageDiffusion<>) only so that a file that includes ditto.hpp
-// compiles a model's code when it calls one, not always. Inline non-templates would instantiate
-// every model's forward (and here its training) in every such file: about 13 s of its 19 s.
+// Lazy on purpose: run_forward and the run_* functions it calls are templates (`template <int
+// = 0>`) only so that a file that includes this header compiles the models' forwards and
+// backwards where it calls run_forward, not in every file. An inline non-template is compiled,
+// with every template it calls, in each file that includes it (docs/development.md).
 #pragma once
 
 #include <cmath>

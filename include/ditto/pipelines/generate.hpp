@@ -6,17 +6,18 @@
 //   Tensor<float> x = g.sample({0, 0, 1, 1}, s);     // (4, C, H, W) in [-1, 1]
 //
 // A model file is a .safetensors of the EMA weights under upstream names, with metadata:
-// "ditto_model" (dit, uvit or vit), "config" (the constructor's arguments, JSON), "run" (the
+// "ditto_model" (dit, uvit, latte, vit, vivit or vae), "config" (the constructor's arguments, JSON), "run" (the
 // whole ditto-train config that made it) and "classes" (the class names). The layer: pipelines/
 // sits on top of everything (models, diffusion, train, data); nothing includes it but tools/,
 // examples and tests (and ditto.hpp, which includes everything). A model card beside the file (image.safetensors -> image.json) holds the
 // command that made it, its training time and, under "sample", the sampler settings docs/
 // measured best, which become the defaults.
 //
-// Lazy on purpose: a function here that runs a model is a template (`template <int = 0>`,
-// ImageDiffusion an alias of BasicImageDiffusion<>) only so that a file that includes ditto.hpp
-// compiles a model's code when it calls one, not always. Inline non-templates would instantiate
-// every model's forward (and here its training) in every such file: about 13 s of its 19 s.
+// Lazy on purpose: ImageDiffusion is an alias of BasicImageDiffusion<> and load_autoencoder a
+// template (`template <int = 0>`) only so that a file that includes ditto.hpp compiles DiT, U-ViT,
+// Latte and the samplers where it loads or samples a model, not in every file. An inline
+// non-template is compiled, with every template it calls, in each file that includes it: the
+// pipelines and the runner cost 12 of the 19 s `g++ -fsyntax-only` took on ditto.hpp before.
 #pragma once
 
 #include <algorithm>

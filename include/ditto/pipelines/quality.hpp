@@ -4,19 +4,19 @@
 // Fashion-MNIST's own feature space instead of Inception's).
 //
 //   const auto vit = pipelines::load_classifier("examples/models/classifier.safetensors");
-//   const Tensor<float> f = pipelines::features(vit, images);        // (N, embed_dim), images in [-1, 1]
+//   const auto [f, got] = pipelines::features_and_labels(vit, images);  // (N, embed_dim), labels; images in [-1, 1]
 //   const double fd = pipelines::frechet_distance(pipelines::stats(f), pipelines::stats(f_test));
-//   const double agree = pipelines::agreement(pipelines::classify(vit, images), labels);
+//   const double agree = pipelines::agreement(got, labels);
 //
 // Videos (moving Fashion-MNIST): a ViViT ditto trained labels clips by their joint (class,
 // direction) label; class_of / direction_of split it, for the class and direction agreements.
 //   const auto vivit = pipelines::load_video_classifier("examples/models/video-classifier.safetensors");
 //   const auto got = pipelines::classify_videos(vivit, videos);     // videos (N, T, 1, H, W) in [-1, 1]
 //
-// Lazy on purpose: a function here that runs a model is a template (`template <int = 0>`,
-// ImageDiffusion an alias of BasicImageDiffusion<>) only so that a file that includes ditto.hpp
-// compiles a model's code when it calls one, not always. Inline non-templates would instantiate
-// every model's forward (and here its training) in every such file: about 13 s of its 19 s.
+// Lazy on purpose: the functions that load or run a classifier, and those that use Eigen's
+// decompositions (stats, frechet_distance, class_gaussian_samples), are templates (`template <int
+// = 0>`) only so that a file that includes ditto.hpp compiles them where it calls them, not in
+// every file (docs/development.md, CI's time budget).
 #pragma once
 
 #include <algorithm>

@@ -27,10 +27,10 @@
 // Video models (latte, vivit) train on moving Fashion-MNIST clips (data/moving.hpp), labelled by
 // the joint (class, direction) label class * directions + direction.
 //
-// Lazy on purpose: a function here that runs a model is a template (`template <int = 0>`,
-// ImageDiffusion an alias of BasicImageDiffusion<>) only so that a file that includes ditto.hpp
-// compiles a model's code when it calls one, not always. Inline non-templates would instantiate
-// every model's forward (and here its training) in every such file: about 13 s of its 19 s.
+// Lazy on purpose: train() is a template (`template <int = 0>`) only so that a file that includes
+// ditto.hpp compiles the training of every model where it calls train(), not in every file. An
+// inline non-template is compiled, with every template it calls, in each file that includes it
+// (docs/development.md, CI's time budget).
 #pragma once
 
 #include <algorithm>
