@@ -380,7 +380,10 @@ TEST_CASE("ditto-train's batches: crop_padding shifts each picture by offsets it
   }
   const auto [shifted, y1] = pipelines::training_batch(ds, rc.data, idx, g1);
   auto [x, y2] = pipelines::training_batch(ds, plain, idx, g2);  // flips only; g2 stops after them
-  for (std::size_t i = 0; i < idx.size(); ++i) CHECK(y1[i] == ds.train.labels[idx[i]]);  // the labels stay with their shifted pictures
+  for (std::size_t i = 0; i < idx.size(); ++i) {  // the labels stay with their pictures, shifted or not
+    CHECK(y1[i] == ds.train.labels[idx[i]]);
+    CHECK(y2[i] == ds.train.labels[idx[i]]);
+  }
   auto max_diff = [](const Tensor<float>& a, const Tensor<float>& b) {
     double m = 0;
     for (std::int64_t i = 0; i < a.numel(); ++i) m = std::max(m, static_cast<double>(std::abs(a[i] - b[i])));
