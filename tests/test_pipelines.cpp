@@ -699,8 +699,8 @@ TEST_CASE("the embedded models load, sample as they did, and the classifier stil
   CHECK(worst <= 1e-3);
   const auto la = pipelines::features_and_labels(vit, x).second, lb = pipelines::features_and_labels(vit, b).second;
   CHECK(la == lb);
-  // 10 steps, 1 sample a class: at least half by the classifier (which finds 91.6% over 1000
-  // samples of 50 steps; chance is 1 in 10)
+  // 10 steps, 1 sample a class: at least half by the classifier (which finds 86.9% over 1000
+  // samples of 50 steps at the card's guidance; chance is 1 in 10)
   CHECK(pipelines::agreement(la, std::vector<std::int64_t>(labels.begin(), labels.end())) >= 0.5);
   // and the classifier is the one the docs measured: its accuracy on the first 1000 test images
   const auto test = data::load_fashion_mnist("test");
