@@ -16,7 +16,8 @@
 //   build/examples/measure_quality --generator examples/models/video.safetensors
 //       [--classifier examples/models/video-classifier.safetensors] ...
 //
-// --settings: the sampler:steps:cfg_scale settings to measure, comma-separated (docs/train.md
+// --settings: the sampler:steps:cfg_scale[:low-high] settings to measure, comma-separated (low-high:
+// a guidance interval in model timesteps) (docs/train.md
 // lists the tables this printed).
 #include <chrono>
 #include <cstdio>
@@ -30,22 +31,44 @@
 
 using namespace ditto;
 
-// "sampler:steps:cfg_scale,..." (empty: the model's own best setting)
+// "sampler:steps:cfg_scale[:low-high],..." (low-high: the guidance interval in model timesteps;
+// empty: the model's own best setting)
 static std::vector<pipelines::SampleSettings> parse_settings(const std::string& text, const pipelines::ImageDiffusion& gen, std::uint64_t seed) {
-  std::stringstream ss(text.empty() ? gen.diffusion.sampler + ":" + std::to_string(gen.diffusion.sample_steps) + ":" + detail::cat(gen.diffusion.cfg_scale) : text);
   std::vector<pipelines::SampleSettings> out;
+  if (text.empty()) {
+    pipelines::SampleSettings s;
+    s.sampler = gen.diffusion.sampler, s.steps = gen.diffusion.sample_steps, s.cfg_scale = gen.diffusion.cfg_scale;
+    s.cfg_interval = gen.diffusion.cfg_interval, s.seed = seed;
+    out.push_back(s);
+    return out;
+  }
+  std::stringstream ss(text);
   std::string item;
   while (std::getline(ss, item, ',')) {
+    std::vector<std::string> f;
+    std::stringstream is(item);
+    for (std::string p; std::getline(is, p, ':');) f.push_back(p);
+    if (f.size() != 3 && f.size() != 4) throw ArgumentError("measure_quality: --settings expects sampler:steps:cfg_scale[:low-high], got \"" + item + "\"");
     pipelines::SampleSettings s;
-    const auto c1 = item.find(':'), c2 = item.rfind(':');
-    if (c1 == std::string::npos || c1 == c2) throw ArgumentError("measure_quality: --settings expects sampler:steps:cfg_scale, got \"" + item + "\"");
-    s.sampler = item.substr(0, c1);
-    s.steps = std::stol(item.substr(c1 + 1, c2 - c1 - 1));
-    s.cfg_scale = std::stod(item.substr(c2 + 1));
+    s.sampler = f[0];
+    s.steps = std::stol(f[1]);
+    s.cfg_scale = std::stod(f[2]);
+    if (f.size() == 4) {
+      const auto dash = f[3].find('-');
+      if (dash == std::string::npos) throw ArgumentError("measure_quality: a guidance interval is low-high, got \"" + f[3] + "\"");
+      s.cfg_interval = {std::stod(f[3].substr(0, dash)), std::stod(f[3].substr(dash + 1))};
+    }
     s.seed = seed;
     out.push_back(s);
   }
   return out;
+}
+
+// How a setting reads in a table row.
+static std::string describe(const pipelines::SampleSettings& st) {
+  std::string r = detail::cat(st.sampler, " ", st.steps, " steps, cfg scale ", st.cfg_scale);
+  if (!pipelines::DiffusionSettings::whole_interval(st.cfg_interval)) r += detail::cat(" at timesteps ", st.cfg_interval[0], "-", st.cfg_interval[1]);
+  return r;
 }
 
 // The video table: class, direction and joint agreement by the ViViT.
@@ -85,7 +108,7 @@ static int videos(const pipelines::ImageDiffusion& gen, const std::string& gen_p
     const auto t0 = std::chrono::steady_clock::now();
     const Tensor<float> x = gen.sample(labels, st);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    row(detail::cat("ditto's latte, ", st.sampler, " ", st.steps, " steps, cfg scale ", st.cfg_scale), x, labels, secs);
+    row("ditto's latte, " + describe(st), x, labels, secs);
   }
   return 0;
 }
@@ -140,7 +163,7 @@ int main(int argc, char** argv) try {
     const auto t0 = std::chrono::steady_clock::now();
     const Tensor<float> x = gen.sample(labels, st);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    row(detail::cat("ditto's ", gen.kind, ", ", st.sampler, " ", st.steps, " steps, cfg scale ", st.cfg_scale), x, secs);
+    row("ditto's " + gen.kind + ", " + describe(st), x, secs);
   }
   return 0;
 } catch (const std::exception& e) {

@@ -450,6 +450,39 @@ TEST_CASE("ditto-train: a tiny DiT on Fashion-MNIST learns, and a resume continu
   for (std::int64_t i = 0; i < two.numel(); ++i) REQUIRE(std::abs(two[i] - x[i]) <= 1e-5f);
   s.seed = 8;
   CHECK(rel_error(g.sample({0, 3, 9}, s), x) > 1e-2);
+
+  // the guidance interval: the guided model timesteps. DDIM's 4 steps give the model 999, 749,
+  // 499 and 249: an interval that holds none of them is no guidance, one that holds all of
+  // them is plain guidance, one that holds some of them neither.
+  s.seed = 7;
+  s.chunk = 100;
+  auto unguided = s;
+  unguided.cfg_scale = 1.0;
+  const Tensor<float> plain = g.sample({0, 3, 9}, unguided);
+  s.cfg_interval = {1000, 5000};
+  CHECK_CLOSE(g.sample({0, 3, 9}, s), plain, 1e-5);
+  s.cfg_interval = {0, 999};
+  CHECK_CLOSE(g.sample({0, 3, 9}, s), x, 1e-5);
+  s.cfg_interval = {0, 500};
+  const Tensor<float> part = g.sample({0, 3, 9}, s);
+  CHECK(rel_error(part, x) > 1e-4);
+  CHECK(rel_error(part, plain) > 1e-4);
+  s.cfg_interval = {500, 100};
+  CHECK_THROWS_WITH(g.sample({0}, s), Contains("guidance interval must be [low, high] with 0 <= low <= high") && Contains("[500, 100]"));
+  // a card beside the file names it, as the settings the docs measured best
+  std::filesystem::copy_file(a + "/model.safetensors", a + "/carded.safetensors", std::filesystem::copy_options::overwrite_existing);
+  std::ofstream(a + "/carded.json") << R"({"sample": {"sampler": "ddim", "steps": 4, "cfg_scale": 2.0, "cfg_interval": [0, 500]}})";
+  const auto carded = pipelines::ImageDiffusion::load(a + "/carded.safetensors");
+  CHECK(carded.diffusion.cfg_interval == std::array<double, 2>{0, 500});
+  CHECK(carded.diffusion.to_json()["cfg_interval"] == nlohmann::json::array({0.0, 500.0}));
+  CHECK_FALSE(g.diffusion.to_json().contains("cfg_interval"));  // the whole range, DiT's way, is not written
+  std::ofstream(a + "/carded.json") << R"({"sample": {"cfg_interval": [0]}})";
+  CHECK_THROWS_WITH(pipelines::ImageDiffusion::load(a + "/carded.safetensors"), Contains("carded.json sample: cfg_interval must be [low, high]"));
+  std::ofstream(a + "/carded.json") << R"({"sample": {"cfg_interval": [-1, 500]}})";
+  CHECK_THROWS_WITH(pipelines::ImageDiffusion::load(a + "/carded.safetensors"), Contains("got [-1, 500]"));
+  // and a run's diffusion section takes it too (its sample grids guide so)
+  CHECK(pipelines::DiffusionSettings::from_json({{"cfg_interval", {100, 600}}}).cfg_interval == std::array<double, 2>{100, 600});
+  CHECK_THROWS_WITH(pipelines::DiffusionSettings::from_json({{"cfg_interval", "0-500"}}), Contains("diffusion config: cfg_interval must be [low, high]"));
 }
 
 TEST_CASE("ditto-train: micro-batches give the one-batch run's losses", "[pipelines][slow]") {
@@ -621,6 +654,15 @@ TEST_CASE("ditto-train and ditto-sample: exit codes and messages", "[pipelines][
   CHECK(code == 1);
   std::tie(code, err) = run(train + " " + dir + "/bad.json --resume -o " + dir + "/nothing");
   CHECK(code == 1);
+  // a guidance interval is two timesteps, low <= high
+  std::tie(code, err) = run(sample + " --cfg-interval 7");
+  CHECK(code == 2);
+  CHECK_THAT(err, Contains("--cfg-interval"));
+#ifdef DITTO_MODELS_DIR
+  std::tie(code, err) = run(sample + " --model image --cfg-interval 600,100 --per-class 1 --steps 1 --tensors " + dir + "/t.safetensors");
+  CHECK(code == 1);
+  CHECK_THAT(err, Contains("guidance interval must be [low, high] with 0 <= low <= high (model timesteps), got [600, 100]"));
+#endif
   // an embedded model missing from DITTO_MODELS' folder is named
   std::tie(code, err) = run("DITTO_MODELS=" + dir + "/no-models " + sample + " --model video");
   CHECK(code == 1);
@@ -693,13 +735,14 @@ TEST_CASE("the embedded models load, sample as they did, and the classifier stil
   const Tensor<std::int64_t> labels = f.get<std::int64_t>("labels");
   REQUIRE(stored.shape() == Shape{10, 1, 28, 28});
   pipelines::SampleSettings s{.sampler = g.diffusion.sampler, .steps = 10, .cfg_scale = g.diffusion.cfg_scale, .seed = 0};
+  s.cfg_interval = g.diffusion.cfg_interval;  // ditto-sample's default too: the card's
   const Tensor<float> x = g.sample(std::vector<std::int64_t>(labels.begin(), labels.end()), s);
   const auto [worst, b] = compare_with_stored(x, stored);
   INFO("max |sample - stored| " << worst);
   CHECK(worst <= 1e-3);
   const auto la = pipelines::features_and_labels(vit, x).second, lb = pipelines::features_and_labels(vit, b).second;
   CHECK(la == lb);
-  // 10 steps, 1 sample a class: at least half by the classifier (which finds 86.9% over 1000
+  // 10 steps, 1 sample a class: at least half by the classifier (which finds 90-91% over 1000
   // samples of 50 steps at the card's guidance; chance is 1 in 10)
   CHECK(pipelines::agreement(la, std::vector<std::int64_t>(labels.begin(), labels.end())) >= 0.5);
   // and the classifier is the one the docs measured: its accuracy on the first 1000 test images
@@ -728,6 +771,7 @@ TEST_CASE("the embedded video models load, sample as they did, and the ViViT sti
   for (std::int64_t i = 0; i < cls.numel(); ++i) joint.push_back(cls[i] * 4 + dirs[i]);
   CHECK(joint == pipelines::video_labels_per_class(10, 4, 1));
   pipelines::SampleSettings s{.sampler = g.diffusion.sampler, .steps = 10, .cfg_scale = g.diffusion.cfg_scale, .seed = 0};
+  s.cfg_interval = g.diffusion.cfg_interval;  // ditto-sample's default too: the card's
   const Tensor<float> x = g.sample(joint, s);
   const auto [worst, b] = compare_with_stored(x, stored);
   INFO("max |sample - stored| " << worst);

@@ -2,7 +2,7 @@
 # Writes the embedded models' fixtures: tests/fixtures/embedded_samples.safetensors (one sample of
 # each class from examples/models/image.safetensors) and tests/fixtures/embedded_video_samples.safetensors
 # (one clip of each class, direction "right", from examples/models/video.safetensors), 10 DDIM
-# steps, seed 0, with each model card's guidance scale. The tests sample again and compare (within
+# steps, seed 0, with each model card's guidance scale and interval. The tests sample again and compare (within
 # 1e-3) and check that the embedded classifiers label both sets alike. Rerun it whenever an
 # embedded model is retrained.
 #   tools/gen_embedded_fixture.sh [build]

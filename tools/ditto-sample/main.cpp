@@ -8,12 +8,14 @@
 //
 // Every error is one line on stderr and a non-zero exit: 2 for a bad command line, 1 for
 // anything found wrong while running.
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -33,6 +35,7 @@ int main(int argc, char** argv) {
   long long per_class = 8, seed = 0;
   std::optional<long long> steps;
   std::optional<double> cfg;
+  std::optional<std::vector<double>> interval;
   int threads = 0;
   app.add_option("--model", model, "image (examples/models/image.safetensors), video, or a model file's path")->capture_default_str();
   app.add_option("--per-class", per_class, "samples of each class")->check(CLI::Range(1LL, 100000LL))->capture_default_str();
@@ -41,6 +44,12 @@ int main(int argc, char** argv) {
   app.add_option("--sampler", sampler, "ddim, dpm++ or ddpm (default: the model's)")->check(CLI::IsMember({"ddim", "dpm++", "ddpm"}));
   app.add_option("--cfg-scale", cfg, "classifier-free guidance as DiT's forward_with_cfg: uncond + S (cond - uncond); 1 = none")
       ->check(CLI::Range(0.0, 100.0));
+  app.add_option("--cfg-interval", interval,
+                 "LOW,HIGH: guide only the model timesteps from LOW to HIGH (Kynkaanniemi et al. 2024), the others unguided "
+                 "(default: the model's; without one, all)")
+      ->delimiter(',')
+      ->expected(2)
+      ->check(CLI::Range(0.0, 1e9));
   app.add_option("--png", png, "write the samples as a grid, a row per class (videos: a row of frames per clip)");
   app.add_option("--gif", gif, "videos: write an animated GIF of the clips, a row per class");
   app.add_option("--tensors", tensors,
@@ -70,6 +79,7 @@ int main(int argc, char** argv) {
     s.sampler = sampler.empty() ? g.diffusion.sampler : sampler;
     s.steps = steps ? *steps : g.diffusion.sample_steps;
     s.cfg_scale = cfg ? *cfg : g.diffusion.cfg_scale;
+    s.cfg_interval = interval ? std::array<double, 2>{(*interval)[0], (*interval)[1]} : g.diffusion.cfg_interval;
     s.seed = static_cast<std::uint64_t>(seed);
     s.progress = true;
     // videos: the model's labels are (class, direction) pairs, class * directions + direction
@@ -79,8 +89,9 @@ int main(int argc, char** argv) {
     const auto labels = g.video() ? pipelines::video_labels_per_class(g.num_classes() / dirs, dirs, per_class) : pipelines::labels_per_class(g.num_classes(), per_class);
     const Tensor<float> x = g.sample(labels, s);
     const auto N = static_cast<std::int64_t>(labels.size());
-    std::printf("ditto-sample: %zu samples of %s (%s, %lld steps, cfg scale %.2f, seed %lld)\n", labels.size(), path.c_str(), s.sampler.c_str(),
-                static_cast<long long>(s.steps), s.cfg_scale, seed);
+    const std::string where = pipelines::DiffusionSettings::whole_interval(s.cfg_interval) ? "" : cat(" at timesteps ", s.cfg_interval[0], " to ", s.cfg_interval[1]);
+    std::printf("ditto-sample: %zu samples of %s (%s, %lld steps, cfg scale %.2f%s, seed %lld)\n", labels.size(), path.c_str(), s.sampler.c_str(),
+                static_cast<long long>(s.steps), s.cfg_scale, where.c_str(), seed);
     auto class_rows = [&] {  // the class names, one per grid row
       std::string names;
       for (std::int64_t c = 0; c < g.num_classes() / dirs; ++c) {

@@ -4,6 +4,7 @@
 //   auto g = pipelines::ImageDiffusion::load("examples/models/image.safetensors");
 //   pipelines::SampleSettings s{.sampler = "ddim", .steps = 50, .cfg_scale = 2.0, .seed = 0};
 //   Tensor<float> x = g.sample({0, 0, 1, 1}, s);     // (4, C, H, W) in [-1, 1]
+//   s.cfg_interval = {0, 600};                        // guide only model timesteps 0..600
 //
 // A model file is a .safetensors of the EMA weights under upstream names, with metadata:
 // "ditto_model" (dit, uvit, latte, vit, vivit or vae), "config" (the constructor's arguments, JSON), "run" (the
@@ -21,7 +22,9 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <limits>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -60,6 +63,10 @@ struct DiffusionSettings {
   std::string sampler = "ddim";           // ddim, ddpm or dpm++
   std::int64_t sample_steps = 50;
   double cfg_scale = 1.0;                 // DiT's convention: uncond + s (cond - uncond); 1 = none
+  // The guidance interval (Kynkaanniemi et al. 2024): the model timesteps [low, high] that are
+  // guided; the others take the conditional prediction alone (half the model's work there).
+  // Default: all of them, as DiT. JSON: "cfg_interval": [low, high].
+  std::array<double, 2> cfg_interval = {0, std::numeric_limits<double>::infinity()};
   double snr_gamma = 0;                   // training only: Min-SNR-gamma loss weighting (diffusion::LossOptions); 0 = off, as DiT
 
   static DiffusionSettings from_json(const nlohmann::json& j) {
@@ -70,19 +77,39 @@ struct DiffusionSettings {
     d.sampler = kw.get("sampler", d.sampler);
     d.sample_steps = kw.get("sample_steps", d.sample_steps);
     d.cfg_scale = kw.get("cfg_scale", d.cfg_scale);
+    if (j.is_object() && j.contains("cfg_interval")) d.cfg_interval = read_interval(j["cfg_interval"], "diffusion config");
+    kw.ignore("cfg_interval");  // read above
     d.snr_gamma = kw.get("snr_gamma", d.snr_gamma);
     kw.finish();
     d.validate();
     return d;
   }
   nlohmann::json to_json() const {
-    return {{"noise_schedule", noise_schedule}, {"diffusion_steps", diffusion_steps}, {"sampler", sampler}, {"sample_steps", sample_steps}, {"cfg_scale", cfg_scale}, {"snr_gamma", snr_gamma}};
+    nlohmann::json j = {{"noise_schedule", noise_schedule}, {"diffusion_steps", diffusion_steps}, {"sampler", sampler}, {"sample_steps", sample_steps}, {"cfg_scale", cfg_scale}, {"snr_gamma", snr_gamma}};
+    if (!whole_interval(cfg_interval)) j["cfg_interval"] = {cfg_interval[0], cfg_interval[1]};
+    return j;
+  }
+  static bool whole_interval(const std::array<double, 2>& iv) { return iv[0] <= 0 && std::isinf(iv[1]); }
+  // [low, high] from JSON: two numbers, 0 <= low <= high
+  static std::array<double, 2> read_interval(const nlohmann::json& v, const std::string& who) {
+    using ditto::detail::cat;
+    if (!v.is_array() || v.size() != 2 || !v[0].is_number() || !v[1].is_number())
+      throw ArgumentError(cat(who, ": cfg_interval must be [low, high], two model timesteps, got ", v.dump().substr(0, 80)));
+    const std::array<double, 2> iv = {v[0].get<double>(), v[1].get<double>()};
+    check_interval(iv, who);
+    return iv;
+  }
+  static void check_interval(const std::array<double, 2>& iv, const std::string& who) {
+    using ditto::detail::cat;
+    if (!(iv[0] >= 0) || !(iv[1] >= iv[0]) || std::isnan(iv[1]))
+      throw ArgumentError(cat(who, ": the guidance interval must be [low, high] with 0 <= low <= high (model timesteps), got [", iv[0], ", ", iv[1], "]"));
   }
   void validate() const {
     using ditto::detail::cat;
     if (diffusion_steps < 2 || diffusion_steps > 100000) throw ArgumentError(cat("diffusion config: diffusion_steps must be from 2 to 100000, got ", diffusion_steps));
     (void)diffusion::named_beta_schedule(noise_schedule, static_cast<int>(diffusion_steps));  // names the known schedules when unknown
     check_sampler(sampler, sample_steps, cfg_scale, diffusion_steps, "diffusion config");
+    check_interval(cfg_interval, "diffusion config");
     if (!std::isfinite(snr_gamma) || snr_gamma < 0 || snr_gamma > 1e6)
       throw ArgumentError(cat("diffusion config: snr_gamma must be 0 (off) or a positive number up to 1e6 (Min-SNR-gamma; the paper uses 5), got ", snr_gamma));
   }
@@ -102,6 +129,7 @@ struct SampleSettings {
   std::uint64_t seed = 0;
   bool progress = false;
   std::int64_t chunk = 100;  // samples per batch through the model (the values do not depend on it)
+  std::array<double, 2> cfg_interval = {0, std::numeric_limits<double>::infinity()};  // the guided model timesteps (DiffusionSettings)
 };
 
 // The model file's metadata, checked.
@@ -176,7 +204,8 @@ struct BasicImageDiffusion {
     }
     g.check();
     // A card beside the file (image.safetensors -> image.json) may name the best measured
-    // sampler settings: {"sample": {"sampler": "ddim", "steps": 50, "cfg_scale": 3.0}}.
+    // sampler settings: {"sample": {"sampler": "ddim", "steps": 50, "cfg_scale": 3.0}}, and
+    // optionally "cfg_interval": [low, high].
     const std::string stem = path.size() > 12 && path.compare(path.size() - 12, 12, ".safetensors") == 0 ? path.substr(0, path.size() - 12) : "";
     if (!stem.empty() && ::access((stem + ".json").c_str(), R_OK) == 0) {
       const nlohmann::json card = parse_json(read_file(stem + ".json", stem + ".json", 1 << 20), stem + ".json");
@@ -185,6 +214,8 @@ struct BasicImageDiffusion {
         g.diffusion.sampler = kw.get("sampler", g.diffusion.sampler);
         g.diffusion.sample_steps = kw.get("steps", g.diffusion.sample_steps);
         g.diffusion.cfg_scale = kw.get("cfg_scale", g.diffusion.cfg_scale);
+        if (card["sample"].contains("cfg_interval")) g.diffusion.cfg_interval = DiffusionSettings::read_interval(card["sample"]["cfg_interval"], stem + ".json sample");
+        kw.ignore("cfg_interval");  // read above
         kw.finish();
         g.diffusion.validate();
       }
@@ -246,6 +277,7 @@ struct BasicImageDiffusion {
   Tensor<float> sample(const std::vector<std::int64_t>& labels, const SampleSettings& s) const {
     using ditto::detail::cat;
     DiffusionSettings::check_sampler(s.sampler, s.steps, s.cfg_scale, diffusion.diffusion_steps, "sample");
+    DiffusionSettings::check_interval(s.cfg_interval, "sample");
     if (labels.empty() || labels.size() > (std::size_t{1} << 20)) throw ArgumentError("ImageDiffusion.sample: expected 1 to 2^20 labels");
     for (auto y : labels)
       if (y < 0 || y >= num_classes()) throw ArgumentError(cat("ImageDiffusion.sample: label ", y, " is not a class of this model (0 to ", num_classes() - 1, ")"));
@@ -281,10 +313,13 @@ struct BasicImageDiffusion {
       const Tensor<std::int64_t> y_plain({B}, ys), y_cfg({2 * B}, y2);
       // DiT's forward_with_cfg guides 3 channels, Latte's 4 (of dimension 2), U-ViT's all
       const std::int64_t guided = dit ? std::min<std::int64_t>(3, dit->config.out_channels()) : latte ? std::min<std::int64_t>(4, latte->config.out_channels()) : -1;
+      const diffusion::Guidance guidance{s.cfg_scale, guided, channel_dim(), s.cfg_interval[0], s.cfg_interval[1]};
       auto model = [&](const Tensor<float>& x, const std::vector<std::int64_t>& t) {
-        if (s.cfg_scale == 1.0) return forward(x, t, y_plain);
+        // the loops give every sample of a batch the same timestep; outside the interval the
+        // unconditional half is not computed
+        if (s.cfg_scale == 1.0 || t.empty() || !guidance.active(static_cast<double>(t[0]))) return forward(x, t, y_plain);
         auto two = [&](const Tensor<float>& x2, const std::vector<std::int64_t>& t2) { return forward(x2, t2, y_cfg); };
-        return diffusion::cfg_model<float>(two, diffusion::Guidance{s.cfg_scale, guided, channel_dim()})(x, t);
+        return diffusion::cfg_model<float>(two, guidance)(x, t);
       };
       // ddpm's noise: chunk lo's stream starts at 2^60 + lo * 2^36, room for steps * B * per < 2^36 draws
       Generator gen(s.seed, (static_cast<std::uint64_t>(1) << 60) + static_cast<std::uint64_t>(lo) * (std::uint64_t{1} << 36));

@@ -854,6 +854,7 @@ inline TrainResult run(Task& task, const RunConfig& rc, const TrainOptions& o) {
       g.diffusion = rc.diffusion;
       g.classes = ds.classes;
       SampleSettings s{.sampler = rc.diffusion.sampler, .steps = rc.diffusion.sample_steps, .cfg_scale = rc.diffusion.cfg_scale, .seed = 0};
+      s.cfg_interval = rc.diffusion.cfg_interval;
       if (g.video()) {  // a clip of each (class, direction), a row of frames each
         const std::int64_t dirs = rc.data.moving.directions;
         const Tensor<float> v = g.sample(video_labels_per_class(g.num_classes() / dirs, dirs, dirs), s);
