@@ -24,8 +24,8 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <limits>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -55,6 +55,9 @@
 
 namespace ditto::pipelines {
 
+// A guidance interval that holds every model timestep: DiT's guidance, at every step.
+inline constexpr std::array<double, 2> every_timestep = {0, std::numeric_limits<double>::infinity()};
+
 // The "diffusion" section of a run: the forward process a model was trained on and the sampler
 // that docs/ measured best for it (ditto-sample's defaults).
 struct DiffusionSettings {
@@ -66,7 +69,7 @@ struct DiffusionSettings {
   // The guidance interval (Kynkaanniemi et al. 2024): the model timesteps [low, high] that are
   // guided; the others take the conditional prediction alone (half the model's work there).
   // Default: all of them, as DiT. JSON: "cfg_interval": [low, high].
-  std::array<double, 2> cfg_interval = {0, std::numeric_limits<double>::infinity()};
+  std::array<double, 2> cfg_interval = every_timestep;
   double snr_gamma = 0;                   // training only: Min-SNR-gamma loss weighting (diffusion::LossOptions); 0 = off, as DiT
 
   static DiffusionSettings from_json(const nlohmann::json& j) {
@@ -89,7 +92,7 @@ struct DiffusionSettings {
     if (!whole_interval(cfg_interval)) j["cfg_interval"] = {cfg_interval[0], cfg_interval[1]};
     return j;
   }
-  static bool whole_interval(const std::array<double, 2>& iv) { return iv[0] <= 0 && std::isinf(iv[1]); }
+  static bool whole_interval(const std::array<double, 2>& iv) { return iv == every_timestep; }
   // [low, high] from JSON: two numbers, 0 <= low <= high
   static std::array<double, 2> read_interval(const nlohmann::json& v, const std::string& who) {
     using ditto::detail::cat;
@@ -129,7 +132,7 @@ struct SampleSettings {
   std::uint64_t seed = 0;
   bool progress = false;
   std::int64_t chunk = 100;  // samples per batch through the model (the values do not depend on it)
-  std::array<double, 2> cfg_interval = {0, std::numeric_limits<double>::infinity()};  // the guided model timesteps (DiffusionSettings)
+  std::array<double, 2> cfg_interval = every_timestep;  // the guided model timesteps (DiffusionSettings)
 };
 
 // The model file's metadata, checked.
