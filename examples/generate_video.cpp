@@ -87,7 +87,7 @@ int main(int argc, char** argv) try {
   const bool conditional = config.extras == 2;
   const std::int64_t label = parse_int("--label", a["--label"], 0, conditional ? config.num_classes - 1 : 0);
   const bool guided = conditional && cfg != 1.0;
-  if (guided && latte.y_embedder.embedding_table.num_embeddings <= config.num_classes)
+  if (guided && !latte.y_embedder.has_null())
     throw ArgumentError("generate_video: guidance needs the null class, and this model has none (class_dropout_prob is 0); use --cfg-scale 1");
 
   // the model for the sampler: one video; with guidance [x; x] with [label; null], 4 channels of dim 2

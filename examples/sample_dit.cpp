@@ -117,7 +117,7 @@ int main(int argc, char** argv) try {
                 "            the samples show the sampler at work, not pictures. Pass a checkpoint for real ones.\n");
   }
   auto labels = parse_labels(a["--labels"]);
-  const bool has_null = dit.y_embedder.embedding_table.num_embeddings > config.num_classes;
+  const bool has_null = dit.y_embedder.has_null();
   for (auto y : labels)
     if (y >= config.num_classes)
       throw ArgumentError(detail::cat("sample_dit: label ", y, " is not a class of this model (", config.num_classes, " classes)"));

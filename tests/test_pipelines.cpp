@@ -210,6 +210,22 @@ TEST_CASE("upstream initializations: Latte's adaLN-Zero (the model starts at 0) 
     else
       CHECK(mx > 0.0);
   }
+  {  // with label_factors, both label tables start as N(0, 0.02), as upstream's one table
+    auto fj = tiny_latte()["model_config"];
+    fj["label_factors"] = 4;
+    models::Latte<float> f(models::LatteConfig::from_json(fj));
+    models::initialize_weights(f, gen);
+    for (const char* table : {"y_embedder.embedding_table.weight", "y_embedder.factor_table.weight"}) {
+      const Tensor<float>* w = nullptr;
+      for (auto& [name, t] : nn::trainable_parameters<float>(f))
+        if (name == table) w = t;
+      REQUIRE(w != nullptr);
+      double s2 = 0;
+      for (float v : *w) s2 += static_cast<double>(v) * v;
+      INFO(table);
+      CHECK(std::abs(std::sqrt(s2 / static_cast<double>(w->numel())) - 0.02) < 0.004);
+    }
+  }
   // the fixed sin-cos tables are untouched, and the initialized model predicts exactly 0
   CHECK(rel_error(latte.pos_embed, nn::sincos_pos_embed_2d<float>(32, 8, 8).reshape({1, 64, 32})) == 0.0);
   const Tensor<float> x = Generator(1).normal<float>({2, 8, 1, 32, 32});
@@ -309,6 +325,24 @@ TEST_CASE("ditto-train: a tiny Latte and a ViViT on moving Fashion-MNIST learn, 
   bad["model_config"]["extras"] = 1;
   CHECK_THROWS_WITH(pipelines::train(pipelines::RunConfig::from_json(bad), {.output = run_dir("latte_extras"), .progress = false}),
                     Contains("extras must be 2"));
+  bad = tiny_latte(1);
+  bad["model_config"]["label_factors"] = 2;  // the labels' second part is one of 4 directions
+  CHECK_THROWS_WITH(pipelines::train(pipelines::RunConfig::from_json(bad), {.output = run_dir("latte_factors"), .progress = false}),
+                    Contains("label_factors is 2; the labels are (class, direction) pairs of 4 directions, so expected 4"));
+  {  // a class table and a direction table (label_factors 4) train, load and sample guided, the null class a row of its own
+    auto fj = tiny_latte(2);
+    fj["model_config"]["label_factors"] = 4;
+    const std::string fdir = run_dir("latte_factored");
+    (void)pipelines::train(pipelines::RunConfig::from_json(fj), {.output = fdir, .progress = false});
+    const auto fg = pipelines::ImageDiffusion::load(fdir + "/model.safetensors");
+    REQUIRE(fg.latte);
+    CHECK(fg.latte->config.label_factors == 4);
+    CHECK(fg.latte->y_embedder.factor_table.weight.shape() == Shape{4, 32});
+    CHECK(fg.latte->y_embedder.embedding_table.weight.shape() == Shape{11, 32});
+    CHECK(fg.has_null());
+    const Tensor<float> fv = fg.sample({0, 39}, pipelines::SampleSettings{.sampler = "ddim", .steps = 2, .cfg_scale = 2.0, .seed = 7});
+    CHECK(fv.shape() == Shape{2, 8, 1, 32, 32});
+  }
 
   const auto r = pipelines::train(pipelines::RunConfig::from_json(tiny_vivit()), {.output = run_dir("vivit"), .progress = false});
   INFO("ViViT loss " << mean(r.losses, 0, 20) << " -> " << mean(r.losses, 180, 200) << ", test accuracy " << r.test_accuracy);
@@ -761,6 +795,7 @@ TEST_CASE("the embedded video models load, sample as they did, and the ViViT sti
   CHECK(g.num_classes() == 40);
   CHECK(g.moving_directions == 4);
   CHECK(g.classes == pipelines::moving_classes(4));
+  CHECK(g.latte->config.label_factors == 4);  // a class table and a direction table
   CHECK(vivit.config.num_classes == 40);
   // the stored fixture: ditto-sample --model video --per-class 1 --steps 10 --seed 0 --tensors (tools/gen_embedded_fixture.sh)
   const SafetensorsFile f(std::string(DITTO_FIXTURES) + "/embedded_video_samples.safetensors");

@@ -1,6 +1,8 @@
 // Training the video models and the autoencoder: ViViT (its four models), Latte (every variant,
 // the image-video joint input, text), against central differences in double and PyTorch autograd.
+#include <map>
 #include <optional>
+#include <tuple>
 
 #include <ditto/ditto.hpp>
 
@@ -114,6 +116,83 @@ TEST_CASE("Latte backward equals central differences in every variant, with imag
     Tensor<double> dtext3 = dtext.reshape({2, 77, 768});
     checked.emplace_back("text_embedding", &text, &dtext3);
     worst_fd_error([&] { return dot(m.forward(x, t, nullptr, {}, 0, nullptr, &text), gout); }, checked, 4);
+  }
+}
+
+TEST_CASE("Latte's label_factors: a class table and a direction table summed equal one table of the sums, with its rows' gradient sums",
+          "[train][grad][latte]") {
+  nlohmann::json kw = {{"input_size", 4}, {"patch_size", 2}, {"in_channels", 2}, {"hidden_size", 8}, {"num_heads", 2}, {"num_frames", 3},
+                       {"depth", 2}, {"extras", 2}, {"num_classes", 6}, {"class_dropout_prob", 0.1}};
+  models::Latte<double> joint(models::LatteConfig::from_json(kw));
+  kw["label_factors"] = 3;  // 6 labels = 2 classes x 3 directions
+  models::Latte<double> f(models::LatteConfig::from_json(kw));
+  Generator gen(47);
+  randomize<double>(f, gen, 0.4);
+  std::map<std::string, Tensor<double>*> fp;
+  for (auto& [n, p] : nn::named_parameters<double>(f)) fp[n] = p;
+  const Tensor<double>& A = *fp.at("y_embedder.embedding_table.weight");
+  const Tensor<double>& Bt = *fp.at("y_embedder.factor_table.weight");
+  REQUIRE(A.shape() == Shape{3, 8});  // 2 classes and the null class
+  REQUIRE(Bt.shape() == Shape{3, 8});
+  for (auto& [n, p] : nn::named_parameters<double>(joint)) {
+    if (n != "y_embedder.embedding_table.weight") {
+      *p = fp.at(n)->clone();
+      continue;
+    }
+    REQUIRE(p->shape() == Shape{7, 8});
+    for (std::int64_t y = 0; y < 7; ++y)
+      for (std::int64_t c = 0; c < 8; ++c) (*p)(y, c) = y == 6 ? A(2, c) : A(y / 3, c) + Bt(y % 3, c);
+  }
+  Tensor<double> x = gen.normal<double>({3, 3, 2, 4, 4});
+  const Tensor<double> t({3}, std::vector<double>{3.5, 700, 250});
+  const Tensor<std::int64_t> y({3}, std::vector<std::int64_t>{4, 6, 2});  // (1, 1), the null class, (0, 2)
+  models::Latte<double>::Acts af, aj;
+  const Tensor<double> out = f.forward_train(x, t, &y, af);
+  CHECK_CLOSE(out, joint.forward_train(x, t, &y, aj), 1e-13);
+  CHECK_CLOSE(f.forward(x, t, &y), out, 1e-13);
+  const Tensor<double> gout = gen.normal<double>(out.shape());
+  auto gf = nn::zeros_like<double>(f);
+  auto gj = nn::zeros_like<double>(joint);
+  f.backward(gf, af, gout);
+  joint.backward(gj, aj, gout);
+  std::map<std::string, Tensor<double>*> gfp;
+  for (auto& [n, p] : nn::named_parameters<double>(gf)) gfp[n] = p;
+  const Tensor<double>& gA = *gfp.at("y_embedder.embedding_table.weight");
+  const Tensor<double>& gB = *gfp.at("y_embedder.factor_table.weight");
+  for (auto& [n, p] : nn::named_parameters<double>(gj)) {
+    if (n != "y_embedder.embedding_table.weight") {
+      CHECK_CLOSE(*gfp.at(n), *p, 1e-13);
+      continue;
+    }
+    const Tensor<double>& G = *p;
+    double worst = 0, scale = 0;
+    for (std::int64_t c = 0; c < 8; ++c) {
+      for (std::int64_t a = 0; a < 2; ++a) {
+        double s = 0;
+        for (std::int64_t b = 0; b < 3; ++b) s += G(a * 3 + b, c);
+        worst = std::max(worst, std::abs(gA(a, c) - s)), scale = std::max(scale, std::abs(s));
+      }
+      worst = std::max(worst, std::abs(gA(2, c) - G(6, c)));
+      for (std::int64_t b = 0; b < 3; ++b) {
+        double s = 0;
+        for (std::int64_t a = 0; a < 2; ++a) s += G(a * 3 + b, c);  // the null row has no direction
+        worst = std::max(worst, std::abs(gB(b, c) - s)), scale = std::max(scale, std::abs(s));
+      }
+    }
+    REQUIRE(scale > 0);
+    CHECK(worst <= 1e-13 * scale);
+  }
+  // and against central differences, every parameter and x
+  check_model_backward(f, x, gen, 4, [&] { return f.forward(x, t, &y); },
+                       [&](models::Latte<double>::Acts& a) { return f.forward_train(x, t, &y, a); });
+  const Tensor<std::int64_t> beyond({1}, std::vector<std::int64_t>{7});
+  CHECK_THROWS_WITH(f.forward(gen.normal<double>({1, 3, 2, 4, 4}), Tensor<double>({1}, std::vector<double>{1}), &beyond),
+                    Catch::Contains("label 7 is outside [0, 7)"));
+  for (const auto& [key, value, extras] : {std::tuple{"label_factors", 4, 2}, std::tuple{"label_factors", 0, 2}, std::tuple{"label_factors", 3, 1}}) {
+    nlohmann::json bad = kw;
+    bad[key] = value;
+    bad["extras"] = extras;
+    CHECK_THROWS_WITH(models::LatteConfig::from_json(bad), Catch::Contains("label_factors"));
   }
 }
 

@@ -393,7 +393,7 @@ struct DiT {
     }
     Tensor<T> dcond({B, D});
     nn::activate_backward(dcond.data(), dsilu_c.data(), a.c.data(), B * D, nn::Activation::silu);
-    y_embedder.embedding_table.backward(g.y_embedder.embedding_table, a.y, dcond.data());
+    y_embedder.backward(g.y_embedder, a.y, dcond.data());
     t_embedder.backward(g.t_embedder, a.t_acts, dcond);
     // pos_embed is fixed: no gradient. The patch embedding, and x through it.
     Tensor<T> dpatches;

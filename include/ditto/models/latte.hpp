@@ -67,8 +67,8 @@ using nn::TimestepEmbedder;
 using nn::Trace;
 using diffusion::repeat_first_half;
 
-// Latte.__init__'s arguments, with its defaults (Latte-XL/2, 16 frames), and ditto's two
-// extensions: variant and timestep_injection.
+// Latte.__init__'s arguments, with its defaults (Latte-XL/2, 16 frames), and ditto's three
+// extensions: variant, timestep_injection and label_factors.
 struct LatteConfig {
   std::int64_t input_size = 32, patch_size = 2, in_channels = 4, hidden_size = 1152, depth = 28, num_heads = 16;
   double mlp_ratio = 4.0;
@@ -81,6 +81,9 @@ struct LatteConfig {
   std::string attention_mode = "math";  // math, xformers or flash: the same attention
   std::int64_t variant = 1;             // the paper's model variants 1-4 (upstream: 1)
   std::string timestep_injection = "adaln";  // or "token"
+  // > 1: the num_classes labels are pairs (a, b), y = a * label_factors + b (a class and a motion
+  // direction), embedded as the sum of two tables (nn::LabelEmbedder's factors); 1: one table (upstream)
+  std::int64_t label_factors = 1;
 
   std::int64_t out_channels() const { return learn_sigma ? 2 * in_channels : in_channels; }
   std::int64_t grid() const { return input_size / patch_size; }
@@ -107,6 +110,7 @@ struct LatteConfig {
     c.attention_mode = kw.get("attention_mode", c.attention_mode);
     c.variant = kw.get("variant", c.variant);
     c.timestep_injection = kw.get("timestep_injection", c.timestep_injection);
+    c.label_factors = kw.get("label_factors", c.label_factors);
     kw.finish();
     c.validate();
     return c;
@@ -117,7 +121,7 @@ struct LatteConfig {
   double min_weights() const {
     const double D = static_cast<double>(hidden_size), pp = static_cast<double>(patch_size * patch_size);
     return detail::transformer_weights(depth, hidden_size, mlp_hidden(), adaln() ? 10 : 4) +
-           (extras == 2 ? static_cast<double>(num_classes) * D : 0.0) + pp * static_cast<double>(in_channels + out_channels()) * D;
+           (extras == 2 ? static_cast<double>(num_classes / label_factors + (label_factors > 1 ? label_factors : 0)) * D : 0.0) + pp * static_cast<double>(in_channels + out_channels()) * D;
   }
 
   void validate() const {
@@ -136,6 +140,10 @@ struct LatteConfig {
     if (num_frames < 1) throw ArgumentError(cat("Latte config: num_frames must be >= 1, got ", num_frames));
     if (extras == 2 && num_classes < 1)
       throw ArgumentError(cat("Latte config: a class-conditional model (extras = 2) needs num_classes >= 1, got ", num_classes));
+    if (label_factors < 1) throw ArgumentError(cat("Latte config: label_factors must be >= 1, got ", label_factors));
+    if (label_factors > 1 && (extras != 2 || num_classes % label_factors != 0))
+      throw ArgumentError(cat("Latte config: label_factors ", label_factors, " splits each class label in two parts, so it needs extras = 2 (got ", extras,
+                              ") and num_classes divisible by it (got ", num_classes, ")"));
     if (extras != 1 && extras != 2 && extras != 78)
       throw ArgumentError(cat("Latte config: extras must be 1 (timestep), 2 (+ class labels) or 78 (+ text embedding), got ", extras));
     if (attention_mode != "math" && attention_mode != "xformers" && attention_mode != "flash")
@@ -348,7 +356,7 @@ struct Latte {
     const std::int64_t D = c.hidden_size, g = c.grid();
     x_embedder = nn::PatchEmbed<T>(c.patch_size, c.in_channels, D);
     t_embedder = TimestepEmbedder<T>(D);
-    if (c.extras == 2) y_embedder = LabelEmbedder<T>(c.num_classes, D, c.class_dropout_prob, "Latte");
+    if (c.extras == 2) y_embedder = LabelEmbedder<T>(c.num_classes, D, c.class_dropout_prob, "Latte", c.label_factors);
     if (c.extras == 78) text_embedding_projection = nn::Linear<T>(LatteConfig::text_features, D);
     pos_embed = nn::sincos_pos_embed_2d<T>(D, g, g).reshape({1, g * g, D});
     temp_embed = nn::sincos_pos_embed_1d<T>(D, c.num_frames).reshape({1, c.num_frames, D});
@@ -624,10 +632,10 @@ struct Latte {
             if (f < F) dcond[b * D + d] += v;
             else dtemb[b * D + d] += v, dyi[(b * I + f - F) * D + d] = v;
           }
-      y_embedder.embedding_table.backward(g.y_embedder.embedding_table, a.y_image->reshape({B * I}), dyi.data());
+      y_embedder.backward(g.y_embedder, a.y_image->reshape({B * I}), dyi.data());
     }
     for (std::int64_t i = 0; i < B * D; ++i) dtemb[i] += dcond[i];
-    if (a.y) y_embedder.embedding_table.backward(g.y_embedder.embedding_table, *a.y, dcond.data());
+    if (a.y) y_embedder.backward(g.y_embedder, *a.y, dcond.data());
     if (c.extras == 78) {  // te = Linear(SiLU(text))
       const Tensor<T> silu_text = nn::silu(a.text);
       Tensor<T> dsilu_text({B, LatteConfig::text_features});
@@ -789,7 +797,7 @@ struct Latte {
 };
 
 // Latte's initialize_weights (models/latte.py, DiT's scheme): xavier-uniform Linear weights
-// (x_embedder's conv as a (D, C p p) matrix) with zero biases, N(0, 0.02) for the label table and
+// (x_embedder's conv as a (D, C p p) matrix) with zero biases, N(0, 0.02) for the label table(s) and
 // the timestep MLP, zeros for every adaLN modulation and the final linear (adaLN-Zero: each block
 // starts as the identity, the model's output as 0). pos_embed and temp_embed are the fixed
 // sin-cos tables the constructor made. LayerNorms with an affine (the "token" injection, a ditto
@@ -799,7 +807,7 @@ inline void initialize_weights(Latte<T>& m, Generator& gen) {
   auto ends = [](const std::string& s, const std::string& e) { return s.size() >= e.size() && s.compare(s.size() - e.size(), e.size(), e) == 0; };
   for (auto& [name, t] : nn::trainable_parameters<T>(m)) {
     if (name.find("adaLN_modulation") != std::string::npos || name.rfind("final_layer.linear.", 0) == 0 || ends(name, ".bias")) nn::fill_constant(*t, 0.0);
-    else if (name == "y_embedder.embedding_table.weight" || name.rfind("t_embedder.mlp.", 0) == 0) gen.fill_normal(*t, 0.0, 0.02);
+    else if (name.rfind("y_embedder.", 0) == 0 || name.rfind("t_embedder.mlp.", 0) == 0) gen.fill_normal(*t, 0.0, 0.02);
     else if (t->dim() == 1) nn::fill_constant(*t, 1.0);  // a LayerNorm's weight
     else nn::xavier_uniform(*t, gen, 1.0, /*as_matrix=*/name == "x_embedder.proj.weight");
   }

@@ -3,6 +3,7 @@
 // rows plus the null class of classifier-free guidance). c = t_embedder(t) + y_embedder(y).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "../core/error.hpp"
@@ -56,28 +57,80 @@ struct TimestepEmbedder {
 
 // DiT's LabelEmbedder: a table of num_classes rows, plus the null class (row num_classes) used
 // for classifier-free guidance when the model was trained with label dropout.
+//
+// factors > 1 (a ditto extension, Latte's label_factors) embeds a label of two parts, the label
+// y = a * factors + b of the pair (a, b) (a class and a motion direction), as the sum
+// embedding_table[a] + factor_table[b]; the null class (y == num_classes) as embedding_table's
+// last row alone. Each part is then learned from every label that has it (one direction's row
+// from the clips of all classes) instead of from its pair's share of the data, and the labels
+// seen by the caller (joint, num_classes of them, the null class last) do not change.
 template <class T = float>
 struct LabelEmbedder {
-  std::int64_t num_classes = 0;
-  Embedding<T> embedding_table;
+  std::int64_t num_classes = 0, factors = 1;
+  Embedding<T> embedding_table, factor_table;  // factor_table: factors > 1 only
   const char* owner = "DiT";  // the model its messages name
 
   LabelEmbedder() = default;
-  LabelEmbedder(std::int64_t classes, std::int64_t hidden, double dropout_prob, const char* owner_model = "DiT")
-      : num_classes(classes), embedding_table(classes + (dropout_prob > 0 ? 1 : 0), hidden), owner(owner_model) {}
+  LabelEmbedder(std::int64_t classes, std::int64_t hidden, double dropout_prob, const char* owner_model = "DiT", std::int64_t factors_ = 1)
+      : num_classes(classes), factors(factors_), owner(owner_model) {
+    if (factors < 1 || (factors > 1 && classes % factors != 0))
+      throw ArgumentError(ditto::detail::cat(owner, ": ", classes, " labels cannot be pairs of ", factors, " second parts (label_factors must be >= 1 and divide num_classes)"));
+    embedding_table = Embedding<T>(classes / factors + (dropout_prob > 0 ? 1 : 0), hidden);
+    if (factors > 1) factor_table = Embedding<T>(factors, hidden);
+  }
 
   template <class V>
   void visit(V& v) {
     v("embedding_table", embedding_table);
+    if (factors > 1) v("factor_table", factor_table);
   }
 
+  // whether the table has the null class of classifier-free guidance (label dropout trained it)
+  bool has_null() const { return embedding_table.num_embeddings > num_classes / factors; }
+
   Tensor<T> forward(const Tensor<std::int64_t>& y) const {
+    check(y);
+    if (factors == 1) return embedding_table.forward(y);
+    Shape shape = y.shape();
+    shape.push_back(embedding_table.embedding_dim);
+    Tensor<T> out = Tensor<T>::empty(shape);
+    const std::int64_t D = embedding_table.embedding_dim;
+    for (std::int64_t i = 0; i < y.numel(); ++i) {
+      const T* a = embedding_table.weight.data() + first(y[i]) * D;
+      T* o = out.data() + i * D;
+      if (y[i] == num_classes) std::copy(a, a + D, o);
+      else
+        for (std::int64_t c = 0, b = (y[i] % factors) * D; c < D; ++c) o[c] = a[c] + factor_table.weight[b + c];
+    }
+    return out;
+  }
+
+  // dy: (y.shape..., hidden). Accumulates g's tables (g: this embedder's gradient tree), in label order.
+  void backward(LabelEmbedder& g, const Tensor<std::int64_t>& y, const T* dy) const {
+    check(y);
+    if (factors == 1) return embedding_table.backward(g.embedding_table, y, dy);
+    if (g.factor_table.weight.shape() != factor_table.weight.shape())  // before either table changes
+      throw ShapeError(ditto::detail::cat(owner, ": the gradient's factor_table is ", shape_str(g.factor_table.weight.shape()), ", the layer's ",
+                                          shape_str(factor_table.weight.shape())));
+    Tensor<std::int64_t> a(y.shape());
+    for (std::int64_t i = 0; i < y.numel(); ++i) a[i] = first(y[i]);
+    embedding_table.backward(g.embedding_table, a, dy);
+    const std::int64_t D = factor_table.embedding_dim;
+    for (std::int64_t i = 0; i < y.numel(); ++i) {
+      if (y[i] == num_classes) continue;  // the null class has no second part
+      T* row = g.factor_table.weight.data() + (y[i] % factors) * D;
+      for (std::int64_t c = 0; c < D; ++c) row[c] += dy[i * D + c];
+    }
+  }
+
+ private:
+  std::int64_t first(std::int64_t y) const { return y == num_classes ? num_classes / factors : y / factors; }
+  void check(const Tensor<std::int64_t>& y) const {
+    const std::int64_t labels = num_classes + (has_null() ? 1 : 0);
     for (std::int64_t i = 0; i < y.numel(); ++i)
-      if (y[i] < 0 || y[i] >= embedding_table.num_embeddings)
-        throw ShapeError(ditto::detail::cat(owner, ": label ", y[i], " is outside [0, ", embedding_table.num_embeddings, ")",
-                                            embedding_table.num_embeddings > num_classes ? " (the last is the null class)"
-                                                                                         : " (no null class: class_dropout_prob is 0)"));
-    return embedding_table.forward(y);
+      if (y[i] < 0 || y[i] >= labels)
+        throw ShapeError(ditto::detail::cat(owner, ": label ", y[i], " is outside [0, ", labels, ")",
+                                            has_null() ? " (the last is the null class)" : " (no null class: class_dropout_prob is 0)"));
   }
 };
 

@@ -233,8 +233,8 @@ struct BasicImageDiffusion {
   std::int64_t num_classes() const { return dit ? dit->config.num_classes : latte ? latte->config.num_classes : uvit->config.num_classes - 1; }
   std::int64_t null_class() const { return num_classes(); }
   bool has_null() const {
-    if (dit) return dit->y_embedder.embedding_table.num_embeddings > dit->config.num_classes;
-    if (latte) return latte->config.extras == 2 && latte->y_embedder.embedding_table.num_embeddings > latte->config.num_classes;
+    if (dit) return dit->y_embedder.has_null();
+    if (latte) return latte->config.extras == 2 && latte->y_embedder.has_null();
     return uvit->config.num_classes >= 2;
   }
   // (B, C, H, W) images, or (B, T, C, H, W) videos
@@ -258,6 +258,9 @@ struct BasicImageDiffusion {
     if (num_classes() >= (std::int64_t{1} << 20)) throw ArgumentError(ditto::detail::cat("ImageDiffusion: ", num_classes(), " classes; at most 2^20 - 1"));
     if (latte && num_classes() % moving_directions != 0)
       throw ArgumentError(ditto::detail::cat("ImageDiffusion: a latte's ", num_classes(), " labels are not (class, direction) pairs of ", moving_directions, " directions"));
+    if (latte && latte->config.label_factors != 1 && latte->config.label_factors != moving_directions)
+      throw ArgumentError(ditto::detail::cat("ImageDiffusion: a latte's label_factors is ", latte->config.label_factors, "; its labels are pairs of ",
+                                             moving_directions, " directions, so expected ", moving_directions, " or 1"));
     if (uvit && uvit->config.num_classes < 2)
       throw ArgumentError("ImageDiffusion: a U-ViT generates by class when num_classes counts the classes plus the null class (U-ViT's convention), got " +
                           std::to_string(uvit->config.num_classes));

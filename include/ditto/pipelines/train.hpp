@@ -745,6 +745,10 @@ inline TrainResult run(Task& task, const RunConfig& rc, const TrainOptions& o) {
       if (frames != mo.frames || size != mo.canvas || chans != 1)
         throw ArgumentError(cat("ditto-train: the clips are ", mo.frames, " frames of 1 x ", mo.canvas, " x ", mo.canvas, "; model_config takes ", frames,
                                 " frames of ", chans, " x ", size, " x ", size, " (num_frames, the input size and the channels must match data's frames and canvas, and 1)"));
+      if constexpr (std::is_same_v<Model, models::Latte<float>>)  // two summed embeddings: the class's and the direction's
+        if (task.model.config.label_factors != 1 && task.model.config.label_factors != mo.directions)
+          throw ArgumentError(cat("ditto-train: model_config label_factors is ", task.model.config.label_factors, "; the labels are (class, direction) pairs of ",
+                                  mo.directions, " directions, so expected ", mo.directions, " (a class and a direction table) or 1 (one table of pairs)"));
     }
   }
   if (!o.resume && writer && std::filesystem::exists(ckpt_path))
